@@ -1,0 +1,411 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * socklb native core: opens the BPF object embedded at build time, sizes and
+ * loads it, attaches it to cgroups through bpf_links, and does batched map
+ * I/O and Maglev table construction for the Python control plane.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <linux/bpf.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "loader.h"
+#include "socklb_bpf_obj.h" /* generated: socklb_bpf_obj[], socklb_bpf_obj_len */
+
+static const char *const prog_names[SOCKLB_NPROGS] = {
+	"socklb_connect4",  "socklb_connect6",	   "socklb_sendmsg4",	  "socklb_sendmsg6",
+	"socklb_recvmsg4",  "socklb_recvmsg6",	   "socklb_getpeername4", "socklb_getpeername6",
+};
+
+struct socklb {
+	struct bpf_object *obj;
+	struct bpf_program *progs[SOCKLB_NPROGS];
+};
+
+struct socklb_links {
+	struct bpf_link *links[SOCKLB_NPROGS];
+};
+
+/* libbpf's messages go to the buffer of the call in progress on this thread
+ * (cffi releases the GIL, so calls from several threads may overlap), and
+ * nowhere otherwise: a library must not write to the host's stderr. */
+static __thread char *log_dst;
+static __thread size_t log_cap, log_len;
+
+static int print_cb(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+	int n;
+
+	if (!log_dst || level == LIBBPF_DEBUG || log_len + 1 >= log_cap)
+		return 0;
+	n = vsnprintf(log_dst + log_len, log_cap - log_len, fmt, ap);
+	if (n > 0)
+		log_len = (size_t)n >= log_cap - log_len ? log_cap - 1 : log_len + (size_t)n;
+	return n;
+}
+
+static void capture(char *buf, size_t size)
+{
+	libbpf_set_print(print_cb);
+	log_dst = buf;
+	log_cap = size;
+	log_len = 0;
+	if (buf && size)
+		buf[0] = '\0';
+}
+
+static void release(void)
+{
+	log_dst = NULL;
+	log_cap = log_len = 0;
+}
+
+static int size_map(struct bpf_object *obj, const char *name, uint32_t entries)
+{
+	struct bpf_map *map = bpf_object__find_map_by_name(obj, name);
+
+	if (!map)
+		return -ENOENT;
+	return bpf_map__set_max_entries(map, entries ? entries : 1);
+}
+
+int socklb_open(const struct socklb_config *cfg, struct socklb **out, char *log, size_t log_size,
+		int *failed_prog)
+{
+	/* The verifier log of a failed program is appended to libbpf's own
+	 * messages by libbpf itself, so one buffer collects both. */
+	LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = "socklb");
+	struct bpf_map *rodata, *maglev;
+	struct socklb *lb;
+	int err, i;
+
+	*out = NULL;
+	*failed_prog = -1;
+	if (cfg->maglev_size < 2)
+		return -EINVAL;
+	lb = calloc(1, sizeof(*lb));
+	if (!lb)
+		return -ENOMEM;
+	capture(log, log_size);
+
+	lb->obj = bpf_object__open_mem(socklb_bpf_obj, socklb_bpf_obj_len, &opts);
+	if (!lb->obj) {
+		err = -errno;
+		goto fail;
+	}
+	for (i = 0; i < SOCKLB_NPROGS; i++) {
+		lb->progs[i] = bpf_object__find_program_by_name(lb->obj, prog_names[i]);
+		if (!lb->progs[i]) {
+			err = -ENOENT;
+			goto fail;
+		}
+	}
+
+	if ((err = size_map(lb->obj, "services", cfg->max_services)) ||
+	    (err = size_map(lb->obj, "slots", cfg->max_slots)) ||
+	    (err = size_map(lb->obj, "backends", cfg->max_backends)) ||
+	    (err = size_map(lb->obj, "affinity", cfg->max_affinity)) ||
+	    (err = size_map(lb->obj, "maglev", cfg->max_maglev)))
+		goto fail;
+	maglev = bpf_object__find_map_by_name(lb->obj, "maglev");
+	if ((err = bpf_map__set_value_size(maglev, cfg->maglev_size * sizeof(uint32_t))))
+		goto fail;
+
+	/* const volatile configuration lives in .rodata. */
+	rodata = bpf_object__find_map_by_name(lb->obj, "socklb.rodata");
+	if (!rodata) {
+		err = -ENOENT;
+		goto fail;
+	} else {
+		/* maglev_size is the only .rodata variable. */
+		uint32_t ro = cfg->maglev_size;
+
+		if (bpf_map__value_size(rodata) != sizeof(ro)) {
+			err = -EPROTO;
+			goto fail;
+		}
+		if ((err = bpf_map__set_initial_value(rodata, &ro, sizeof(ro))))
+			goto fail;
+	}
+
+	err = bpf_object__load(lb->obj);
+	if (err) {
+		/* A program that failed to load has no fd; report the first. */
+		for (i = 0; i < SOCKLB_NPROGS; i++) {
+			if (bpf_program__fd(lb->progs[i]) < 0) {
+				*failed_prog = i;
+				break;
+			}
+		}
+		goto fail;
+	}
+	release();
+	*out = lb;
+	return 0;
+
+fail:
+	release();
+	bpf_object__close(lb->obj);
+	free(lb);
+	return err < 0 ? err : -EINVAL;
+}
+
+void socklb_close(struct socklb *lb)
+{
+	if (!lb)
+		return;
+	bpf_object__close(lb->obj);
+	free(lb);
+}
+
+int socklb_map_fd(struct socklb *lb, const char *name)
+{
+	struct bpf_map *map = bpf_object__find_map_by_name(lb->obj, name);
+
+	return map ? bpf_map__fd(map) : -ENOENT;
+}
+
+const char *socklb_prog_name(int i)
+{
+	return i >= 0 && i < SOCKLB_NPROGS ? prog_names[i] : NULL;
+}
+
+int socklb_prog_stats(struct socklb *lb, int i, struct socklb_prog_stats *out)
+{
+	struct bpf_prog_info info = {};
+	__u32 len = sizeof(info);
+	int err;
+
+	if (i < 0 || i >= SOCKLB_NPROGS)
+		return -EINVAL;
+	err = bpf_obj_get_info_by_fd(bpf_program__fd(lb->progs[i]), &info, &len);
+	if (err)
+		return -errno;
+	out->run_cnt = info.run_cnt;
+	out->run_time_ns = info.run_time_ns;
+	out->id = info.id;
+	memcpy(out->name, info.name, sizeof(out->name));
+	out->name[sizeof(out->name) - 1] = '\0';
+	return 0;
+}
+
+int socklb_attach(struct socklb *lb, int cgroup_fd, struct socklb_links **out)
+{
+	struct socklb_links *ls;
+	int i, err;
+
+	*out = NULL;
+	ls = calloc(1, sizeof(*ls));
+	if (!ls)
+		return -ENOMEM;
+	capture(NULL, 0);
+	for (i = 0; i < SOCKLB_NPROGS; i++) {
+		ls->links[i] = bpf_program__attach_cgroup(lb->progs[i], cgroup_fd);
+		if (!ls->links[i]) {
+			err = -errno;
+			socklb_links_destroy(ls);
+			release();
+			return err ? err : -EINVAL;
+		}
+	}
+	release();
+	*out = ls;
+	return 0;
+}
+
+void socklb_links_destroy(struct socklb_links *ls)
+{
+	if (!ls)
+		return;
+	for (int i = 0; i < SOCKLB_NPROGS; i++)
+		bpf_link__destroy(ls->links[i]); /* NULL-safe; detaches and closes */
+	free(ls);
+}
+
+int socklb_map_update(int fd, const void *keys, const void *values, uint32_t n, uint32_t key_size,
+		      uint32_t value_size, uint64_t flags, uint32_t *done)
+{
+	const char *k = keys, *v = values;
+	uint32_t i;
+
+	/* One syscall per element: BPF_MAP_UPDATE_BATCH is no faster for hash
+	 * maps (the kernel loops over the same update path) and stops at a
+	 * failure without telling which element failed on older kernels. */
+	for (i = 0; i < n; i++) {
+		if (bpf_map_update_elem(fd, k + (size_t)i * key_size, v + (size_t)i * value_size, flags)) {
+			*done = i;
+			return -errno;
+		}
+	}
+	*done = n;
+	return 0;
+}
+
+int socklb_map_delete(int fd, const void *keys, uint32_t n, uint32_t key_size, uint32_t *done)
+{
+	const char *k = keys;
+	uint32_t i;
+
+	for (i = 0; i < n; i++) {
+		if (bpf_map_delete_elem(fd, k + (size_t)i * key_size) && errno != ENOENT) {
+			*done = i;
+			return -errno;
+		}
+	}
+	*done = n;
+	return 0;
+}
+
+int socklb_map_lookup(int fd, const void *key, void *value)
+{
+	return bpf_map_lookup_elem(fd, key, value) ? -errno : 0;
+}
+
+int socklb_map_keys(int fd, void *keys, uint32_t key_size, uint32_t cap)
+{
+	char *k = keys;
+	uint32_t n = 0;
+
+	if (cap == 0)
+		return 0;
+	if (bpf_map_get_next_key(fd, NULL, k))
+		return errno == ENOENT ? 0 : -errno;
+	for (n = 1; n < cap; n++) {
+		if (bpf_map_get_next_key(fd, k + (size_t)(n - 1) * key_size, k + (size_t)n * key_size)) {
+			if (errno == ENOENT)
+				break;
+			return -errno;
+		}
+	}
+	return (int)n;
+}
+
+/* --- Maglev -------------------------------------------------------------- */
+
+static uint64_t fnv1a(const uint8_t *p, uint32_t n, uint64_t h)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		h ^= p[i];
+		h *= 0x100000001b3ULL;
+	}
+	/* splitmix64 finalizer: FNV's low bits are weak for short keys. */
+	h ^= h >> 30;
+	h *= 0xbf58476d1ce4e5b9ULL;
+	h ^= h >> 27;
+	h *= 0x94d049bb133111ebULL;
+	h ^= h >> 31;
+	return h;
+}
+
+int socklb_maglev(const uint8_t *ident, uint32_t ident_size, const uint32_t *weights, const uint32_t *ids,
+		  uint32_t n, uint32_t *table, uint32_t m)
+{
+	uint64_t *offset = NULL, *skip = NULL, *next = NULL, *credit = NULL;
+	uint32_t maxw = 0, filled = 0, i;
+	int err = 0;
+
+	if (m < 2 || n == 0)
+		return -EINVAL;
+	for (i = 0; i < n; i++)
+		if (weights[i] > maxw)
+			maxw = weights[i];
+	if (maxw == 0)
+		return -EINVAL;
+
+	offset = calloc(n, sizeof(*offset));
+	skip = calloc(n, sizeof(*skip));
+	next = calloc(n, sizeof(*next));
+	credit = calloc(n, sizeof(*credit));
+	if (!offset || !skip || !next || !credit) {
+		err = -ENOMEM;
+		goto out;
+	}
+	for (i = 0; i < n; i++) {
+		const uint8_t *id = ident + (size_t)i * ident_size;
+
+		offset[i] = fnv1a(id, ident_size, 0xcbf29ce484222325ULL) % m;
+		skip[i] = fnv1a(id, ident_size, 0x84222325cbf29ce4ULL) % (m - 1) + 1;
+	}
+	for (i = 0; i < m; i++)
+		table[i] = UINT32_MAX;
+
+	/* Each round every backend earns its weight in credit and takes one
+	 * preferred free position per maxw of credit, so positions are shared
+	 * in proportion to weight; the heaviest backend takes one per round, so
+	 * the loop ends after at most m rounds. */
+	while (filled < m) {
+		for (i = 0; i < n && filled < m; i++) {
+			credit[i] += weights[i];
+			while (credit[i] >= maxw && filled < m) {
+				uint64_t pos;
+
+				credit[i] -= maxw;
+				do {
+					pos = (offset[i] + next[i] * skip[i]) % m;
+					next[i]++;
+				} while (table[pos] != UINT32_MAX);
+				table[pos] = ids[i];
+				filled++;
+			}
+		}
+	}
+out:
+	free(offset);
+	free(skip);
+	free(next);
+	free(credit);
+	return err;
+}
+
+/* --- Feature probes ------------------------------------------------------ */
+
+/* Load "r0 = 1; exit" as a sock_addr program for the given attach type. */
+static int probe_attach_type(enum bpf_attach_type type)
+{
+	const struct bpf_insn insns[] = {
+		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 1 },
+		{ .code = BPF_JMP | BPF_EXIT },
+	};
+	LIBBPF_OPTS(bpf_prog_load_opts, opts, .expected_attach_type = type);
+	int fd = bpf_prog_load(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, NULL, "GPL", insns, 2, &opts);
+
+	if (fd < 0)
+		return 0;
+	close(fd);
+	return 1;
+}
+
+static int probe_helper(enum bpf_func_id id)
+{
+	return libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, id, NULL) == 1;
+}
+
+uint32_t socklb_probe(void)
+{
+	uint32_t missing = 0;
+
+	capture(NULL, 0);
+	if (!probe_attach_type(BPF_CGROUP_INET4_CONNECT))
+		missing |= SOCKLB_MISSING_CONNECT;
+	if (!probe_attach_type(BPF_CGROUP_UDP4_SENDMSG))
+		missing |= SOCKLB_MISSING_SENDMSG;
+	if (!probe_attach_type(BPF_CGROUP_UDP4_RECVMSG))
+		missing |= SOCKLB_MISSING_RECVMSG;
+	if (!probe_attach_type(BPF_CGROUP_INET4_GETPEERNAME))
+		missing |= SOCKLB_MISSING_GETPEERNAME;
+	if (!probe_helper(BPF_FUNC_set_retval))
+		missing |= SOCKLB_MISSING_SET_RETVAL;
+	if (!probe_helper(BPF_FUNC_sk_storage_get))
+		missing |= SOCKLB_MISSING_SK_STORAGE;
+	if (!probe_helper(BPF_FUNC_get_netns_cookie))
+		missing |= SOCKLB_MISSING_NETNS_COOKIE;
+	release();
+	return missing;
+}

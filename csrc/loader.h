@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * socklb native core: a thin loader over libbpf, called from Python through
+ * cffi.  build_ffi.py feeds this file (minus preprocessor lines other than
+ * integer #defines) to cffi's parser, so keep it to plain declarations.
+ *
+ * Every function that can fail returns 0 or a positive value on success and
+ * a negative errno on failure; Python turns that into an exception in one
+ * place (socklb._core.check).
+ */
+
+#define SOCKLB_NPROGS 8
+#define SOCKLB_LOG_SIZE 262144
+
+/* Feature bits reported by socklb_probe(): set when the kernel LACKS it. */
+#define SOCKLB_MISSING_CONNECT 1
+#define SOCKLB_MISSING_SENDMSG 2
+#define SOCKLB_MISSING_RECVMSG 4
+#define SOCKLB_MISSING_GETPEERNAME 8
+#define SOCKLB_MISSING_SET_RETVAL 16
+#define SOCKLB_MISSING_SK_STORAGE 32
+#define SOCKLB_MISSING_NETNS_COOKIE 64
+
+struct socklb_config {
+	uint32_t max_services;
+	uint32_t max_backends;	/* service-backend pairs */
+	uint32_t max_slots;	/* selectable list entries, live + being replaced */
+	uint32_t max_affinity;
+	uint32_t maglev_size;	/* entries per maglev table (a prime) */
+	uint32_t max_maglev;	/* maglev tables, live + being replaced */
+};
+
+/* Kernel statistics of one program (needs kernel.bpf_stats_enabled=1). */
+struct socklb_prog_stats {
+	uint64_t run_cnt;
+	uint64_t run_time_ns;
+	uint32_t id;
+	char name[16];
+};
+
+struct socklb;
+struct socklb_links;
+
+/* Open the embedded BPF object, size its maps from cfg and load it.  On
+ * failure, log (log_size bytes) holds the verifier's or libbpf's messages
+ * and *failed_prog the index of the program that was rejected, or -1. */
+int socklb_open(const struct socklb_config *cfg, struct socklb **out, char *log, size_t log_size,
+		int *failed_prog);
+void socklb_close(struct socklb *lb);
+
+/* Map file descriptor by name ("services", "slots", ...), or -ENOENT. */
+int socklb_map_fd(struct socklb *lb, const char *name);
+/* Name of program i (0 <= i < SOCKLB_NPROGS), e.g. "socklb_connect4". */
+const char *socklb_prog_name(int i);
+int socklb_prog_stats(struct socklb *lb, int i, struct socklb_prog_stats *out);
+
+/* Attach every program to the cgroup (bpf_link each); detach with
+ * socklb_links_destroy(). */
+int socklb_attach(struct socklb *lb, int cgroup_fd, struct socklb_links **out);
+void socklb_links_destroy(struct socklb_links *links);
+
+/* Map operations on n packed keys/values (key_size/value_size each).
+ * update and delete stop at the first failure and report how many were
+ * done in *done. */
+int socklb_map_update(int fd, const void *keys, const void *values, uint32_t n, uint32_t key_size,
+		      uint32_t value_size, uint64_t flags, uint32_t *done);
+int socklb_map_delete(int fd, const void *keys, uint32_t n, uint32_t key_size, uint32_t *done);
+int socklb_map_lookup(int fd, const void *key, void *value);
+/* Walk the map: fills up to cap keys, returns how many. */
+int socklb_map_keys(int fd, void *keys, uint32_t key_size, uint32_t cap);
+
+/* Fill table[0..m) with entries of ids[] by Maglev consistent hashing.
+ * ident is n records of ident_size bytes naming each backend (its hash seeds
+ * the permutation); weights[i] == 0 leaves backend i out.  Returns 0, or
+ * -EINVAL when m is not > 1 or no backend has weight. */
+int socklb_maglev(const uint8_t *ident, uint32_t ident_size, const uint32_t *weights, const uint32_t *ids,
+		  uint32_t n, uint32_t *table, uint32_t m);
+
+/* Kernel features this library needs that are missing (SOCKLB_MISSING_*). */
+uint32_t socklb_probe(void);

@@ -1,0 +1,538 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * socklb datapath: cgroup sock_addr programs that balance services at the
+ * socket layer.
+ *
+ *   connect4/6      TCP and connected UDP: VIP:port -> backend, once per connect()
+ *   sendmsg4/6      unconnected UDP: each datagram to a VIP goes to the socket's backend
+ *   recvmsg4/6      unconnected UDP: replies from that backend show the VIP as source
+ *   getpeername4/6  a translated socket reports the VIP it dialled
+ *
+ * Every program returns 1 (allow) for destinations that are not services; the
+ * common case costs one hash lookup.
+ */
+#include <stdbool.h>
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <linux/errno.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "socklb_maps.h"
+
+/* Set by the loader before load. */
+const volatile __u32 maglev_size = 1;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, struct socklb_svc_key);
+	__type(value, struct socklb_svc_val);
+} services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 524288);
+	__type(key, struct socklb_slot_key);
+	__type(value, struct socklb_slot_val);
+} slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 262144);
+	__type(key, __u32);
+	__type(value, struct socklb_backend_val);
+} backends SEC(".maps");
+
+/* list_id -> __u32[maglev_size] backend ids; the loader sets value_size. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1024);
+	__uint(key_size, 4);
+	__uint(value_size, 4);
+} maglev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct socklb_affinity_key);
+	__type(value, struct socklb_affinity_val);
+} affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct socklb_sock_state);
+} sock_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SOCKLB_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+#define SYS_REJECT 0
+#define SYS_PROCEED 1
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &which);
+
+	if (c)
+		*c += 1;
+}
+
+/* Refuse with ECONNREFUSED, what kube-proxy's REJECT gives for a service
+ * without endpoints; a bare "return 0" would surface as EPERM. */
+static __always_inline int refuse(void)
+{
+	count(SOCKLB_CNT_NO_BACKEND);
+	bpf_set_retval(-ECONNREFUSED);
+	return SYS_REJECT;
+}
+
+static __always_inline __u8 sock_proto(const struct bpf_sock_addr *ctx)
+{
+	if (ctx->type == 1 /* SOCK_STREAM */ && ctx->protocol == IPPROTO_TCP)
+		return SOCKLB_PROTO_TCP;
+	if (ctx->type == 2 /* SOCK_DGRAM */ && ctx->protocol == IPPROTO_UDP)
+		return SOCKLB_PROTO_UDP;
+	return 0;
+}
+
+/* Fill key->addr from the context; returns 0 if the address cannot be a
+ * service (an IPv6 socket's v4-mapped destination maps to the IPv4 key). */
+static __always_inline void key_from_v4(struct socklb_svc_key *key, __u32 ip4)
+{
+	key->addr[0] = 0;
+	key->addr[1] = 0;
+	key->addr[2] = bpf_htonl(0xffff);
+	key->addr[3] = ip4;
+}
+
+static __always_inline void key_from_v6(struct socklb_svc_key *key, const struct bpf_sock_addr *ctx)
+{
+	key->addr[0] = ctx->user_ip6[0];
+	key->addr[1] = ctx->user_ip6[1];
+	key->addr[2] = ctx->user_ip6[2];
+	key->addr[3] = ctx->user_ip6[3];
+}
+
+static __always_inline bool usable(const struct socklb_svc_val *svc, const struct socklb_backend_val *be)
+{
+	if (be->svc_id != svc->svc_id)
+		return false;
+	if (be->state == SOCKLB_STATE_ACTIVE)
+		return true;
+	return be->state == SOCKLB_STATE_TERMINATING && (svc->flags & SOCKLB_SVC_F_FALLBACK);
+}
+
+/* 64-bit finalizer (splitmix64) so that consecutive socket cookies spread
+ * over the maglev table. */
+static __always_inline __u32 mix64(__u64 x)
+{
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ULL;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebULL;
+	x ^= x >> 31;
+	return (__u32)x;
+}
+
+/* Scale a 32-bit random number to [0, n) without a division. */
+static __always_inline __u32 scale(__u32 r, __u32 n)
+{
+	return (__u32)(((__u64)r * n) >> 32);
+}
+
+/* Pick a backend id from the service's current list, or 0 if the list is
+ * empty or was replaced under us (the caller re-reads the service). */
+static __always_inline __u32 pick_from_list(const struct socklb_svc_val *svc, __u64 cookie)
+{
+	struct socklb_slot_key sk = { .list_id = svc->list_id };
+	struct socklb_slot_val *slot;
+	__u32 n = svc->count;
+
+	if (n == 0)
+		return 0;
+
+	if (svc->algo == SOCKLB_ALGO_MAGLEV) {
+		__u32 lid = svc->list_id;
+		__u32 *table = bpf_map_lookup_elem(&maglev, &lid);
+		__u32 m = maglev_size;
+		__u32 i;
+
+		if (!table || m == 0)
+			return 0;
+		i = mix64(cookie) % m;
+		/* maglev_size is read-only data the verifier knows, but it
+		 * does not derive i < m from the modulo: compare explicitly,
+		 * and keep clang from folding the comparison away. */
+		asm volatile("" : "+r"(i));
+		if (i >= m)
+			return 0;
+		return table[i];
+	}
+
+	if (svc->algo == SOCKLB_ALGO_WEIGHTED && svc->total_weight) {
+		__u32 r = scale(bpf_get_prandom_u32(), svc->total_weight);
+		__u32 lo = 0, hi = n - 1;
+
+		/* Binary search for the first slot whose cumulative weight
+		 * exceeds r: at most 17 steps for 65536 slots. */
+		for (int step = 0; step < 17 && lo < hi; step++) {
+			__u32 mid = lo + (hi - lo) / 2;
+
+			sk.index = mid;
+			slot = bpf_map_lookup_elem(&slots, &sk);
+			if (!slot)
+				return 0;
+			if (slot->cum_weight > r)
+				hi = mid;
+			else
+				lo = mid + 1;
+		}
+		sk.index = lo;
+	} else {
+		sk.index = scale(bpf_get_prandom_u32(), n);
+	}
+	slot = bpf_map_lookup_elem(&slots, &sk);
+	return slot ? slot->backend_id : 0;
+}
+
+struct choice {
+	struct socklb_svc_val svc;
+	struct socklb_backend_val be;
+	__u32 backend_id;
+};
+
+/* Choose a backend for a socket: affinity first (if the service asks for it),
+ * then the service's algorithm.  Returns false when there is no backend. */
+static __always_inline bool choose(struct bpf_sock_addr *ctx, const struct socklb_svc_key *key,
+				   struct socklb_svc_val *svc, struct choice *out)
+{
+	struct socklb_affinity_key ak = {};
+	struct socklb_affinity_val *av = NULL;
+	struct socklb_backend_val *be;
+	__u64 now = 0, cookie = 0;
+	__u32 id;
+
+	/* Two rounds: a concurrent update may delete the list we read between
+	 * our lookups; the service we read again then points to the new one. */
+	for (int round = 0; round < 2; round++) {
+		if (round)
+			svc = bpf_map_lookup_elem(&services, key);
+		if (!svc)
+			return false;
+		out->svc = *svc;
+
+		if (out->svc.flags & SOCKLB_SVC_F_AFFINITY) {
+			ak.netns_cookie = bpf_get_netns_cookie(ctx);
+			ak.svc_id = out->svc.svc_id;
+			now = bpf_ktime_get_ns();
+			av = bpf_map_lookup_elem(&affinity, &ak);
+			if (av && now - av->last_used_ns < (__u64)out->svc.affinity_timeout * 1000000000ULL) {
+				id = av->backend_id;
+				be = bpf_map_lookup_elem(&backends, &id);
+				if (be && usable(&out->svc, be)) {
+					av->last_used_ns = now;
+					out->be = *be;
+					out->backend_id = id;
+					count(SOCKLB_CNT_AFFINITY_HIT);
+					return true;
+				}
+			}
+		}
+
+		if (out->svc.algo == SOCKLB_ALGO_MAGLEV && !cookie)
+			cookie = bpf_get_socket_cookie(ctx);
+		id = pick_from_list(&out->svc, cookie);
+		if (id) {
+			be = bpf_map_lookup_elem(&backends, &id);
+			if (be) {
+				out->be = *be;
+				out->backend_id = id;
+				if (out->svc.flags & SOCKLB_SVC_F_AFFINITY) {
+					struct socklb_affinity_val nv = {
+						.last_used_ns = now,
+						.backend_id = id,
+					};
+
+					bpf_map_update_elem(&affinity, &ak, &nv, BPF_ANY);
+				}
+				return true;
+			}
+		}
+		if (out->svc.count == 0)
+			return false;
+		count(SOCKLB_CNT_RETRY);
+	}
+	return false;
+}
+
+static __always_inline void remember(struct socklb_sock_entry *e, const struct socklb_svc_key *key,
+				     const struct choice *c, __u32 flags)
+{
+	e->vip[0] = key->addr[0];
+	e->vip[1] = key->addr[1];
+	e->vip[2] = key->addr[2];
+	e->vip[3] = key->addr[3];
+	e->vip_port = key->port;
+	e->backend[0] = c->be.addr[0];
+	e->backend[1] = c->be.addr[1];
+	e->backend[2] = c->be.addr[2];
+	e->backend[3] = c->be.addr[3];
+	e->backend_port = c->be.port;
+	e->backend_id = c->backend_id;
+	e->svc_id = c->svc.svc_id;
+	e->flags = flags;
+}
+
+static __always_inline bool same_addr(const __u32 *a, const __u32 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+static __always_inline void write_v4(struct bpf_sock_addr *ctx, const struct socklb_backend_val *be)
+{
+	ctx->user_ip4 = be->addr[3];
+	ctx->user_port = be->port;
+}
+
+static __always_inline void write_v6(struct bpf_sock_addr *ctx, const struct socklb_backend_val *be)
+{
+	ctx->user_ip6[0] = be->addr[0];
+	ctx->user_ip6[1] = be->addr[1];
+	ctx->user_ip6[2] = be->addr[2];
+	ctx->user_ip6[3] = be->addr[3];
+	ctx->user_port = be->port;
+}
+
+/* --- connect ------------------------------------------------------------ */
+
+static __always_inline int do_connect(struct bpf_sock_addr *ctx, struct socklb_svc_key *key, bool v6)
+{
+	struct socklb_sock_state *st;
+	struct socklb_svc_val *svc;
+	struct choice c;
+
+	key->proto = sock_proto(ctx);
+	if (!key->proto)
+		return SYS_PROCEED;
+	key->port = (__u16)ctx->user_port;
+	svc = bpf_map_lookup_elem(&services, key);
+	if (!svc)
+		return SYS_PROCEED;
+	if (!choose(ctx, key, svc, &c))
+		return refuse();
+
+	/* Remember what was dialled for getpeername() and, on connected UDP
+	 * sockets, for the source of replies read with recvfrom(). */
+	st = bpf_sk_storage_get(&sock_state, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (st)
+		remember(&st->conn, key, &c, SOCKLB_ENTRY_CURRENT);
+
+	if (v6)
+		write_v6(ctx, &c.be);
+	else
+		write_v4(ctx, &c.be);
+	count(SOCKLB_CNT_CONNECT);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/connect4")
+int socklb_connect4(struct bpf_sock_addr *ctx)
+{
+	struct socklb_svc_key key = {};
+
+	key_from_v4(&key, ctx->user_ip4);
+	return do_connect(ctx, &key, false);
+}
+
+SEC("cgroup/connect6")
+int socklb_connect6(struct bpf_sock_addr *ctx)
+{
+	struct socklb_svc_key key = {};
+
+	key_from_v6(&key, ctx);
+	return do_connect(ctx, &key, true);
+}
+
+/* --- sendmsg: unconnected UDP ------------------------------------------- */
+
+static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_svc_key *key, bool v6)
+{
+	struct socklb_sock_state *st;
+	struct socklb_sock_entry *e;
+	struct socklb_svc_val *svc;
+	struct choice c;
+	int i;
+
+	key->proto = sock_proto(ctx);
+	if (key->proto != SOCKLB_PROTO_UDP)
+		return SYS_PROCEED;
+	key->port = (__u16)ctx->user_port;
+	svc = bpf_map_lookup_elem(&services, key);
+	if (!svc)
+		return SYS_PROCEED;
+
+	st = bpf_sk_storage_get(&sock_state, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st)
+		return refuse();
+
+	/* A socket keeps its backend for a service while that backend stays
+	 * usable: no per-datagram hopping. */
+	for (i = 0; i < SOCKLB_SOCK_ENTRIES; i++) {
+		e = &st->dgram[i];
+		if (!(e->flags & SOCKLB_ENTRY_CURRENT) || e->vip_port != key->port ||
+		    !same_addr(e->vip, key->addr))
+			continue;
+		__u32 id = e->backend_id;
+		struct socklb_backend_val *be = bpf_map_lookup_elem(&backends, &id);
+
+		if (be && usable(svc, be) && be->port == e->backend_port && same_addr(be->addr, e->backend)) {
+			count(SOCKLB_CNT_STICKY_HIT);
+			if (v6)
+				write_v6(ctx, be);
+			else
+				write_v4(ctx, be);
+			count(SOCKLB_CNT_SENDMSG);
+			return SYS_PROCEED;
+		}
+		/* Its backend went away: keep the entry so that late replies
+		 * are still translated, but choose again. */
+		e->flags &= ~SOCKLB_ENTRY_CURRENT;
+		break;
+	}
+
+	if (!choose(ctx, key, svc, &c))
+		return refuse();
+
+	/* Reuse an entry for the same backend, else take the next one round
+	 * robin. */
+	__u32 slot = st->next % SOCKLB_SOCK_ENTRIES;
+	for (i = 0; i < SOCKLB_SOCK_ENTRIES; i++) {
+		e = &st->dgram[i];
+		if (e->vip_port == key->port && e->backend_port == c.be.port && same_addr(e->vip, key->addr) &&
+		    same_addr(e->backend, c.be.addr)) {
+			slot = i;
+			break;
+		}
+	}
+	if (slot == st->next % SOCKLB_SOCK_ENTRIES)
+		st->next++;
+	if (slot < SOCKLB_SOCK_ENTRIES)
+		remember(&st->dgram[slot], key, &c, SOCKLB_ENTRY_CURRENT);
+
+	if (v6)
+		write_v6(ctx, &c.be);
+	else
+		write_v4(ctx, &c.be);
+	count(SOCKLB_CNT_SENDMSG);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/sendmsg4")
+int socklb_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	struct socklb_svc_key key = {};
+
+	key_from_v4(&key, ctx->user_ip4);
+	return do_sendmsg(ctx, &key, false);
+}
+
+SEC("cgroup/sendmsg6")
+int socklb_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	struct socklb_svc_key key = {};
+
+	key_from_v6(&key, ctx);
+	return do_sendmsg(ctx, &key, true);
+}
+
+/* --- recvmsg and getpeername: show the VIP ------------------------------ */
+
+static __always_inline void reverse(struct bpf_sock_addr *ctx, const struct socklb_sock_entry *e, bool v6)
+{
+	if (v6) {
+		ctx->user_ip6[0] = e->vip[0];
+		ctx->user_ip6[1] = e->vip[1];
+		ctx->user_ip6[2] = e->vip[2];
+		ctx->user_ip6[3] = e->vip[3];
+	} else {
+		ctx->user_ip4 = e->vip[3];
+	}
+	ctx->user_port = e->vip_port;
+}
+
+static __always_inline bool from_backend(const struct socklb_sock_entry *e, const __u32 *addr, __u16 port)
+{
+	return e->vip_port && e->backend_port == port && same_addr(e->backend, addr);
+}
+
+static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *addr, bool v6, bool dgram,
+				      __u32 counter)
+{
+	struct socklb_sock_state *st;
+	__u16 port = (__u16)ctx->user_port;
+	int i;
+
+	st = bpf_sk_storage_get(&sock_state, ctx->sk, 0, 0);
+	if (!st)
+		return SYS_PROCEED;
+	if (from_backend(&st->conn, addr, port)) {
+		reverse(ctx, &st->conn, v6);
+		count(counter);
+		return SYS_PROCEED;
+	}
+	if (!dgram)
+		return SYS_PROCEED;
+	for (i = 0; i < SOCKLB_SOCK_ENTRIES; i++) {
+		if (from_backend(&st->dgram[i], addr, port)) {
+			reverse(ctx, &st->dgram[i], v6);
+			count(counter);
+			return SYS_PROCEED;
+		}
+	}
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/recvmsg4")
+int socklb_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	__u32 addr[4] = { 0, 0, bpf_htonl(0xffff), ctx->user_ip4 };
+
+	return do_reverse(ctx, addr, false, true, SOCKLB_CNT_RECVMSG);
+}
+
+SEC("cgroup/recvmsg6")
+int socklb_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	__u32 addr[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
+
+	return do_reverse(ctx, addr, true, true, SOCKLB_CNT_RECVMSG);
+}
+
+SEC("cgroup/getpeername4")
+int socklb_getpeername4(struct bpf_sock_addr *ctx)
+{
+	__u32 addr[4] = { 0, 0, bpf_htonl(0xffff), ctx->user_ip4 };
+
+	return do_reverse(ctx, addr, false, false, SOCKLB_CNT_GETPEERNAME);
+}
+
+SEC("cgroup/getpeername6")
+int socklb_getpeername6(struct bpf_sock_addr *ctx)
+{
+	__u32 addr[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
+
+	return do_reverse(ctx, addr, true, false, SOCKLB_CNT_GETPEERNAME);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

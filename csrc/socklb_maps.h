@@ -1,0 +1,129 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * socklb map layouts: the one definition of every key and value shared by the
+ * BPF programs (socklb.bpf.c), the C loader (loader.c) and Python (the cffi
+ * declarations are generated from this file by build_ffi.py).
+ *
+ * The file is read by cffi's parser, so it holds only fixed-width struct
+ * definitions and integer #defines; no other preprocessor directives, no
+ * expressions in #defines.  The including file provides __u8/__u16/__u32/__u64.
+ *
+ * Addresses are always 16 bytes in network order.  IPv4 addresses are stored
+ * as IPv4-mapped IPv6 (::ffff:a.b.c.d), so a v4-mapped destination given to
+ * connect6/sendmsg6 finds the IPv4 service through the same key.
+ */
+
+/* Bump whenever a struct below changes layout. */
+#define SOCKLB_LAYOUT_VERSION 1
+
+#define SOCKLB_PROTO_TCP 6
+#define SOCKLB_PROTO_UDP 17
+
+/* Backend selection, per service. */
+#define SOCKLB_ALGO_RANDOM 0
+#define SOCKLB_ALGO_WEIGHTED 1
+#define SOCKLB_ALGO_MAGLEV 2
+
+/* Backend states.  Only the control plane decides which backends go in a
+ * service's selectable list; the datapath checks the state again when it
+ * reuses a remembered choice (affinity, a UDP socket's sticky backend). */
+#define SOCKLB_STATE_ACTIVE 0
+#define SOCKLB_STATE_TERMINATING 1
+#define SOCKLB_STATE_QUARANTINED 2
+#define SOCKLB_STATE_MAINTENANCE 3
+
+/* socklb_svc_val.flags */
+#define SOCKLB_SVC_F_AFFINITY 1
+/* The selectable list holds terminating backends (no active one is left). */
+#define SOCKLB_SVC_F_FALLBACK 2
+
+/* socklb_sock_entry.flags */
+#define SOCKLB_ENTRY_CURRENT 1
+
+/* Unconnected-UDP flows remembered per socket (see socklb_sock_state). */
+#define SOCKLB_SOCK_ENTRIES 8
+
+/* Counters in the per-CPU "counters" array. */
+#define SOCKLB_CNT_CONNECT 0
+#define SOCKLB_CNT_SENDMSG 1
+#define SOCKLB_CNT_RECVMSG 2
+#define SOCKLB_CNT_GETPEERNAME 3
+#define SOCKLB_CNT_NO_BACKEND 4
+#define SOCKLB_CNT_RETRY 5
+#define SOCKLB_CNT_AFFINITY_HIT 6
+#define SOCKLB_CNT_STICKY_HIT 7
+#define SOCKLB_CNT_MAX 8
+
+/* services: (VIP, port, protocol) -> how to pick a backend. */
+struct socklb_svc_key {
+	__u32 addr[4];		/* network order, IPv4 as ::ffff:a.b.c.d */
+	__u16 port;		/* network order */
+	__u8 proto;		/* SOCKLB_PROTO_* */
+	__u8 pad;
+};
+
+struct socklb_svc_val {
+	__u32 svc_id;		/* stable for the service's lifetime */
+	__u32 list_id;		/* current selectable list (slots, maglev) */
+	__u32 count;		/* number of slots in the list; 0 = refuse */
+	__u32 total_weight;	/* sum of weights in the list (weighted) */
+	__u32 affinity_timeout;	/* seconds (SOCKLB_SVC_F_AFFINITY) */
+	__u8 algo;		/* SOCKLB_ALGO_* */
+	__u8 flags;		/* SOCKLB_SVC_F_* */
+	__u16 pad;
+};
+
+/* slots: (list, index) -> backend.  A service update writes a new list under
+ * a fresh list_id and then swaps svc_val.list_id in one map update, so a
+ * connect() sees the old list or the new one, never a mix. */
+struct socklb_slot_key {
+	__u32 list_id;
+	__u32 index;
+};
+
+struct socklb_slot_val {
+	__u32 backend_id;
+	__u32 cum_weight;	/* weights of slots 0..index inclusive */
+};
+
+/* backends: backend_id -> address.  A backend id belongs to one service. */
+struct socklb_backend_val {
+	__u32 addr[4];		/* network order, IPv4 as ::ffff:a.b.c.d */
+	__u16 port;		/* network order */
+	__u8 state;		/* SOCKLB_STATE_* */
+	__u8 pad;
+	__u32 svc_id;		/* owner, to reject a reused id */
+};
+
+/* affinity: (client pod's netns cookie, service) -> backend. */
+struct socklb_affinity_key {
+	__u64 netns_cookie;
+	__u32 svc_id;
+	__u32 pad;
+};
+
+struct socklb_affinity_val {
+	__u64 last_used_ns;	/* bpf_ktime_get_ns() */
+	__u32 backend_id;
+	__u32 pad;
+};
+
+/* One translation remembered by a socket: replies from backend:backend_port
+ * are shown as coming from vip:vip_port. */
+struct socklb_sock_entry {
+	__u32 vip[4];
+	__u32 backend[4];
+	__u16 vip_port;		/* network order; 0 = unused entry */
+	__u16 backend_port;	/* network order */
+	__u32 backend_id;
+	__u32 svc_id;
+	__u32 flags;		/* SOCKLB_ENTRY_* */
+};
+
+/* Socket-local storage (BPF_MAP_TYPE_SK_STORAGE): freed with the socket. */
+struct socklb_sock_state {
+	struct socklb_sock_entry conn;	/* from connect(): getpeername() */
+	struct socklb_sock_entry dgram[8];	/* SOCKLB_SOCK_ENTRIES, unconnected UDP */
+	__u32 next;			/* round-robin cursor into dgram */
+	__u32 pad;
+};

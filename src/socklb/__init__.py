@@ -1,0 +1,54 @@
+"""socklb: socket-level service load balancing with cgroup eBPF.
+
+A ``connect()`` (or an unconnected UDP ``sendmsg()``) to a service address is
+rewritten once, in the system call, to a chosen backend; replies and
+``getpeername()`` show the service address.  No per-packet NAT.
+
+>>> from socklb import Service, Backend
+>>> Service("10.96.0.10", 80, backends=[Backend("10.244.2.1", 8080)]).key
+('10.96.0.10', 80, 'tcp')
+"""
+
+from .balancer import Attachment, Balancer, ProgramStats, SyncResult
+from .errors import (
+    CapacityError,
+    ClosedError,
+    InvalidValueError,
+    KernelError,
+    LabError,
+    MissingFeatureError,
+    NotCgroupV2Error,
+    NotFoundError,
+    PermissionDeniedError,
+    SocklbError,
+    VerifierError,
+)
+from .model import Affinity, Algorithm, Backend, BackendState, Protocol, Service, ServiceKey
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Affinity",
+    "Algorithm",
+    "Attachment",
+    "Backend",
+    "BackendState",
+    "Balancer",
+    "CapacityError",
+    "ClosedError",
+    "InvalidValueError",
+    "KernelError",
+    "LabError",
+    "MissingFeatureError",
+    "NotCgroupV2Error",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ProgramStats",
+    "Protocol",
+    "Service",
+    "ServiceKey",
+    "SocklbError",
+    "SyncResult",
+    "VerifierError",
+    "__version__",
+]

@@ -1,0 +1,680 @@
+"""The live objects: :class:`Balancer` owns the loaded programs and maps,
+:class:`Attachment` owns the attachment of those programs to one cgroup.
+
+>>> from socklb import Balancer, Service, Backend
+>>> svc = Service("10.96.0.10", 80, backends=[Backend("10.244.2.1", 8080)])
+>>> with Balancer() as lb:                        # doctest: +SKIP
+...     lb.upsert(svc)
+...     att = lb.attach("/sys/fs/cgroup/unified/my-pods")
+...     lb.services() == [svc]
+True
+
+How an update stays atomic for the datapath: a service's selectable backends
+live in a *list* (slots, or a Maglev table) under a list id.  A change writes
+the new backends and a new list first, then swaps the service's list id in one
+map update, and only then deletes the old list and the removed backends.  A
+``connect()`` that runs meanwhile sees the old list or the new one; if it read
+the old one just before its deletion, it reads the service again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from . import _core
+from ._core import BACKEND_VAL, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32, MapOps, check, ffi, htons, lib
+from .cgroup import check_cgroup2_dir
+from .errors import CapacityError, ClosedError, InvalidValueError, NotFoundError
+from .model import Algorithm, BackendState, Protocol, Service, ServiceKey, normalize_key
+
+__all__ = ["Balancer", "Attachment", "SyncResult", "ProgramStats", "DEFAULT_MAGLEV_SIZE"]
+
+DEFAULT_MAGLEV_SIZE = 16381
+_MAX_MAGLEV_SIZE = 131071
+
+_PROTO = {Protocol.TCP: lib.SOCKLB_PROTO_TCP, Protocol.UDP: lib.SOCKLB_PROTO_UDP}
+_STATE = {
+    BackendState.ACTIVE: lib.SOCKLB_STATE_ACTIVE,
+    BackendState.TERMINATING: lib.SOCKLB_STATE_TERMINATING,
+    BackendState.QUARANTINED: lib.SOCKLB_STATE_QUARANTINED,
+    BackendState.MAINTENANCE: lib.SOCKLB_STATE_MAINTENANCE,
+}
+_COUNTERS = {
+    "connect": lib.SOCKLB_CNT_CONNECT,
+    "sendmsg": lib.SOCKLB_CNT_SENDMSG,
+    "recvmsg": lib.SOCKLB_CNT_RECVMSG,
+    "getpeername": lib.SOCKLB_CNT_GETPEERNAME,
+    "no_backend": lib.SOCKLB_CNT_NO_BACKEND,
+    "retry": lib.SOCKLB_CNT_RETRY,
+    "affinity_hit": lib.SOCKLB_CNT_AFFINITY_HIT,
+    "sticky_hit": lib.SOCKLB_CNT_STICKY_HIT,
+}
+
+
+def _addr16(address: str) -> bytes:
+    """16 bytes in network order; IPv4 as ::ffff:a.b.c.d, like the datapath."""
+    ip = ipaddress.ip_address(address)
+    if ip.version == 4:
+        return b"\0" * 10 + b"\xff\xff" + ip.packed
+    return ip.packed
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    i = 2
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 1
+    return True
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What :meth:`Balancer.sync` changed, by service key."""
+
+    added: Tuple[ServiceKey, ...] = ()
+    updated: Tuple[ServiceKey, ...] = ()
+    removed: Tuple[ServiceKey, ...] = ()
+    unchanged: int = 0
+    map_writes: int = 0
+    """Map elements written or deleted."""
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.updated or self.removed)
+
+
+@dataclass(frozen=True)
+class ProgramStats:
+    """Kernel statistics of one program (counted while kernel.bpf_stats_enabled=1)."""
+
+    name: str
+    id: int
+    run_cnt: int
+    run_time_ns: int
+
+    @property
+    def avg_ns(self) -> float:
+        return self.run_time_ns / self.run_cnt if self.run_cnt else 0.0
+
+
+@dataclass
+class _Live:
+    """What is programmed for one service."""
+
+    service: Service
+    svc_id: int
+    key: bytes
+    value: bytes
+    list_id: int
+    slots: Tuple[Tuple[int, int], ...]  # (backend id, cumulative weight); for maglev: (id, weight)
+    backend_ids: Dict[Tuple[str, int], int]
+    backend_vals: Dict[int, bytes]
+
+
+class _Ids:
+    """Allocator of non-zero u32 ids that are not reused until the counter wraps."""
+
+    def __init__(self) -> None:
+        self._next = 1
+        self._used: set[int] = set()
+
+    def take(self) -> int:
+        while True:
+            i = self._next
+            self._next = self._next + 1 if self._next < 0xFFFFFFFF else 1
+            if i not in self._used:
+                self._used.add(i)
+                return i
+
+    def give(self, i: int) -> None:
+        self._used.discard(i)
+
+
+@dataclass
+class _Plan:
+    """Map writes for a batch of service changes, applied in a safe order."""
+
+    backend_upd: List[Tuple[bytes, bytes]] = field(default_factory=list)
+    slot_upd: List[Tuple[bytes, bytes]] = field(default_factory=list)
+    maglev_upd: List[Tuple[bytes, bytes]] = field(default_factory=list)
+    svc_upd: List[Tuple[bytes, bytes]] = field(default_factory=list)
+    svc_del: List[bytes] = field(default_factory=list)
+    slot_del: List[bytes] = field(default_factory=list)
+    maglev_del: List[bytes] = field(default_factory=list)
+    backend_del: List[bytes] = field(default_factory=list)
+    # Python-side bookkeeping to commit once the kernel has everything.
+    live: Dict[ServiceKey, Optional[_Live]] = field(default_factory=dict)
+    free_backend_ids: List[int] = field(default_factory=list)
+    free_list_ids: List[int] = field(default_factory=list)
+    free_svc_ids: List[int] = field(default_factory=list)
+    new_ids: List[Tuple[str, int]] = field(default_factory=list)  # for rollback of allocations
+
+    @property
+    def writes(self) -> int:
+        return (
+            len(self.backend_upd) + len(self.slot_upd) + len(self.maglev_upd) + len(self.svc_upd)
+            + len(self.svc_del) + len(self.slot_del) + len(self.maglev_del) + len(self.backend_del)
+        )
+
+
+class Attachment:
+    """The balancer's programs attached to one cgroup (bpf_links it owns).
+
+    Every socket created by a process in the cgroup or below it is balanced
+    until :meth:`detach`.  Usable as a context manager.
+    """
+
+    def __init__(self, balancer: Balancer, cgroup: str, links: object) -> None:
+        self._balancer = balancer
+        self.cgroup = cgroup
+        """The cgroup directory (resolved path)."""
+        self._links: object = links
+
+    @property
+    def attached(self) -> bool:
+        return self._links is not None
+
+    def detach(self) -> None:
+        """Detach from the cgroup.  Idempotent; other attachments are untouched."""
+        links, self._links = self._links, None
+        if links is not None:
+            lib.socklb_links_destroy(links)
+            self._balancer._forget(self)
+
+    def __enter__(self) -> Attachment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def __repr__(self) -> str:
+        state = "attached" if self.attached else "detached"
+        return f"<Attachment {self.cgroup} {state}>"
+
+
+class Balancer:
+    """Loads socklb's BPF programs and maps and programs services into them.
+
+    Limits are fixed when the balancer is made; exceeding one raises
+    :class:`~socklb.errors.CapacityError` before anything is written.
+
+    :param max_services: services (VIP, port, protocol) at once.
+    :param max_backends: service backends at once, summed over services.
+    :param maglev_size: entries of each Maglev table, a prime.
+    :param max_maglev_services: services that use ``Algorithm.MAGLEV`` at once
+        (each table takes ``4 * maglev_size`` bytes of kernel memory).
+    :param max_affinity: (client pod, service) affinity entries kept (LRU).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_services: int = 65536,
+        max_backends: int = 262144,
+        maglev_size: int = DEFAULT_MAGLEV_SIZE,
+        max_maglev_services: int = 1024,
+        max_affinity: int = 65536,
+    ) -> None:
+        for name, v, hi in (
+            ("max_services", max_services, 1 << 24),
+            ("max_backends", max_backends, 1 << 26),
+            ("max_maglev_services", max_maglev_services, 1 << 20),
+            ("max_affinity", max_affinity, 1 << 26),
+        ):
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+                raise InvalidValueError(name, f"must be an integer in 1..{hi}, not {v!r}")
+        if (
+            isinstance(maglev_size, bool)
+            or not isinstance(maglev_size, int)
+            or not 2 < maglev_size <= _MAX_MAGLEV_SIZE
+            or not _is_prime(maglev_size)
+        ):
+            raise InvalidValueError("maglev_size", f"must be a prime in 3..{_MAX_MAGLEV_SIZE}, not {maglev_size!r}")
+        self.max_services = max_services
+        self.max_backends = max_backends
+        self.maglev_size = maglev_size
+        self.max_maglev_services = max_maglev_services
+
+        cfg = ffi.new("struct socklb_config *")
+        cfg.max_services = max_services
+        cfg.max_backends = max_backends
+        cfg.max_slots = 2 * max_backends
+        cfg.max_affinity = max_affinity
+        cfg.maglev_size = maglev_size
+        cfg.max_maglev = 2 * max_maglev_services
+        out = ffi.new("struct socklb **")
+        log = ffi.new("char[]", lib.SOCKLB_LOG_SIZE)
+        failed = ffi.new("int *")
+        rc = lib.socklb_open(cfg, out, log, lib.SOCKLB_LOG_SIZE, failed)
+        if rc < 0:
+            _core.raise_for_load(rc, ffi.string(log).decode(errors="replace"), failed[0])
+        self._lb: Optional[object] = out[0]
+        self._lock = threading.RLock()
+
+        def ops(name: str, ksz: int, vsz: int) -> MapOps:
+            return MapOps(check(lib.socklb_map_fd(out[0], name.encode()), f"map {name}"), name, ksz, vsz)
+
+        self._services_map = ops("services", SVC_KEY.size, SVC_VAL.size)
+        self._slots_map = ops("slots", SLOT_KEY.size, SLOT_VAL.size)
+        self._backends_map = ops("backends", U32.size, BACKEND_VAL.size)
+        self._maglev_map = ops("maglev", U32.size, 4 * maglev_size)
+        self._counters_map = ops("counters", U32.size, 8)
+        self._live: Dict[ServiceKey, _Live] = {}
+        self._n_backends = 0
+        self._n_maglev = 0
+        self._svc_ids = _Ids()
+        self._list_ids = _Ids()
+        self._backend_ids = _Ids()
+        self._attachments: List[Attachment] = []
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def _handle(self) -> object:
+        if self._lb is None:
+            raise ClosedError("the balancer is closed")
+        return self._lb
+
+    @property
+    def closed(self) -> bool:
+        return self._lb is None
+
+    def close(self) -> None:
+        """Detach every attachment made by this balancer and free its programs and maps.
+
+        Idempotent.  Sockets already connected keep their backend; new ones are
+        no longer balanced.
+        """
+        with self._lock:
+            for att in list(self._attachments):
+                att.detach()
+            lb, self._lb = self._lb, None
+            if lb is not None:
+                lib.socklb_close(lb)
+            self._live.clear()
+
+    def __enter__(self) -> Balancer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_lb", None) is not None:
+            self.close()
+
+    # -- attachments ---------------------------------------------------------------
+
+    def attach(self, cgroup_path: Union[str, os.PathLike[str]]) -> Attachment:
+        """Balance the sockets of every process in ``cgroup_path`` (a cgroup v2
+        directory) and its descendants.  Returns the :class:`Attachment` that owns it.
+        """
+        path = check_cgroup2_dir(os.fspath(cgroup_path))
+        with self._lock:
+            lb = self._handle()
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                out = ffi.new("struct socklb_links **")
+                rc = lib.socklb_attach(lb, fd, out)
+                if rc < 0:
+                    check(rc, f"attaching to cgroup {path}")
+            finally:
+                os.close(fd)
+            att = Attachment(self, path, out[0])
+            self._attachments.append(att)
+            return att
+
+    def attachments(self) -> List[Attachment]:
+        """The attachments this balancer made that are still attached."""
+        with self._lock:
+            return list(self._attachments)
+
+    def _forget(self, att: Attachment) -> None:
+        with self._lock:
+            if att in self._attachments:
+                self._attachments.remove(att)
+
+    # -- services ------------------------------------------------------------------
+
+    def services(self) -> List[Service]:
+        """The services programmed, in the order they were first added."""
+        with self._lock:
+            self._handle()
+            return [lv.service for lv in self._live.values()]
+
+    def get(self, key: Union[Service, ServiceKey, Tuple[str, int]]) -> Service:
+        """The programmed service with this key; :class:`~socklb.errors.NotFoundError` if none."""
+        k = normalize_key(key)
+        with self._lock:
+            self._handle()
+            lv = self._live.get(k)
+            if lv is None:
+                raise NotFoundError(f"no service {k}")
+            return lv.service
+
+    def upsert(self, service: Service) -> bool:
+        """Add the service or replace the one with the same key.  Returns whether
+        anything changed.  Atomic for the datapath."""
+        if not isinstance(service, Service):
+            raise InvalidValueError("service", f"must be a Service, not {type(service).__name__}")
+        with self._lock:
+            self._handle()
+            plan = self._plan({service.key: service}, remove_missing=False)
+            self._apply(plan)
+            return plan.writes > 0
+
+    def remove(self, key: Union[Service, ServiceKey, Tuple[str, int]]) -> None:
+        """Remove a service, given as a Service or its (address, port, protocol) key."""
+        k = normalize_key(key)
+        with self._lock:
+            self._handle()
+            if k not in self._live:
+                raise NotFoundError(f"no service {k}")
+            plan = self._plan({k: None}, remove_missing=False)
+            self._apply(plan)
+
+    def sync(self, services: Iterable[Service]) -> SyncResult:
+        """Make the programmed services exactly ``services``, with the fewest map
+        writes; unchanged services are not touched.  Returns what changed."""
+        want: Dict[ServiceKey, Optional[Service]] = {}
+        for i, s in enumerate(services):
+            if not isinstance(s, Service):
+                raise InvalidValueError(f"services[{i}]", f"must be a Service, not {type(s).__name__}")
+            if s.key in want:
+                raise InvalidValueError(f"services[{i}]", f"service {s} is listed twice")
+            want[s.key] = s
+        with self._lock:
+            self._handle()
+            for k in self._live:
+                if k not in want:
+                    want[k] = None
+            before = dict(self._live)
+            plan = self._plan(want, remove_missing=True)
+            self._apply(plan)
+            added, updated, removed = [], [], []
+            for k, lv in plan.live.items():
+                if lv is None:
+                    removed.append(k)
+                elif k not in before:
+                    added.append(k)
+                else:
+                    updated.append(k)
+            return SyncResult(
+                tuple(added), tuple(updated), tuple(removed), len(want) - len(plan.live), plan.writes
+            )
+
+    # -- planning ------------------------------------------------------------------
+
+    def _plan(self, want: Dict[ServiceKey, Optional[Service]], remove_missing: bool) -> _Plan:
+        """Compute the map writes that take the programmed state to ``want``
+        (None removes).  Checks capacity first; allocates ids (released again
+        by _apply if the kernel refuses)."""
+        plan = _Plan()
+        n_services = len(self._live)
+        n_backends = self._n_backends
+        n_maglev = self._n_maglev
+        for k, svc in want.items():
+            old = self._live.get(k)
+            if svc is None:
+                if old is not None:
+                    n_services -= 1
+                    n_backends -= len(old.backend_ids)
+                    n_maglev -= old.service.algorithm is Algorithm.MAGLEV
+                continue
+            if old is not None and old.service == svc:
+                continue
+            if old is None:
+                n_services += 1
+            else:
+                n_backends -= len(old.backend_ids)
+                n_maglev -= old.service.algorithm is Algorithm.MAGLEV
+            n_backends += len(svc.backends)
+            n_maglev += svc.algorithm is Algorithm.MAGLEV
+        if n_services > self.max_services:
+            raise CapacityError("services", n_services, self.max_services)
+        if n_backends > self.max_backends:
+            raise CapacityError("backends", n_backends, self.max_backends)
+        if n_maglev > self.max_maglev_services:
+            raise CapacityError("maglev services", n_maglev, self.max_maglev_services)
+
+        try:
+            for k, svc in want.items():
+                old = self._live.get(k)
+                if svc is None:
+                    if old is not None:
+                        self._plan_remove(plan, k, old)
+                elif old is None or old.service != svc:
+                    self._plan_upsert(plan, k, svc, old)
+        except BaseException:
+            self._release_new_ids(plan)
+            raise
+        return plan
+
+    def _plan_remove(self, plan: _Plan, k: ServiceKey, old: _Live) -> None:
+        plan.svc_del.append(old.key)
+        self._drop_list(plan, old)
+        for bid in old.backend_ids.values():
+            plan.backend_del.append(U32.pack(bid))
+            plan.free_backend_ids.append(bid)
+        plan.free_svc_ids.append(old.svc_id)
+        plan.live[k] = None
+
+    def _drop_list(self, plan: _Plan, old: _Live) -> None:
+        if old.service.algorithm is Algorithm.MAGLEV:
+            plan.maglev_del.append(U32.pack(old.list_id))
+        else:
+            plan.slot_del.extend(SLOT_KEY.pack(old.list_id, i) for i in range(len(old.slots)))
+        plan.free_list_ids.append(old.list_id)
+
+    def _plan_upsert(self, plan: _Plan, k: ServiceKey, svc: Service, old: Optional[_Live]) -> None:
+        if old is None:
+            svc_id = self._svc_ids.take()
+            plan.new_ids.append(("svc", svc_id))
+        else:
+            svc_id = old.svc_id
+        old_ids = old.backend_ids if old else {}
+        old_vals = old.backend_vals if old else {}
+
+        ids: Dict[Tuple[str, int], int] = {}
+        vals: Dict[int, bytes] = {}
+        for b in svc.backends:
+            bk = (b.address, b.port)
+            bid = old_ids.get(bk)
+            if bid is None:
+                bid = self._backend_ids.take()
+                plan.new_ids.append(("backend", bid))
+            val = BACKEND_VAL.pack(_addr16(b.address), htons(b.port), _STATE[b.state], svc_id)
+            ids[bk] = bid
+            vals[bid] = val
+            if old_vals.get(bid) != val:
+                plan.backend_upd.append((U32.pack(bid), val))
+
+        # The selectable list: active backends, or terminating ones when no
+        # active one is left (Kubernetes' terminating-endpoint fallback).
+        usable = [b for b in svc.backends if b.state is BackendState.ACTIVE and b.weight > 0]
+        flags = 0
+        if not usable:
+            usable = [b for b in svc.backends if b.state is BackendState.TERMINATING and b.weight > 0]
+            if usable:
+                flags |= lib.SOCKLB_SVC_F_FALLBACK
+        if svc.affinity is not None:
+            flags |= lib.SOCKLB_SVC_F_AFFINITY
+        algo = svc.algorithm
+        slots: Tuple[Tuple[int, int], ...]
+        if algo is Algorithm.MAGLEV:
+            slots = tuple((ids[(b.address, b.port)], b.weight) for b in usable)
+            algo_code, total = lib.SOCKLB_ALGO_MAGLEV, 0
+        else:
+            weights = [b.weight if algo is Algorithm.WEIGHTED else 1 for b in usable]
+            cum, acc = [], 0
+            for w in weights:
+                acc += w
+                cum.append(acc)
+            slots = tuple((ids[(b.address, b.port)], c) for b, c in zip(usable, cum))
+            # Equal weights need no search: the datapath picks uniformly.
+            uniform = len(set(weights)) <= 1
+            algo_code = lib.SOCKLB_ALGO_RANDOM if uniform else lib.SOCKLB_ALGO_WEIGHTED
+            total = 0 if uniform else acc
+
+        same_list = (
+            old is not None
+            and old.slots == slots
+            and (old.service.algorithm is Algorithm.MAGLEV) == (algo is Algorithm.MAGLEV)
+        )
+        if same_list and old is not None:
+            list_id = old.list_id
+        else:
+            list_id = self._list_ids.take()
+            plan.new_ids.append(("list", list_id))
+            if algo is Algorithm.MAGLEV:
+                if slots:
+                    plan.maglev_upd.append((U32.pack(list_id), self._maglev_table(svc, usable, ids)))
+            else:
+                plan.slot_upd.extend(
+                    (SLOT_KEY.pack(list_id, i), SLOT_VAL.pack(bid, c)) for i, (bid, c) in enumerate(slots)
+                )
+            if old is not None:
+                self._drop_list(plan, old)
+
+        key = SVC_KEY.pack(_addr16(svc.address), htons(svc.port), _PROTO[svc.protocol])
+        timeout = svc.affinity.timeout if svc.affinity else 0
+        value = SVC_VAL.pack(svc_id, list_id, len(slots), total, timeout, algo_code, flags)
+        if old is None or old.value != value:
+            plan.svc_upd.append((key, value))
+        for bk, bid in old_ids.items():
+            if bk not in ids:
+                plan.backend_del.append(U32.pack(bid))
+                plan.free_backend_ids.append(bid)
+        plan.live[k] = _Live(svc, svc_id, key, value, list_id, slots, ids, vals)
+
+    def _maglev_table(self, svc: Service, usable: Sequence[object], ids: Dict[Tuple[str, int], int]) -> bytes:
+        from .model import Backend
+
+        bs = [b for b in usable if isinstance(b, Backend)]
+        n = len(bs)
+        ident = b"".join(_addr16(b.address) + b.port.to_bytes(2, "big") for b in bs)
+        weights = ffi.new("uint32_t[]", [b.weight for b in bs])
+        bids = ffi.new("uint32_t[]", [ids[(b.address, b.port)] for b in bs])
+        table = ffi.new("uint32_t[]", self.maglev_size)
+        check(lib.socklb_maglev(ident, 18, weights, bids, n, table, self.maglev_size), f"maglev table of {svc}")
+        return bytes(ffi.buffer(table))
+
+    def _release_new_ids(self, plan: _Plan) -> None:
+        pools = {"svc": self._svc_ids, "backend": self._backend_ids, "list": self._list_ids}
+        for kind, i in plan.new_ids:
+            pools[kind].give(i)
+
+    # -- applying ------------------------------------------------------------------
+
+    def _apply(self, plan: _Plan) -> None:
+        """Write the plan: new state first, then the swap, then the clean-up.
+
+        A failure before the swap is rolled back completely, so the kernel and
+        this object keep the previous state."""
+        def upd(m: MapOps, rows: List[Tuple[bytes, bytes]]) -> None:
+            m.update(b"".join(r[0] for r in rows), b"".join(r[1] for r in rows), len(rows))
+
+        written: List[Tuple[MapOps, List[bytes]]] = []
+        try:
+            for m, rows in (
+                (self._backends_map, plan.backend_upd),
+                (self._slots_map, plan.slot_upd),
+                (self._maglev_map, plan.maglev_upd),
+            ):
+                upd(m, rows)
+                written.append((m, [r[0] for r in rows]))
+            upd(self._services_map, plan.svc_upd)
+        except BaseException:
+            self._rollback(plan, written)
+            raise
+        # The swap is done: from here on the old lists are unreachable for new
+        # lookups and are removed.
+        self._services_map.delete(b"".join(plan.svc_del), len(plan.svc_del))
+        self._slots_map.delete(b"".join(plan.slot_del), len(plan.slot_del))
+        self._maglev_map.delete(b"".join(plan.maglev_del), len(plan.maglev_del))
+        self._backends_map.delete(b"".join(plan.backend_del), len(plan.backend_del))
+
+        for k, lv in plan.live.items():
+            old = self._live.get(k)
+            if old is not None:
+                self._n_backends -= len(old.backend_ids)
+                self._n_maglev -= old.service.algorithm is Algorithm.MAGLEV
+            if lv is None:
+                self._live.pop(k, None)
+            else:
+                self._live[k] = lv
+                self._n_backends += len(lv.backend_ids)
+                self._n_maglev += lv.service.algorithm is Algorithm.MAGLEV
+        for i in plan.free_backend_ids:
+            self._backend_ids.give(i)
+        for i in plan.free_list_ids:
+            self._list_ids.give(i)
+        for i in plan.free_svc_ids:
+            self._svc_ids.give(i)
+
+    def _rollback(self, plan: _Plan, written: List[Tuple[MapOps, List[bytes]]]) -> None:
+        # Services are written last and one at a time: put back any that were.
+        for key, _ in plan.svc_upd:
+            old = next((lv for lv in self._live.values() if lv.key == key), None)
+            try:
+                if old is not None:
+                    self._services_map.update(old.key, old.value, 1)
+                else:
+                    self._services_map.delete(key, 1)
+            except Exception:  # noqa: BLE001 - best effort; the first error is raised
+                pass
+        restore: Dict[bytes, bytes] = {}
+        for lv in self._live.values():
+            for bid, val in lv.backend_vals.items():
+                restore[U32.pack(bid)] = val
+        for m, keys in reversed(written):
+            for key in keys:
+                try:
+                    if m is self._backends_map and key in restore:
+                        m.update(key, restore[key], 1)
+                    else:
+                        m.delete(key, 1)
+                except Exception:  # noqa: BLE001
+                    pass
+        self._release_new_ids(plan)
+
+    # -- observability -------------------------------------------------------------
+
+    def counters(self) -> Dict[str, int]:
+        """Datapath counters summed over CPUs: translations made, refusals, retries."""
+        with self._lock:
+            self._handle()
+            ncpu = _core.possible_cpus()
+            out = {}
+            for name, idx in _COUNTERS.items():
+                raw = self._counters_map.lookup(U32.pack(idx), 8 * ncpu) or b""
+                out[name] = sum(int.from_bytes(raw[i : i + 8], sys.byteorder)
+                                for i in range(0, len(raw), 8))
+            return out
+
+    def program_stats(self) -> List[ProgramStats]:
+        """Per-program run counts and run time from the kernel's BPF statistics.
+
+        The kernel counts only while ``/proc/sys/kernel/bpf_stats_enabled`` is 1.
+        """
+        with self._lock:
+            lb = self._handle()
+            out = []
+            st = ffi.new("struct socklb_prog_stats *")
+            for i in range(lib.SOCKLB_NPROGS):
+                check(lib.socklb_prog_stats(lb, i, st), "program statistics")
+                out.append(ProgramStats(ffi.string(lib.socklb_prog_name(i)).decode(), st.id, st.run_cnt,
+                                        st.run_time_ns))
+            return out
+
+    def __repr__(self) -> str:
+        if self._lb is None:
+            return "<Balancer closed>"
+        return f"<Balancer services={len(self._live)} attachments={len(self._attachments)}>"

@@ -1,0 +1,251 @@
+"""Values that describe services: :class:`Service`, :class:`Backend`, :class:`Affinity`.
+
+They are frozen and validated when made; an invalid field raises
+:class:`~socklb.errors.InvalidValueError` (a :class:`ValueError`) naming it.
+
+>>> svc = Service("10.96.0.10", 80, backends=[Backend("10.244.2.1", 8080)])
+>>> svc.key
+('10.96.0.10', 80, 'tcp')
+>>> Backend("10.244.2.1", 0)
+Traceback (most recent call last):
+...
+socklb.errors.InvalidValueError: port: must be an integer in 1..65535, not 0
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Tuple, Type, TypeVar, Union
+
+from .errors import InvalidValueError
+
+__all__ = [
+    "Affinity",
+    "Algorithm",
+    "Backend",
+    "BackendState",
+    "Protocol",
+    "Service",
+    "ServiceKey",
+    "MAX_WEIGHT",
+    "MAX_BACKENDS_PER_SERVICE",
+]
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+ServiceKey = Tuple[str, int, str]
+"""A service's identity: (VIP, port, protocol), as in ``Service.key``."""
+
+MAX_WEIGHT = 65535
+MAX_BACKENDS_PER_SERVICE = 65536
+AFFINITY_MIN, AFFINITY_MAX, AFFINITY_DEFAULT = 1, 86400, 10800
+
+
+class Protocol(str, enum.Enum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class Algorithm(str, enum.Enum):
+    """How a service picks a backend for a new socket.
+
+    ``random``: uniform over the usable backends (weight 0 drains one);
+    ``weighted``: random in proportion to each backend's weight;
+    ``maglev``: Maglev consistent hashing of the socket, weighted, so a flow's
+    choice survives changes to the backend set (about 1/N of flows move when one
+    of N backends comes or goes).
+    """
+
+    RANDOM = "random"
+    WEIGHTED = "weighted"
+    MAGLEV = "maglev"
+
+
+class BackendState(str, enum.Enum):
+    """Kubernetes endpoint conditions, as socklb uses them.
+
+    ``active`` backends are chosen; ``terminating`` ones only when a service has
+    no active backend left; ``quarantined`` and ``maintenance`` ones are kept in
+    the tables but never chosen.
+    """
+
+    ACTIVE = "active"
+    TERMINATING = "terminating"
+    QUARANTINED = "quarantined"
+    MAINTENANCE = "maintenance"
+
+
+def _address(value: object, name: str) -> IPAddress:
+    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        ip: IPAddress = value
+    elif isinstance(value, str):
+        try:
+            ip = ipaddress.ip_address(value)
+        except ValueError:
+            raise InvalidValueError(name, f"{value!r} is not an IPv4 or IPv6 address") from None
+    else:
+        raise InvalidValueError(name, f"must be an IP address string, not {type(value).__name__}")
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        raise InvalidValueError(
+            name, f"{ip} is IPv4-mapped: give the IPv4 address {ip.ipv4_mapped}; v6 sockets reach it through ::ffff:"
+        )
+    if ip.is_unspecified or ip.is_multicast:
+        raise InvalidValueError(name, f"{ip} cannot be a service or backend address")
+    return ip
+
+
+def _port(value: object, name: str = "port") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise InvalidValueError(name, f"must be an integer in 1..65535, not {value!r}")
+    return value
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def _enum(cls: Type[E], value: object, name: str) -> E:
+    try:
+        return cls(value)
+    except ValueError:
+        allowed = ", ".join(str(m.value) for m in cls)
+        raise InvalidValueError(name, f"{value!r} is not one of {allowed}") from None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One endpoint of a service: an address and port, a weight and a state.
+
+    >>> Backend("fd00:244:2::2", 8080, weight=3).weight
+    3
+    """
+
+    address: str
+    port: int
+    weight: int = 1
+    state: BackendState = BackendState.ACTIVE
+
+    def __post_init__(self) -> None:
+        ip = _address(self.address, "address")
+        object.__setattr__(self, "address", str(ip))
+        _port(self.port)
+        if isinstance(self.weight, bool) or not isinstance(self.weight, int) or not 0 <= self.weight <= MAX_WEIGHT:
+            raise InvalidValueError("weight", f"must be an integer in 0..{MAX_WEIGHT}, not {self.weight!r}")
+        object.__setattr__(self, "state", _enum(BackendState, self.state, "state"))
+
+    @property
+    def ip(self) -> IPAddress:
+        return ipaddress.ip_address(self.address)
+
+    @property
+    def usable_when_active(self) -> bool:
+        return self.state is BackendState.ACTIVE and self.weight > 0
+
+
+@dataclass(frozen=True)
+class Affinity:
+    """ClientIP session affinity: a client pod keeps its backend until it has not
+    used the service for ``timeout`` seconds (1..86400, default 10800).
+
+    The client is identified by its network namespace (the pod), not by an
+    address it could spoof.
+    """
+
+    timeout: int = AFFINITY_DEFAULT
+
+    def __post_init__(self) -> None:
+        t = self.timeout
+        if isinstance(t, bool) or not isinstance(t, int) or not AFFINITY_MIN <= t <= AFFINITY_MAX:
+            raise InvalidValueError(
+                "affinity.timeout", f"must be an integer number of seconds in {AFFINITY_MIN}..{AFFINITY_MAX}, not {t!r}"
+            )
+
+
+@dataclass(frozen=True, init=False)
+class Service:
+    """A service address (VIP, port, protocol) and its backends.
+
+    Backends must be of the service's address family; an IPv4 service is also
+    reached by IPv6 sockets through its v4-mapped address (``::ffff:10.96.0.10``).
+    """
+
+    address: str
+    port: int
+    protocol: Protocol = Protocol.TCP
+    backends: Tuple[Backend, ...] = field(default=())
+    algorithm: Algorithm = Algorithm.RANDOM
+    affinity: Optional[Affinity] = None
+
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        protocol: Union[str, Protocol] = Protocol.TCP,
+        backends: Iterable[Backend] = (),
+        algorithm: Union[str, Algorithm] = Algorithm.RANDOM,
+        affinity: Optional[Affinity] = None,
+    ) -> None:
+        ip = _address(address, "address")
+        _port(port)
+        proto = _enum(Protocol, protocol, "protocol")
+        algo = _enum(Algorithm, algorithm, "algorithm")
+        if isinstance(backends, (str, bytes)):
+            raise InvalidValueError("backends", "must be an iterable of Backend")
+        try:
+            bs = tuple(backends)
+        except TypeError:
+            raise InvalidValueError("backends", f"must be an iterable of Backend, not {type(backends).__name__}") from None
+        if len(bs) > MAX_BACKENDS_PER_SERVICE:
+            raise InvalidValueError("backends", f"{len(bs)} backends; a service has at most {MAX_BACKENDS_PER_SERVICE}")
+        seen = set()
+        for i, b in enumerate(bs):
+            if not isinstance(b, Backend):
+                raise InvalidValueError(f"backends[{i}]", f"must be a Backend, not {type(b).__name__}")
+            if b.ip.version != ip.version:
+                raise InvalidValueError(
+                    f"backends[{i}]",
+                    f"{b.address} is IPv{b.ip.version} but the service {ip} is IPv{ip.version}",
+                )
+            if (b.address, b.port) in seen:
+                raise InvalidValueError(f"backends[{i}]", f"{_hostport(b.address, b.port)} is listed twice")
+            seen.add((b.address, b.port))
+        if affinity is not None and not isinstance(affinity, Affinity):
+            raise InvalidValueError("affinity", f"must be an Affinity or None, not {type(affinity).__name__}")
+        object.__setattr__(self, "address", str(ip))
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "protocol", proto)
+        object.__setattr__(self, "backends", bs)
+        object.__setattr__(self, "algorithm", algo)
+        object.__setattr__(self, "affinity", affinity)
+
+    @property
+    def key(self) -> ServiceKey:
+        """(address, port, protocol): what identifies the service."""
+        return (self.address, self.port, self.protocol.value)
+
+    @property
+    def ip(self) -> IPAddress:
+        return ipaddress.ip_address(self.address)
+
+    def with_backends(self, backends: Iterable[Backend]) -> Service:
+        """A copy with other backends."""
+        return Service(self.address, self.port, self.protocol, backends, self.algorithm, self.affinity)
+
+    def __str__(self) -> str:
+        return f"{_hostport(self.address, self.port)}/{self.protocol.value}"
+
+
+def _hostport(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def normalize_key(key: Union[Service, ServiceKey, Tuple[str, int], Tuple[str, int, str]]) -> ServiceKey:
+    """A ServiceKey from a Service or an (address, port[, protocol]) tuple, validated."""
+    if isinstance(key, Service):
+        return key.key
+    if not isinstance(key, tuple) or len(key) not in (2, 3):
+        raise InvalidValueError("service", f"must be a Service or (address, port, protocol), not {key!r}")
+    address = str(_address(key[0], "address"))
+    port = _port(key[1])
+    proto = _enum(Protocol, key[2] if len(key) == 3 else "tcp", "protocol")
+    return (address, port, proto.value)
