@@ -174,14 +174,7 @@ def cgroup2_mount() -> str:
     return mount
 
 
-def _cgroup2_mount_or_none(text: Optional[str] = None) -> Optional[str]:
-    try:
-        return parse_cgroup2_mount(_read_mountinfo() if text is None else text)
-    except OSError:
-        return None
-
-
-def check_cgroup2_dir(path: str) -> str:
+def check_cgroup2_dir(path: str, *, mountinfo: Optional[str] = None) -> str:
     """Return the real path of ``path`` if it is a directory on a cgroup v2 filesystem.
 
     Otherwise raise :class:`~socklb.errors.NotCgroupV2Error` whose message says
@@ -189,7 +182,8 @@ def check_cgroup2_dir(path: str) -> str:
     some other filesystem) and where cgroup v2 is mounted, if anywhere.
 
     The filesystem is identified by matching the directory's device number
-    against the entries of ``/proc/self/mountinfo``.
+    against the entries of ``/proc/self/mountinfo`` (or of the text
+    ``mountinfo``, if given).
 
     Example::
 
@@ -199,11 +193,13 @@ def check_cgroup2_dir(path: str) -> str:
         Traceback (most recent call last):
         socklb.errors.NotCgroupV2Error: /tmp: is on a tmpfs filesystem, not cgroup2: ...
     """
-    try:
-        text: Optional[str] = _read_mountinfo()
-    except OSError:
-        text = None
-    mount = _cgroup2_mount_or_none(text) if text is not None else None
+    text: Optional[str] = mountinfo
+    if text is None:
+        try:
+            text = _read_mountinfo()
+        except OSError:
+            text = None
+    mount = parse_cgroup2_mount(text) if text is not None else None
     real = os.path.realpath(path)
     try:
         st = os.stat(real)
@@ -347,9 +343,14 @@ def _populated(path: str) -> bool:
     return False
 
 
+# Use cgroup.kill where the kernel has it (5.14+); tests turn this off to
+# exercise the SIGKILL fallback.
+_USE_CGROUP_KILL = True
+
+
 def _kill_subtree(path: str) -> None:
     kill_file = os.path.join(path, "cgroup.kill")
-    if os.path.exists(kill_file):
+    if _USE_CGROUP_KILL and os.path.exists(kill_file):
         try:
             with open(kill_file, "w", encoding="ascii") as f:
                 f.write("1\n")
@@ -403,33 +404,29 @@ def remove_cgroup(path: str, timeout: float = DEFAULT_REMOVE_TIMEOUT) -> int:
             raise InvalidValueError("path", f"{path}: refusing to remove the cgroup of the calling process")
 
     deadline = time.monotonic() + max(timeout, 0.0)
-    delay = 0.005
-    # Kill repeatedly: a process may fork while it is being killed (cgroup.kill
-    # handles that itself; the SIGKILL fallback needs a few rounds).
-    while True:
-        if not _populated(real):
-            break
-        _kill_subtree(real)
-        if time.monotonic() >= deadline:
-            raise KernelError("remove cgroup", errno.EBUSY, f"{real}: processes still running after {timeout:g}s")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
-
+    delay = 0.002
     removed = 0
-    dirs = [d for d, _s, _f in os.walk(real, topdown=False)]
-    for d in dirs:
-        delay = 0.005
-        while True:
+    # Kill, then remove depth-first; repeat while something is busy - a process
+    # may have forked, or joined the subtree, while we were killing.
+    while True:
+        if _populated(real):
+            _kill_subtree(real)
+        busy: Optional[tuple[str, OSError]] = None
+        for d in [d for d, _s, _f in os.walk(real, topdown=False)]:
             try:
                 os.rmdir(d)
                 removed += 1
-                break
             except FileNotFoundError:
-                break
+                pass
             except OSError as e:
-                # EBUSY right after the last process exited: retry briefly.
-                if e.errno != errno.EBUSY or time.monotonic() >= deadline:
+                if e.errno != errno.EBUSY:
                     raise KernelError("rmdir", e.errno or errno.EIO, d) from e
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
-    return removed
+                busy = (d, e)
+                break
+        if busy is None:
+            return removed
+        if time.monotonic() >= deadline:
+            what = "processes still running" if _populated(busy[0]) else "busy"
+            raise KernelError("rmdir", errno.EBUSY, f"{busy[0]}: {what} after {timeout:g}s") from busy[1]
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)

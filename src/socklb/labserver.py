@@ -78,7 +78,7 @@ def _reply(name: str, request: bytes, peer: tuple[str, int]) -> bytes:
 
 
 class _Conn:
-    __slots__ = ("sock", "peer", "buf", "deadline", "open")
+    __slots__ = ("buf", "deadline", "open", "peer", "sock")
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int], deadline: float) -> None:
         self.sock = sock
