@@ -173,15 +173,19 @@ class MapOps:
         if n == 0:
             return
         done = ffi.new("uint32_t *")
-        check(lib.socklb_map_update(self.fd, keys, values, n, self.key_size, self.value_size, flags, done),
-              f"update of map {self.name} ({done[0]} of {n} written)")
+        check(
+            lib.socklb_map_update(self.fd, keys, values, n, self.key_size, self.value_size, flags, done),
+            f"update of map {self.name} ({done[0]} of {n} written)",
+        )
 
     def delete(self, keys: bytes, n: int) -> None:
         if n == 0:
             return
         done = ffi.new("uint32_t *")
-        check(lib.socklb_map_delete(self.fd, keys, n, self.key_size, done),
-              f"delete from map {self.name} ({done[0]} of {n} deleted)")
+        check(
+            lib.socklb_map_delete(self.fd, keys, n, self.key_size, done),
+            f"delete from map {self.name} ({done[0]} of {n} deleted)",
+        )
 
     def lookup(self, key: bytes, value_size: Optional[int] = None) -> Optional[bytes]:
         buf = ffi.new("uint8_t[]", value_size or self.value_size)

@@ -160,8 +160,14 @@ class _Plan:
     @property
     def writes(self) -> int:
         return (
-            len(self.backend_upd) + len(self.slot_upd) + len(self.maglev_upd) + len(self.svc_upd)
-            + len(self.svc_del) + len(self.slot_del) + len(self.maglev_del) + len(self.backend_del)
+            len(self.backend_upd)
+            + len(self.slot_upd)
+            + len(self.maglev_upd)
+            + len(self.svc_upd)
+            + len(self.svc_del)
+            + len(self.slot_del)
+            + len(self.maglev_del)
+            + len(self.backend_del)
         )
 
 
@@ -406,9 +412,7 @@ class Balancer:
                     added.append(k)
                 else:
                     updated.append(k)
-            return SyncResult(
-                tuple(added), tuple(updated), tuple(removed), len(want) - len(plan.live), plan.writes
-            )
+            return SyncResult(tuple(added), tuple(updated), tuple(removed), len(want) - len(plan.live), plan.writes)
 
     # -- planning ------------------------------------------------------------------
 
@@ -578,6 +582,7 @@ class Balancer:
 
         A failure before the swap is rolled back completely, so the kernel and
         this object keep the previous state."""
+
         def upd(m: MapOps, rows: List[Tuple[bytes, bytes]]) -> None:
             m.update(b"".join(r[0] for r in rows), b"".join(r[1] for r in rows), len(rows))
 
@@ -628,7 +633,7 @@ class Balancer:
                     self._services_map.update(old.key, old.value, 1)
                 else:
                     self._services_map.delete(key, 1)
-            except Exception:  # noqa: BLE001 - best effort; the first error is raised
+            except Exception:
                 pass
         restore: Dict[bytes, bytes] = {}
         for lv in self._live.values():
@@ -641,7 +646,7 @@ class Balancer:
                         m.update(key, restore[key], 1)
                     else:
                         m.delete(key, 1)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
         self._release_new_ids(plan)
 
@@ -655,8 +660,22 @@ class Balancer:
             out = {}
             for name, idx in _COUNTERS.items():
                 raw = self._counters_map.lookup(U32.pack(idx), 8 * ncpu) or b""
-                out[name] = sum(int.from_bytes(raw[i : i + 8], sys.byteorder)
-                                for i in range(0, len(raw), 8))
+                out[name] = sum(int.from_bytes(raw[i : i + 8], sys.byteorder) for i in range(0, len(raw), 8))
+            return out
+
+    def dump(self) -> Dict[str, Dict[bytes, bytes]]:
+        """The raw contents of the service, slot, backend and Maglev maps, by map
+        name: packed keys to packed values, as the datapath sees them."""
+        with self._lock:
+            self._handle()
+            out: Dict[str, Dict[bytes, bytes]] = {}
+            for m, cap in (
+                (self._services_map, self.max_services),
+                (self._slots_map, 2 * self.max_backends),
+                (self._backends_map, self.max_backends),
+                (self._maglev_map, 2 * self.max_maglev_services),
+            ):
+                out[m.name] = {k: v for k in m.keys(cap) if (v := m.lookup(k)) is not None}
             return out
 
     def program_stats(self) -> List[ProgramStats]:
@@ -670,8 +689,9 @@ class Balancer:
             st = ffi.new("struct socklb_prog_stats *")
             for i in range(lib.SOCKLB_NPROGS):
                 check(lib.socklb_prog_stats(lb, i, st), "program statistics")
-                out.append(ProgramStats(ffi.string(lib.socklb_prog_name(i)).decode(), st.id, st.run_cnt,
-                                        st.run_time_ns))
+                out.append(
+                    ProgramStats(ffi.string(lib.socklb_prog_name(i)).decode(), st.id, st.run_cnt, st.run_time_ns)
+                )
             return out
 
     def __repr__(self) -> str:

@@ -13,39 +13,14 @@ import json
 import sys
 import time
 from collections import Counter
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 from .errors import SocklbError
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from .lab import Pod
 
-# Runs inside the client pod: connect to each target, send "peer\n", record
-# which backend answered and what getpeername() said.  Prints JSON.
-CLIENT = r"""
-import json, socket, sys
-host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-out = {"served": [], "peers": [], "errors": []}
-for _ in range(n):
-    try:
-        s = socket.socket(fam, socket.SOCK_STREAM)
-        s.settimeout(3)
-        s.connect((host, port))
-        peer = s.getpeername()[:2]
-        s.sendall(b"peer\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(256)
-            if not chunk:
-                break
-            data += chunk
-        s.close()
-        out["served"].append(data.decode().split()[0])
-        out["peers"].append("%s:%d" % peer)
-    except OSError as e:
-        out["errors"].append(f"{type(e).__name__}: {e}")
-print(json.dumps(out))
-"""
+__all__ = ["main"]
 
 
 def _bar(n: int, total: int, width: int = 40) -> str:
@@ -73,8 +48,9 @@ def demo(backends: int, connections: int, quiet: bool = False) -> int:
             say(f"  {p.name}: {p.ipv4} / {p.ipv6}, serving tcp/{target}")
         say(f"service CIDRs {SERVICE_CIDR4} and the IPv6 one are unreachable routes in the node namespace")
 
-        before = json.loads(client.python(CLIENT, vip4, str(port), "1"))
-        say(f"\nwithout socklb, connect({vip4}:{port}) fails: {before['errors'][0] if before['errors'] else 'no error?!'}")
+        before = _dial(client, vip4, port, 1)
+        why = before["errors"][0] if before["errors"] else "it did not fail?!"
+        say(f"\nwithout socklb, connect({vip4}:{port}) fails: {why} (the VIP is an unreachable route)")
 
         with Balancer() as lb:
             svc4 = Service(vip4, port, "tcp", [Backend(p.ipv4, target) for p in pods])
@@ -85,11 +61,11 @@ def demo(backends: int, connections: int, quiet: bool = False) -> int:
             say(f"programmed {svc4} and {svc6} with {backends} backends each; attached to {client.cgroup}")
             for host in (vip4, vip6, "::ffff:" + vip4):
                 t0 = time.monotonic()
-                res = json.loads(client.python(CLIENT, host, str(port), str(connections), timeout=120))
+                res = _dial(client, host, port, connections)
                 dt = time.monotonic() - t0
                 served = Counter(res["served"])
                 peers = Counter(res["peers"])
-                label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                label = _peer(host, port)
                 say(f"\n{connections} connections to {label} in {dt:.2f} s, {len(res['errors'])} failed")
                 for name in sorted(served):
                     say(f"  {name:<12} {served[name]:>5}  {_bar(served[name], connections)}")
@@ -99,14 +75,22 @@ def demo(backends: int, connections: int, quiet: bool = False) -> int:
                     for e in res["errors"][:5]:
                         say(f"  error: {e}")
             c = lb.counters()
-            say(f"\ndatapath counters: {c['connect']} connects translated, "
-                f"{c['getpeername']} getpeername() answers rewritten")
+            say(
+                f"\ndatapath counters: {c['connect']} connects translated, "
+                f"{c['getpeername']} getpeername() answers rewritten"
+            )
     say("\nlab removed" + ("; the demo FAILED" if failed else "; every backend served, every peer was the VIP"))
     return 1 if failed else 0
 
 
 def _peer(host: str, port: int) -> str:
-    return f"{host}:{port}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _dial(pod: Pod, host: str, port: int, n: int) -> Dict[str, List[str]]:
+    argv = [sys.executable, "-m", "socklb.labclient", "tcp", host, str(port), "-n", str(n)]
+    out: Dict[str, List[str]] = json.loads(pod.run(argv, timeout=300).stdout)
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

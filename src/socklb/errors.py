@@ -63,8 +63,7 @@ class PermissionDeniedError(KernelError, PermissionError):
         super().__init__(
             op,
             err,
-            "loading and attaching cgroup BPF programs needs CAP_BPF and CAP_NET_ADMIN, "
-            "or CAP_SYS_ADMIN: run as root",
+            "loading and attaching cgroup BPF programs needs CAP_BPF and CAP_NET_ADMIN, or CAP_SYS_ADMIN: run as root",
         )
 
 

@@ -30,7 +30,8 @@ def _family(host: str) -> int:
 
 
 def _fmt(addr: Tuple[object, ...]) -> str:
-    return f"{addr[0]}:{addr[1]}"
+    host = str(addr[0])
+    return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
 
 
 def _err(e: BaseException) -> str:

@@ -194,7 +194,9 @@ class Service:
         try:
             bs = tuple(backends)
         except TypeError:
-            raise InvalidValueError("backends", f"must be an iterable of Backend, not {type(backends).__name__}") from None
+            raise InvalidValueError(
+                "backends", f"must be an iterable of Backend, not {type(backends).__name__}"
+            ) from None
         if len(bs) > MAX_BACKENDS_PER_SERVICE:
             raise InvalidValueError("backends", f"{len(bs)} backends; a service has at most {MAX_BACKENDS_PER_SERVICE}")
         seen = set()
