@@ -7,8 +7,7 @@ import errno
 import pytest
 from conftest import require_root
 
-from socklb import KernelError, MissingFeatureError, PermissionDeniedError, SocklbError, VerifierError
-from socklb import _core
+from socklb import KernelError, MissingFeatureError, PermissionDeniedError, SocklbError, VerifierError, _core
 
 
 def test_this_kernel_has_every_feature() -> None:

@@ -24,15 +24,15 @@ import os
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import _core
 from ._core import BACKEND_VAL, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32, MapOps, check, ffi, htons, lib
 from .cgroup import check_cgroup2_dir
 from .errors import CapacityError, ClosedError, InvalidValueError, NotFoundError
-from .model import Algorithm, BackendState, Protocol, Service, ServiceKey, normalize_key
+from .model import Algorithm, Backend, BackendState, Protocol, Service, ServiceKey, normalize_key
 
-__all__ = ["Balancer", "Attachment", "SyncResult", "ProgramStats", "DEFAULT_MAGLEV_SIZE"]
+__all__ = ["Balancer", "Attachment", "SyncResult", "ProgramStats", "DEFAULT_MAGLEV_SIZE", "maglev_table"]
 
 DEFAULT_MAGLEV_SIZE = 16381
 _MAX_MAGLEV_SIZE = 131071
@@ -73,6 +73,43 @@ def _is_prime(n: int) -> bool:
             return False
         i += 1
     return True
+
+
+def _backend_ident(b: Backend) -> bytes:
+    """What names a backend to Maglev: its address and port, so that its
+    permutation is the same in every table and every process."""
+    return _addr16(b.address) + b.port.to_bytes(2, "big")
+
+
+def _maglev(idents: Sequence[bytes], weights: Sequence[int], ids: Sequence[int], size: int) -> Any:
+    n = len(idents)
+    if n == 0 or any(len(i) != 18 for i in idents):
+        raise InvalidValueError("backends", "maglev needs at least one backend")
+    table = ffi.new("uint32_t[]", size)
+    check(
+        lib.socklb_maglev(
+            b"".join(idents), 18, ffi.new("uint32_t[]", list(weights)), ffi.new("uint32_t[]", list(ids)), n, table, size
+        ),
+        "building a maglev table",
+    )
+    return table
+
+
+def maglev_table(backends: Sequence[Backend], size: int = DEFAULT_MAGLEV_SIZE) -> List[int]:
+    """The Maglev lookup table socklb builds for these backends: for each of
+    ``size`` entries, the index of the backend in ``backends``.  Built in the
+    native core; exposed to inspect and test the distribution.
+
+    >>> t = maglev_table([Backend("10.0.0.1", 80), Backend("10.0.0.2", 80)], 13)
+    >>> sorted(set(t)), len(t)
+    ([0, 1], 13)
+    """
+    if not isinstance(size, int) or not 2 < size <= _MAX_MAGLEV_SIZE or not _is_prime(size):
+        raise InvalidValueError("size", f"must be a prime in 3..{_MAX_MAGLEV_SIZE}, not {size!r}")
+    table = _maglev(
+        [_backend_ident(b) for b in backends], [b.weight for b in backends], list(range(1, len(backends) + 1)), size
+    )
+    return [int(x) - 1 for x in table]
 
 
 @dataclass(frozen=True)
@@ -155,6 +192,7 @@ class _Plan:
     free_backend_ids: List[int] = field(default_factory=list)
     free_list_ids: List[int] = field(default_factory=list)
     free_svc_ids: List[int] = field(default_factory=list)
+    affinity_purge: List[int] = field(default_factory=list)  # svc ids whose affinity entries go
     new_ids: List[Tuple[str, int]] = field(default_factory=list)  # for rollback of allocations
 
     @property
@@ -273,6 +311,7 @@ class Balancer:
         self._backends_map = ops("backends", U32.size, BACKEND_VAL.size)
         self._maglev_map = ops("maglev", U32.size, 4 * maglev_size)
         self._counters_map = ops("counters", U32.size, 8)
+        self._affinity_fd = check(lib.socklb_map_fd(out[0], b"affinity"), "map affinity")
         self._live: Dict[ServiceKey, _Live] = {}
         self._n_backends = 0
         self._n_maglev = 0
@@ -468,6 +507,8 @@ class Balancer:
             plan.backend_del.append(U32.pack(bid))
             plan.free_backend_ids.append(bid)
         plan.free_svc_ids.append(old.svc_id)
+        if old.service.affinity is not None:
+            plan.affinity_purge.append(old.svc_id)
         plan.live[k] = None
 
     def _drop_list(self, plan: _Plan, old: _Live) -> None:
@@ -483,6 +524,9 @@ class Balancer:
             plan.new_ids.append(("svc", svc_id))
         else:
             svc_id = old.svc_id
+        if old is not None and (old.service.affinity is None) != (svc.affinity is None):
+            # Switching affinity on or off starts from a clean slate, both ways.
+            plan.affinity_purge.append(svc_id)
         old_ids = old.backend_ids if old else {}
         old_vals = old.backend_vals if old else {}
 
@@ -494,7 +538,10 @@ class Balancer:
             if bid is None:
                 bid = self._backend_ids.take()
                 plan.new_ids.append(("backend", bid))
-            val = BACKEND_VAL.pack(_addr16(b.address), htons(b.port), _STATE[b.state], svc_id)
+            # A drained backend (weight 0) keeps its entry but is never chosen,
+            # not even through affinity or a UDP socket's remembered choice.
+            state = _STATE[b.state] if b.weight else lib.SOCKLB_STATE_DRAINING
+            val = BACKEND_VAL.pack(_addr16(b.address), htons(b.port), state, svc_id)
             ids[bk] = bid
             vals[bid] = val
             if old_vals.get(bid) != val:
@@ -539,7 +586,7 @@ class Balancer:
             plan.new_ids.append(("list", list_id))
             if algo is Algorithm.MAGLEV:
                 if slots:
-                    plan.maglev_upd.append((U32.pack(list_id), self._maglev_table(svc, usable, ids)))
+                    plan.maglev_upd.append((U32.pack(list_id), self._maglev_table(usable, ids)))
             else:
                 plan.slot_upd.extend(
                     (SLOT_KEY.pack(list_id, i), SLOT_VAL.pack(bid, c)) for i, (bid, c) in enumerate(slots)
@@ -558,16 +605,13 @@ class Balancer:
                 plan.free_backend_ids.append(bid)
         plan.live[k] = _Live(svc, svc_id, key, value, list_id, slots, ids, vals)
 
-    def _maglev_table(self, svc: Service, usable: Sequence[object], ids: Dict[Tuple[str, int], int]) -> bytes:
-        from .model import Backend
-
-        bs = [b for b in usable if isinstance(b, Backend)]
-        n = len(bs)
-        ident = b"".join(_addr16(b.address) + b.port.to_bytes(2, "big") for b in bs)
-        weights = ffi.new("uint32_t[]", [b.weight for b in bs])
-        bids = ffi.new("uint32_t[]", [ids[(b.address, b.port)] for b in bs])
-        table = ffi.new("uint32_t[]", self.maglev_size)
-        check(lib.socklb_maglev(ident, 18, weights, bids, n, table, self.maglev_size), f"maglev table of {svc}")
+    def _maglev_table(self, usable: Sequence[Backend], ids: Dict[Tuple[str, int], int]) -> bytes:
+        table = _maglev(
+            [_backend_ident(b) for b in usable],
+            [b.weight for b in usable],
+            [ids[(b.address, b.port)] for b in usable],
+            self.maglev_size,
+        )
         return bytes(ffi.buffer(table))
 
     def _release_new_ids(self, plan: _Plan) -> None:
@@ -605,6 +649,12 @@ class Balancer:
         self._slots_map.delete(b"".join(plan.slot_del), len(plan.slot_del))
         self._maglev_map.delete(b"".join(plan.maglev_del), len(plan.maglev_del))
         self._backends_map.delete(b"".join(plan.backend_del), len(plan.backend_del))
+        if plan.affinity_purge:
+            ids = sorted(set(plan.affinity_purge))
+            check(
+                lib.socklb_affinity_purge(self._affinity_fd, ffi.new("uint32_t[]", ids), len(ids)),
+                "purge of affinity entries",
+            )
 
         for k, lv in plan.live.items():
             old = self._live.get(k)

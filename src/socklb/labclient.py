@@ -91,7 +91,11 @@ def run_udp(
     s.settimeout(timeout)
     try:
         if connected:
-            s.connect((host, port))
+            try:
+                s.connect((host, port))
+            except OSError as e:
+                out["errors"].append(_err(e))
+                return out
         for _ in range(n):
             if time.monotonic() > end:
                 out["errors"].append("deadline")
