@@ -17,6 +17,7 @@
 #include <bpf/libbpf.h>
 
 #include "loader.h"
+#include "socklb_maps.h"
 #include "socklb_bpf_obj.h" /* generated: socklb_bpf_obj[], socklb_bpf_obj_len */
 
 static const char *const prog_names[SOCKLB_NPROGS] = {
@@ -285,6 +286,53 @@ int socklb_map_keys(int fd, void *keys, uint32_t key_size, uint32_t cap)
 		}
 	}
 	return (int)n;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+int socklb_affinity_purge(int fd, const uint32_t *svc_ids, uint32_t n)
+{
+	struct socklb_affinity_key key, next;
+	struct socklb_affinity_key *victims = NULL;
+	size_t nv = 0, cap = 0;
+	int err = 0, deleted = 0;
+	void *prev = NULL;
+
+	/* Collect first, delete after: deleting while walking a hash map with
+	 * get_next_key can restart the walk from the beginning. */
+	while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+		if (bsearch(&next.svc_id, svc_ids, n, sizeof(uint32_t), cmp_u32)) {
+			if (nv == cap) {
+				size_t ncap = cap ? 2 * cap : 64;
+				void *p = realloc(victims, ncap * sizeof(*victims));
+
+				if (!p) {
+					err = -ENOMEM;
+					goto out;
+				}
+				victims = p;
+				cap = ncap;
+			}
+			victims[nv++] = next;
+		}
+		key = next;
+		prev = &key;
+	}
+	if (errno != ENOENT) {
+		err = -errno;
+		goto out;
+	}
+	for (size_t i = 0; i < nv; i++)
+		if (bpf_map_delete_elem(fd, &victims[i]) == 0)
+			deleted++;
+out:
+	free(victims);
+	return err ? err : deleted;
 }
 
 /* --- Maglev -------------------------------------------------------------- */

@@ -76,5 +76,9 @@ int socklb_map_keys(int fd, void *keys, uint32_t key_size, uint32_t cap);
 int socklb_maglev(const uint8_t *ident, uint32_t ident_size, const uint32_t *weights, const uint32_t *ids,
 		  uint32_t n, uint32_t *table, uint32_t m);
 
+/* Delete every affinity entry of the n services in svc_ids (sorted
+ * ascending).  Returns how many entries were deleted. */
+int socklb_affinity_purge(int fd, const uint32_t *svc_ids, uint32_t n);
+
 /* Kernel features this library needs that are missing (SOCKLB_MISSING_*). */
 uint32_t socklb_probe(void);

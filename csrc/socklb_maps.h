@@ -31,6 +31,8 @@
 #define SOCKLB_STATE_TERMINATING 1
 #define SOCKLB_STATE_QUARANTINED 2
 #define SOCKLB_STATE_MAINTENANCE 3
+/* Written for a backend whose weight is 0: kept, never chosen (drained). */
+#define SOCKLB_STATE_DRAINING 4
 
 /* socklb_svc_val.flags */
 #define SOCKLB_SVC_F_AFFINITY 1
