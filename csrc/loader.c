@@ -4,7 +4,10 @@
  * loads it, attaches it to cgroups through bpf_links, and does batched map
  * I/O and Maglev table construction for the Python control plane.
  */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -14,11 +17,13 @@
 
 #include <linux/bpf.h>
 #include <bpf/bpf.h>
+#include <bpf/btf.h>
 #include <bpf/libbpf.h>
 
 #include "loader.h"
 #include "socklb_maps.h"
-#include "socklb_bpf_obj.h" /* generated: socklb_bpf_obj[], socklb_bpf_obj_len */
+#include "socklb_bpf_obj.h" /* generated: socklb_bpf_obj[], socklb_bpf_obj_len, and
+			      * socklb_iter_obj[] when SOCKLB_HAVE_ITER */
 
 static const char *const prog_names[SOCKLB_NPROGS] = {
 	"socklb_connect4",  "socklb_connect6",	   "socklb_sendmsg4",	  "socklb_sendmsg6",
@@ -28,6 +33,11 @@ static const char *const prog_names[SOCKLB_NPROGS] = {
 struct socklb {
 	struct bpf_object *obj;
 	struct bpf_program *progs[SOCKLB_NPROGS];
+	/* Socket iterators: optional, see socklb_iter_status(). */
+	struct bpf_object *iter_obj;
+	struct bpf_link *iter_udp, *iter_tcp, *iter_count;
+	int iter_err;
+	pthread_mutex_t iter_lock;
 };
 
 struct socklb_links {
@@ -75,6 +85,61 @@ static int size_map(struct bpf_object *obj, const char *name, uint32_t entries)
 	if (!map)
 		return -ENOENT;
 	return bpf_map__set_max_entries(map, entries ? entries : 1);
+}
+
+static void close_iter(struct socklb *lb)
+{
+	bpf_link__destroy(lb->iter_udp);
+	bpf_link__destroy(lb->iter_tcp);
+	bpf_link__destroy(lb->iter_count);
+	bpf_object__close(lb->iter_obj);
+	lb->iter_udp = lb->iter_tcp = lb->iter_count = NULL;
+	lb->iter_obj = NULL;
+}
+
+/* Load the iterator object, sharing the datapath's sock_state map.  Failure
+ * is not fatal: the kernel may predate bpf_sock_destroy (6.5). */
+static int open_iter(struct socklb *lb)
+{
+#if SOCKLB_HAVE_ITER
+	LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = "socklb_iter");
+	LIBBPF_OPTS(bpf_iter_attach_opts, iopts);
+	union bpf_iter_link_info linfo = {};
+	struct bpf_map *shared;
+	int err;
+
+	lb->iter_obj = bpf_object__open_mem(socklb_iter_obj, socklb_iter_obj_len, &opts);
+	if (!lb->iter_obj)
+		return -errno;
+	shared = bpf_object__find_map_by_name(lb->iter_obj, "sock_state");
+	if (!shared) {
+		err = -ENOENT;
+		goto fail;
+	}
+	err = bpf_map__reuse_fd(shared, socklb_map_fd(lb, "sock_state"));
+	if (!err)
+		err = bpf_object__load(lb->iter_obj);
+	if (err)
+		goto fail;
+	lb->iter_udp = bpf_program__attach_iter(bpf_object__find_program_by_name(lb->iter_obj, "socklb_destroy_udp"), NULL);
+	lb->iter_tcp = bpf_program__attach_iter(bpf_object__find_program_by_name(lb->iter_obj, "socklb_destroy_tcp"), NULL);
+	linfo.map.map_fd = socklb_map_fd(lb, "sock_state");
+	iopts.link_info = &linfo;
+	iopts.link_info_len = sizeof(linfo);
+	lb->iter_count = bpf_program__attach_iter(bpf_object__find_program_by_name(lb->iter_obj, "socklb_count_states"),
+						  &iopts);
+	if (!lb->iter_udp || !lb->iter_tcp || !lb->iter_count) {
+		err = -errno ? -errno : -EINVAL;
+		goto fail;
+	}
+	return 0;
+fail:
+	close_iter(lb);
+	return err < 0 ? err : -EINVAL;
+#else
+	(void)lb;
+	return -EOPNOTSUPP;
+#endif
 }
 
 int socklb_open(const struct socklb_config *cfg, struct socklb **out, char *log, size_t log_size,
@@ -147,6 +212,8 @@ int socklb_open(const struct socklb_config *cfg, struct socklb **out, char *log,
 		}
 		goto fail;
 	}
+	lb->iter_err = open_iter(lb);
+	pthread_mutex_init(&lb->iter_lock, NULL);
 	release();
 	*out = lb;
 	return 0;
@@ -162,6 +229,8 @@ void socklb_close(struct socklb *lb)
 {
 	if (!lb)
 		return;
+	close_iter(lb);
+	pthread_mutex_destroy(&lb->iter_lock);
 	bpf_object__close(lb->obj);
 	free(lb);
 }
@@ -335,6 +404,123 @@ out:
 	return err ? err : deleted;
 }
 
+/* --- Socket iterators -------------------------------------------------- */
+
+int socklb_iter_status(struct socklb *lb)
+{
+	return lb->iter_err;
+}
+
+/* Read an iterator to its end; returns bytes read or -errno. */
+static int64_t drain_iter(struct bpf_link *link)
+{
+	char buf[4096];
+	int64_t total = 0;
+	ssize_t n;
+	int fd = bpf_iter_create(bpf_link__fd(link));
+
+	if (fd < 0)
+		return -errno;
+	while ((n = read(fd, buf, sizeof(buf))) > 0)
+		total += n;
+	if (n < 0)
+		total = -errno;
+	close(fd);
+	return total;
+}
+
+struct destroy_job {
+	struct socklb *lb;
+	const int *netns_fds;
+	uint32_t nns;
+	int tcp;
+	int err;
+};
+
+/* Runs on a thread of its own: setns() changes only the calling thread's
+ * namespace, and the thread ends rather than going back. */
+static void *destroy_thread(void *arg)
+{
+	struct destroy_job *job = arg;
+
+	for (uint32_t i = 0; i < job->nns && !job->err; i++) {
+		int64_t r;
+
+		if (setns(job->netns_fds[i], CLONE_NEWNET)) {
+			job->err = -errno;
+			break;
+		}
+		r = drain_iter(job->lb->iter_udp);
+		if (r >= 0 && job->tcp)
+			r = drain_iter(job->lb->iter_tcp);
+		if (r < 0)
+			job->err = (int)r;
+	}
+	return NULL;
+}
+
+static int read_destroyed(struct socklb *lb, uint64_t *out)
+{
+	struct bpf_map *bss = bpf_object__find_map_by_name(lb->iter_obj, "socklb_.bss");
+	uint32_t zero = 0;
+
+	if (!bss)
+		bss = bpf_object__find_map_by_name(lb->iter_obj, ".bss");
+	if (!bss)
+		return -ENOENT;
+	/* destroyed is the only variable in .bss */
+	return bpf_map_lookup_elem(bpf_map__fd(bss), &zero, out) ? -errno : 0;
+}
+
+int socklb_destroy(struct socklb *lb, const uint32_t *backend_ids, uint32_t n, const int *netns_fds, uint32_t nns,
+		   int tcp, uint64_t *destroyed)
+{
+	struct destroy_job job = { .lb = lb, .netns_fds = netns_fds, .nns = nns, .tcp = tcp };
+	uint64_t before = 0, after = 0;
+	struct bpf_map *doomed;
+	pthread_t th;
+	uint8_t one = 1;
+	uint32_t i;
+	int err, fd;
+
+	*destroyed = 0;
+	if (lb->iter_err)
+		return lb->iter_err;
+	if (n == 0 || nns == 0)
+		return 0;
+	doomed = bpf_object__find_map_by_name(lb->iter_obj, "doomed");
+	fd = bpf_map__fd(doomed);
+	pthread_mutex_lock(&lb->iter_lock);
+	if ((err = read_destroyed(lb, &before)))
+		goto out;
+	for (i = 0; i < n; i++) {
+		if (bpf_map_update_elem(fd, &backend_ids[i], &one, BPF_ANY)) {
+			err = -errno;
+			goto clear;
+		}
+	}
+	if ((err = -pthread_create(&th, NULL, destroy_thread, &job)))
+		goto clear;
+	pthread_join(th, NULL);
+	err = job.err;
+	if (!err)
+		err = read_destroyed(lb, &after);
+	*destroyed = after > before ? after - before : 0;
+clear:
+	for (uint32_t j = 0; j < i; j++)
+		bpf_map_delete_elem(fd, &backend_ids[j]);
+out:
+	pthread_mutex_unlock(&lb->iter_lock);
+	return err;
+}
+
+int64_t socklb_count_states(struct socklb *lb)
+{
+	if (lb->iter_err)
+		return lb->iter_err;
+	return drain_iter(lb->iter_count);
+}
+
 /* --- Maglev -------------------------------------------------------------- */
 
 static uint64_t fnv1a(const uint8_t *p, uint32_t n, uint64_t h)
@@ -435,6 +621,19 @@ static int probe_helper(enum bpf_func_id id)
 	return libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, id, NULL) == 1;
 }
 
+/* A kfunc is present when the kernel's BTF has a function of that name. */
+static int probe_kfunc(const char *name)
+{
+	struct btf *vmlinux = btf__load_vmlinux_btf();
+	int found;
+
+	if (!vmlinux)
+		return 0;
+	found = btf__find_by_name_kind(vmlinux, name, BTF_KIND_FUNC) > 0;
+	btf__free(vmlinux);
+	return found;
+}
+
 uint32_t socklb_probe(void)
 {
 	uint32_t missing = 0;
@@ -454,6 +653,8 @@ uint32_t socklb_probe(void)
 		missing |= SOCKLB_MISSING_SK_STORAGE;
 	if (!probe_helper(BPF_FUNC_get_netns_cookie))
 		missing |= SOCKLB_MISSING_NETNS_COOKIE;
+	if (!probe_kfunc("bpf_sock_destroy"))
+		missing |= SOCKLB_MISSING_SOCK_DESTROY;
 	release();
 	return missing;
 }

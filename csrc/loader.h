@@ -20,6 +20,7 @@
 #define SOCKLB_MISSING_SET_RETVAL 16
 #define SOCKLB_MISSING_SK_STORAGE 32
 #define SOCKLB_MISSING_NETNS_COOKIE 64
+#define SOCKLB_MISSING_SOCK_DESTROY 128
 
 struct socklb_config {
 	uint32_t max_services;
@@ -79,6 +80,20 @@ int socklb_maglev(const uint8_t *ident, uint32_t ident_size, const uint32_t *wei
 /* Delete every affinity entry of the n services in svc_ids (sorted
  * ascending).  Returns how many entries were deleted. */
 int socklb_affinity_purge(int fd, const uint32_t *svc_ids, uint32_t n);
+
+/* Socket iterators (socklb_iter.bpf.c).  0 when they loaded; otherwise the
+ * negative errno of the failure: -EOPNOTSUPP when the extension was built
+ * without them (no BTF or bpftool at build time). */
+int socklb_iter_status(struct socklb *lb);
+
+/* Terminate the sockets socklb connected to any of the n backend ids, in each
+ * of the nns network namespaces (open /proc/PID/ns/net fds); TCP sockets only
+ * when tcp != 0.  *destroyed counts the sockets terminated. */
+int socklb_destroy(struct socklb *lb, const uint32_t *backend_ids, uint32_t n, const int *netns_fds, uint32_t nns,
+		   int tcp, uint64_t *destroyed);
+
+/* Number of sockets holding socklb per-socket state right now. */
+int64_t socklb_count_states(struct socklb *lb);
 
 /* Kernel features this library needs that are missing (SOCKLB_MISSING_*). */
 uint32_t socklb_probe(void);

@@ -397,6 +397,7 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 		struct socklb_backend_val *be = bpf_map_lookup_elem(&backends, &id);
 
 		if (be && usable(svc, be) && be->port == e->backend_port && same_addr(be->addr, e->backend)) {
+			e->last_used = ++st->clock;
 			count(SOCKLB_CNT_STICKY_HIT);
 			if (v6)
 				write_v6(ctx, be);
@@ -427,8 +428,10 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 	}
 	if (slot == st->next % SOCKLB_SOCK_ENTRIES)
 		st->next++;
-	if (slot < SOCKLB_SOCK_ENTRIES)
+	if (slot < SOCKLB_SOCK_ENTRIES) {
 		remember(&st->dgram[slot], key, &c, SOCKLB_ENTRY_CURRENT);
+		st->dgram[slot].last_used = ++st->clock;
+	}
 
 	if (v6)
 		write_v6(ctx, &c.be);
@@ -493,12 +496,19 @@ static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *ad
 	}
 	if (!dgram)
 		return SYS_PROCEED;
+	/* Several services of one socket may share a backend address: the
+	 * reply belongs to the one this socket sent to most recently. */
+	int best = -1;
+	__u32 best_used = 0;
 	for (i = 0; i < SOCKLB_SOCK_ENTRIES; i++) {
-		if (from_backend(&st->dgram[i], addr, port)) {
-			reverse(ctx, &st->dgram[i], v6);
-			count(counter);
-			return SYS_PROCEED;
+		if (from_backend(&st->dgram[i], addr, port) && (best < 0 || st->dgram[i].last_used - best_used < 0x80000000u)) {
+			best = i;
+			best_used = st->dgram[i].last_used;
 		}
+	}
+	if (best >= 0 && best < SOCKLB_SOCK_ENTRIES) {
+		reverse(ctx, &st->dgram[best], v6);
+		count(counter);
 	}
 	return SYS_PROCEED;
 }

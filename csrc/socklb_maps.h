@@ -120,6 +120,7 @@ struct socklb_sock_entry {
 	__u32 backend_id;
 	__u32 svc_id;
 	__u32 flags;		/* SOCKLB_ENTRY_* */
+	__u32 last_used;	/* socklb_sock_state.clock at the last datagram sent */
 };
 
 /* Socket-local storage (BPF_MAP_TYPE_SK_STORAGE): freed with the socket. */
@@ -127,5 +128,5 @@ struct socklb_sock_state {
 	struct socklb_sock_entry conn;	/* from connect(): getpeername() */
 	struct socklb_sock_entry dgram[8];	/* SOCKLB_SOCK_ENTRIES, unconnected UDP */
 	__u32 next;			/* round-robin cursor into dgram */
-	__u32 pad;
+	__u32 clock;			/* counts datagrams sent through dgram entries */
 };

@@ -29,7 +29,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 from . import _core
 from ._core import BACKEND_VAL, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32, MapOps, check, ffi, htons, lib
 from .cgroup import check_cgroup2_dir
-from .errors import CapacityError, ClosedError, InvalidValueError, NotFoundError
+from .errors import CapacityError, ClosedError, InvalidValueError, MissingFeatureError, NotFoundError
 from .model import Algorithm, Backend, BackendState, Protocol, Service, ServiceKey, normalize_key
 
 __all__ = ["Balancer", "Attachment", "SyncResult", "ProgramStats", "DEFAULT_MAGLEV_SIZE", "maglev_table"]
@@ -44,6 +44,7 @@ _STATE = {
     BackendState.QUARANTINED: lib.SOCKLB_STATE_QUARANTINED,
     BackendState.MAINTENANCE: lib.SOCKLB_STATE_MAINTENANCE,
 }
+_ITER_FEATURE = ("the bpf_sock_destroy kfunc with tcp/udp socket iterators", "6.5")
 _COUNTERS = {
     "connect": lib.SOCKLB_CNT_CONNECT,
     "sendmsg": lib.SOCKLB_CNT_SENDMSG,
@@ -193,6 +194,8 @@ class _Plan:
     free_list_ids: List[int] = field(default_factory=list)
     free_svc_ids: List[int] = field(default_factory=list)
     affinity_purge: List[int] = field(default_factory=list)  # svc ids whose affinity entries go
+    doomed: List[int] = field(default_factory=list)  # backend ids whose connected sockets are terminated
+    doomed_tcp: bool = False
     new_ids: List[Tuple[str, int]] = field(default_factory=list)  # for rollback of allocations
 
     @property
@@ -266,6 +269,7 @@ class Balancer:
         maglev_size: int = DEFAULT_MAGLEV_SIZE,
         max_maglev_services: int = 1024,
         max_affinity: int = 65536,
+        terminate_sockets: Union[bool, str] = "auto",
     ) -> None:
         for name, v, hi in (
             ("max_services", max_services, 1 << 24),
@@ -286,6 +290,8 @@ class Balancer:
         self.max_backends = max_backends
         self.maglev_size = maglev_size
         self.max_maglev_services = max_maglev_services
+        if terminate_sockets not in (True, False, "auto"):
+            raise InvalidValueError("terminate_sockets", f"must be True, False or 'auto', not {terminate_sockets!r}")
 
         cfg = ffi.new("struct socklb_config *")
         cfg.max_services = max_services
@@ -312,6 +318,13 @@ class Balancer:
         self._maglev_map = ops("maglev", U32.size, 4 * maglev_size)
         self._counters_map = ops("counters", U32.size, 8)
         self._affinity_fd = check(lib.socklb_map_fd(out[0], b"affinity"), "map affinity")
+        self._iter_err = int(lib.socklb_iter_status(out[0]))
+        self._terminated = 0
+        if terminate_sockets is True and self._iter_err:
+            lib.socklb_close(out[0])
+            self._lb = None
+            raise MissingFeatureError(*_ITER_FEATURE, os.strerror(-self._iter_err))
+        self._terminate = bool(terminate_sockets) and not self._iter_err
         self._live: Dict[ServiceKey, _Live] = {}
         self._n_backends = 0
         self._n_maglev = 0
@@ -507,6 +520,7 @@ class Balancer:
             plan.backend_del.append(U32.pack(bid))
             plan.free_backend_ids.append(bid)
         plan.free_svc_ids.append(old.svc_id)
+        self._doom(plan, old.service, [bid for bid, _ in old.slots])
         if old.service.affinity is not None:
             plan.affinity_purge.append(old.svc_id)
         plan.live[k] = None
@@ -603,7 +617,22 @@ class Balancer:
             if bk not in ids:
                 plan.backend_del.append(U32.pack(bid))
                 plan.free_backend_ids.append(bid)
+        if old is not None:
+            # Sockets stay on a backend that was chosen before, unless it was
+            # removed or left the active state (a drained one keeps its sockets).
+            chosen = {bid for bid, _ in slots}
+            active = {ids[(b.address, b.port)] for b in svc.backends if b.state is BackendState.ACTIVE}
+            self._doom(plan, svc, [bid for bid, _ in old.slots if bid not in chosen and bid not in active])
         plan.live[k] = _Live(svc, svc_id, key, value, list_id, slots, ids, vals)
+
+    def _doom(self, plan: _Plan, svc: Service, ids: List[int]) -> None:
+        if not ids or not self._terminate:
+            return
+        if svc.protocol is Protocol.UDP:
+            plan.doomed.extend(ids)
+        elif svc.terminate_tcp:
+            plan.doomed.extend(ids)
+            plan.doomed_tcp = True
 
     def _maglev_table(self, usable: Sequence[Backend], ids: Dict[Tuple[str, int], int]) -> bytes:
         table = _maglev(
@@ -649,6 +678,8 @@ class Balancer:
         self._slots_map.delete(b"".join(plan.slot_del), len(plan.slot_del))
         self._maglev_map.delete(b"".join(plan.maglev_del), len(plan.maglev_del))
         self._backends_map.delete(b"".join(plan.backend_del), len(plan.backend_del))
+        if plan.doomed:
+            self._terminate_sockets(plan.doomed, plan.doomed_tcp)
         if plan.affinity_purge:
             ids = sorted(set(plan.affinity_purge))
             check(
@@ -700,6 +731,63 @@ class Balancer:
                     pass
         self._release_new_ids(plan)
 
+    # -- sockets stuck on removed backends -------------------------------------
+
+    def _client_netns(self) -> List[int]:
+        """Open fds of the network namespaces of every process in the attached
+        cgroups: socket iterators walk one namespace at a time."""
+        seen: Dict[Tuple[int, int], int] = {}
+        for att in self._attachments:
+            for root, _dirs, files in os.walk(att.cgroup):
+                if "cgroup.procs" not in files:
+                    continue
+                try:
+                    with open(os.path.join(root, "cgroup.procs"), encoding="ascii") as f:
+                        pids = f.read().split()
+                except OSError:
+                    continue
+                for pid in pids:
+                    try:
+                        st = os.stat(f"/proc/{pid}/ns/net")
+                        if (st.st_dev, st.st_ino) not in seen:
+                            seen[(st.st_dev, st.st_ino)] = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                    except OSError:
+                        continue  # the process exited meanwhile
+        return list(seen.values())
+
+    def _terminate_sockets(self, ids: List[int], tcp: bool) -> int:
+        fds = self._client_netns()
+        try:
+            if not fds:
+                return 0
+            out = ffi.new("uint64_t *")
+            check(
+                lib.socklb_destroy(
+                    self._handle(), ffi.new("uint32_t[]", ids), len(ids), ffi.new("int[]", fds), len(fds), int(tcp), out
+                ),
+                "terminating sockets connected to removed backends",
+            )
+            self._terminated += int(out[0])
+            return int(out[0])
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    @property
+    def terminates_sockets(self) -> bool:
+        """Whether sockets connected to a removed backend are terminated
+        (the kernel has ``bpf_sock_destroy``, Linux 6.5, and it was not turned off)."""
+        return self._terminate
+
+    def socket_states(self) -> int:
+        """How many sockets hold socklb per-socket state right now (socket-local
+        storage, freed with the socket)."""
+        with self._lock:
+            lb = self._handle()
+            if self._iter_err:
+                raise MissingFeatureError(*_ITER_FEATURE, os.strerror(-self._iter_err))
+            return check(int(lib.socklb_count_states(lb)), "counting socket states")
+
     # -- observability -------------------------------------------------------------
 
     def counters(self) -> Dict[str, int]:
@@ -708,6 +796,7 @@ class Balancer:
             self._handle()
             ncpu = _core.possible_cpus()
             out = {}
+            out["terminated"] = self._terminated
             for name, idx in _COUNTERS.items():
                 raw = self._counters_map.lookup(U32.pack(idx), 8 * ncpu) or b""
                 out[name] = sum(int.from_bytes(raw[i : i + 8], sys.byteorder) for i in range(0, len(raw), 8))

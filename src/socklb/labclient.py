@@ -80,13 +80,28 @@ def run_tcp(host: str, port: int, n: int, timeout: float = 3.0, deadline: float 
 
 
 def run_udp(
-    host: str, port: int, n: int, connected: bool = False, timeout: float = 2.0, deadline: float = 60.0
+    host: str,
+    port: int,
+    n: int,
+    connected: bool = False,
+    timeout: float = 2.0,
+    deadline: float = 60.0,
+    sockets: int = 1,
 ) -> Result:
-    """``n`` request/replies on one UDP socket, connected or not.  ``peers``
-    holds the source each reply came from (``recvfrom``), or for a connected
-    socket what ``getpeername()`` said."""
+    """``n`` request/replies on each of ``sockets`` UDP sockets (one after the
+    other), connected or not.  ``peers`` holds the source each reply came from
+    (``recvfrom``), or for a connected socket what ``getpeername()`` said."""
     out: Result = {"served": [], "peers": [], "errors": []}
     end = time.monotonic() + deadline
+    for _ in range(sockets):
+        one = _udp_socket(host, port, n, connected, timeout, end)
+        for k in out:
+            out[k].extend(one[k])
+    return out
+
+
+def _udp_socket(host: str, port: int, n: int, connected: bool, timeout: float, end: float) -> Result:
+    out: Result = {"served": [], "peers": [], "errors": []}
     s = socket.socket(_family(host), socket.SOCK_DGRAM)
     s.settimeout(timeout)
     try:
@@ -125,13 +140,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("port", type=int)
     ap.add_argument("-n", type=int, default=1)
     ap.add_argument("--connected", action="store_true", help="udp: connect() the socket first")
+    ap.add_argument("--sockets", type=int, default=1, help="udp: use this many sockets, n requests each")
     ap.add_argument("--timeout", type=float, default=3.0)
     ap.add_argument("--deadline", type=float, default=60.0)
     a = ap.parse_args(argv)
     if a.proto == "tcp":
         res = run_tcp(a.host, a.port, a.n, a.timeout, a.deadline)
     else:
-        res = run_udp(a.host, a.port, a.n, a.connected, a.timeout, a.deadline)
+        res = run_udp(a.host, a.port, a.n, a.connected, a.timeout, a.deadline, a.sockets)
     json.dump(res, sys.stdout)
     sys.stdout.write("\n")
     return 0

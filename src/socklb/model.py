@@ -175,6 +175,9 @@ class Service:
     backends: Tuple[Backend, ...] = field(default=())
     algorithm: Algorithm = Algorithm.RANDOM
     affinity: Optional[Affinity] = None
+    terminate_tcp: bool = False
+    """Also terminate TCP connections to a backend that is removed or leaves the
+    active state (UDP sockets connected to one always are)."""
 
     def __init__(
         self,
@@ -184,6 +187,7 @@ class Service:
         backends: Iterable[Backend] = (),
         algorithm: Union[str, Algorithm] = Algorithm.RANDOM,
         affinity: Optional[Affinity] = None,
+        terminate_tcp: bool = False,
     ) -> None:
         ip = _address(address, "address")
         _port(port)
@@ -218,7 +222,10 @@ class Service:
         object.__setattr__(self, "protocol", proto)
         object.__setattr__(self, "backends", bs)
         object.__setattr__(self, "algorithm", algo)
+        if not isinstance(terminate_tcp, bool):
+            raise InvalidValueError("terminate_tcp", f"must be a bool, not {type(terminate_tcp).__name__}")
         object.__setattr__(self, "affinity", affinity)
+        object.__setattr__(self, "terminate_tcp", terminate_tcp)
 
     @property
     def key(self) -> ServiceKey:
@@ -231,7 +238,9 @@ class Service:
 
     def with_backends(self, backends: Iterable[Backend]) -> Service:
         """A copy with other backends."""
-        return Service(self.address, self.port, self.protocol, backends, self.algorithm, self.affinity)
+        return Service(
+            self.address, self.port, self.protocol, backends, self.algorithm, self.affinity, self.terminate_tcp
+        )
 
     def __str__(self) -> str:
         return f"{_hostport(self.address, self.port)}/{self.protocol.value}"

@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * socklb socket iterators: a second BPF object, built against the kernel's
+ * BTF (vmlinux.h, generated at build time), that shares the sock_state map of
+ * the datapath object.
+ *
+ *   iter/udp, iter/tcp      terminate sockets that socklb connected to a
+ *                           backend that has gone away (bpf_sock_destroy,
+ *                           Linux 6.5), so the application sees an error and
+ *                           reconnects to a live backend
+ *   iter/bpf_sk_storage_map count live per-socket entries (leak checks)
+ *
+ * A socket iterator walks the network namespace of the process that creates
+ * the iterator; the loader enters each client pod's namespace to run it.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+#include "socklb_maps.h"
+
+extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
+
+/* Reused from the datapath object (bpf_map__reuse_fd). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct socklb_sock_state);
+} sock_state SEC(".maps");
+
+/* Backend ids whose connected sockets are to be terminated. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} doomed SEC(".maps");
+
+/* Number of sockets destroyed, read back by the loader. */
+__u64 destroyed = 0;
+
+static __always_inline bool is_doomed(struct sock *sk)
+{
+	struct socklb_sock_state *st = bpf_sk_storage_get(&sock_state, sk, 0, 0);
+	__u32 id;
+
+	if (!st || !st->conn.vip_port)
+		return false;
+	id = st->conn.backend_id;
+	return bpf_map_lookup_elem(&doomed, &id) != NULL;
+}
+
+SEC("iter/udp")
+int socklb_destroy_udp(struct bpf_iter__udp *ctx)
+{
+	struct sock *sk = (struct sock *)ctx->udp_sk;
+
+	if (sk && is_doomed(sk) && bpf_sock_destroy((struct sock_common *)sk) == 0)
+		__sync_fetch_and_add(&destroyed, 1);
+	return 0;
+}
+
+SEC("iter/tcp")
+int socklb_destroy_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct tcp_sock *tp;
+
+	if (!skc)
+		return 0;
+	/* Full sockets only: request and time-wait sockets carry no storage. */
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (tp && is_doomed((struct sock *)tp) && bpf_sock_destroy(skc) == 0)
+		__sync_fetch_and_add(&destroyed, 1);
+	return 0;
+}
+
+SEC("iter/bpf_sk_storage_map")
+int socklb_count_states(struct bpf_iter__bpf_sk_storage_map *ctx)
+{
+	char one = 1;
+
+	/* One byte of output per live entry: the reader counts bytes. */
+	if (ctx->sk && ctx->value)
+		bpf_seq_write(ctx->meta->seq, &one, 1);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

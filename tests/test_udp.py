@@ -1,0 +1,387 @@
+"""UDP balancing: sendmsg/recvmsg translation, connected UDP, per-socket state,
+and sockets stuck on removed backends.  Real clients (dig, asyncio) and real
+servers (dnsmasq) in the lab."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any, Iterator
+
+import pytest
+from conftest import BACKENDS, UDP_PORT, VIP4, VIP6, World, dial, in_ci
+
+from socklb import Backend, Balancer, Service
+
+DNS_VIP4 = "10.96.0.53"
+DNS_VIP6 = "fd00:96::35"
+
+
+def udp_svc(world: World, vip: str = VIP4, names: tuple[str, ...] = BACKENDS, port: int = 53) -> Service:
+    v6 = ":" in vip
+    return Service(vip, port, "udp", [Backend(p.ipv6 if v6 else p.ipv4, UDP_PORT) for p in world.pods(*names)])
+
+
+def bracket(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@pytest.mark.parametrize(
+    ("vip", "dialled"),
+    [(VIP4, VIP4), (VIP6, VIP6), (VIP4, "::ffff:" + VIP4)],
+    ids=["ipv4", "ipv6", "v4-mapped-ipv6"],
+)
+def test_unconnected_udp_replies_come_from_the_vip(world: World, balancer: Balancer, vip: str, dialled: str) -> None:
+    balancer.upsert(udp_svc(world, vip))
+    balancer.attach(world.client.cgroup)
+    res = dial(world.client, "udp", dialled, 53, 5, "--sockets", "30")
+    assert res["errors"] == []
+    assert set(res["peers"]) == {bracket(dialled, 53)}, "a reply was seen from a backend address"
+    assert set(res["served"]) == set(BACKENDS)
+    # Each socket keeps its backend across datagrams: no per-datagram hopping.
+    per_socket = [res["served"][i : i + 5] for i in range(0, 150, 5)]
+    assert all(len(set(s)) == 1 for s in per_socket), per_socket
+    c = balancer.counters()
+    assert c["sendmsg"] == 150 and c["recvmsg"] >= 150 and c["sticky_hit"] == 120
+
+
+@pytest.mark.parametrize("vip", [VIP4, VIP6], ids=["ipv4", "ipv6"])
+def test_connected_udp(world: World, balancer: Balancer, vip: str) -> None:
+    balancer.upsert(udp_svc(world, vip))
+    balancer.attach(world.client.cgroup)
+    res = dial(world.client, "udp", vip, 53, 3, "--connected", "--sockets", "30")
+    assert res["errors"] == []
+    assert set(res["peers"]) == {bracket(vip, 53)}  # getpeername() gives the VIP
+    assert set(res["served"]) == set(BACKENDS)
+
+
+def test_non_service_udp_untouched(world: World, balancer: Balancer) -> None:
+    balancer.upsert(udp_svc(world))
+    balancer.attach(world.client.cgroup)
+    b2 = world.backends["b2"]
+    res = dial(world.client, "udp", b2.ipv4, UDP_PORT, 3)
+    assert res["served"] == ["b2"] * 3 and set(res["peers"]) == {f"{b2.ipv4}:{UDP_PORT}"}
+    res = dial(world.client, "udp", VIP4, 54, 1, "--timeout", "1")
+    assert res["served"] == [] and res["errors"] in (["ENETUNREACH"], ["EHOSTUNREACH"])
+    assert balancer.counters()["sendmsg"] == 0
+
+
+MULTI = r"""
+import json, socket, sys
+vips = sys.argv[1:]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+out = []
+for rnd in range(int(input())):
+    for v in vips:
+        s.sendto(b"peer\n", (v, 53))
+        data, src = s.recvfrom(100)
+        out.append([v, src[0], src[1], data.decode().split()[0]])
+    print(json.dumps(out), flush=True)
+    out = []
+    input()
+"""
+
+
+def test_one_socket_several_services_and_backend_changes(world: World, balancer: Balancer) -> None:
+    vips = ["10.96.0.61", "10.96.0.62", "10.96.0.63"]
+    for v, b in zip(vips, BACKENDS):
+        balancer.upsert(udp_svc(world, v, (b,)))
+    balancer.attach(world.client.cgroup)
+    p = world.client.popen(
+        [sys.executable, "-c", MULTI, *vips], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert p.stdin and p.stdout
+        p.stdin.write("3\n")
+        p.stdin.flush()
+        first = json.loads(p.stdout.readline())
+        assert [(v, src, port, name) for v, src, port, name in first] == [(v, v, 53, b) for v, b in zip(vips, BACKENDS)]
+        # Move the first service to another backend: the same socket follows
+        # it and its replies still show the VIP.
+        balancer.upsert(udp_svc(world, vips[0], ("b3",)))
+        p.stdin.write("\n")
+        p.stdin.flush()
+        second = json.loads(p.stdout.readline())
+        assert second[0] == [vips[0], vips[0], 53, "b3"]
+        assert [r[3] for r in second[1:]] == ["b2", "b3"]
+        assert all(r[0] == r[1] for r in second)
+    finally:
+        p.kill()
+        p.wait()
+
+
+# --- real DNS: dnsmasq behind a UDP VIP, dig and asyncio clients ---------------------
+
+
+@pytest.fixture(scope="module")
+def dns(world: World) -> Iterator[World]:
+    if not shutil.which("dnsmasq") or not shutil.which("dig"):
+        if in_ci():
+            pytest.fail("dnsmasq and dig are needed (./run installs dnsmasq-base and dnsutils)")
+        pytest.skip("dnsmasq or dig missing")
+    procs = []
+    for name, pod in world.backends.items():
+        argv = [
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--pid-file=",
+            "--user=root",
+            "--port=53",
+            "--bind-interfaces",
+            f"--listen-address={pod.ipv4}",
+            f"--listen-address={pod.ipv6}",
+            f"--txt-record=whoami.lab,{name}",
+            f"--address=/svc.lab/{pod.ipv4}",
+        ]
+        procs.append(pod.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    time.sleep(0.5)
+    for p in procs:
+        assert p.poll() is None, p.stderr.read() if p.stderr else ""
+    yield world
+    for p in procs:
+        p.terminate()
+        p.wait(5)
+
+
+def dns_svc(world: World, vip: str) -> Service:
+    v6 = ":" in vip
+    return Service(vip, 53, "udp", [Backend(p.ipv6 if v6 else p.ipv4, 53) for p in world.pods(*BACKENDS)])
+
+
+@pytest.mark.parametrize("vip", [DNS_VIP4, DNS_VIP6], ids=["ipv4", "ipv6"])
+def test_dig_through_the_vip(dns: World, balancer: Balancer, vip: str) -> None:
+    balancer.upsert(dns_svc(dns, vip))
+    balancer.attach(dns.client.cgroup)
+    answers = Counter()
+    for _ in range(30):
+        # dig drops a reply whose source is not the server it asked: every
+        # answer here proves recvmsg showed the VIP.
+        r = dns.client.run(["dig", "+short", "+tries=1", "+time=2", f"@{vip}", "whoami.lab", "TXT"], timeout=30)
+        answers[r.stdout.strip().strip('"')] += 1
+    assert set(answers) == set(BACKENDS), answers
+    r = dns.client.run(["dig", "+tries=1", "+time=2", f"@{vip}", "svc.lab", "A"], timeout=30)
+    assert "status: NOERROR" in r.stdout and f"SERVER: {vip}#53" in r.stdout
+
+
+ASYNC_CLIENT = r"""
+import asyncio, json, sys
+
+VIP = sys.argv[1]
+
+def query(qid):
+    # A DNS query for whoami.lab TXT.
+    name = b"".join(bytes([len(p)]) + p for p in (b"whoami", b"lab")) + b"\0"
+    return qid.to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name + b"\x00\x10\x00\x01"
+
+class Proto(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.got = asyncio.get_running_loop().create_future()
+    def datagram_received(self, data, addr):
+        if not self.got.done():
+            self.got.set_result((data, addr))
+
+async def main():
+    loop = asyncio.get_running_loop()
+    out = []
+    for i in range(20):
+        # Unconnected: no remote_addr; the reply's address comes from recvfrom.
+        tr, pr = await loop.create_datagram_endpoint(Proto, family=2, local_addr=("0.0.0.0", 0))
+        tr.sendto(query(i), (VIP, 53))
+        data, addr = await asyncio.wait_for(pr.got, 3)
+        # The answer's TXT rdata ends the message: a length byte, then the text.
+        txt = next((data[-n:].decode() for n in range(1, 40) if data[-n - 1] == n), "")
+        out.append([addr[0], addr[1], txt, int.from_bytes(data[:2], "big") == i])
+        tr.close()
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_asyncio_datagram_client(dns: World, balancer: Balancer) -> None:
+    balancer.upsert(dns_svc(dns, DNS_VIP4))
+    balancer.attach(dns.client.cgroup)
+    out = json.loads(dns.client.python(ASYNC_CLIENT, DNS_VIP4))
+    assert all(addr == DNS_VIP4 and port == 53 and ok for addr, port, _txt, ok in out), out
+    assert {txt for *_, txt, _ in out} <= set(BACKENDS)
+
+
+# --- sockets stuck on a removed backend -----------------------------------------------
+
+STREAM = r"""
+import errno, json, socket, sys, time
+vip, port = sys.argv[1], int(sys.argv[2])
+def connect():
+    s = socket.socket(socket.AF_INET6 if ":" in vip else socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1)
+    s.connect((vip, port))
+    return s
+s = connect()
+end = time.monotonic() + 30
+while time.monotonic() < end:
+    try:
+        s.send(b"peer\n")
+        data = s.recv(100)
+        print(json.dumps({"served": data.decode().split()[0], "peer": s.getpeername()[0]}), flush=True)
+        time.sleep(0.02)
+    except OSError as e:
+        print(json.dumps({"error": errno.errorcode.get(e.errno, str(e)) if e.errno else "timeout"}), flush=True)
+        s.close()
+        s = connect()
+"""
+
+
+def read_events(p: subprocess.Popen[str], until: Any, limit: int = 2000) -> list[dict[str, str]]:
+    assert p.stdout
+    events: list[dict[str, str]] = []
+    for _ in range(limit):
+        line = p.stdout.readline()
+        if not line:
+            break
+        events.append(json.loads(line))
+        if until(events):
+            break
+    return events
+
+
+@pytest.mark.parametrize("vip", [VIP4, VIP6], ids=["ipv4", "ipv6"])
+def test_connected_udp_client_moves_off_a_removed_backend(world: World, balancer: Balancer, vip: str) -> None:
+    if not balancer.terminates_sockets:
+        pytest.fail("this kernel should support bpf_sock_destroy (6.5+)")
+    svc = udp_svc(world, vip)
+    balancer.upsert(svc)
+    balancer.attach(world.client.cgroup)
+    p = world.client.popen([sys.executable, "-c", STREAM, vip, "53"], stdout=subprocess.PIPE, text=True)
+    try:
+        before = read_events(p, lambda ev: len(ev) >= 5)
+        first = before[0]["served"]
+        assert all(e.get("served") == first for e in before), before
+        balancer.upsert(svc.with_backends([b for b, n in zip(svc.backends, BACKENDS) if n != first]))
+        assert balancer.counters()["terminated"] >= 1
+        after = read_events(p, lambda ev: sum(1 for e in ev if e.get("served") not in (None, first)) >= 5)
+    finally:
+        p.kill()
+        p.wait()
+    errors = [e["error"] for e in after if "error" in e]
+    # The kernel disconnects the socket and sets ECONNABORTED: a blocked recv()
+    # returns that, a send() on the now unconnected socket EDESTADDRREQ.
+    assert errors and errors[0] in ("ECONNABORTED", "EDESTADDRREQ"), after[:5]
+    moved = [e for e in after if "served" in e and e["served"] != first]
+    assert len(moved) >= 5
+    # Nothing arrived from the removed backend after the error, and every
+    # reply showed the VIP.
+    i = next(i for i, e in enumerate(after) if "error" in e)
+    assert all(e.get("served") != first for e in after[i:])
+    assert {e["peer"] for e in before + after if "peer" in e} == {vip}
+
+
+def test_tcp_termination_is_opt_in(world: World, balancer: Balancer) -> None:
+    from conftest import TCP_PORT
+
+    held = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 80), timeout=5)
+print("connected", flush=True)
+sys.stdin.readline()
+try:
+    s.sendall(b"peer\n"); data = s.recv(100)
+    print("alive" if data else "eof", flush=True)
+except OSError as e:
+    print("error", e.errno, flush=True)
+"""
+    results = {}
+    for opt_in in (False, True):
+        b1 = Backend(world.backends["b1"].ipv4, TCP_PORT)
+        b2 = Backend(world.backends["b2"].ipv4, TCP_PORT)
+        svc = Service(VIP4, 80, "tcp", [b1], terminate_tcp=opt_in)
+        balancer.upsert(svc)
+        if not balancer.attachments():
+            balancer.attach(world.client.cgroup)
+        p = world.client.popen(
+            [sys.executable, "-c", held, VIP4], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert p.stdout and p.stdin
+            assert p.stdout.readline().strip() == "connected"
+            balancer.upsert(svc.with_backends([b2]))
+            p.stdin.write("\n")
+            p.stdin.flush()
+            results[opt_in] = p.stdout.readline().split()[0]
+        finally:
+            p.kill()
+            p.wait()
+        balancer.remove(svc)
+    # labserver answers "peer" on a live connection; a destroyed one errors.
+    assert results == {False: "alive", True: "error"}, results
+
+
+# --- per-socket state does not leak ------------------------------------------------------
+
+CHURN = r"""
+import socket, sys, time
+vip, n = sys.argv[1], int(sys.argv[2])
+end = time.monotonic() + 240
+done = 0
+for i in range(n):
+    if time.monotonic() > end:
+        break
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if i % 10 == 0:
+        s.sendto(b"x", (vip, 53))      # sendmsg path
+    else:
+        s.connect((vip, 53))           # connect path: no packet at all
+    s.close()
+    done += 1
+print(done)
+"""
+
+
+HOLD = r"""
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((sys.argv[1], 53))
+    socks.append(s)
+print("open", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_state_is_freed_with_the_socket(world: World, balancer: Balancer) -> None:
+    # A backend port nobody listens on: datagrams are answered by ICMP only.
+    balancer.upsert(Service(VIP4, 53, "udp", [Backend(world.backends["b1"].ipv4, 9)]))
+    balancer.attach(world.client.cgroup)
+    base = balancer.socket_states()
+    n = 1_000_000
+    done = int(world.client.python(CHURN, VIP4, str(n), timeout=300))
+    assert done == n
+    deadline = time.monotonic() + 10
+    while balancer.socket_states() > base and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert balancer.socket_states() == base
+    # The count is real: sockets held open are counted, then freed.
+    held = world.client.popen(
+        [sys.executable, "-c", HOLD, VIP4, "1000"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert held.stdout and held.stdin and held.stdout.readline().strip() == "open"
+        assert balancer.socket_states() == base + 1000
+    finally:
+        held.kill()
+        held.wait()
+    deadline = time.monotonic() + 10
+    while balancer.socket_states() > base and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert balancer.socket_states() == base
+    c = balancer.counters()
+    assert c["connect"] + c["sendmsg"] >= n
