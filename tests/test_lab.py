@@ -171,8 +171,14 @@ def test_exception_inside_with_cleans_up() -> None:
     assert_lab_gone(lab_id)
 
 
+def lab_cgroup_ids() -> set[str]:
+    root = lab_cgroup_root()
+    return {d for d in os.listdir(root) if lab_module._ID_RE.match(d)} if os.path.exists(root) else set()
+
+
 def test_failed_construction_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:
     before = netns_names()
+    ids_before = lab_cgroup_ids()  # other labs (a session fixture, a benchmark) may be alive
 
     def broken(name: str, values: object) -> None:
         raise OSError(errno.EIO, "injected failure")
@@ -181,9 +187,7 @@ def test_failed_construction_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(LabError, match="injected failure"):
         Lab()
     assert netns_names() == before
-    assert not os.path.exists(lab_cgroup_root()) or not [
-        d for d in os.listdir(lab_cgroup_root()) if lab_module._ID_RE.match(d)
-    ]
+    assert lab_cgroup_ids() == ids_before
 
 
 def test_failed_add_pod_rolls_back(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
