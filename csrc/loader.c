@@ -142,8 +142,64 @@ fail:
 #endif
 }
 
+static const char *const pinned_maps[] = {
+	"services", "slots", "backends", "maglev", "affinity", "sock_state", "counters", "meta", "attachments",
+};
+
+static int open_common(const struct socklb_config *cfg, const char *pin_dir, struct socklb **out, char *log,
+		       size_t log_size, int *failed_prog);
+
 int socklb_open(const struct socklb_config *cfg, struct socklb **out, char *log, size_t log_size,
 		int *failed_prog)
+{
+	return open_common(cfg, NULL, out, log, log_size, failed_prog);
+}
+
+int socklb_open_pinned(const struct socklb_config *cfg, const char *pin_dir, struct socklb **out, char *log,
+		       size_t log_size, int *failed_prog)
+{
+	return open_common(cfg, pin_dir, out, log, log_size, failed_prog);
+}
+
+int socklb_read_pinned(const char *path, void *value, uint32_t value_size, uint32_t *actual)
+{
+	struct bpf_map_info info = {};
+	__u32 len = sizeof(info);
+	uint32_t zero = 0;
+	void *buf;
+	int fd, err = 0;
+
+	fd = bpf_obj_get(path);
+	if (fd < 0)
+		return -errno;
+	if (bpf_obj_get_info_by_fd(fd, &info, &len)) {
+		err = -errno;
+		goto out;
+	}
+	*actual = info.value_size;
+	if (info.type != BPF_MAP_TYPE_ARRAY || info.max_entries < 1) {
+		err = -EPROTO;
+		goto out;
+	}
+	/* Read with the map's own value size: another version's layout may
+	 * be larger than ours. */
+	buf = calloc(1, info.value_size);
+	if (!buf) {
+		err = -ENOMEM;
+		goto out;
+	}
+	if (bpf_map_lookup_elem(fd, &zero, buf))
+		err = -errno;
+	else
+		memcpy(value, buf, info.value_size < value_size ? info.value_size : value_size);
+	free(buf);
+out:
+	close(fd);
+	return err;
+}
+
+static int open_common(const struct socklb_config *cfg, const char *pin_dir, struct socklb **out, char *log,
+		       size_t log_size, int *failed_prog)
 {
 	/* The verifier log of a failed program is appended to libbpf's own
 	 * messages by libbpf itself, so one buffer collects both. */
@@ -180,6 +236,21 @@ int socklb_open(const struct socklb_config *cfg, struct socklb **out, char *log,
 	    (err = size_map(lb->obj, "affinity", cfg->max_affinity)) ||
 	    (err = size_map(lb->obj, "maglev", cfg->max_maglev)))
 		goto fail;
+	if (pin_dir) {
+		char path[4096];
+
+		for (i = 0; i < (int)(sizeof(pinned_maps) / sizeof(pinned_maps[0])); i++) {
+			struct bpf_map *m = bpf_object__find_map_by_name(lb->obj, pinned_maps[i]);
+
+			if (!m) {
+				err = -ENOENT;
+				goto fail;
+			}
+			snprintf(path, sizeof(path), "%s/maps/%s", pin_dir, pinned_maps[i]);
+			if ((err = bpf_map__set_pin_path(m, path)))
+				goto fail;
+		}
+	}
 	maglev = bpf_object__find_map_by_name(lb->obj, "maglev");
 	if ((err = bpf_map__set_value_size(maglev, cfg->maglev_size * sizeof(uint32_t))))
 		goto fail;
@@ -287,6 +358,80 @@ int socklb_attach(struct socklb *lb, int cgroup_fd, struct socklb_links **out)
 	}
 	release();
 	*out = ls;
+	return 0;
+}
+
+int socklb_links_pin(struct socklb_links *ls, const char *dir)
+{
+	char path[4096];
+	int i, err;
+
+	for (i = 0; i < SOCKLB_NPROGS; i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, prog_names[i]);
+		if ((err = bpf_link__pin(ls->links[i], path))) {
+			while (--i >= 0)
+				bpf_link__unpin(ls->links[i]);
+			return err;
+		}
+	}
+	return 0;
+}
+
+void socklb_links_unpin(struct socklb_links *ls)
+{
+	for (int i = 0; i < SOCKLB_NPROGS; i++)
+		if (ls->links[i])
+			bpf_link__unpin(ls->links[i]);
+}
+
+int socklb_links_adopt(struct socklb *lb, int cgroup_fd, const char *dir, struct socklb_links **out)
+{
+	struct socklb_links *ls;
+	char path[4096];
+	int i, err = 0;
+
+	*out = NULL;
+	ls = calloc(1, sizeof(*ls));
+	if (!ls)
+		return -ENOMEM;
+	capture(NULL, 0);
+	for (i = 0; i < SOCKLB_NPROGS; i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, prog_names[i]);
+		ls->links[i] = bpf_link__open(path);
+		if (ls->links[i]) {
+			/* Atomic: the hook runs the old program or the new one. */
+			err = bpf_link__update_program(ls->links[i], lb->progs[i]);
+		} else if (errno == ENOENT) {
+			/* Killed between attaching two programs: finish the job. */
+			ls->links[i] = bpf_program__attach_cgroup(lb->progs[i], cgroup_fd);
+			err = ls->links[i] ? bpf_link__pin(ls->links[i], path) : -errno;
+		} else {
+			err = -errno;
+		}
+		if (err)
+			break;
+	}
+	release();
+	if (err) {
+		/* Nothing is unpinned: pinned links stay as they were found
+		 * (closing our fd drops only our reference). */
+		socklb_links_destroy(ls);
+		return err;
+	}
+	*out = ls;
+	return 0;
+}
+
+int socklb_links_prog_id(struct socklb_links *ls, int i, uint32_t *id)
+{
+	struct bpf_link_info info = {};
+	__u32 len = sizeof(info);
+
+	if (i < 0 || i >= SOCKLB_NPROGS || !ls->links[i])
+		return -EINVAL;
+	if (bpf_obj_get_info_by_fd(bpf_link__fd(ls->links[i]), &info, &len))
+		return -errno;
+	*id = info.prog_id;
 	return 0;
 }
 

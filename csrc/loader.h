@@ -47,6 +47,14 @@ struct socklb_links;
  * and *failed_prog the index of the program that was rejected, or -1. */
 int socklb_open(const struct socklb_config *cfg, struct socklb **out, char *log, size_t log_size,
 		int *failed_prog);
+/* The same with every map pinned under pin_dir/maps/<name>: maps already
+ * pinned there are reused (libbpf checks that they are compatible), the
+ * others are created and pinned.  pin_dir/maps must exist. */
+int socklb_open_pinned(const struct socklb_config *cfg, const char *pin_dir, struct socklb **out, char *log,
+		       size_t log_size, int *failed_prog);
+/* Read entry 0 of a pinned array map into value (at most value_size bytes);
+ * *actual is the map's value size. */
+int socklb_read_pinned(const char *path, void *value, uint32_t value_size, uint32_t *actual);
 void socklb_close(struct socklb *lb);
 
 /* Map file descriptor by name ("services", "slots", ...), or -ENOENT. */
@@ -58,7 +66,18 @@ int socklb_prog_stats(struct socklb *lb, int i, struct socklb_prog_stats *out);
 /* Attach every program to the cgroup (bpf_link each); detach with
  * socklb_links_destroy(). */
 int socklb_attach(struct socklb *lb, int cgroup_fd, struct socklb_links **out);
+/* Detach (the links' last reference goes) and free. */
 void socklb_links_destroy(struct socklb_links *links);
+/* Pin every link as dir/<program name>; dir must exist. */
+int socklb_links_pin(struct socklb_links *links, const char *dir);
+/* Remove the pins of links pinned with socklb_links_pin. */
+void socklb_links_unpin(struct socklb_links *links);
+/* Adopt the links pinned in dir: each is switched atomically to this
+ * balancer's program (bpf_link update, no moment without a program); a link
+ * missing from dir is attached anew to cgroup_fd and pinned. */
+int socklb_links_adopt(struct socklb *lb, int cgroup_fd, const char *dir, struct socklb_links **out);
+/* Id of the program a link runs now (for tests of upgrades). */
+int socklb_links_prog_id(struct socklb_links *links, int i, uint32_t *id);
 
 /* Map operations on n packed keys/values (key_size/value_size each).
  * update and delete stop at the first failure and report how many were

@@ -70,6 +70,21 @@ struct {
 	__type(value, struct socklb_sock_state);
 } sock_state SEC(".maps");
 
+/* Control-plane state kept with pinned maps; the programs never read them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct socklb_meta);
+} meta SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct socklb_attach_info);
+} attachments SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, SOCKLB_CNT_MAX);

@@ -13,8 +13,10 @@
  * connect6/sendmsg6 finds the IPv4 service through the same key.
  */
 
-/* Bump whenever a struct below changes layout. */
-#define SOCKLB_LAYOUT_VERSION 1
+/* Bump whenever a struct below changes layout: pinned maps written with
+ * another version are refused, never misread. */
+#define SOCKLB_LAYOUT_VERSION 2
+#define SOCKLB_META_MAGIC 1936484460
 
 #define SOCKLB_PROTO_TCP 6
 #define SOCKLB_PROTO_UDP 17
@@ -38,6 +40,9 @@
 #define SOCKLB_SVC_F_AFFINITY 1
 /* The selectable list holds terminating backends (no active one is left). */
 #define SOCKLB_SVC_F_FALLBACK 2
+
+/* socklb_svc_val.opts */
+#define SOCKLB_SVC_O_TERMINATE_TCP 1
 
 /* socklb_sock_entry.flags */
 #define SOCKLB_ENTRY_CURRENT 1
@@ -70,9 +75,12 @@ struct socklb_svc_val {
 	__u32 count;		/* number of slots in the list; 0 = refuse */
 	__u32 total_weight;	/* sum of weights in the list (weighted) */
 	__u32 affinity_timeout;	/* seconds (SOCKLB_SVC_F_AFFINITY) */
-	__u8 algo;		/* SOCKLB_ALGO_* */
+	__u8 algo;		/* SOCKLB_ALGO_* the datapath runs */
 	__u8 flags;		/* SOCKLB_SVC_F_* */
-	__u16 pad;
+	/* Control-plane only, so that a restarted process can rebuild the
+	 * Service from the maps: */
+	__u8 requested_algo;	/* SOCKLB_ALGO_* the user asked for */
+	__u8 opts;		/* SOCKLB_SVC_O_* */
 };
 
 /* slots: (list, index) -> backend.  A service update writes a new list under
@@ -93,8 +101,9 @@ struct socklb_backend_val {
 	__u32 addr[4];		/* network order, IPv4 as ::ffff:a.b.c.d */
 	__u16 port;		/* network order */
 	__u8 state;		/* SOCKLB_STATE_* */
-	__u8 pad;
+	__u8 user_state;	/* SOCKLB_STATE_* as given (state says DRAINING for weight 0) */
 	__u32 svc_id;		/* owner, to reject a reused id */
+	__u32 weight;		/* control plane only */
 };
 
 /* affinity: (client pod's netns cookie, service) -> backend. */
@@ -129,4 +138,21 @@ struct socklb_sock_state {
 	struct socklb_sock_entry dgram[8];	/* SOCKLB_SOCK_ENTRIES, unconnected UDP */
 	__u32 next;			/* round-robin cursor into dgram */
 	__u32 clock;			/* counts datagrams sent through dgram entries */
+};
+
+/* meta: one entry describing pinned state. */
+struct socklb_meta {
+	__u32 magic;		/* SOCKLB_META_MAGIC ("socl") */
+	__u32 layout_version;	/* SOCKLB_LAYOUT_VERSION of the writer */
+	__u32 max_services;
+	__u32 max_backends;
+	__u32 max_slots;
+	__u32 max_affinity;
+	__u32 maglev_size;
+	__u32 max_maglev;
+};
+
+/* attachments: cgroup id -> the cgroup's path, for pinned links. */
+struct socklb_attach_info {
+	char path[512];
 };

@@ -146,6 +146,8 @@ SVC_VAL = Codec("struct socklb_svc_val")
 SLOT_KEY = Codec("struct socklb_slot_key")
 SLOT_VAL = Codec("struct socklb_slot_val")
 BACKEND_VAL = Codec("struct socklb_backend_val")
+META = Codec("struct socklb_meta")
+ATTACH_INFO = Codec("struct socklb_attach_info")
 U32 = struct.Struct("=I")
 
 

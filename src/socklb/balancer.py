@@ -21,16 +21,40 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
+import socket
+import struct
 import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from . import _core
-from ._core import BACKEND_VAL, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32, MapOps, check, ffi, htons, lib
+from . import _core, pins
+from ._core import (
+    ATTACH_INFO,
+    BACKEND_VAL,
+    META,
+    SLOT_KEY,
+    SLOT_VAL,
+    SVC_KEY,
+    SVC_VAL,
+    U32,
+    MapOps,
+    check,
+    ffi,
+    htons,
+    lib,
+)
 from .cgroup import check_cgroup2_dir
-from .errors import CapacityError, ClosedError, InvalidValueError, MissingFeatureError, NotFoundError
-from .model import Algorithm, Backend, BackendState, Protocol, Service, ServiceKey, normalize_key
+from .errors import (
+    CapacityError,
+    ClosedError,
+    IncompatiblePinsError,
+    InvalidValueError,
+    MissingFeatureError,
+    NotFoundError,
+)
+from .model import Affinity, Algorithm, Backend, BackendState, Protocol, Service, ServiceKey, normalize_key
 
 __all__ = ["Balancer", "Attachment", "SyncResult", "ProgramStats", "DEFAULT_MAGLEV_SIZE", "maglev_table"]
 
@@ -55,6 +79,49 @@ _COUNTERS = {
     "affinity_hit": lib.SOCKLB_CNT_AFFINITY_HIT,
     "sticky_hit": lib.SOCKLB_CNT_STICKY_HIT,
 }
+
+
+_U64 = struct.Struct("=Q")
+
+
+def _addr_str(addr16: bytes) -> str:
+    ip = ipaddress.IPv6Address(addr16)
+    return str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else str(ip)
+
+
+def _find_cgroup(cgid: int) -> Optional[str]:
+    """The cgroup v2 directory whose inode (cgroup id) is ``cgid``, if any."""
+    from .cgroup import cgroup2_mount
+
+    for root, dirs, _files in os.walk(cgroup2_mount()):
+        for d in dirs:
+            p = os.path.join(root, d)
+            try:
+                if os.stat(p).st_ino == cgid:
+                    return p
+            except OSError:
+                continue
+    return None
+
+
+def _read_meta(pin_dir: str) -> Optional[Tuple[int, ...]]:
+    """The limits recorded in a pinned meta map, None if there is none;
+    refuses another layout version."""
+    path = os.path.join(pin_dir, "maps", "meta")
+    if not os.path.exists(path):
+        if pins.pinned_maps(pin_dir):
+            raise IncompatiblePinsError(pin_dir, 0, lib.SOCKLB_LAYOUT_VERSION, "maps are pinned but no meta map")
+        return None
+    buf = ffi.new("uint8_t[]", META.size)
+    actual = ffi.new("uint32_t *")
+    check(lib.socklb_read_pinned(path.encode(), buf, META.size, actual), f"reading {path}")
+    raw = bytes(ffi.buffer(buf))
+    magic, version = struct.unpack_from("=II", raw)
+    if magic != lib.SOCKLB_META_MAGIC:
+        raise IncompatiblePinsError(pin_dir, 0, lib.SOCKLB_LAYOUT_VERSION, "the meta map is not socklb's")
+    if version != lib.SOCKLB_LAYOUT_VERSION or actual[0] != META.size:
+        raise IncompatiblePinsError(pin_dir, version, lib.SOCKLB_LAYOUT_VERSION)
+    return tuple(META.unpack(raw)[2:])
 
 
 def _addr16(address: str) -> bytes:
@@ -113,6 +180,66 @@ def maglev_table(backends: Sequence[Backend], size: int = DEFAULT_MAGLEV_SIZE) -
     return [int(x) - 1 for x in table]
 
 
+_ALGO = {
+    Algorithm.RANDOM: lib.SOCKLB_ALGO_RANDOM,
+    Algorithm.WEIGHTED: lib.SOCKLB_ALGO_WEIGHTED,
+    Algorithm.MAGLEV: lib.SOCKLB_ALGO_MAGLEV,
+}
+_ALGO_BACK = {v: k for k, v in _ALGO.items()}
+_STATE_BACK = {v: k for k, v in _STATE.items()}
+_PROTO_BACK = {v: k for k, v in _PROTO.items()}
+
+
+def _service_key(svc: Service) -> bytes:
+    return SVC_KEY.pack(_addr16(svc.address), htons(svc.port), _PROTO[svc.protocol])
+
+
+def _service_value(
+    svc: Service, svc_id: int, list_id: int, count: int, total: int, algo_code: int, flags: int
+) -> bytes:
+    timeout = svc.affinity.timeout if svc.affinity else 0
+    opts = lib.SOCKLB_SVC_O_TERMINATE_TCP if svc.terminate_tcp else 0
+    return SVC_VAL.pack(svc_id, list_id, count, total, timeout, algo_code, flags, _ALGO[svc.algorithm], opts)
+
+
+def _backend_value(b: Backend, svc_id: int) -> bytes:
+    # A drained backend (weight 0) keeps its entry but is never chosen, not
+    # even through affinity or a UDP socket's remembered choice.
+    state = _STATE[b.state] if b.weight else lib.SOCKLB_STATE_DRAINING
+    return BACKEND_VAL.pack(_addr16(b.address), htons(b.port), state, _STATE[b.state], svc_id, b.weight)
+
+
+Slots = Tuple[Tuple[int, int], ...]
+
+
+def _selection(svc: Service, ids: Dict[Tuple[str, int], int]) -> Tuple[List[Backend], Slots, int, int, int]:
+    """What the datapath chooses from: (usable backends, slots, flags, algo
+    code, total weight).  Slots are (backend id, cumulative weight), or for
+    Maglev (backend id, weight)."""
+    # Active backends, or terminating ones when no active one is left
+    # (Kubernetes' terminating-endpoint fallback).
+    usable = [b for b in svc.backends if b.state is BackendState.ACTIVE and b.weight > 0]
+    flags = 0
+    if not usable:
+        usable = [b for b in svc.backends if b.state is BackendState.TERMINATING and b.weight > 0]
+        if usable:
+            flags |= lib.SOCKLB_SVC_F_FALLBACK
+    if svc.affinity is not None:
+        flags |= lib.SOCKLB_SVC_F_AFFINITY
+    if svc.algorithm is Algorithm.MAGLEV:
+        return usable, tuple((ids[(b.address, b.port)], b.weight) for b in usable), flags, lib.SOCKLB_ALGO_MAGLEV, 0
+    weights = [b.weight if svc.algorithm is Algorithm.WEIGHTED else 1 for b in usable]
+    cum, acc = [], 0
+    for w in weights:
+        acc += w
+        cum.append(acc)
+    slots = tuple((ids[(b.address, b.port)], c) for b, c in zip(usable, cum))
+    # Equal weights need no search: the datapath picks uniformly.
+    if len(set(weights)) <= 1:
+        return usable, slots, flags, lib.SOCKLB_ALGO_RANDOM, 0
+    return usable, slots, flags, lib.SOCKLB_ALGO_WEIGHTED, acc
+
+
 @dataclass(frozen=True)
 class SyncResult:
     """What :meth:`Balancer.sync` changed, by service key."""
@@ -155,6 +282,7 @@ class _Live:
     slots: Tuple[Tuple[int, int], ...]  # (backend id, cumulative weight); for maglev: (id, weight)
     backend_ids: Dict[Tuple[str, int], int]
     backend_vals: Dict[int, bytes]
+    dirty: bool = False  # the maps disagree with `service` (adopted from a killed writer)
 
 
 class _Ids:
@@ -174,6 +302,12 @@ class _Ids:
 
     def give(self, i: int) -> None:
         self._used.discard(i)
+
+    def mark(self, i: int) -> None:
+        """Record an id found in use (adopting pinned state)."""
+        self._used.add(i)
+        if i >= self._next:
+            self._next = i + 1 if i < 0xFFFFFFFF else 1
 
 
 @dataclass
@@ -216,25 +350,61 @@ class Attachment:
     """The balancer's programs attached to one cgroup (bpf_links it owns).
 
     Every socket created by a process in the cgroup or below it is balanced
-    until :meth:`detach`.  Usable as a context manager.
+    until :meth:`detach`.  Usable as a context manager.  With a pinned
+    balancer the links are pinned too: closing the balancer releases them
+    without detaching, and the next :meth:`Balancer.open` adopts them.
     """
 
-    def __init__(self, balancer: Balancer, cgroup: str, links: object) -> None:
+    def __init__(
+        self, balancer: Balancer, cgroup: str, links: object, pin: Optional[str] = None, cgroup_id: int = 0
+    ) -> None:
         self._balancer = balancer
         self.cgroup = cgroup
         """The cgroup directory (resolved path)."""
+        self.cgroup_id = cgroup_id
         self._links: object = links
+        self._pin = pin
 
     @property
     def attached(self) -> bool:
+        """Whether this object still owns the attachment."""
         return self._links is not None
 
+    @property
+    def pinned(self) -> bool:
+        return self._pin is not None
+
+    def program_ids(self) -> List[int]:
+        """Ids of the programs the links run now (they change on an upgrade)."""
+        if self._links is None:
+            raise ClosedError(f"{self.cgroup} is not attached")
+        out = ffi.new("uint32_t *")
+        ids = []
+        for i in range(lib.SOCKLB_NPROGS):
+            check(lib.socklb_links_prog_id(self._links, i, out), "link info")
+            ids.append(int(out[0]))
+        return ids
+
     def detach(self) -> None:
-        """Detach from the cgroup.  Idempotent; other attachments are untouched."""
+        """Detach from the cgroup (and remove the pins).  Idempotent; other
+        attachments are untouched."""
+        links, self._links = self._links, None
+        if links is not None:
+            if self._pin is not None:
+                lib.socklb_links_unpin(links)
+                self._balancer._forget_pinned(self)
+                try:
+                    os.rmdir(self._pin)
+                except OSError:
+                    pass
+            lib.socklb_links_destroy(links)
+            self._balancer._forget(self)
+
+    def _release(self) -> None:
+        """Give up the handles but leave the pinned links attached."""
         links, self._links = self._links, None
         if links is not None:
             lib.socklb_links_destroy(links)
-            self._balancer._forget(self)
 
     def __enter__(self) -> Attachment:
         return self
@@ -244,7 +414,7 @@ class Attachment:
 
     def __repr__(self) -> str:
         state = "attached" if self.attached else "detached"
-        return f"<Attachment {self.cgroup} {state}>"
+        return f"<Attachment {self.cgroup} {state}{' pinned' if self._pin else ''}>"
 
 
 class Balancer:
@@ -270,6 +440,8 @@ class Balancer:
         max_maglev_services: int = 1024,
         max_affinity: int = 65536,
         terminate_sockets: Union[bool, str] = "auto",
+        pin_dir: Union[str, os.PathLike[str], None] = None,
+        adopt_only: bool = False,
     ) -> None:
         for name, v, hi in (
             ("max_services", max_services, 1 << 24),
@@ -300,13 +472,45 @@ class Balancer:
         cfg.max_affinity = max_affinity
         cfg.maglev_size = maglev_size
         cfg.max_maglev = 2 * max_maglev_services
+
+        self._lb: Optional[object] = None
+        self._pin_dir: Optional[str] = None
+        self._lock_fd: Optional[int] = None
+        meta: Optional[Tuple[int, ...]] = None
+        if pin_dir is not None:
+            self._pin_dir = pins.prepare(os.path.abspath(os.fspath(pin_dir)))
+            self._lock_fd = pins.lock(self._pin_dir)
+            try:
+                meta = _read_meta(self._pin_dir)
+            except BaseException:
+                self._unlock()
+                raise
+            if meta is not None:
+                # Adopting: the pinned maps fix the limits.
+                (
+                    cfg.max_services,
+                    cfg.max_backends,
+                    cfg.max_slots,
+                    cfg.max_affinity,
+                    cfg.maglev_size,
+                    cfg.max_maglev,
+                ) = meta
+                self.max_services, self.max_backends = meta[0], meta[1]
+                self.maglev_size, self.max_maglev_services = meta[4], meta[5] // 2
+            elif adopt_only:
+                self._unlock()
+                raise NotFoundError(f"nothing is pinned in {self._pin_dir}")
         out = ffi.new("struct socklb **")
         log = ffi.new("char[]", lib.SOCKLB_LOG_SIZE)
         failed = ffi.new("int *")
-        rc = lib.socklb_open(cfg, out, log, lib.SOCKLB_LOG_SIZE, failed)
+        if self._pin_dir is not None:
+            rc = lib.socklb_open_pinned(cfg, self._pin_dir.encode(), out, log, lib.SOCKLB_LOG_SIZE, failed)
+        else:
+            rc = lib.socklb_open(cfg, out, log, lib.SOCKLB_LOG_SIZE, failed)
         if rc < 0:
+            self._unlock()
             _core.raise_for_load(rc, ffi.string(log).decode(errors="replace"), failed[0])
-        self._lb: Optional[object] = out[0]
+        self._lb = out[0]
         self._lock = threading.RLock()
 
         def ops(name: str, ksz: int, vsz: int) -> MapOps:
@@ -315,7 +519,9 @@ class Balancer:
         self._services_map = ops("services", SVC_KEY.size, SVC_VAL.size)
         self._slots_map = ops("slots", SLOT_KEY.size, SLOT_VAL.size)
         self._backends_map = ops("backends", U32.size, BACKEND_VAL.size)
-        self._maglev_map = ops("maglev", U32.size, 4 * maglev_size)
+        self._maglev_map = ops("maglev", U32.size, 4 * self.maglev_size)
+        self._meta_map = ops("meta", U32.size, META.size)
+        self._attach_map = ops("attachments", 8, ATTACH_INFO.size)
         self._counters_map = ops("counters", U32.size, 8)
         self._affinity_fd = check(lib.socklb_map_fd(out[0], b"affinity"), "map affinity")
         self._iter_err = int(lib.socklb_iter_status(out[0]))
@@ -323,6 +529,7 @@ class Balancer:
         if terminate_sockets is True and self._iter_err:
             lib.socklb_close(out[0])
             self._lb = None
+            self._unlock()
             raise MissingFeatureError(*_ITER_FEATURE, os.strerror(-self._iter_err))
         self._terminate = bool(terminate_sockets) and not self._iter_err
         self._live: Dict[ServiceKey, _Live] = {}
@@ -332,6 +539,50 @@ class Balancer:
         self._list_ids = _Ids()
         self._backend_ids = _Ids()
         self._attachments: List[Attachment] = []
+        if self._pin_dir is not None:
+            try:
+                if meta is None:
+                    self._meta_map.update(
+                        U32.pack(0),
+                        META.pack(
+                            lib.SOCKLB_META_MAGIC,
+                            lib.SOCKLB_LAYOUT_VERSION,
+                            cfg.max_services,
+                            cfg.max_backends,
+                            cfg.max_slots,
+                            cfg.max_affinity,
+                            cfg.maglev_size,
+                            cfg.max_maglev,
+                        ),
+                        1,
+                    )
+                else:
+                    self._adopt()
+            except BaseException:
+                self.close()
+                raise
+
+    @classmethod
+    def open(cls, pin_dir: Union[str, os.PathLike[str]], *, terminate_sockets: Union[bool, str] = "auto") -> Balancer:
+        """Adopt the state pinned in ``pin_dir`` by an earlier balancer (this
+        process or another, alive no more): its services, its attachments,
+        with this version's programs swapped in atomically.
+
+        Raises :class:`~socklb.errors.NotFoundError` if nothing is pinned there,
+        :class:`~socklb.errors.IncompatiblePinsError` if the pins have another
+        map layout and :class:`~socklb.errors.PinLockedError` if another
+        process owns them.
+        """
+        return cls(pin_dir=pin_dir, terminate_sockets=terminate_sockets, adopt_only=True)
+
+    @property
+    def pin_dir(self) -> Optional[str]:
+        return self._pin_dir
+
+    def _unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            pins.unlock(fd)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -352,11 +603,30 @@ class Balancer:
         """
         with self._lock:
             for att in list(self._attachments):
-                att.detach()
+                if self._pin_dir is not None:
+                    att._release()  # pinned: stays attached for the next owner
+                else:
+                    att.detach()
+            self._attachments.clear()
             lb, self._lb = self._lb, None
             if lb is not None:
                 lib.socklb_close(lb)
             self._live.clear()
+            self._unlock()
+
+    def destroy(self) -> None:
+        """Detach everything, remove every pin and close.  Without a pin
+        directory this is :meth:`close`."""
+        with self._lock:
+            pin_dir = self._pin_dir
+            for att in list(self._attachments):
+                att.detach()
+            self._pin_dir = None  # close() now detaches nothing more and keeps nothing
+            try:
+                if pin_dir is not None:
+                    pins.remove(pin_dir)
+            finally:
+                self.close()
 
     def __enter__(self) -> Balancer:
         return self
@@ -377,17 +647,168 @@ class Balancer:
         path = check_cgroup2_dir(os.fspath(cgroup_path))
         with self._lock:
             lb = self._handle()
+            if any(a.cgroup == path for a in self._attachments):
+                raise InvalidValueError("cgroup_path", f"{path} is already attached by this balancer")
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
+                cgid = os.fstat(fd).st_ino
                 out = ffi.new("struct socklb_links **")
-                rc = lib.socklb_attach(lb, fd, out)
-                if rc < 0:
-                    check(rc, f"attaching to cgroup {path}")
+                check(lib.socklb_attach(lb, fd, out), f"attaching to cgroup {path}")
             finally:
                 os.close(fd)
-            att = Attachment(self, path, out[0])
+            pin = None
+            if self._pin_dir is not None:
+                pin = os.path.join(self._pin_dir, "links", str(cgid))
+                try:
+                    os.makedirs(pin, 0o700, exist_ok=True)
+                    check(lib.socklb_links_pin(out[0], pin.encode()), f"pinning the links of {path}")
+                    self._attach_map.update(_U64.pack(cgid), ATTACH_INFO.pack(os.fsencode(path)), 1)
+                except BaseException:
+                    lib.socklb_links_unpin(out[0])
+                    lib.socklb_links_destroy(out[0])
+                    raise
+            att = Attachment(self, path, out[0], pin, cgid)
             self._attachments.append(att)
             return att
+
+    def _adopt(self) -> None:
+        """Rebuild the Python view of the pinned maps, repair what a killed
+        predecessor left half-written, and adopt its attachments."""
+        services = {k: v for k in self._services_map.keys(self.max_services) if (v := self._services_map.lookup(k))}
+        backends: Dict[int, Tuple[Any, ...]] = {}
+        for k in self._backends_map.keys(self.max_backends):
+            v = self._backends_map.lookup(k)
+            if v is not None:
+                backends[U32.unpack(k)[0]] = BACKEND_VAL.unpack(v)
+        lists: Dict[int, Dict[int, Tuple[int, int]]] = {}
+        for k in self._slots_map.keys(2 * self.max_backends):
+            v = self._slots_map.lookup(k)
+            if v is not None:
+                lid, idx = SLOT_KEY.unpack(k)
+                lists.setdefault(lid, {})[idx] = SLOT_VAL.unpack(v)
+        tables = {U32.unpack(k)[0] for k in self._maglev_map.keys(2 * self.max_maglev_services)}
+        by_svc: Dict[int, List[int]] = {}
+        for bid, f in backends.items():
+            by_svc.setdefault(f[4], []).append(bid)
+
+        plan = _Plan()
+        used_lists, used_backends, dirty = set(), set(), []
+        for key, value in services.items():
+            addr, nport, proto = SVC_KEY.unpack(key)
+            svc_id, list_id, count, _total, timeout, algo, flags, req_algo, opts = SVC_VAL.unpack(value)
+            if algo == lib.SOCKLB_ALGO_MAGLEV:
+                kernel_slots: Slots = ()
+                in_list = self._maglev_ids(list_id) if list_id in tables else set()
+            else:
+                got = lists.get(list_id, {})
+                kernel_slots = tuple(got[i] for i in range(count) if i in got)
+                in_list = {bid for bid, _ in kernel_slots}
+            fallback = bool(flags & lib.SOCKLB_SVC_F_FALLBACK)
+            members, ids = [], {}
+            for bid in by_svc.get(svc_id, []):
+                baddr, bport, _state, user_state, _sid, weight = backends[bid]
+                b = Backend(_addr_str(baddr), socket.ntohs(bport), weight, _STATE_BACK[user_state])
+                could_be_chosen = weight > 0 and (
+                    b.state is BackendState.ACTIVE or (fallback and b.state is BackendState.TERMINATING)
+                )
+                if could_be_chosen and bid not in in_list:
+                    continue  # written by an update that never swapped its list in: an orphan
+                members.append(b)
+                ids[(b.address, b.port)] = bid
+            try:
+                svc = Service(
+                    _addr_str(addr),
+                    socket.ntohs(nport),
+                    _PROTO_BACK[proto],
+                    members,
+                    _ALGO_BACK.get(req_algo, Algorithm.RANDOM),
+                    Affinity(timeout) if flags & lib.SOCKLB_SVC_F_AFFINITY else None,
+                    bool(opts & lib.SOCKLB_SVC_O_TERMINATE_TCP),
+                )
+            except InvalidValueError:
+                plan.svc_del.append(key)  # unreadable: drop it rather than guess
+                continue
+            _usable, slots, eflags, ealgo, etotal = _selection(svc, ids)
+            expected = _service_value(svc, svc_id, list_id, len(slots), etotal, ealgo, eflags)
+            consistent = expected == value and (
+                set(in_list) == {bid for bid, _ in slots} if algo == lib.SOCKLB_ALGO_MAGLEV else kernel_slots == slots
+            )
+            vals = {bid: BACKEND_VAL.pack(*backends[bid]) for bid in ids.values()}
+            lv = _Live(
+                svc,
+                svc_id,
+                key,
+                value,
+                list_id,
+                slots if algo == lib.SOCKLB_ALGO_MAGLEV else kernel_slots,
+                ids,
+                vals,
+                dirty=not consistent,
+            )
+            self._live[svc.key] = lv
+            self._n_backends += len(ids)
+            self._n_maglev += svc.algorithm is Algorithm.MAGLEV
+            self._svc_ids.mark(svc_id)
+            self._list_ids.mark(list_id)
+            used_lists.add(list_id)
+            for bid in ids.values():
+                self._backend_ids.mark(bid)
+                used_backends.add(bid)
+            if not consistent:
+                dirty.append(svc)
+        # Whatever no service references is left over from a killed update.
+        for lid, entries in lists.items():
+            if lid not in used_lists:
+                plan.slot_del.extend(SLOT_KEY.pack(lid, i) for i in entries)
+        plan.maglev_del.extend(U32.pack(lid) for lid in tables if lid not in used_lists)
+        plan.backend_del.extend(U32.pack(bid) for bid in backends if bid not in used_backends)
+        self._apply(plan)
+        if dirty:
+            self._apply(self._plan({s.key: s for s in dirty}, remove_missing=False))
+        self._adopt_attachments()
+
+    def _maglev_ids(self, list_id: int) -> set[int]:
+        raw = self._maglev_map.lookup(U32.pack(list_id))
+        return set(struct.unpack(f"={self.maglev_size}I", raw)) if raw else set()
+
+    def _adopt_attachments(self) -> None:
+        assert self._pin_dir is not None
+        paths = {}
+        for k in self._attach_map.keys(4096):
+            v = self._attach_map.lookup(k)
+            if v is not None:
+                paths[_U64.unpack(k)[0]] = os.fsdecode(ATTACH_INFO.unpack(v)[0].rstrip(b"\0"))
+        links_dir = os.path.join(self._pin_dir, "links")
+        for name in sorted(os.listdir(links_dir)):
+            pin = os.path.join(links_dir, name)
+            cgid = int(name) if name.isdigit() else -1
+            path = paths.pop(cgid, None) or _find_cgroup(cgid)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if path else -1
+            except OSError:
+                fd = -1
+            if fd < 0 or os.fstat(fd).st_ino != cgid:
+                # The cgroup is gone: its links are defunct; drop the pins.
+                if fd >= 0:
+                    os.close(fd)
+                shutil.rmtree(pin, ignore_errors=True)
+                self._attach_map.delete(_U64.pack(cgid), 1)
+                continue
+            try:
+                out = ffi.new("struct socklb_links **")
+                check(lib.socklb_links_adopt(self._handle(), fd, pin.encode(), out), f"adopting the links of {path}")
+            finally:
+                os.close(fd)
+            assert path is not None
+            self._attach_map.update(_U64.pack(cgid), ATTACH_INFO.pack(os.fsencode(path)), 1)
+            self._attachments.append(Attachment(self, path, out[0], pin, cgid))
+        for cgid in paths:  # recorded, but no links were pinned
+            self._attach_map.delete(_U64.pack(cgid), 1)
+
+    def _forget_pinned(self, att: Attachment) -> None:
+        with self._lock:
+            if self._lb is not None:
+                self._attach_map.delete(_U64.pack(att.cgroup_id), 1)
 
     def attachments(self) -> List[Attachment]:
         """The attachments this balancer made that are still attached."""
@@ -484,7 +905,7 @@ class Balancer:
                     n_backends -= len(old.backend_ids)
                     n_maglev -= old.service.algorithm is Algorithm.MAGLEV
                 continue
-            if old is not None and old.service == svc:
+            if old is not None and old.service == svc and not old.dirty:
                 continue
             if old is None:
                 n_services += 1
@@ -506,7 +927,7 @@ class Balancer:
                 if svc is None:
                     if old is not None:
                         self._plan_remove(plan, k, old)
-                elif old is None or old.service != svc:
+                elif old is None or old.service != svc or old.dirty:
                     self._plan_upsert(plan, k, svc, old)
         except BaseException:
             self._release_new_ids(plan)
@@ -552,41 +973,14 @@ class Balancer:
             if bid is None:
                 bid = self._backend_ids.take()
                 plan.new_ids.append(("backend", bid))
-            # A drained backend (weight 0) keeps its entry but is never chosen,
-            # not even through affinity or a UDP socket's remembered choice.
-            state = _STATE[b.state] if b.weight else lib.SOCKLB_STATE_DRAINING
-            val = BACKEND_VAL.pack(_addr16(b.address), htons(b.port), state, svc_id)
+            val = _backend_value(b, svc_id)
             ids[bk] = bid
             vals[bid] = val
             if old_vals.get(bid) != val:
                 plan.backend_upd.append((U32.pack(bid), val))
 
-        # The selectable list: active backends, or terminating ones when no
-        # active one is left (Kubernetes' terminating-endpoint fallback).
-        usable = [b for b in svc.backends if b.state is BackendState.ACTIVE and b.weight > 0]
-        flags = 0
-        if not usable:
-            usable = [b for b in svc.backends if b.state is BackendState.TERMINATING and b.weight > 0]
-            if usable:
-                flags |= lib.SOCKLB_SVC_F_FALLBACK
-        if svc.affinity is not None:
-            flags |= lib.SOCKLB_SVC_F_AFFINITY
+        usable, slots, flags, algo_code, total = _selection(svc, ids)
         algo = svc.algorithm
-        slots: Tuple[Tuple[int, int], ...]
-        if algo is Algorithm.MAGLEV:
-            slots = tuple((ids[(b.address, b.port)], b.weight) for b in usable)
-            algo_code, total = lib.SOCKLB_ALGO_MAGLEV, 0
-        else:
-            weights = [b.weight if algo is Algorithm.WEIGHTED else 1 for b in usable]
-            cum, acc = [], 0
-            for w in weights:
-                acc += w
-                cum.append(acc)
-            slots = tuple((ids[(b.address, b.port)], c) for b, c in zip(usable, cum))
-            # Equal weights need no search: the datapath picks uniformly.
-            uniform = len(set(weights)) <= 1
-            algo_code = lib.SOCKLB_ALGO_RANDOM if uniform else lib.SOCKLB_ALGO_WEIGHTED
-            total = 0 if uniform else acc
 
         same_list = (
             old is not None
@@ -608,9 +1002,8 @@ class Balancer:
             if old is not None:
                 self._drop_list(plan, old)
 
-        key = SVC_KEY.pack(_addr16(svc.address), htons(svc.port), _PROTO[svc.protocol])
-        timeout = svc.affinity.timeout if svc.affinity else 0
-        value = SVC_VAL.pack(svc_id, list_id, len(slots), total, timeout, algo_code, flags)
+        key = _service_key(svc)
+        value = _service_value(svc, svc_id, list_id, len(slots), total, algo_code, flags)
         if old is None or old.value != value:
             plan.svc_upd.append((key, value))
         for bk, bid in old_ids.items():

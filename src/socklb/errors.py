@@ -24,6 +24,8 @@ __all__ = [
     "ClosedError",
     "NotFoundError",
     "LabError",
+    "PinLockedError",
+    "IncompatiblePinsError",
 ]
 
 
@@ -124,3 +126,31 @@ class NotFoundError(SocklbError, KeyError):
 
 class LabError(SocklbError):
     """Building or tearing down a lab (namespaces, veths, cgroups) failed."""
+
+
+class PinLockedError(SocklbError):
+    """Another process owns the pin directory (it holds the directory's lock)."""
+
+    def __init__(self, pin_dir: str, pid: Optional[int]) -> None:
+        self.pin_dir = pin_dir
+        self.pid = pid
+        who = f"process {pid}" if pid else "another process"
+        super().__init__(f"{pin_dir} is owned by {who}: one balancer at a time may use a pin directory")
+
+
+class IncompatiblePinsError(SocklbError):
+    """The pinned maps were written with another map layout; they are refused,
+    never misread.  ``found`` and ``expected`` are the layout versions."""
+
+    def __init__(self, pin_dir: str, found: int, expected: int, detail: str = "") -> None:
+        self.pin_dir = pin_dir
+        self.found = found
+        self.expected = expected
+        msg = (
+            f"{pin_dir} holds maps of layout version {found}, this socklb uses {expected}; "
+            "no migration exists between them: drain and remove the pins (Balancer.open(...).destroy()) "
+            "or run the socklb version that wrote them"
+        )
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(msg)

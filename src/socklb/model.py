@@ -220,6 +220,9 @@ class Service:
         object.__setattr__(self, "address", str(ip))
         object.__setattr__(self, "port", port)
         object.__setattr__(self, "protocol", proto)
+        # Backends are a set: keep them in one canonical order, so that equal
+        # sets compare equal and a restarted controller sees what it wrote.
+        bs = tuple(sorted(bs, key=lambda b: (b.ip.packed, b.port)))
         object.__setattr__(self, "backends", bs)
         object.__setattr__(self, "algorithm", algo)
         if not isinstance(terminate_tcp, bool):
