@@ -20,6 +20,7 @@ the old one just before its deletion, it reads the service again.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import shutil
 import socket
@@ -27,7 +28,7 @@ import struct
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import _core, pins
 from ._core import (
@@ -124,14 +125,6 @@ def _read_meta(pin_dir: str) -> Optional[Tuple[int, ...]]:
     return tuple(META.unpack(raw)[2:])
 
 
-def _addr16(address: str) -> bytes:
-    """16 bytes in network order; IPv4 as ::ffff:a.b.c.d, like the datapath."""
-    ip = ipaddress.ip_address(address)
-    if ip.version == 4:
-        return b"\0" * 10 + b"\xff\xff" + ip.packed
-    return ip.packed
-
-
 def _is_prime(n: int) -> bool:
     if n < 2:
         return False
@@ -146,7 +139,7 @@ def _is_prime(n: int) -> bool:
 def _backend_ident(b: Backend) -> bytes:
     """What names a backend to Maglev: its address and port, so that its
     permutation is the same in every table and every process."""
-    return _addr16(b.address) + b.port.to_bytes(2, "big")
+    return b._a16 + b.port.to_bytes(2, "big")
 
 
 def _maglev(idents: Sequence[bytes], weights: Sequence[int], ids: Sequence[int], size: int) -> Any:
@@ -191,7 +184,7 @@ _PROTO_BACK = {v: k for k, v in _PROTO.items()}
 
 
 def _service_key(svc: Service) -> bytes:
-    return SVC_KEY.pack(_addr16(svc.address), htons(svc.port), _PROTO[svc.protocol])
+    return SVC_KEY.pack(svc._a16, htons(svc.port), _PROTO[svc.protocol])
 
 
 def _service_value(
@@ -202,11 +195,16 @@ def _service_value(
     return SVC_VAL.pack(svc_id, list_id, count, total, timeout, algo_code, flags, _ALGO[svc.algorithm], opts)
 
 
-def _backend_value(b: Backend, svc_id: int) -> bytes:
+# Backend._state_idx is the position in BackendState, which is the C code.
+assert [_STATE[s] for s in BackendState] == list(range(len(BackendState)))
+_DRAINING = lib.SOCKLB_STATE_DRAINING
+
+
+def _backend_value(b: Backend, svc_id: int, _pack: Callable[..., bytes] = BACKEND_VAL.pack) -> bytes:
     # A drained backend (weight 0) keeps its entry but is never chosen, not
     # even through affinity or a UDP socket's remembered choice.
-    state = _STATE[b.state] if b.weight else lib.SOCKLB_STATE_DRAINING
-    return BACKEND_VAL.pack(_addr16(b.address), htons(b.port), state, _STATE[b.state], svc_id, b.weight)
+    w = b.weight
+    return _pack(b._a16, b._nport, b._state_idx if w else _DRAINING, b._state_idx, svc_id, w)
 
 
 Slots = Tuple[Tuple[int, int], ...]
@@ -218,7 +216,8 @@ def _selection(svc: Service, ids: Dict[Tuple[str, int], int]) -> Tuple[List[Back
     Maglev (backend id, weight)."""
     # Active backends, or terminating ones when no active one is left
     # (Kubernetes' terminating-endpoint fallback).
-    usable = [b for b in svc.backends if b.state is BackendState.ACTIVE and b.weight > 0]
+    active = BackendState.ACTIVE
+    usable = [b for b in svc.backends if b.state is active and b.weight > 0]
     flags = 0
     if not usable:
         usable = [b for b in svc.backends if b.state is BackendState.TERMINATING and b.weight > 0]
@@ -228,16 +227,13 @@ def _selection(svc: Service, ids: Dict[Tuple[str, int], int]) -> Tuple[List[Back
         flags |= lib.SOCKLB_SVC_F_AFFINITY
     if svc.algorithm is Algorithm.MAGLEV:
         return usable, tuple((ids[(b.address, b.port)], b.weight) for b in usable), flags, lib.SOCKLB_ALGO_MAGLEV, 0
-    weights = [b.weight if svc.algorithm is Algorithm.WEIGHTED else 1 for b in usable]
-    cum, acc = [], 0
-    for w in weights:
-        acc += w
-        cum.append(acc)
-    slots = tuple((ids[(b.address, b.port)], c) for b, c in zip(usable, cum))
-    # Equal weights need no search: the datapath picks uniformly.
-    if len(set(weights)) <= 1:
-        return usable, slots, flags, lib.SOCKLB_ALGO_RANDOM, 0
-    return usable, slots, flags, lib.SOCKLB_ALGO_WEIGHTED, acc
+    bids = [ids[(b.address, b.port)] for b in usable]
+    weights = [b.weight for b in usable] if svc.algorithm is Algorithm.WEIGHTED else None
+    if not weights or len(set(weights)) <= 1:
+        # Equal weights need no search: the datapath picks uniformly.
+        return usable, tuple(zip(bids, range(1, len(bids) + 1))), flags, lib.SOCKLB_ALGO_RANDOM, 0
+    cum = list(itertools.accumulate(weights))
+    return usable, tuple(zip(bids, cum)), flags, lib.SOCKLB_ALGO_WEIGHTED, cum[-1]
 
 
 @dataclass(frozen=True)
@@ -290,15 +286,29 @@ class _Ids:
 
     def __init__(self) -> None:
         self._next = 1
+        self._wrapped = False
         self._used: set[int] = set()
 
     def take(self) -> int:
         while True:
             i = self._next
-            self._next = self._next + 1 if self._next < 0xFFFFFFFF else 1
+            if self._next < 0xFFFFFFFF:
+                self._next += 1
+            else:
+                self._next, self._wrapped = 1, True
             if i not in self._used:
                 self._used.add(i)
                 return i
+
+    def take_many(self, n: int) -> Sequence[int]:
+        """n ids; a contiguous range unless the counter is about to wrap."""
+        start = self._next
+        if start + n <= 0xFFFFFFFF and not self._wrapped:
+            r = range(start, start + n)
+            self._used.update(r)
+            self._next = start + n
+            return r
+        return [self.take() for _ in range(n)]
 
     def give(self, i: int) -> None:
         self._used.discard(i)
@@ -965,19 +975,28 @@ class Balancer:
         old_ids = old.backend_ids if old else {}
         old_vals = old.backend_vals if old else {}
 
-        ids: Dict[Tuple[str, int], int] = {}
-        vals: Dict[int, bytes] = {}
-        for b in svc.backends:
-            bk = (b.address, b.port)
-            bid = old_ids.get(bk)
-            if bid is None:
-                bid = self._backend_ids.take()
-                plan.new_ids.append(("backend", bid))
-            val = _backend_value(b, svc_id)
-            ids[bk] = bid
-            vals[bid] = val
-            if old_vals.get(bid) != val:
-                plan.backend_upd.append((U32.pack(bid), val))
+        bs = svc.backends
+        if old is None:
+            # A new service: every backend is new (the common case of a full sync).
+            bids = self._backend_ids.take_many(len(bs))
+            plan.new_ids.extend(("backend", bid) for bid in bids)
+            ids = {(b.address, b.port): bid for b, bid in zip(bs, bids)}
+            vals = {bid: _backend_value(b, svc_id) for b, bid in zip(bs, bids)}
+            plan.backend_upd.extend([(U32.pack(bid), v) for bid, v in vals.items()])
+        else:
+            ids, vals = {}, {}
+            take, new_ids, upd, u32 = self._backend_ids.take, plan.new_ids, plan.backend_upd, U32.pack
+            for b in bs:
+                bk = (b.address, b.port)
+                bid = old_ids.get(bk)
+                if bid is None:
+                    bid = take()
+                    new_ids.append(("backend", bid))
+                val = _backend_value(b, svc_id)
+                ids[bk] = bid
+                vals[bid] = val
+                if old_vals.get(bid) != val:
+                    upd.append((u32(bid), val))
 
         usable, slots, flags, algo_code, total = _selection(svc, ids)
         algo = svc.algorithm
@@ -996,9 +1015,8 @@ class Balancer:
                 if slots:
                     plan.maglev_upd.append((U32.pack(list_id), self._maglev_table(usable, ids)))
             else:
-                plan.slot_upd.extend(
-                    (SLOT_KEY.pack(list_id, i), SLOT_VAL.pack(bid, c)) for i, (bid, c) in enumerate(slots)
-                )
+                kp, vp = SLOT_KEY.pack, SLOT_VAL.pack
+                plan.slot_upd.extend([(kp(list_id, i), vp(bid, c)) for i, (bid, c) in enumerate(slots)])
             if old is not None:
                 self._drop_list(plan, old)
 
@@ -1050,7 +1068,8 @@ class Balancer:
         this object keep the previous state."""
 
         def upd(m: MapOps, rows: List[Tuple[bytes, bytes]]) -> None:
-            m.update(b"".join(r[0] for r in rows), b"".join(r[1] for r in rows), len(rows))
+            if rows:
+                m.update(b"".join([r[0] for r in rows]), b"".join([r[1] for r in rows]), len(rows))
 
         written: List[Tuple[MapOps, List[bytes]]] = []
         try:

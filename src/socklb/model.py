@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Tuple, Type, TypeVar, Union
 
@@ -76,23 +77,43 @@ class BackendState(str, enum.Enum):
     MAINTENANCE = "maintenance"
 
 
-def _address(value: object, name: str) -> IPAddress:
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+_STATE_INDEX = {s: i for i, s in enumerate(BackendState)}
+
+
+def _pton(family: int, text: str) -> Optional[bytes]:
+    try:
+        return socket.inet_pton(family, text)
+    except OSError:
+        return None
+
+
+def _address(value: object, name: str) -> Tuple[str, bytes, int]:
+    """Validate an address: (normalized text, 16 bytes in network order with
+    IPv4 as ::ffff:a.b.c.d, IP version).  inet_pton, not ipaddress: a
+    controller builds hundreds of thousands of these."""
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-        ip: IPAddress = value
-    elif isinstance(value, str):
-        try:
-            ip = ipaddress.ip_address(value)
-        except ValueError:
-            raise InvalidValueError(name, f"{value!r} is not an IPv4 or IPv6 address") from None
-    else:
+        value = str(value)
+    if not isinstance(value, str):
         raise InvalidValueError(name, f"must be an IP address string, not {type(value).__name__}")
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        raise InvalidValueError(
-            name, f"{ip} is IPv4-mapped: give the IPv4 address {ip.ipv4_mapped}; v6 sockets reach it through ::ffff:"
-        )
-    if ip.is_unspecified or ip.is_multicast:
-        raise InvalidValueError(name, f"{ip} cannot be a service or backend address")
-    return ip
+    raw = _pton(socket.AF_INET, value)
+    if raw is not None:
+        text, a16, version = socket.inet_ntop(socket.AF_INET, raw), _V4_MAPPED + raw, 4
+        bad = raw == b"\0\0\0\0" or 224 <= raw[0] <= 239
+    else:
+        raw = _pton(socket.AF_INET6, value)
+        if raw is None:
+            raise InvalidValueError(name, f"{value!r} is not an IPv4 or IPv6 address")
+        if raw[:12] == _V4_MAPPED:
+            v4 = socket.inet_ntop(socket.AF_INET, raw[12:])
+            raise InvalidValueError(
+                name, f"{value} is IPv4-mapped: give the IPv4 address {v4}; v6 sockets reach it through ::ffff:"
+            )
+        text, a16, version = socket.inet_ntop(socket.AF_INET6, raw), raw, 6
+        bad = raw == bytes(16) or raw[0] == 0xFF
+    if bad:
+        raise InvalidValueError(name, f"{text} cannot be a service or backend address")
+    return text, a16, version
 
 
 def _port(value: object, name: str = "port") -> int:
@@ -124,14 +145,23 @@ class Backend:
     port: int
     weight: int = 1
     state: BackendState = BackendState.ACTIVE
+    _a16: bytes = field(default=b"", init=False, repr=False, compare=False)
+    _version: int = field(default=0, init=False, repr=False, compare=False)
+    _nport: int = field(default=0, init=False, repr=False, compare=False)  # port in network byte order
+    _state_idx: int = field(default=0, init=False, repr=False, compare=False)  # position in BackendState
 
     def __post_init__(self) -> None:
-        ip = _address(self.address, "address")
-        object.__setattr__(self, "address", str(ip))
+        text, a16, version = _address(self.address, "address")
+        object.__setattr__(self, "address", text)
+        object.__setattr__(self, "_a16", a16)
+        object.__setattr__(self, "_version", version)
         _port(self.port)
         if isinstance(self.weight, bool) or not isinstance(self.weight, int) or not 0 <= self.weight <= MAX_WEIGHT:
             raise InvalidValueError("weight", f"must be an integer in 0..{MAX_WEIGHT}, not {self.weight!r}")
-        object.__setattr__(self, "state", _enum(BackendState, self.state, "state"))
+        if self.state.__class__ is not BackendState:
+            object.__setattr__(self, "state", _enum(BackendState, self.state, "state"))
+        object.__setattr__(self, "_nport", socket.htons(self.port))
+        object.__setattr__(self, "_state_idx", _STATE_INDEX[self.state])
 
     @property
     def ip(self) -> IPAddress:
@@ -176,6 +206,7 @@ class Service:
     algorithm: Algorithm = Algorithm.RANDOM
     affinity: Optional[Affinity] = None
     terminate_tcp: bool = False
+    _a16: bytes = field(default=b"", repr=False, compare=False)
     """Also terminate TCP connections to a backend that is removed or leaves the
     active state (UDP sockets connected to one always are)."""
 
@@ -189,7 +220,7 @@ class Service:
         affinity: Optional[Affinity] = None,
         terminate_tcp: bool = False,
     ) -> None:
-        ip = _address(address, "address")
+        text, a16, version = _address(address, "address")
         _port(port)
         proto = _enum(Protocol, protocol, "protocol")
         algo = _enum(Algorithm, algorithm, "algorithm")
@@ -207,22 +238,23 @@ class Service:
         for i, b in enumerate(bs):
             if not isinstance(b, Backend):
                 raise InvalidValueError(f"backends[{i}]", f"must be a Backend, not {type(b).__name__}")
-            if b.ip.version != ip.version:
+            if b._version != version:
                 raise InvalidValueError(
                     f"backends[{i}]",
-                    f"{b.address} is IPv{b.ip.version} but the service {ip} is IPv{ip.version}",
+                    f"{b.address} is IPv{b._version} but the service {text} is IPv{version}",
                 )
             if (b.address, b.port) in seen:
                 raise InvalidValueError(f"backends[{i}]", f"{_hostport(b.address, b.port)} is listed twice")
             seen.add((b.address, b.port))
         if affinity is not None and not isinstance(affinity, Affinity):
             raise InvalidValueError("affinity", f"must be an Affinity or None, not {type(affinity).__name__}")
-        object.__setattr__(self, "address", str(ip))
+        object.__setattr__(self, "address", text)
+        object.__setattr__(self, "_a16", a16)
         object.__setattr__(self, "port", port)
         object.__setattr__(self, "protocol", proto)
         # Backends are a set: keep them in one canonical order, so that equal
         # sets compare equal and a restarted controller sees what it wrote.
-        bs = tuple(sorted(bs, key=lambda b: (b.ip.packed, b.port)))
+        bs = tuple(sorted(bs, key=_backend_order))
         object.__setattr__(self, "backends", bs)
         object.__setattr__(self, "algorithm", algo)
         if not isinstance(terminate_tcp, bool):
@@ -249,6 +281,10 @@ class Service:
         return f"{_hostport(self.address, self.port)}/{self.protocol.value}"
 
 
+def _backend_order(b: Backend) -> Tuple[bytes, int]:
+    return (b._a16, b.port)
+
+
 def _hostport(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
@@ -259,7 +295,7 @@ def normalize_key(key: Union[Service, ServiceKey, Tuple[str, int], Tuple[str, in
         return key.key
     if not isinstance(key, tuple) or len(key) not in (2, 3):
         raise InvalidValueError("service", f"must be a Service or (address, port, protocol), not {key!r}")
-    address = str(_address(key[0], "address"))
+    address = _address(key[0], "address")[0]
     port = _port(key[1])
     proto = _enum(Protocol, key[2] if len(key) == 3 else "tcp", "protocol")
     return (address, port, proto.value)
