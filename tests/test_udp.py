@@ -385,3 +385,54 @@ def test_state_is_freed_with_the_socket(world: World, balancer: Balancer) -> Non
     assert balancer.socket_states() == base
     c = balancer.counters()
     assert c["connect"] + c["sendmsg"] >= n
+
+
+FLOWS = r"""
+import json, socket, sys
+vip, n = sys.argv[1], int(sys.argv[2])
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+for s in socks:
+    s.settimeout(2)
+while True:
+    out = []
+    for s in socks:
+        s.sendto(b"peer\n", (vip, 53))
+        data, src = s.recvfrom(100)
+        out.append(data.decode().split()[0] if src == (vip, 53) else "wrong-source")
+    print(json.dumps(out), flush=True)
+    if not sys.stdin.readline():
+        break
+"""
+
+
+@pytest.mark.parametrize("algorithm", ["random", "maglev"])
+def test_udp_flows_stay_while_the_backend_set_changes(world: World, balancer: Balancer, algorithm: str) -> None:
+    def svc(names: tuple[str, ...]) -> Service:
+        return Service(VIP4, 53, "udp", [Backend(p.ipv4, UDP_PORT) for p in world.pods(*names)], algorithm=algorithm)
+
+    balancer.upsert(svc(("b1", "b2")))
+    balancer.attach(world.client.cgroup)
+    p = world.client.popen(
+        [sys.executable, "-c", FLOWS, VIP4, "60"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert p.stdin and p.stdout
+
+        def step() -> list[str]:
+            assert p.stdin and p.stdout
+            p.stdin.write("\n")
+            p.stdin.flush()
+            return list(json.loads(p.stdout.readline()))
+
+        first = json.loads(p.stdout.readline())
+        assert set(first) == {"b1", "b2"}
+        balancer.upsert(svc(("b1", "b2", "b3")))  # a backend comes: no flow moves
+        assert step() == first
+        balancer.upsert(svc(("b2", "b3")))  # b1 goes: only its flows move
+        after = step()
+        for before, now in zip(first, after):
+            assert now == before if before != "b1" else now in ("b2", "b3")
+        assert "wrong-source" not in after
+    finally:
+        p.kill()
+        p.wait()
