@@ -448,12 +448,22 @@ int socklb_map_update(int fd, const void *keys, const void *values, uint32_t n, 
 		      uint32_t value_size, uint64_t flags, uint32_t *done)
 {
 	const char *k = keys, *v = values;
-	uint32_t i;
+	uint32_t i = 0;
 
-	/* One syscall per element: BPF_MAP_UPDATE_BATCH is no faster for hash
-	 * maps (the kernel loops over the same update path) and stops at a
-	 * failure without telling which element failed on older kernels. */
-	for (i = 0; i < n; i++) {
+	/* One BPF_MAP_UPDATE_BATCH saves a syscall per element; where it fails
+	 * (an old kernel, a full map), the loop below carries on one element at
+	 * a time from where it stopped, and reports the exact element. */
+	if (n > 1) {
+		LIBBPF_OPTS(bpf_map_batch_opts, opts, .elem_flags = flags);
+		__u32 count = n;
+
+		if (bpf_map_update_batch(fd, keys, values, &count, &opts) == 0) {
+			*done = n;
+			return 0;
+		}
+		i = count <= n ? count : 0;
+	}
+	for (; i < n; i++) {
 		if (bpf_map_update_elem(fd, k + (size_t)i * key_size, v + (size_t)i * value_size, flags)) {
 			*done = i;
 			return -errno;
@@ -466,9 +476,21 @@ int socklb_map_update(int fd, const void *keys, const void *values, uint32_t n, 
 int socklb_map_delete(int fd, const void *keys, uint32_t n, uint32_t key_size, uint32_t *done)
 {
 	const char *k = keys;
-	uint32_t i;
+	uint32_t i = 0;
 
-	for (i = 0; i < n; i++) {
+	/* As for updates: one batch, then element by element from where it
+	 * stopped (a key already gone stops the batch, and is fine). */
+	if (n > 1) {
+		LIBBPF_OPTS(bpf_map_batch_opts, opts);
+		__u32 count = n;
+
+		if (bpf_map_delete_batch(fd, keys, &count, &opts) == 0) {
+			*done = n;
+			return 0;
+		}
+		i = count <= n ? count : 0;
+	}
+	for (; i < n; i++) {
 		if (bpf_map_delete_elem(fd, k + (size_t)i * key_size) && errno != ENOENT) {
 			*done = i;
 			return -errno;
