@@ -226,8 +226,8 @@ def _selection(svc: Service, ids: Dict[Tuple[str, int], int]) -> Tuple[List[Back
     if svc.affinity is not None:
         flags |= lib.SOCKLB_SVC_F_AFFINITY
     if svc.algorithm is Algorithm.MAGLEV:
-        return usable, tuple((ids[(b.address, b.port)], b.weight) for b in usable), flags, lib.SOCKLB_ALGO_MAGLEV, 0
-    bids = [ids[(b.address, b.port)] for b in usable]
+        return usable, tuple((ids[b._key], b.weight) for b in usable), flags, lib.SOCKLB_ALGO_MAGLEV, 0
+    bids = [ids[b._key] for b in usable]
     weights = [b.weight for b in usable] if svc.algorithm is Algorithm.WEIGHTED else None
     if not weights or len(set(weights)) <= 1:
         # Equal weights need no search: the datapath picks uniformly.
@@ -341,6 +341,7 @@ class _Plan:
     doomed: List[int] = field(default_factory=list)  # backend ids whose connected sockets are terminated
     doomed_tcp: bool = False
     new_ids: List[Tuple[str, int]] = field(default_factory=list)  # for rollback of allocations
+    new_backend_ids: List[int] = field(default_factory=list)
 
     @property
     def writes(self) -> int:
@@ -979,19 +980,23 @@ class Balancer:
         if old is None:
             # A new service: every backend is new (the common case of a full sync).
             bids = self._backend_ids.take_many(len(bs))
-            plan.new_ids.extend(("backend", bid) for bid in bids)
-            ids = {(b.address, b.port): bid for b, bid in zip(bs, bids)}
-            vals = {bid: _backend_value(b, svc_id) for b, bid in zip(bs, bids)}
-            plan.backend_upd.extend([(U32.pack(bid), v) for bid, v in vals.items()])
+            plan.new_backend_ids.extend(bids)
+            ids = {b._key: bid for b, bid in zip(bs, bids)}
+            pack, u32 = BACKEND_VAL.pack, U32.pack
+            vals = {
+                bid: pack(b._a16, b._nport, b._state_idx if b.weight else _DRAINING, b._state_idx, svc_id, b.weight)
+                for b, bid in zip(bs, bids)
+            }
+            plan.backend_upd.extend([(u32(bid), v) for bid, v in vals.items()])
         else:
             ids, vals = {}, {}
-            take, new_ids, upd, u32 = self._backend_ids.take, plan.new_ids, plan.backend_upd, U32.pack
+            take, new_ids, upd, u32 = self._backend_ids.take, plan.new_backend_ids, plan.backend_upd, U32.pack
             for b in bs:
-                bk = (b.address, b.port)
+                bk = b._key
                 bid = old_ids.get(bk)
                 if bid is None:
                     bid = take()
-                    new_ids.append(("backend", bid))
+                    new_ids.append(bid)
                 val = _backend_value(b, svc_id)
                 ids[bk] = bid
                 vals[bid] = val
@@ -1058,6 +1063,8 @@ class Balancer:
         pools = {"svc": self._svc_ids, "backend": self._backend_ids, "list": self._list_ids}
         for kind, i in plan.new_ids:
             pools[kind].give(i)
+        for i in plan.new_backend_ids:
+            self._backend_ids.give(i)
 
     # -- applying ------------------------------------------------------------------
 

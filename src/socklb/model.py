@@ -149,6 +149,7 @@ class Backend:
     _version: int = field(default=0, init=False, repr=False, compare=False)
     _nport: int = field(default=0, init=False, repr=False, compare=False)  # port in network byte order
     _state_idx: int = field(default=0, init=False, repr=False, compare=False)  # position in BackendState
+    _key: Tuple[str, int] = field(default=("", 0), init=False, repr=False, compare=False)  # (address, port)
 
     def __post_init__(self) -> None:
         text, a16, version = _address(self.address, "address")
@@ -161,6 +162,7 @@ class Backend:
         if self.state.__class__ is not BackendState:
             object.__setattr__(self, "state", _enum(BackendState, self.state, "state"))
         object.__setattr__(self, "_nport", socket.htons(self.port))
+        object.__setattr__(self, "_key", (text, self.port))
         object.__setattr__(self, "_state_idx", _STATE_INDEX[self.state])
 
     @property
