@@ -35,7 +35,7 @@ struct socklb {
 	struct bpf_program *progs[SOCKLB_NPROGS];
 	/* Socket iterators: optional, see socklb_iter_status(). */
 	struct bpf_object *iter_obj;
-	struct bpf_link *iter_udp, *iter_tcp, *iter_count;
+	struct bpf_link *iter_udp, *iter_tcp, *iter_count_conn, *iter_count_dgram;
 	int iter_err;
 	pthread_mutex_t iter_lock;
 };
@@ -91,44 +91,51 @@ static void close_iter(struct socklb *lb)
 {
 	bpf_link__destroy(lb->iter_udp);
 	bpf_link__destroy(lb->iter_tcp);
-	bpf_link__destroy(lb->iter_count);
+	bpf_link__destroy(lb->iter_count_conn);
+	bpf_link__destroy(lb->iter_count_dgram);
 	bpf_object__close(lb->iter_obj);
-	lb->iter_udp = lb->iter_tcp = lb->iter_count = NULL;
+	lb->iter_udp = lb->iter_tcp = lb->iter_count_conn = lb->iter_count_dgram = NULL;
 	lb->iter_obj = NULL;
 }
 
-/* Load the iterator object, sharing the datapath's sock_state map.  Failure
+static struct bpf_link *attach_map_iter(struct socklb *lb, const char *prog, int map_fd)
+{
+	LIBBPF_OPTS(bpf_iter_attach_opts, iopts);
+	union bpf_iter_link_info linfo = {};
+
+	linfo.map.map_fd = map_fd;
+	iopts.link_info = &linfo;
+	iopts.link_info_len = sizeof(linfo);
+	return bpf_program__attach_iter(bpf_object__find_program_by_name(lb->iter_obj, prog), &iopts);
+}
+
+/* Load the iterator object, sharing the datapath's sock_conn map.  Failure
  * is not fatal: the kernel may predate bpf_sock_destroy (6.5). */
 static int open_iter(struct socklb *lb)
 {
 #if SOCKLB_HAVE_ITER
 	LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = "socklb_iter");
-	LIBBPF_OPTS(bpf_iter_attach_opts, iopts);
-	union bpf_iter_link_info linfo = {};
 	struct bpf_map *shared;
 	int err;
 
 	lb->iter_obj = bpf_object__open_mem(socklb_iter_obj, socklb_iter_obj_len, &opts);
 	if (!lb->iter_obj)
 		return -errno;
-	shared = bpf_object__find_map_by_name(lb->iter_obj, "sock_state");
+	shared = bpf_object__find_map_by_name(lb->iter_obj, "sock_conn");
 	if (!shared) {
 		err = -ENOENT;
 		goto fail;
 	}
-	err = bpf_map__reuse_fd(shared, socklb_map_fd(lb, "sock_state"));
+	err = bpf_map__reuse_fd(shared, socklb_map_fd(lb, "sock_conn"));
 	if (!err)
 		err = bpf_object__load(lb->iter_obj);
 	if (err)
 		goto fail;
 	lb->iter_udp = bpf_program__attach_iter(bpf_object__find_program_by_name(lb->iter_obj, "socklb_destroy_udp"), NULL);
 	lb->iter_tcp = bpf_program__attach_iter(bpf_object__find_program_by_name(lb->iter_obj, "socklb_destroy_tcp"), NULL);
-	linfo.map.map_fd = socklb_map_fd(lb, "sock_state");
-	iopts.link_info = &linfo;
-	iopts.link_info_len = sizeof(linfo);
-	lb->iter_count = bpf_program__attach_iter(bpf_object__find_program_by_name(lb->iter_obj, "socklb_count_states"),
-						  &iopts);
-	if (!lb->iter_udp || !lb->iter_tcp || !lb->iter_count) {
+	lb->iter_count_conn = attach_map_iter(lb, "socklb_count_states", socklb_map_fd(lb, "sock_conn"));
+	lb->iter_count_dgram = attach_map_iter(lb, "socklb_count_states", socklb_map_fd(lb, "sock_dgram"));
+	if (!lb->iter_udp || !lb->iter_tcp || !lb->iter_count_conn || !lb->iter_count_dgram) {
 		err = -errno ? -errno : -EINVAL;
 		goto fail;
 	}
@@ -143,7 +150,7 @@ fail:
 }
 
 static const char *const pinned_maps[] = {
-	"services", "slots", "backends", "maglev", "affinity", "sock_state", "counters", "meta", "attachments",
+	"services", "slots", "backends", "maglev", "affinity", "sock_conn", "sock_dgram", "counters", "meta", "attachments",
 };
 
 static int open_common(const struct socklb_config *cfg, const char *pin_dir, struct socklb **out, char *log,
@@ -683,9 +690,15 @@ out:
 
 int64_t socklb_count_states(struct socklb *lb)
 {
+	int64_t conn, dgram;
+
 	if (lb->iter_err)
 		return lb->iter_err;
-	return drain_iter(lb->iter_count);
+	conn = drain_iter(lb->iter_count_conn);
+	if (conn < 0)
+		return conn;
+	dgram = drain_iter(lb->iter_count_dgram);
+	return dgram < 0 ? dgram : conn + dgram;
 }
 
 /* --- Maglev -------------------------------------------------------------- */

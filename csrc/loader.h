@@ -111,7 +111,7 @@ int socklb_iter_status(struct socklb *lb);
 int socklb_destroy(struct socklb *lb, const uint32_t *backend_ids, uint32_t n, const int *netns_fds, uint32_t nns,
 		   int tcp, uint64_t *destroyed);
 
-/* Number of sockets holding socklb per-socket state right now. */
+/* Per-socket entries held right now (sock_conn plus sock_dgram). */
 int64_t socklb_count_states(struct socklb *lb);
 
 /* Kernel features this library needs that are missing (SOCKLB_MISSING_*). */

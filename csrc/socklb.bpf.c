@@ -67,8 +67,15 @@ struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, struct socklb_sock_state);
-} sock_state SEC(".maps");
+	__type(value, struct socklb_sock_entry);
+} sock_conn SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct socklb_sock_dgram);
+} sock_dgram SEC(".maps");
 
 /* Control-plane state kept with pinned maps; the programs never read them. */
 struct {
@@ -333,7 +340,7 @@ static __always_inline void write_v6(struct bpf_sock_addr *ctx, const struct soc
 
 static __always_inline int do_connect(struct bpf_sock_addr *ctx, struct socklb_svc_key *key, bool v6)
 {
-	struct socklb_sock_state *st;
+	struct socklb_sock_entry *conn;
 	struct socklb_svc_val *svc;
 	struct choice c;
 
@@ -349,9 +356,9 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, struct socklb_s
 
 	/* Remember what was dialled for getpeername() and, on connected UDP
 	 * sockets, for the source of replies read with recvfrom(). */
-	st = bpf_sk_storage_get(&sock_state, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (st)
-		remember(&st->conn, key, &c, SOCKLB_ENTRY_CURRENT);
+	conn = bpf_sk_storage_get(&sock_conn, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (conn)
+		remember(conn, key, &c, SOCKLB_ENTRY_CURRENT);
 
 	if (v6)
 		write_v6(ctx, &c.be);
@@ -383,7 +390,7 @@ int socklb_connect6(struct bpf_sock_addr *ctx)
 
 static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_svc_key *key, bool v6)
 {
-	struct socklb_sock_state *st;
+	struct socklb_sock_dgram *st;
 	struct socklb_sock_entry *e;
 	struct socklb_svc_val *svc;
 	struct choice c;
@@ -397,7 +404,7 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 	if (!svc)
 		return SYS_PROCEED;
 
-	st = bpf_sk_storage_get(&sock_state, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	st = bpf_sk_storage_get(&sock_dgram, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st)
 		return refuse();
 
@@ -497,19 +504,21 @@ static __always_inline bool from_backend(const struct socklb_sock_entry *e, cons
 static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *addr, bool v6, bool dgram,
 				      __u32 counter)
 {
-	struct socklb_sock_state *st;
+	struct socklb_sock_entry *conn;
+	struct socklb_sock_dgram *st;
 	__u16 port = (__u16)ctx->user_port;
 	int i;
 
-	st = bpf_sk_storage_get(&sock_state, ctx->sk, 0, 0);
-	if (!st)
-		return SYS_PROCEED;
-	if (from_backend(&st->conn, addr, port)) {
-		reverse(ctx, &st->conn, v6);
+	conn = bpf_sk_storage_get(&sock_conn, ctx->sk, 0, 0);
+	if (conn && from_backend(conn, addr, port)) {
+		reverse(ctx, conn, v6);
 		count(counter);
 		return SYS_PROCEED;
 	}
 	if (!dgram)
+		return SYS_PROCEED;
+	st = bpf_sk_storage_get(&sock_dgram, ctx->sk, 0, 0);
+	if (!st)
 		return SYS_PROCEED;
 	/* Several services of one socket may share a backend address: the
 	 * reply belongs to the one this socket sent to most recently. */

@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
  * socklb socket iterators: a second BPF object, built against the kernel's
- * BTF (vmlinux.h, generated at build time), that shares the sock_state map of
+ * BTF (vmlinux.h, generated at build time), that shares the sock_conn and
+ * sock_dgram maps of
  * the datapath object.
  *
  *   iter/udp, iter/tcp      terminate sockets that socklb connected to a
  *                           backend that has gone away (bpf_sock_destroy,
  *                           Linux 6.5), so the application sees an error and
  *                           reconnects to a live backend
- *   iter/bpf_sk_storage_map count live per-socket entries (leak checks)
+ *   iter/bpf_sk_storage_map count live per-socket entries (leak checks), run
+ *                           once on each of the two per-socket maps
  *
  * A socket iterator walks the network namespace of the process that creates
  * the iterator; the loader enters each client pod's namespace to run it.
@@ -25,8 +27,8 @@ struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, struct socklb_sock_state);
-} sock_state SEC(".maps");
+	__type(value, struct socklb_sock_entry);
+} sock_conn SEC(".maps");
 
 /* Backend ids whose connected sockets are to be terminated. */
 struct {
@@ -41,12 +43,12 @@ __u64 destroyed = 0;
 
 static __always_inline bool is_doomed(struct sock *sk)
 {
-	struct socklb_sock_state *st = bpf_sk_storage_get(&sock_state, sk, 0, 0);
+	struct socklb_sock_entry *conn = bpf_sk_storage_get(&sock_conn, sk, 0, 0);
 	__u32 id;
 
-	if (!st || !st->conn.vip_port)
+	if (!conn || !conn->vip_port)
 		return false;
-	id = st->conn.backend_id;
+	id = conn->backend_id;
 	return bpf_map_lookup_elem(&doomed, &id) != NULL;
 }
 

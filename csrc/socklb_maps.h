@@ -15,7 +15,7 @@
 
 /* Bump whenever a struct below changes layout: pinned maps written with
  * another version are refused, never misread. */
-#define SOCKLB_LAYOUT_VERSION 2
+#define SOCKLB_LAYOUT_VERSION 3
 #define SOCKLB_META_MAGIC 1936484460
 
 #define SOCKLB_PROTO_TCP 6
@@ -47,7 +47,7 @@
 /* socklb_sock_entry.flags */
 #define SOCKLB_ENTRY_CURRENT 1
 
-/* Unconnected-UDP flows remembered per socket (see socklb_sock_state). */
+/* Unconnected-UDP flows remembered per socket (see socklb_sock_dgram). */
 #define SOCKLB_SOCK_ENTRIES 8
 
 /* Counters in the per-CPU "counters" array. */
@@ -129,13 +129,16 @@ struct socklb_sock_entry {
 	__u32 backend_id;
 	__u32 svc_id;
 	__u32 flags;		/* SOCKLB_ENTRY_* */
-	__u32 last_used;	/* socklb_sock_state.clock at the last datagram sent */
+	__u32 last_used;	/* socklb_sock_dgram.clock at the last datagram sent */
 };
 
-/* Socket-local storage (BPF_MAP_TYPE_SK_STORAGE): freed with the socket. */
-struct socklb_sock_state {
-	struct socklb_sock_entry conn;	/* from connect(): getpeername() */
-	struct socklb_sock_entry dgram[8];	/* SOCKLB_SOCK_ENTRIES, unconnected UDP */
+/* Socket-local storage (BPF_MAP_TYPE_SK_STORAGE), freed with the socket, in
+ * two maps so that a TCP connect() allocates only what it needs:
+ *   sock_conn:  struct socklb_sock_entry, from connect(): getpeername() and
+ *               replies on a connected UDP socket;
+ *   sock_dgram: struct socklb_sock_dgram, the flows of an unconnected UDP socket. */
+struct socklb_sock_dgram {
+	struct socklb_sock_entry dgram[8];	/* SOCKLB_SOCK_ENTRIES */
 	__u32 next;			/* round-robin cursor into dgram */
 	__u32 clock;			/* counts datagrams sent through dgram entries */
 };

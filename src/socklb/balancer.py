@@ -1199,7 +1199,8 @@ class Balancer:
         return self._terminate
 
     def socket_states(self) -> int:
-        """How many sockets hold socklb per-socket state right now (socket-local
+        """How many per-socket entries socklb holds right now: one per socket it
+        connected, one per unconnected UDP socket it translated (socket-local
         storage, freed with the socket)."""
         with self._lock:
             lb = self._handle()
