@@ -15,7 +15,7 @@
 
 /* Bump whenever a struct below changes layout: pinned maps written with
  * another version are refused, never misread. */
-#define SOCKLB_LAYOUT_VERSION 3
+#define SOCKLB_LAYOUT_VERSION 4
 #define SOCKLB_META_MAGIC 1936484460
 
 #define SOCKLB_PROTO_TCP 6
@@ -72,8 +72,9 @@ struct socklb_svc_key {
 struct socklb_svc_val {
 	__u32 svc_id;		/* stable for the service's lifetime */
 	__u32 list_id;		/* current selectable list (slots, maglev) */
-	__u32 count;		/* number of slots in the list; 0 = refuse */
+	__u32 count;		/* selectable slots, 0..count-1 of the list; 0 = refuse */
 	__u32 total_weight;	/* sum of weights in the list (weighted) */
+	__u32 members;		/* every backend of this version: slots 0..members-1 */
 	__u32 affinity_timeout;	/* seconds (SOCKLB_SVC_F_AFFINITY) */
 	__u8 algo;		/* SOCKLB_ALGO_* the datapath runs */
 	__u8 flags;		/* SOCKLB_SVC_F_* */
@@ -83,9 +84,13 @@ struct socklb_svc_val {
 	__u8 opts;		/* SOCKLB_SVC_O_* */
 };
 
-/* slots: (list, index) -> backend.  A service update writes a new list under
- * a fresh list_id and then swaps svc_val.list_id in one map update, so a
- * connect() sees the old list or the new one, never a mix. */
+/* slots: (list, index) -> backend.  A list is one version of a service: the
+ * selectable backends first (0..count-1, what the datapath picks from), then
+ * the others (count..members-1: drained, quarantined, ...), each with the
+ * weight and state of that version.  A service update writes a new list
+ * under a fresh list_id and then swaps svc_val.list_id in one map update, so
+ * a connect() sees the old list or the new one, never a mix, and a restarted
+ * control plane reads exactly one version back. */
 struct socklb_slot_key {
 	__u32 list_id;
 	__u32 index;
@@ -93,17 +98,19 @@ struct socklb_slot_key {
 
 struct socklb_slot_val {
 	__u32 backend_id;
-	__u32 cum_weight;	/* weights of slots 0..index inclusive */
+	__u32 cum_weight;	/* weights of slots 0..index inclusive (selectable slots) */
+	__u32 weight;		/* control plane only: the backend's weight in this version */
+	__u8 user_state;	/* control plane only: its SOCKLB_STATE_* in this version */
+	__u8 pad[3];
 };
 
 /* backends: backend_id -> address.  A backend id belongs to one service. */
 struct socklb_backend_val {
 	__u32 addr[4];		/* network order, IPv4 as ::ffff:a.b.c.d */
 	__u16 port;		/* network order */
-	__u8 state;		/* SOCKLB_STATE_* */
-	__u8 user_state;	/* SOCKLB_STATE_* as given (state says DRAINING for weight 0) */
+	__u8 state;		/* SOCKLB_STATE_*, DRAINING for weight 0 */
+	__u8 pad;
 	__u32 svc_id;		/* owner, to reject a reused id */
-	__u32 weight;		/* control plane only */
 };
 
 /* affinity: (client pod's netns cookie, service) -> backend. */

@@ -13,6 +13,7 @@ from .balancer import Attachment, Balancer, ProgramStats, SyncResult
 from .errors import (
     CapacityError,
     ClosedError,
+    IncompatiblePinsError,
     InvalidValueError,
     KernelError,
     LabError,
@@ -20,6 +21,7 @@ from .errors import (
     NotCgroupV2Error,
     NotFoundError,
     PermissionDeniedError,
+    PinLockedError,
     SocklbError,
     VerifierError,
 )
@@ -36,6 +38,7 @@ __all__ = [
     "Balancer",
     "CapacityError",
     "ClosedError",
+    "IncompatiblePinsError",
     "InvalidValueError",
     "KernelError",
     "LabError",
@@ -43,6 +46,7 @@ __all__ = [
     "NotCgroupV2Error",
     "NotFoundError",
     "PermissionDeniedError",
+    "PinLockedError",
     "ProgramStats",
     "Protocol",
     "Service",

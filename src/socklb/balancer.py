@@ -19,6 +19,7 @@ the old one just before its deletion, it reads the service again.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import itertools
 import os
@@ -54,6 +55,7 @@ from .errors import (
     InvalidValueError,
     MissingFeatureError,
     NotFoundError,
+    PermissionDeniedError,
 )
 from .model import Affinity, Algorithm, Backend, BackendState, Protocol, Service, ServiceKey, normalize_key
 
@@ -188,11 +190,11 @@ def _service_key(svc: Service) -> bytes:
 
 
 def _service_value(
-    svc: Service, svc_id: int, list_id: int, count: int, total: int, algo_code: int, flags: int
+    svc: Service, svc_id: int, list_id: int, count: int, total: int, members: int, algo_code: int, flags: int
 ) -> bytes:
     timeout = svc.affinity.timeout if svc.affinity else 0
     opts = lib.SOCKLB_SVC_O_TERMINATE_TCP if svc.terminate_tcp else 0
-    return SVC_VAL.pack(svc_id, list_id, count, total, timeout, algo_code, flags, _ALGO[svc.algorithm], opts)
+    return SVC_VAL.pack(svc_id, list_id, count, total, members, timeout, algo_code, flags, _ALGO[svc.algorithm], opts)
 
 
 # Backend._state_idx is the position in BackendState, which is the C code.
@@ -203,17 +205,17 @@ _DRAINING = lib.SOCKLB_STATE_DRAINING
 def _backend_value(b: Backend, svc_id: int, _pack: Callable[..., bytes] = BACKEND_VAL.pack) -> bytes:
     # A drained backend (weight 0) keeps its entry but is never chosen, not
     # even through affinity or a UDP socket's remembered choice.
-    w = b.weight
-    return _pack(b._a16, b._nport, b._state_idx if w else _DRAINING, b._state_idx, svc_id, w)
+    return _pack(b._a16, b._nport, b._state_idx if b.weight else _DRAINING, svc_id)
 
 
-Slots = Tuple[Tuple[int, int], ...]
+Member = Tuple[int, int, int, int]  # backend id, cumulative weight, weight, state
+Members = Tuple[Member, ...]
 
 
-def _selection(svc: Service, ids: Dict[Tuple[str, int], int]) -> Tuple[List[Backend], Slots, int, int, int]:
-    """What the datapath chooses from: (usable backends, slots, flags, algo
-    code, total weight).  Slots are (backend id, cumulative weight), or for
-    Maglev (backend id, weight)."""
+def _selection(svc: Service, ids: Dict[Tuple[str, int], int]) -> Tuple[List[Backend], Members, int, int, int]:
+    """One version of a service as the maps hold it: (usable backends,
+    members, flags, algo code, total weight).  Members are the list's slots:
+    the usable backends first, with their cumulative weights, then the rest."""
     # Active backends, or terminating ones when no active one is left
     # (Kubernetes' terminating-endpoint fallback).
     active = BackendState.ACTIVE
@@ -225,15 +227,24 @@ def _selection(svc: Service, ids: Dict[Tuple[str, int], int]) -> Tuple[List[Back
             flags |= lib.SOCKLB_SVC_F_FALLBACK
     if svc.affinity is not None:
         flags |= lib.SOCKLB_SVC_F_AFFINITY
+    weights = [b.weight for b in usable]
+    total = 0
     if svc.algorithm is Algorithm.MAGLEV:
-        return usable, tuple((ids[b._key], b.weight) for b in usable), flags, lib.SOCKLB_ALGO_MAGLEV, 0
-    bids = [ids[b._key] for b in usable]
-    weights = [b.weight for b in usable] if svc.algorithm is Algorithm.WEIGHTED else None
-    if not weights or len(set(weights)) <= 1:
+        algo = lib.SOCKLB_ALGO_MAGLEV
+        cum: Sequence[int] = range(1, len(usable) + 1)
+    elif svc.algorithm is Algorithm.WEIGHTED and len(set(weights)) > 1:
+        algo = lib.SOCKLB_ALGO_WEIGHTED
+        cum = list(itertools.accumulate(weights))
+        total = cum[-1]
+    else:
         # Equal weights need no search: the datapath picks uniformly.
-        return usable, tuple(zip(bids, range(1, len(bids) + 1))), flags, lib.SOCKLB_ALGO_RANDOM, 0
-    cum = list(itertools.accumulate(weights))
-    return usable, tuple(zip(bids, cum)), flags, lib.SOCKLB_ALGO_WEIGHTED, cum[-1]
+        algo = lib.SOCKLB_ALGO_RANDOM
+        cum = range(1, len(usable) + 1)
+    members = [(ids[b._key], c, b.weight, b._state_idx) for b, c in zip(usable, cum)]
+    if len(usable) < len(svc.backends):
+        chosen = {id(b) for b in usable}
+        members += [(ids[b._key], 0, b.weight, b._state_idx) for b in svc.backends if id(b) not in chosen]
+    return usable, tuple(members), flags, algo, total
 
 
 @dataclass(frozen=True)
@@ -275,7 +286,8 @@ class _Live:
     key: bytes
     value: bytes
     list_id: int
-    slots: Tuple[Tuple[int, int], ...]  # (backend id, cumulative weight); for maglev: (id, weight)
+    slots: Members  # the list: usable members first
+    count: int  # how many of them are usable
     backend_ids: Dict[Tuple[str, int], int]
     backend_vals: Dict[int, bytes]
     dirty: bool = False  # the maps disagree with `service` (adopted from a killed writer)
@@ -324,7 +336,8 @@ class _Ids:
 class _Plan:
     """Map writes for a batch of service changes, applied in a safe order."""
 
-    backend_upd: List[Tuple[bytes, bytes]] = field(default_factory=list)
+    backend_upd: List[Tuple[bytes, bytes]] = field(default_factory=list)  # new backends, before the swap
+    backend_post: List[Tuple[bytes, bytes]] = field(default_factory=list)  # kept backends' new state, after it
     slot_upd: List[Tuple[bytes, bytes]] = field(default_factory=list)
     maglev_upd: List[Tuple[bytes, bytes]] = field(default_factory=list)
     svc_upd: List[Tuple[bytes, bytes]] = field(default_factory=list)
@@ -347,6 +360,7 @@ class _Plan:
     def writes(self) -> int:
         return (
             len(self.backend_upd)
+            + len(self.backend_post)
             + len(self.slot_upd)
             + len(self.maglev_upd)
             + len(self.svc_upd)
@@ -477,8 +491,10 @@ class Balancer:
             raise InvalidValueError("terminate_sockets", f"must be True, False or 'auto', not {terminate_sockets!r}")
 
         cfg = ffi.new("struct socklb_config *")
-        cfg.max_services = max_services
-        cfg.max_backends = max_backends
+        # Maps are twice the limits: an update writes its new entries before it
+        # deletes the old ones (memory is used per entry, not per slot).
+        cfg.max_services = 2 * max_services
+        cfg.max_backends = 2 * max_backends
         cfg.max_slots = 2 * max_backends
         cfg.max_affinity = max_affinity
         cfg.maglev_size = maglev_size
@@ -489,7 +505,22 @@ class Balancer:
         self._lock_fd: Optional[int] = None
         meta: Optional[Tuple[int, ...]] = None
         if pin_dir is not None:
-            self._pin_dir = pins.prepare(os.path.abspath(os.fspath(pin_dir)))
+            pin_path = os.path.abspath(os.fspath(pin_dir))
+            if adopt_only:
+                # Checked before anything is created: a failed open leaves no trace.
+                try:
+                    pinned = os.listdir(os.path.join(pin_path, "maps"))
+                except (FileNotFoundError, NotADirectoryError):
+                    pinned = []
+                except PermissionError as e:
+                    raise PermissionDeniedError(f"reading {pin_path}", e.errno or errno.EACCES) from None
+                if "meta" not in pinned:
+                    if pinned:
+                        raise IncompatiblePinsError(
+                            pin_path, 0, lib.SOCKLB_LAYOUT_VERSION, "maps are pinned but no meta map"
+                        )
+                    raise NotFoundError(f"nothing is pinned in {pin_path}")
+            self._pin_dir = pins.prepare(pin_path)
             self._lock_fd = pins.lock(self._pin_dir)
             try:
                 meta = _read_meta(self._pin_dir)
@@ -506,7 +537,7 @@ class Balancer:
                     cfg.maglev_size,
                     cfg.max_maglev,
                 ) = meta
-                self.max_services, self.max_backends = meta[0], meta[1]
+                self.max_services, self.max_backends = meta[0] // 2, meta[1] // 2
                 self.maglev_size, self.max_maglev_services = meta[4], meta[5] // 2
             elif adopt_only:
                 self._unlock()
@@ -569,6 +600,7 @@ class Balancer:
                     )
                 else:
                     self._adopt()
+                    self._adopt_attachments()
             except BaseException:
                 self.close()
                 raise
@@ -684,49 +716,42 @@ class Balancer:
 
     def _adopt(self) -> None:
         """Rebuild the Python view of the pinned maps, repair what a killed
-        predecessor left half-written, and adopt its attachments."""
-        services = {k: v for k in self._services_map.keys(self.max_services) if (v := self._services_map.lookup(k))}
-        backends: Dict[int, Tuple[Any, ...]] = {}
-        for k in self._backends_map.keys(self.max_backends):
+        predecessor left half-written, and adopt its attachments.
+
+        A service is read back from its current list, which holds exactly one
+        version of it (every member with its weight and state); whatever no
+        current list refers to was written by an update that never swapped
+        in, or was about to be deleted, and goes."""
+        services = {k: v for k in self._services_map.keys(2 * self.max_services) if (v := self._services_map.lookup(k))}
+        backends: Dict[int, bytes] = {}
+        for k in self._backends_map.keys(2 * self.max_backends):
             v = self._backends_map.lookup(k)
             if v is not None:
-                backends[U32.unpack(k)[0]] = BACKEND_VAL.unpack(v)
-        lists: Dict[int, Dict[int, Tuple[int, int]]] = {}
+                backends[U32.unpack(k)[0]] = v
+        lists: Dict[int, Dict[int, Member]] = {}
         for k in self._slots_map.keys(2 * self.max_backends):
             v = self._slots_map.lookup(k)
             if v is not None:
                 lid, idx = SLOT_KEY.unpack(k)
                 lists.setdefault(lid, {})[idx] = SLOT_VAL.unpack(v)
         tables = {U32.unpack(k)[0] for k in self._maglev_map.keys(2 * self.max_maglev_services)}
-        by_svc: Dict[int, List[int]] = {}
-        for bid, f in backends.items():
-            by_svc.setdefault(f[4], []).append(bid)
 
         plan = _Plan()
         used_lists, used_backends, dirty = set(), set(), []
         for key, value in services.items():
             addr, nport, proto = SVC_KEY.unpack(key)
-            svc_id, list_id, count, _total, timeout, algo, flags, req_algo, opts = SVC_VAL.unpack(value)
-            if algo == lib.SOCKLB_ALGO_MAGLEV:
-                kernel_slots: Slots = ()
-                in_list = self._maglev_ids(list_id) if list_id in tables else set()
-            else:
-                got = lists.get(list_id, {})
-                kernel_slots = tuple(got[i] for i in range(count) if i in got)
-                in_list = {bid for bid, _ in kernel_slots}
-            fallback = bool(flags & lib.SOCKLB_SVC_F_FALLBACK)
-            members, ids = [], {}
-            for bid in by_svc.get(svc_id, []):
-                baddr, bport, _state, user_state, _sid, weight = backends[bid]
-                b = Backend(_addr_str(baddr), socket.ntohs(bport), weight, _STATE_BACK[user_state])
-                could_be_chosen = weight > 0 and (
-                    b.state is BackendState.ACTIVE or (fallback and b.state is BackendState.TERMINATING)
-                )
-                if could_be_chosen and bid not in in_list:
-                    continue  # written by an update that never swapped its list in: an orphan
-                members.append(b)
-                ids[(b.address, b.port)] = bid
+            svc_id, list_id, count, _total, n_members, timeout, algo, flags, req_algo, opts = SVC_VAL.unpack(value)
+            entries = lists.get(list_id, {})
+            kernel: Members = tuple(entries[i] for i in range(n_members) if i in entries)
             try:
+                if len(kernel) != n_members:
+                    raise InvalidValueError("list", "incomplete")
+                members = []
+                for bid, _cum, weight, state in kernel:
+                    baddr, bport, _dstate, owner = BACKEND_VAL.unpack(backends[bid])
+                    if owner != svc_id:
+                        raise InvalidValueError("backend", "of another service")
+                    members.append(Backend(_addr_str(baddr), socket.ntohs(bport), weight, _STATE_BACK[state]))
                 svc = Service(
                     _addr_str(addr),
                     socket.ntohs(nport),
@@ -736,27 +761,27 @@ class Balancer:
                     Affinity(timeout) if flags & lib.SOCKLB_SVC_F_AFFINITY else None,
                     bool(opts & lib.SOCKLB_SVC_O_TERMINATE_TCP),
                 )
-            except InvalidValueError:
-                plan.svc_del.append(key)  # unreadable: drop it rather than guess
+            except (InvalidValueError, KeyError):
+                # Not something socklb writes, even when killed: drop it rather than guess.
+                plan.svc_del.append(key)
                 continue
-            _usable, slots, eflags, ealgo, etotal = _selection(svc, ids)
-            expected = _service_value(svc, svc_id, list_id, len(slots), etotal, ealgo, eflags)
-            consistent = expected == value and (
-                set(in_list) == {bid for bid, _ in slots} if algo == lib.SOCKLB_ALGO_MAGLEV else kernel_slots == slots
+            ids = {(b.address, b.port): m[0] for b, m in zip(members, kernel)}
+            usable, expected, eflags, ealgo, etotal = _selection(svc, ids)
+            vals = {bid: _backend_value(b, svc_id) for b, bid in zip(members, (m[0] for m in kernel))}
+            consistent = (
+                expected == kernel
+                and value == _service_value(svc, svc_id, list_id, len(usable), etotal, len(expected), ealgo, eflags)
+                and all(backends[bid] == v for bid, v in vals.items())
+                and (
+                    algo != lib.SOCKLB_ALGO_MAGLEV
+                    or not usable
+                    or self._maglev_map.lookup(U32.pack(list_id)) == self._maglev_table(usable, ids)
+                )
             )
-            vals = {bid: BACKEND_VAL.pack(*backends[bid]) for bid in ids.values()}
-            lv = _Live(
-                svc,
-                svc_id,
-                key,
-                value,
-                list_id,
-                slots if algo == lib.SOCKLB_ALGO_MAGLEV else kernel_slots,
-                ids,
-                vals,
-                dirty=not consistent,
+            kernel_vals = {bid: backends[bid] for bid in vals}
+            self._live[svc.key] = _Live(
+                svc, svc_id, key, value, list_id, kernel, count, ids, kernel_vals, dirty=not consistent
             )
-            self._live[svc.key] = lv
             self._n_backends += len(ids)
             self._n_maglev += svc.algorithm is Algorithm.MAGLEV
             self._svc_ids.mark(svc_id)
@@ -768,19 +793,14 @@ class Balancer:
             if not consistent:
                 dirty.append(svc)
         # Whatever no service references is left over from a killed update.
-        for lid, entries in lists.items():
+        for lid, got in lists.items():
             if lid not in used_lists:
-                plan.slot_del.extend(SLOT_KEY.pack(lid, i) for i in entries)
+                plan.slot_del.extend(SLOT_KEY.pack(lid, i) for i in got)
         plan.maglev_del.extend(U32.pack(lid) for lid in tables if lid not in used_lists)
         plan.backend_del.extend(U32.pack(bid) for bid in backends if bid not in used_backends)
         self._apply(plan)
         if dirty:
             self._apply(self._plan({s.key: s for s in dirty}, remove_missing=False))
-        self._adopt_attachments()
-
-    def _maglev_ids(self, list_id: int) -> set[int]:
-        raw = self._maglev_map.lookup(U32.pack(list_id))
-        return set(struct.unpack(f"={self.maglev_size}I", raw)) if raw else set()
 
     def _adopt_attachments(self) -> None:
         assert self._pin_dir is not None
@@ -952,16 +972,15 @@ class Balancer:
             plan.backend_del.append(U32.pack(bid))
             plan.free_backend_ids.append(bid)
         plan.free_svc_ids.append(old.svc_id)
-        self._doom(plan, old.service, [bid for bid, _ in old.slots])
+        self._doom(plan, old.service, [m[0] for m in old.slots[: old.count]])
         if old.service.affinity is not None:
             plan.affinity_purge.append(old.svc_id)
         plan.live[k] = None
 
     def _drop_list(self, plan: _Plan, old: _Live) -> None:
-        if old.service.algorithm is Algorithm.MAGLEV:
+        if old.service.algorithm is Algorithm.MAGLEV and old.count:
             plan.maglev_del.append(U32.pack(old.list_id))
-        else:
-            plan.slot_del.extend(SLOT_KEY.pack(old.list_id, i) for i in range(len(old.slots)))
+        plan.slot_del.extend([SLOT_KEY.pack(old.list_id, i) for i in range(len(old.slots))])
         plan.free_list_ids.append(old.list_id)
 
     def _plan_upsert(self, plan: _Plan, k: ServiceKey, svc: Service, old: Optional[_Live]) -> None:
@@ -973,73 +992,74 @@ class Balancer:
         if old is not None and (old.service.affinity is None) != (svc.affinity is None):
             # Switching affinity on or off starts from a clean slate, both ways.
             plan.affinity_purge.append(svc_id)
-        old_ids = old.backend_ids if old else {}
-        old_vals = old.backend_vals if old else {}
 
         bs = svc.backends
+        u32 = U32.pack
         if old is None:
             # A new service: every backend is new (the common case of a full sync).
             bids = self._backend_ids.take_many(len(bs))
             plan.new_backend_ids.extend(bids)
             ids = {b._key: bid for b, bid in zip(bs, bids)}
-            pack, u32 = BACKEND_VAL.pack, U32.pack
+            pack = BACKEND_VAL.pack
             vals = {
-                bid: pack(b._a16, b._nport, b._state_idx if b.weight else _DRAINING, b._state_idx, svc_id, b.weight)
-                for b, bid in zip(bs, bids)
+                bid: pack(b._a16, b._nport, b._state_idx if b.weight else _DRAINING, svc_id) for b, bid in zip(bs, bids)
             }
             plan.backend_upd.extend([(u32(bid), v) for bid, v in vals.items()])
         else:
+            # Backends the new version adds are written before the swap; the
+            # datapath state of kept ones only after it, so that the version
+            # the maps describe is always the old or the new one.
             ids, vals = {}, {}
-            take, new_ids, upd, u32 = self._backend_ids.take, plan.new_backend_ids, plan.backend_upd, U32.pack
+            old_ids, old_vals = old.backend_ids, old.backend_vals
+            take, new_ids = self._backend_ids.take, plan.new_backend_ids
             for b in bs:
                 bk = b._key
+                val = _backend_value(b, svc_id)
                 bid = old_ids.get(bk)
                 if bid is None:
                     bid = take()
                     new_ids.append(bid)
-                val = _backend_value(b, svc_id)
+                    plan.backend_upd.append((u32(bid), val))
+                elif old_vals.get(bid) != val:
+                    plan.backend_post.append((u32(bid), val))
                 ids[bk] = bid
                 vals[bid] = val
-                if old_vals.get(bid) != val:
-                    upd.append((u32(bid), val))
 
-        usable, slots, flags, algo_code, total = _selection(svc, ids)
-        algo = svc.algorithm
-
-        same_list = (
+        usable, members, flags, algo_code, total = _selection(svc, ids)
+        count = len(usable)
+        maglev = svc.algorithm is Algorithm.MAGLEV
+        if (
             old is not None
-            and old.slots == slots
-            and (old.service.algorithm is Algorithm.MAGLEV) == (algo is Algorithm.MAGLEV)
-        )
-        if same_list and old is not None:
+            and not old.dirty
+            and old.slots == members
+            and (old.service.algorithm is Algorithm.MAGLEV) == maglev
+        ):
             list_id = old.list_id
         else:
             list_id = self._list_ids.take()
             plan.new_ids.append(("list", list_id))
-            if algo is Algorithm.MAGLEV:
-                if slots:
-                    plan.maglev_upd.append((U32.pack(list_id), self._maglev_table(usable, ids)))
-            else:
-                kp, vp = SLOT_KEY.pack, SLOT_VAL.pack
-                plan.slot_upd.extend([(kp(list_id, i), vp(bid, c)) for i, (bid, c) in enumerate(slots)])
+            kp, vp = SLOT_KEY.pack, SLOT_VAL.pack
+            plan.slot_upd.extend([(kp(list_id, i), vp(*m)) for i, m in enumerate(members)])
+            if maglev and usable:
+                plan.maglev_upd.append((u32(list_id), self._maglev_table(usable, ids)))
             if old is not None:
                 self._drop_list(plan, old)
 
         key = _service_key(svc)
-        value = _service_value(svc, svc_id, list_id, len(slots), total, algo_code, flags)
+        value = _service_value(svc, svc_id, list_id, count, total, len(members), algo_code, flags)
         if old is None or old.value != value:
             plan.svc_upd.append((key, value))
-        for bk, bid in old_ids.items():
-            if bk not in ids:
-                plan.backend_del.append(U32.pack(bid))
-                plan.free_backend_ids.append(bid)
         if old is not None:
+            for bk, bid in old.backend_ids.items():
+                if bk not in ids:
+                    plan.backend_del.append(u32(bid))
+                    plan.free_backend_ids.append(bid)
             # Sockets stay on a backend that was chosen before, unless it was
             # removed or left the active state (a drained one keeps its sockets).
-            chosen = {bid for bid, _ in slots}
-            active = {ids[(b.address, b.port)] for b in svc.backends if b.state is BackendState.ACTIVE}
-            self._doom(plan, svc, [bid for bid, _ in old.slots if bid not in chosen and bid not in active])
-        plan.live[k] = _Live(svc, svc_id, key, value, list_id, slots, ids, vals)
+            chosen = {m[0] for m in members[:count]}
+            active = {ids[b._key] for b in bs if b.state is BackendState.ACTIVE}
+            self._doom(plan, svc, [m[0] for m in old.slots[: old.count] if m[0] not in chosen and m[0] not in active])
+        plan.live[k] = _Live(svc, svc_id, key, value, list_id, members, count, ids, vals)
 
     def _doom(self, plan: _Plan, svc: Service, ids: List[int]) -> None:
         if not ids or not self._terminate:
@@ -1091,8 +1111,9 @@ class Balancer:
         except BaseException:
             self._rollback(plan, written)
             raise
-        # The swap is done: from here on the old lists are unreachable for new
-        # lookups and are removed.
+        # The swap is done: kept backends take their new state, and the old
+        # lists, unreachable for new lookups, are removed.
+        upd(self._backends_map, plan.backend_post)
         self._services_map.delete(b"".join(plan.svc_del), len(plan.svc_del))
         self._slots_map.delete(b"".join(plan.slot_del), len(plan.slot_del))
         self._maglev_map.delete(b"".join(plan.maglev_del), len(plan.maglev_del))
@@ -1125,29 +1146,24 @@ class Balancer:
             self._svc_ids.give(i)
 
     def _rollback(self, plan: _Plan, written: List[Tuple[MapOps, List[bytes]]]) -> None:
-        # Services are written last and one at a time: put back any that were.
+        """Undo a plan that failed before or during the swap.  Before the swap
+        only new keys are written (new backends, lists, tables): delete them;
+        put back the service entries that a partial batch may have swapped."""
+        by_key = {lv.key: lv for lv in self._live.values()}
         for key, _ in plan.svc_upd:
-            old = next((lv for lv in self._live.values() if lv.key == key), None)
+            old = by_key.get(key)
             try:
                 if old is not None:
                     self._services_map.update(old.key, old.value, 1)
                 else:
                     self._services_map.delete(key, 1)
             except Exception:
-                pass
-        restore: Dict[bytes, bytes] = {}
-        for lv in self._live.values():
-            for bid, val in lv.backend_vals.items():
-                restore[U32.pack(bid)] = val
+                pass  # best effort; the first error is what is raised
         for m, keys in reversed(written):
-            for key in keys:
-                try:
-                    if m is self._backends_map and key in restore:
-                        m.update(key, restore[key], 1)
-                    else:
-                        m.delete(key, 1)
-                except Exception:
-                    pass
+            try:
+                m.delete(b"".join(keys), len(keys))
+            except Exception:
+                pass
         self._release_new_ids(plan)
 
     # -- sockets stuck on removed backends -------------------------------------
@@ -1229,9 +1245,9 @@ class Balancer:
             self._handle()
             out: Dict[str, Dict[bytes, bytes]] = {}
             for m, cap in (
-                (self._services_map, self.max_services),
+                (self._services_map, 2 * self.max_services),
                 (self._slots_map, 2 * self.max_backends),
-                (self._backends_map, self.max_backends),
+                (self._backends_map, 2 * self.max_backends),
                 (self._maglev_map, 2 * self.max_maglev_services),
             ):
                 out[m.name] = {k: v for k in m.keys(cap) if (v := m.lookup(k)) is not None}

@@ -20,7 +20,7 @@ import os
 import shutil
 from typing import List, Optional
 
-from .errors import InvalidValueError, KernelError, PinLockedError
+from .errors import InvalidValueError, KernelError, PermissionDeniedError, PinLockedError
 
 __all__ = ["BPF_FS_MAGIC", "prepare", "lock", "unlock", "remove", "is_bpffs", "holder_pid"]
 
@@ -67,7 +67,13 @@ def prepare(pin_dir: str) -> str:
     if not os.path.isabs(pin_dir):
         raise InvalidValueError("pin_dir", f"must be an absolute path, not {pin_dir!r}")
     anc = _existing_ancestor(pin_dir)
-    if not is_bpffs(anc):
+    try:
+        on_bpffs = is_bpffs(anc)
+    except KernelError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise PermissionDeniedError(f"reading {anc}", e.errno) from None
+        raise
+    if not on_bpffs:
         if (pin_dir + "/").startswith(DEFAULT_BPFFS + "/") and anc in (DEFAULT_BPFFS, os.path.dirname(DEFAULT_BPFFS)):
             os.makedirs(DEFAULT_BPFFS, exist_ok=True)
             _mount_bpffs(DEFAULT_BPFFS)
@@ -75,12 +81,15 @@ def prepare(pin_dir: str) -> str:
             raise InvalidValueError(
                 "pin_dir", f"{pin_dir} is not on a bpf filesystem (mount one, or use {DEFAULT_BPFFS})"
             )
-    for d in (pin_dir, os.path.join(pin_dir, "maps"), os.path.join(pin_dir, "links")):
-        try:
-            os.mkdir(d, 0o700)
-        except FileExistsError:
-            pass
-    os.chmod(pin_dir, 0o700)
+    try:
+        for d in (pin_dir, os.path.join(pin_dir, "maps"), os.path.join(pin_dir, "links")):
+            try:
+                os.mkdir(d, 0o700)
+            except FileExistsError:
+                pass
+        os.chmod(pin_dir, 0o700)
+    except PermissionError as e:
+        raise PermissionDeniedError(f"creating {pin_dir}", e.errno or errno.EACCES) from None
     return os.path.realpath(pin_dir)
 
 
@@ -101,7 +110,10 @@ def holder_pid(path: str) -> Optional[int]:
 
 def lock(pin_dir: str) -> int:
     """Take the owner lock of ``pin_dir``; returns the fd that holds it."""
-    fd = os.open(pin_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(pin_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except PermissionError as e:
+        raise PermissionDeniedError(f"opening {pin_dir}", e.errno or errno.EACCES) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
