@@ -260,6 +260,7 @@ def test_updates_are_atomic_under_connect_load(world: World, balancer: Balancer)
     finally:
         stop.set()
         t.join()
+    print(f"atomic updates: {flips} rewrites during {len(res['served']) + len(res['errors'])} connects")
     assert flips >= 1000, flips
     assert res["errors"] == [], Counter(res["errors"])
     c = Counter(res["served"])
