@@ -1,0 +1,396 @@
+"""The four ways a client reaches a service, each in a lab of its own.
+
+Every mode gets an identical :class:`socklb.lab.Lab`: a client pod and
+``backends`` backend pods, each running ``bench/bin/server`` (TCP and UDP).
+One lab per mode keeps each mode's state to itself: iptables and nftables
+rules (and the connection tracking they switch on in the node namespace) stay
+loaded while other modes are measured without touching their traffic, and a
+50,000-service ruleset is loaded once per scale instead of once per round.
+
+- ``direct``: the client dials backend pod addresses itself (the physical limit);
+- ``socklb``: a :class:`socklb.Balancer` attached to the client pod's cgroup;
+- ``iptables``: kube-proxy iptables-mode rules in the node namespace;
+- ``nftables``: kube-proxy nftables-mode rules in the node namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from bench import rules
+from bench.rules import Svc, Table
+from bench.system import busy_fraction, cpu_sample, fdinfo_memlock, proc_cpu_seconds
+from socklb.lab import Lab, Pod
+
+__all__ = [
+    "MODES",
+    "TCP_PORT",
+    "UDP_PORT",
+    "SVC_TCP_PORT",
+    "SVC_UDP_PORT",
+    "Workload",
+    "ModeLab",
+    "services_for_scale",
+    "make_mode",
+]
+
+MODES = ("socklb", "iptables", "nftables", "direct")
+#: Where the backend servers listen.
+TCP_PORT = 8080
+UDP_PORT = 5353
+#: The service ports clients dial.
+SVC_TCP_PORT = 80
+SVC_UDP_PORT = 53
+#: The measured services' address: the same at every scale.  (A client that
+#: reuses ports must keep dialling the same VIP: TCP derives a connection's
+#: initial sequence number and timestamp offset from the address it dials, so
+#: after a VIP change, SYNs that DNAT onto a server TIME_WAIT socket of the
+#: same 4-tuple are refused half of the time and retried a second later.)
+MEASURED_VIP = "10.96.0.10"
+#: socklb's map names over its versions; the ones a build lacks are skipped.
+MAP_NAMES = (
+    "services",
+    "slots",
+    "backends",
+    "maglev",
+    "affinity",
+    "sock_state",
+    "sock_conn",
+    "sock_dgram",
+    "meta",
+    "attachments",
+    "counters",
+)
+#: Endpoints per filler service in the data-plane tables.
+FILLER_ENDPOINTS = 2
+
+
+@dataclass(frozen=True)
+class Workload:
+    proto: str  # "tcp" (connect/request/response/close) | "udp" (request/response)
+    duration: float
+    warmup: float
+    concurrency: int
+    req_size: int
+    resp_size: int
+
+
+def services_for_scale(
+    n: int, backend_ips: Sequence[str], filler_endpoints: int = FILLER_ENDPOINTS
+) -> Tuple[List[Svc], int]:
+    """``n`` TCP services plus the measured UDP service, and the index of the
+    measured TCP service (the middle of the table; the UDP one follows it).
+
+    Filler services have ``filler_endpoints`` endpoints each: the backend pods
+    on ports 8080, 8081, ... (fillers are never dialled).  The measured
+    services have one endpoint per backend pod.
+    """
+    if n < 1:
+        raise ValueError("a scale needs at least one service")
+    if n > 60000:
+        raise ValueError("at most 60,000 services fit the layout")
+    fill = tuple((backend_ips[j % len(backend_ips)], TCP_PORT + j // len(backend_ips)) for j in range(filler_endpoints))
+    mid = n // 2
+    out: List[Svc] = []
+    for i in range(n):
+        if i == mid:
+            eps = tuple((ip, TCP_PORT) for ip in backend_ips)
+            out.append(Svc("bench", "measured", MEASURED_VIP, SVC_TCP_PORT, "tcp", eps))
+            ueps = tuple((ip, UDP_PORT) for ip in backend_ips)
+            out.append(Svc("bench", "measured", MEASURED_VIP, SVC_UDP_PORT, "udp", ueps))
+        else:
+            # Fillers from 10.96.1.0 up: never the measured address.
+            out.append(Svc("bench", f"svc-{i}", rules.vip(255 + i), SVC_TCP_PORT, "tcp", fill))
+    return out, mid
+
+
+class ModeLab:
+    """A lab for one mode: client pod, backend pods with servers, and the mode's
+    service tables.  Subclasses implement :meth:`program` and :meth:`targets`."""
+
+    name = "base"
+
+    def __init__(
+        self, n_backends: int, bins: Dict[str, str], server_threads: int = 1, pin: Optional[Tuple[str, str]] = None
+    ) -> None:
+        self.bins = bins
+        #: CPU lists (taskset) for the load generator and the servers, or None.
+        self.pin = pin
+        self.lab = Lab()
+        self.servers: List[subprocess.Popen[str]] = []
+        try:
+            self.client: Pod = self.lab.add_pod("client")
+            self.backends: List[Pod] = [self.lab.add_pod(f"b{i + 1}") for i in range(n_backends)]
+            for pod in self.backends:
+                self.servers.append(self._start_server(pod, server_threads))
+        except BaseException:
+            self.lab.close()
+            raise
+        self.services: List[Svc] = []
+        self.mid = 0
+        self.load_info: Dict[str, Any] = {}
+
+    def _start_server(self, pod: Pod, threads: int) -> subprocess.Popen[str]:
+        argv = [self.bins["server"], "--tcp", str(TCP_PORT), "--udp", str(UDP_PORT), "--threads", str(threads)]
+        if self.pin:
+            argv = ["taskset", "-c", self.pin[1], *argv]
+        proc: subprocess.Popen[str] = pod.popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 10)
+        line = proc.stdout.readline() if ready else ""
+        if line.strip() != "ready":
+            proc.kill()
+            raise RuntimeError(f"bench server in {pod.name} did not start (exit {proc.poll()})")
+        return proc
+
+    @property
+    def backend_ips(self) -> List[str]:
+        return [p.ipv4 for p in self.backends]
+
+    # -- per mode ----------------------------------------------------------------
+
+    def program(self, services: List[Svc], mid: int) -> Dict[str, Any]:
+        """Install the service table; returns timings and sizes."""
+        self.services, self.mid = services, mid
+        return {}
+
+    def targets(self, proto: str) -> List[str]:
+        """What the load generator dials for this workload."""
+        svc = self.services[self.mid + (1 if proto == "udp" else 0)]
+        return [f"{svc.ip}:{svc.port}"]
+
+    def before_run(self) -> None:
+        pass
+
+    def after_run(self) -> None:
+        pass
+
+    def close(self) -> None:
+        try:
+            for proc in self.servers:
+                proc.terminate()
+            for proc in self.servers:
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                if proc.stdout is not None:
+                    proc.stdout.close()
+        finally:
+            self.lab.close()
+
+    # -- measuring ---------------------------------------------------------------
+
+    def run_load(self, w: Workload, seed: int = 1) -> Dict[str, Any]:
+        """Run the load generator in the client pod; returns its JSON plus CPU use."""
+        argv = [
+            self.bins["loadgen"],
+            "--proto",
+            w.proto,
+            "--duration",
+            repr(w.duration),
+            "--warmup",
+            repr(w.warmup),
+            "--concurrency",
+            str(w.concurrency),
+            "--req-size",
+            str(w.req_size),
+            "--resp-size",
+            str(w.resp_size),
+            "--seed",
+            str(seed),
+        ]
+        for t in self.targets(w.proto):
+            argv += ["--target", t]
+        if self.pin:
+            argv = ["taskset", "-c", self.pin[0], *argv]
+        pids = [p.pid for p in self.servers]
+        self.before_run()
+        try:
+            c0, s0, t0 = cpu_sample(), proc_cpu_seconds(pids), time.monotonic()
+            r = self.client.run(argv, timeout=w.duration + w.warmup + 60)
+            c1, s1, t1 = cpu_sample(), proc_cpu_seconds(pids), time.monotonic()
+        finally:
+            self.after_run()
+        out: Dict[str, Any] = json.loads(r.stdout)
+        done = max(int(out["completed_total"]), 1)
+        client_cpu = float(out["cpu_s"]["user"]) + float(out["cpu_s"]["sys"])
+        busy = busy_fraction(c0, c1)
+        ncpu = max(len(busy["per_cpu_busy"]), 1)
+        # CPU time used by anything but this load generator and these servers
+        # (other processes on the machine): noise, reported per run.
+        foreign = busy["busy"] * (t1 - t0) * ncpu - client_cpu - (s1 - s0)
+        out["cpu"] = {
+            **busy,
+            "foreign_share": round(max(foreign, 0.0) / ((t1 - t0) * ncpu), 3),
+            "server_s": s1 - s0,
+            "client_s": client_cpu,
+            "server_us_per_req": (s1 - s0) * 1e6 / done,
+            "client_us_per_req": client_cpu * 1e6 / done,
+            "elapsed_s": t1 - t0,
+        }
+        return out
+
+
+class DirectLab(ModeLab):
+    name = "direct"
+
+    def targets(self, proto: str) -> List[str]:
+        port = UDP_PORT if proto == "udp" else TCP_PORT
+        return [f"{ip}:{port}" for ip in self.backend_ips]
+
+
+class SocklbLab(ModeLab):
+    name = "socklb"
+
+    def __init__(
+        self, n_backends: int, bins: Dict[str, str], server_threads: int = 1, pin: Optional[Tuple[str, str]] = None
+    ) -> None:
+        super().__init__(n_backends, bins, server_threads, pin)
+        from socklb import Balancer
+
+        try:
+            self.balancer = Balancer(max_services=65536, max_backends=1 << 20)
+            self.empty_memlock = self.memlock()
+            self.attachment = self.balancer.attach(self.client.cgroup)
+        except BaseException:
+            super().close()
+            raise
+
+    def to_services(self, services: List[Svc]) -> List[Any]:
+        from socklb import Backend, Service
+
+        return [Service(s.ip, s.port, s.protocol, [Backend(ip, port) for ip, port in s.endpoints]) for s in services]
+
+    def program(self, services: List[Svc], mid: int) -> Dict[str, Any]:
+        super().program(services, mid)
+        values = self.to_services(services)
+        t0 = time.perf_counter()
+        res = self.balancer.sync(values)
+        t1 = time.perf_counter()
+        return {
+            "sync_s": t1 - t0,
+            "map_writes": res.map_writes,
+            "memlock_bytes": self.memlock(),
+            "memlock_empty_bytes": self.empty_memlock,
+        }
+
+    def memlock(self) -> Dict[str, int]:
+        """Kernel memory charged to each map (``memlock:`` in fdinfo)."""
+        from socklb._core import lib
+
+        lb = self.balancer
+        out: Dict[str, int] = {}
+        for name in MAP_NAMES:
+            fd = lib.socklb_map_fd(lb._handle(), name.encode())
+            if fd >= 0:
+                out[name] = fdinfo_memlock(fd)
+        return out
+
+    def close(self) -> None:
+        try:
+            self.balancer.close()
+        finally:
+            super().close()
+
+
+class IptablesLab(ModeLab):
+    name = "iptables"
+
+    def program(self, services: List[Svc], mid: int) -> Dict[str, Any]:
+        super().program(services, mid)
+        self.clear()
+        text = rules.iptables_restore(Table(services))
+        t0 = time.perf_counter()
+        self.lab.node.run(["iptables-restore"], input=text, timeout=1800)
+        t1 = time.perf_counter()
+        return {"restore_s": t1 - t0, "lines": text.count("\n"), "bytes": len(text)}
+
+    def clear(self) -> None:
+        # iptables-nft keeps empty tables (and their hooks) after a flush: delete them.
+        for table in ("nat", "filter"):
+            self.lab.node.run(["nft", "delete", "table", "ip", table], timeout=600, check=False)
+
+
+class NftablesLab(ModeLab):
+    name = "nftables"
+
+    def clear(self) -> None:
+        self.lab.node.run(["nft", "delete", "table", "ip", rules.NFT_TABLE], timeout=600, check=False)
+
+    chunk = 500
+
+    def program(self, services: List[Svc], mid: int) -> Dict[str, Any]:
+        super().program(services, mid)
+        self.clear()
+        texts = rules.nft_transactions(services, self.chunk)
+        t0 = time.perf_counter()
+        for text in texts:
+            self.lab.node.run(["nft", "-f", "-"], input=text, timeout=1800)
+        t1 = time.perf_counter()
+        return {
+            "load_s": t1 - t0,
+            "transactions": len(texts),
+            "services_per_transaction": self.chunk,
+            "lines": sum(t.count("\n") for t in texts),
+        }
+
+
+@dataclass
+class Modes:
+    labs: Dict[str, ModeLab] = field(default_factory=dict)
+
+    def close(self) -> List[str]:
+        problems = []
+        for name, lab in self.labs.items():
+            try:
+                lab.close()
+            except Exception as e:
+                problems.append(f"{name}: {e}")
+        self.labs.clear()
+        return problems
+
+
+def make_mode(
+    name: str, n_backends: int, bins: Dict[str, str], server_threads: int = 1, pin: Optional[Tuple[str, str]] = None
+) -> ModeLab:
+    cls = {"direct": DirectLab, "socklb": SocklbLab, "iptables": IptablesLab, "nftables": NftablesLab}[name]
+    return cls(n_backends, bins, server_threads, pin)
+
+
+def conntrack_count(lab: ModeLab) -> Optional[int]:
+    """Entries in the node namespace's connection tracking table, if it is on."""
+    try:
+        r = lab.lab.node.run(["cat", "/proc/sys/net/netfilter/nf_conntrack_count"], timeout=10, check=False)
+    except Exception:
+        return None
+    text = r.stdout.strip()
+    return int(text) if text.isdigit() else None
+
+
+def wait_quiet(max_wait: float = 10.0, threshold: float = 0.15, sample: float = 0.25) -> float:
+    """Wait (at most ``max_wait`` s) until the machine's CPUs are mostly idle;
+    returns the last busy share seen.  Other work on the machine is noise."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        a = cpu_sample()
+        time.sleep(sample)
+        busy = float(busy_fraction(a, cpu_sample())["busy"])
+        if busy < threshold or time.monotonic() >= deadline:
+            return busy
+
+
+def default_pinning() -> Optional[Tuple[str, str]]:
+    """Client on CPU 0, servers on the others (None with a single CPU)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return (str(cpus[0]), ",".join(str(c) for c in cpus[1:]))

@@ -1,0 +1,383 @@
+"""Writing the results: ``results.json``, ``results.md``, ``throughput.png``, ``p99.png``."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+__all__ = ["write_all", "targets", "markdown", "plot"]
+
+MODE_ORDER = ("socklb", "iptables", "nftables", "direct")
+WORKLOAD_NAMES = {"tcp": "TCP connect/request/response/close (CRR)", "udp": "UDP request/response (RR)"}
+
+#: Static notes: facts found while building the benchmark on this project's
+#: machine (kernel 6.18, Debian bookworm: iptables 1.8.9, nftables 1.0.6).
+NOTES = [
+    "IPVS (kube-proxy's third mode) is not benchmarked: this kernel is built without it (see machine.ipvs).",
+    "nftables: loading N services in ONE nft transaction is quadratic in the kernel (each service's anonymous "
+    "numgen vmap set is named by scanning all sets of the table, nf_tables_newset/nft_set_lookup_global, and "
+    "bound by walking the whole transaction, __nft_set_trans_bind).  Measured while building the benchmark: "
+    "10,000 services x 4 endpoints in one transaction took 37 s and stalled a CPU for 26 s (kernel soft-lockup "
+    "warning, PREEMPT_NONE).  The benchmark therefore loads the nftables tables in transactions of "
+    "`nft_chunk` services; that is still quadratic (every new anonymous set scans all existing ones).",
+    "iptables (iptables-nft 1.8.9 backend): iptables-restore is quadratic in the number of chains in user space "
+    "(linear chain lookup by name: nftnl_chain_get_data/strlen dominate a perf profile).  Measured while building "
+    "the benchmark: 50,000 services x 10 endpoints (550,000 chains, 2.2 million lines) did not finish in 4 minutes "
+    "(2.4 GB RSS) and was stopped; iptables-legacy-restore failed on it after 217 s.  kube-proxy's periodic full "
+    "sync (iptables-restore --noflush over existing rules) took 371 s for 10,000 x 4.  The data-plane tables "
+    "therefore give filler services 2 endpoints, and N x 10 tables are loaded only up to `table_cp_max`.",
+    "With iptables/nftables, NAT rules are evaluated only for the first packet of a connection (conntrack): "
+    "TCP CRR pays the rule walk once per request, UDP RR on a long-lived socket only once per socket.",
+    "Kernel BPF statistics add two clock reads per program run, so hook cost is measured in extra socklb runs "
+    "after the compared rounds, not during them.",
+]
+
+
+def _get(d: Any, *path: Any) -> Any:
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return d
+
+
+def _scales(results: Dict[str, Any]) -> List[str]:
+    return sorted(results.get("scales", {}), key=int)
+
+
+def _modes(results: Dict[str, Any]) -> List[str]:
+    seen = set()
+    for sc in results.get("scales", {}).values():
+        for w in ("tcp", "udp"):
+            seen.update(sc.get(w, {}))
+    return [m for m in MODE_ORDER if m in seen]
+
+
+#: Ratios judged against the targets: the median over rounds of the per-round
+#: ratio (each round measures every mode back to back), robust to a round
+#: disturbed by other work on the machine.
+RATIO = "rps_ratio_rounds_median"
+
+
+def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The project's targets and where this run stands (ratios: median of per-round ratios)."""
+    out: List[Dict[str, Any]] = []
+
+    def add(name: str, value: Optional[float], ok: Optional[bool], unit: str = "x") -> None:
+        out.append({"target": name, "value": value, "unit": unit, "met": ok})
+
+    scales = _scales(results)
+    for s in scales:
+        tcp = _get(results, "scales", s, "tcp", "socklb")
+        if tcp is None:
+            continue
+        r = _get(tcp, "vs_direct", RATIO)
+        add(f"TCP CRR socklb >= 0.97x direct ({int(s):,} svc)", r, None if r is None else r >= 0.97)
+        p = _get(tcp, "vs_direct", "p99_ratio_rounds_median")
+        add(f"TCP CRR socklb p99 <= 1.05x direct ({int(s):,} svc)", p, None if p is None else p <= 1.05)
+        r = _get(tcp, "vs_nftables", RATIO)
+        add(f"TCP CRR socklb ahead of nftables ({int(s):,} svc)", r, None if r is None else r > 1.0)
+        udp = _get(results, "scales", s, "udp", "socklb", "vs_direct", RATIO)
+        add(f"UDP RR socklb >= 0.95x direct ({int(s):,} svc)", udp, None if udp is None else udp >= 0.95)
+        nft_u = _get(results, "scales", s, "udp", "socklb", "vs_nftables", RATIO)
+        add(f"UDP RR socklb ahead of nftables ({int(s):,} svc)", nft_u, None if nft_u is None else nft_u > 1.0)
+    r1 = _get(results, "scales", "1", "tcp", "socklb", "vs_iptables", RATIO)
+    add("TCP CRR socklb >= 1.15x iptables (1 svc)", r1, None if r1 is None else r1 >= 1.15)
+    r10k = _get(results, "scales", "10000", "tcp", "socklb", "vs_iptables", RATIO)
+    add("TCP CRR socklb >= 2x iptables (10,000 svc)", r10k, None if r10k is None else r10k >= 2.0)
+    t = _get(results, "control_plane", "socklb", "10000", "sync_from_empty_s")
+    add("program 10,000 svc x 10 backends <= 0.5 s", t, None if t is None else t <= 0.5, "s")
+    c = _get(results, "control_plane", "socklb", "50000", "upsert_one_change_s", "median")
+    add("one backend change at 50,000 svc <= 1 ms (upsert)", c, None if c is None else c <= 0.001, "s")
+    return out
+
+
+def _fmt(v: Optional[float], unit: str = "x") -> str:
+    if v is None:
+        return "n/a"
+    if unit == "s":
+        return f"{v * 1000:.3f} ms" if v < 1 else f"{v:.2f} s"
+    return f"{v:.3f}x"
+
+
+def _ms(v: Optional[float]) -> str:
+    if v is None:
+        return "-"
+    return f"{v * 1000:.2f} ms" if v < 1 else f"{v:.2f} s"
+
+
+def markdown(results: Dict[str, Any]) -> str:
+    m = results.get("machine", {})
+    cfg = results.get("config", {})
+    lines: List[str] = ["# socklb benchmark results", ""]
+    lines += [
+        f"Run {results.get('started', '?')}, wall time {results.get('wall_s', 0):.0f} s.  "
+        f"Machine: {m.get('cpu_model')} x {m.get('cores')} cores"
+        f"{' (virtual machine)' if m.get('virtualized') else ''}, {m.get('memory_gib')} GiB, "
+        f"kernel {m.get('kernel')}; {m.get('iptables')}; {m.get('nft')}.",
+        "",
+        f"IPVS: {m.get('ipvs')}.",
+        "",
+        f"Settings: {cfg.get('rounds')} rounds x {cfg.get('duration')} s per mode and workload "
+        f"(+{cfg.get('warmup')} s warm-up), concurrency {cfg.get('concurrency')}, request {cfg.get('req_size')} B, "
+        f"response {cfg.get('resp_size')} B, {cfg.get('backends')} backend pods.",
+        "",
+    ]
+    modes = _modes(results)
+    for w in ("tcp", "udp"):
+        if not any(_get(results, "scales", s, w) for s in _scales(results)):
+            continue
+        lines += [f"## {WORKLOAD_NAMES[w]}", ""]
+        head = "| services | " + " | ".join(f"{mo} req/s (vs direct)" for mo in modes) + " | "
+        head += " | ".join(f"{mo} p50 / p99 µs" for mo in modes) + " |"
+        lines += [head, "|" + "---|" * (1 + 2 * len(modes))]
+        for s in _scales(results):
+            per = _get(results, "scales", s, w) or {}
+            cells = [f"{int(s):,}"]
+            for mo in modes:
+                e = per.get(mo)
+                if not e:
+                    cells.append("-")
+                    continue
+                r = _get(e, "vs_direct", "rps_ratio")
+                cells.append(f"{e['rps']:,.0f} ({r:.3f})" if r is not None else f"{e['rps']:,.0f}")
+            for mo in modes:
+                e = per.get(mo)
+                cells.append(f"{e['latency_us']['p50']:.1f} / {e['latency_us']['p99']:.1f}" if e else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        lines += [
+            "socklb's throughput ratios: median of the per-round ratios (ratio of the totals in brackets); "
+            "p99 ratio: median of per-round ratios; CPU: busy share of each CPU (client CPU first), the most "
+            "CPU other processes took during a used run (noise), and the CPU time per request of the load generator "
+            "(which also pays for the softirq work of the forward path) and of the servers, by mode:",
+            "",
+        ]
+        lines += [
+            "| services | vs direct | vs iptables | vs nftables | p99 vs direct | errors (all modes) | "
+            "rounds used (repeated) | CPU busy | other processes (max) | client CPU µs/req by mode | "
+            "server CPU µs/req by mode |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for s in _scales(results):
+            per = _get(results, "scales", s, w) or {}
+            sl = per.get("socklb", {})
+
+            def rr(base: str, sl: Dict[str, Any] = sl) -> str:
+                a = _get(sl, f"vs_{base}", "rps_ratio_rounds_median")
+                b = _get(sl, f"vs_{base}", "rps_ratio")
+                return "-" if a is None else f"{a:.3f} ({b:.3f})"
+
+            p = _get(sl, "vs_direct", "p99_ratio_rounds_median")
+            errs = sum(int(e.get("errors", 0)) for e in per.values())
+            cpus = sl.get("per_cpu_busy", {})
+            busy = " / ".join(f"{v:.0%}" for _, v in sorted(cpus.items())) or f"{sl.get('machine_busy', 0):.0%}"
+            foreign = max((float(e.get("foreign_cpu_share_max", 0)) for e in per.values()), default=0.0)
+            srv = ", ".join(f"{mo} {per[mo]['server_cpu_us_per_req']:.1f}" for mo in modes if mo in per)
+            cli = ", ".join(f"{mo} {per[mo]['client_cpu_us_per_req']:.1f}" for mo in modes if mo in per)
+            sc = results["scales"][s]
+            used = f"{sl.get('rounds', '?')} ({sc.get('rounds_disturbed', 0)})" + (" noisy" if sc.get("noisy") else "")
+            lines.append(
+                f"| {int(s):,} | {rr('direct')} | {rr('iptables')} | {rr('nftables')} | "
+                f"{'-' if p is None else f'{p:.3f}'} | {errs} | {used} | {busy} | {foreign:.0%} | {cli} | {srv} |"
+            )
+        lines.append("")
+
+    hc = results.get("hook_cost", {})
+    if hc:
+        lines += ["## Cost of the hooks (kernel BPF statistics, average ns per program run)", ""]
+        progs = sorted({p for v in hc.values() for p in v.get("avg_ns", {})})
+        progs = [p for p in progs if any(_get(v, "run_cnt", p) for v in hc.values())]
+        lines += ["| services | " + " | ".join(progs) + " |", "|" + "---|" * (1 + len(progs))]
+        for s in sorted(hc, key=int):
+            v = hc[s]
+            cells = []
+            for p in progs:
+                a = _get(v, "avg_ns", p)
+                cells.append("-" if a is None else f"{a:.0f} ns ({_get(v, 'run_cnt', p):,} runs)")
+            lines.append(f"| {int(s):,} | " + " | ".join(cells) + " |")
+        lines.append("")
+
+    cp = results.get("control_plane", {})
+    if any(cp.get(k) for k in ("socklb", "iptables", "nftables")):
+        lines += ["## Control plane", ""]
+        lines += [
+            "| services | socklb sync N x 10 from empty | socklb one change (upsert) | socklb one change "
+            "(sync of whole list) | socklb sync, nothing changed | iptables-restore N x 10 from empty | "
+            "iptables one change (partial sync) | iptables full resync (existing rules) | nft N x 10 from empty "
+            "(one transaction / chunked) | nft one change |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        keys = sorted({*cp.get("socklb", {}), *cp.get("iptables", {}), *cp.get("nftables", {})}, key=int)
+        for s in keys:
+            so = cp.get("socklb", {}).get(s, {})
+            ip = cp.get("iptables", {}).get(s, {})
+            nf = cp.get("nftables", {}).get(s, {})
+            one = _get(nf, "load_from_empty_x10_one_transaction_s")
+            chunked = _get(nf, "load_from_empty_x10_s")
+            nft_load = f"{_ms(one)} / {_ms(chunked)}"
+            lines.append(
+                f"| {int(s):,} | {_ms(so.get('sync_from_empty_s'))} | {_ms(_get(so, 'upsert_one_change_s', 'median'))}"
+                f" | {_ms(_get(so, 'sync_one_change_s', 'median'))} | {_ms(so.get('sync_no_change_s'))}"
+                f" | {_ms(ip.get('restore_from_empty_x10_s'))} | {_ms(_get(ip, 'partial_sync_one_change_s', 'median'))}"
+                f" | {_ms(ip.get('full_sync_existing_rules_s'))} | {nft_load}"
+                f" | {_ms(_get(nf, 'one_change_s', 'median'))} |"
+            )
+        lines.append("")
+        lines += [
+            "Data-plane tables (fillers with 2 endpoints) as loaded for the measurements:",
+            "",
+            "| services | socklb sync | iptables-restore | nft -f (transactions) |",
+            "|---|---|---|---|",
+        ]
+        for s in sorted(results.get("setup", {}), key=int):
+            st = results["setup"][s]
+            lines.append(
+                f"| {int(s):,} | {_ms(_get(st, 'socklb', 'sync_s'))} | {_ms(_get(st, 'iptables', 'restore_s'))} | "
+                f"{_ms(_get(st, 'nftables', 'load_s'))} ({_get(st, 'nftables', 'transactions') or '-'}) |"
+            )
+        lines.append("")
+
+    mem = _memory_rows(results)
+    if mem:
+        lines += ["## Memory", ""]
+        lines += mem
+        lines.append("")
+
+    tg = targets(results)
+    if tg:
+        lines += ["## Targets", "", "| target | this run | met |", "|---|---|---|"]
+        for t in tg:
+            met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
+            lines.append(f"| {t['target']} | {_fmt(t['value'], t['unit'])} | {met} |")
+        lines.append("")
+
+    lines += ["## Method", ""]
+    for k, v in results.get("method", {}).items():
+        lines.append(f"- **{k}**: {v}")
+    lines += ["", "## Notes", ""]
+    for n in NOTES + list(results.get("notes", [])):
+        lines.append(f"- {n}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _memory_rows(results: Dict[str, Any]) -> List[str]:
+    rows: List[str] = []
+    cps = results.get("control_plane", {}).get("socklb", {})
+    if cps:
+        rows += [
+            "socklb, N services x 10 backends (kernel `memlock` of the maps from fdinfo; hash maps are not "
+            "preallocated, so the growth is what the entries take; RSS of a Python process that holds the "
+            "Service list and the Balancer):",
+            "",
+            "| services | maps growth | per service (incl. 10 backends) | services map / entry | slots map / entry "
+            "| backends map / entry | RSS before sync | RSS after sync |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for s in sorted(cps, key=int):
+            v = cps[s]
+            if "memlock_full" not in v:
+                continue
+            n = int(s)
+            full, empty = v["memlock_full"], v["memlock_empty"]
+            grow = {k: full[k] - empty.get(k, 0) for k in full}
+            total = sum(grow.values())
+            b = n * int(v.get("backends_per_service", 10))
+
+            def per(k: str, cnt: int, grow: Dict[str, int] = grow) -> str:
+                return f"{grow.get(k, 0) / cnt:.0f} B" if cnt else "-"
+
+            rss = v.get("rss_kib", {})
+            rows.append(
+                f"| {n:,} | {total / 1048576:.1f} MiB | {total / n:.0f} B | {per('services', n)} | "
+                f"{per('slots', b)} | {per('backends', b)} | {rss.get('with_balancer', 0) / 1024:.0f} MiB | "
+                f"{rss.get('after_sync', 0) / 1024:.0f} MiB |"
+            )
+        fixed = next((v.get("memlock_empty") for v in cps.values() if v.get("memlock_empty")), None)
+        if fixed:
+            rows += [
+                "",
+                "Fixed cost of an empty Balancer(max_services=65536, max_backends=1,048,576) (bucket arrays "
+                "sized by the limits): "
+                + ", ".join(f"{k} {v / 1048576:.1f} MiB" for k, v in fixed.items() if v > 1048576)
+                + f"; total {sum(fixed.values()) / 1048576:.1f} MiB.",
+            ]
+    return rows
+
+
+def _series(results: Dict[str, Any], w: str, key: str) -> Dict[str, Tuple[List[int], List[float]]]:
+    out: Dict[str, Tuple[List[int], List[float]]] = {}
+    for mo in _modes(results):
+        xs, ys = [], []
+        for s in _scales(results):
+            e = _get(results, "scales", s, w, mo)
+            if e:
+                xs.append(int(s))
+                ys.append(float(e["rps"]) if key == "rps" else float(e["latency_us"]["p99"]))
+        if xs:
+            out[mo] = (xs, ys)
+    return out
+
+
+def plot(results: Dict[str, Any], out_dir: str) -> List[str]:
+    """throughput.png and p99.png: per mode, against the number of services (log x)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    styles = {"socklb": "o-", "iptables": "s--", "nftables": "^-.", "direct": "k:"}
+    for key, fname, ylabel in (
+        ("rps", "throughput.png", "requests / s"),
+        ("p99", "p99.png", "p99 latency (µs)"),
+    ):
+        workloads = [w for w in ("tcp", "udp") if _series(results, w, key)]
+        if not workloads:
+            continue
+        fig, axes = plt.subplots(1, len(workloads), figsize=(6 * len(workloads), 4.2), squeeze=False)
+        for ax, w in zip(axes[0], workloads):
+            for mo, (xs, ys) in _series(results, w, key).items():
+                ax.plot(xs, ys, styles.get(mo, "o-"), label=mo)
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlim(left=0.8)
+            ax.set_xlabel("services in the tables")
+            ax.set_ylabel(ylabel)
+            ax.set_title(WORKLOAD_NAMES[w], fontsize=10)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.set_ylim(bottom=0)
+            ax.legend(fontsize=8)
+        m = results.get("machine", {})
+        fig.suptitle(f"socklb benchmark - {m.get('cores')} cores, kernel {m.get('kernel')}", fontsize=10)
+        fig.tight_layout()
+        path = os.path.join(out_dir, fname)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_all(results: Dict[str, Any], out_dir: str, plots: bool = True) -> List[str]:
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    results["targets"] = targets(results)
+    p = os.path.join(out_dir, "results.json")
+    with open(p + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+        f.write("\n")
+    os.replace(p + ".tmp", p)
+    paths.append(p)
+    p = os.path.join(out_dir, "results.md")
+    with open(p, "w", encoding="utf-8") as f:
+        f.write(markdown(results))
+    paths.append(p)
+    if plots:
+        try:
+            paths += plot(results, out_dir)
+        except ImportError as e:  # matplotlib is a bench-only dependency
+            results.setdefault("notes", []).append(f"plots not drawn: {e}")
+            with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
+                f.write(markdown(results))
+    return paths
