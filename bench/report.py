@@ -31,6 +31,16 @@ NOTES = [
     "TCP CRR pays the rule walk once per request, UDP RR on a long-lived socket only once per socket.",
     "Kernel BPF statistics add two clock reads per program run, so hook cost is measured in extra socklb runs "
     "after the compared rounds, not during them.",
+    "Noise: on this 2-core VM one 1-2 s run varies by 10-20% even when nothing else runs (a 24-round check of "
+    "socklb against direct, while building the benchmark, gave a coefficient of variation of 0.12-0.19 for the "
+    "per-round ratio and a 95% bootstrap interval of about +-5% for its median).  Five rounds therefore resolve "
+    "differences of about +-10%, not the 3-5% of the targets: read the socklb/direct ratios with that in mind; "
+    "the hook cost and the CPU time per request are the finer measures.",
+    "The measured service keeps the same VIP at every scale.  TCP derives a connection's initial sequence number "
+    "and timestamp offset from the address the client dials; after a VIP change, SYNs that iptables/nftables "
+    "DNAT onto a server TIME_WAIT socket of the same 4-tuple are refused about half of the time and retried a "
+    "second later (seen while building the benchmark: 200 connections/s instead of 20,000).  socklb does not "
+    "have this problem: the socket itself connects to the backend address.",
 ]
 
 
