@@ -85,6 +85,10 @@ _COUNTERS = {
 
 
 _U64 = struct.Struct("=Q")
+# The struct socklb_config fields recorded in the pinned meta map, in the
+# order of struct socklb_meta after magic and version.
+_META_CONFIG = META.fields[2:]
+assert all(f in {n for n, _ in ffi.typeof("struct socklb_config").fields} for f in _META_CONFIG)
 
 
 def _addr_str(addr16: bytes) -> str:
@@ -529,14 +533,8 @@ class Balancer:
                 raise
             if meta is not None:
                 # Adopting: the pinned maps fix the limits.
-                (
-                    cfg.max_services,
-                    cfg.max_backends,
-                    cfg.max_slots,
-                    cfg.max_affinity,
-                    cfg.maglev_size,
-                    cfg.max_maglev,
-                ) = meta
+                for name, value in zip(_META_CONFIG, meta):
+                    setattr(cfg, name, value)
                 self.max_services, self.max_backends = meta[0] // 2, meta[1] // 2
                 self.maglev_size, self.max_maglev_services = meta[4], meta[5] // 2
             elif adopt_only:
@@ -589,12 +587,7 @@ class Balancer:
                         META.pack(
                             lib.SOCKLB_META_MAGIC,
                             lib.SOCKLB_LAYOUT_VERSION,
-                            cfg.max_services,
-                            cfg.max_backends,
-                            cfg.max_slots,
-                            cfg.max_affinity,
-                            cfg.maglev_size,
-                            cfg.max_maglev,
+                            *(getattr(cfg, name) for name in _META_CONFIG),
                         ),
                         1,
                     )
