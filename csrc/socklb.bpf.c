@@ -63,12 +63,8 @@ struct {
 	__type(value, struct socklb_affinity_val);
 } affinity SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct socklb_sock_entry);
-} sock_conn SEC(".maps");
+/* sock_conn: connected sockets' translations (socket-local storage). */
+#include "socklb_sock_conn.bpf.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);

@@ -23,12 +23,7 @@
 extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
 
 /* Reused from the datapath object (bpf_map__reuse_fd). */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct socklb_sock_entry);
-} sock_conn SEC(".maps");
+#include "socklb_sock_conn.bpf.h"
 
 /* Backend ids whose connected sockets are to be terminated. */
 struct {
