@@ -19,21 +19,10 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from bench.modes import MAP_NAMES
 from bench.rules import vip
 from bench.stats import median
-from bench.system import fdinfo_memlock, rss_kib
+from bench.system import rss_kib
 from socklb import Backend, Balancer, Service
-from socklb._core import lib
-
-
-def memlock(lb: Balancer) -> Dict[str, int]:
-    out = {}
-    for name in MAP_NAMES:
-        fd = lib.socklb_map_fd(lb._handle(), name.encode())
-        if fd >= 0:
-            out[name] = fdinfo_memlock(fd)
-    return out
 
 
 def make_services(n: int, backends: int) -> List[Service]:
@@ -56,13 +45,13 @@ def measure(n: int, backends: int, changes: int, full_syncs: int) -> Dict[str, A
     lb = Balancer(max_services=max(65536, n + 1), max_backends=max(1 << 20, n * backends * 2))
     try:
         rss_lb = rss_kib()
-        empty = memlock(lb)
+        empty = lb.map_memory()
         gc.collect()
         t0 = time.perf_counter()
         res = lb.sync(services)
         t_sync = time.perf_counter() - t0
         rss_synced = rss_kib()
-        full = memlock(lb)
+        full = lb.map_memory()
 
         # One backend change of the service in the middle, back and forth.
         k = n // 2

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from bench import rules
 from bench.rules import Svc, Table
-from bench.system import busy_fraction, cpu_sample, fdinfo_memlock, proc_cpu_seconds
+from bench.system import busy_fraction, cpu_sample, proc_cpu_seconds
 from socklb.lab import Lab, Pod
 
 __all__ = [
@@ -53,20 +53,6 @@ SVC_UDP_PORT = 53
 #: after a VIP change, SYNs that DNAT onto a server TIME_WAIT socket of the
 #: same 4-tuple are refused half of the time and retried a second later.)
 MEASURED_VIP = "10.96.0.10"
-#: socklb's map names over its versions; the ones a build lacks are skipped.
-MAP_NAMES = (
-    "services",
-    "slots",
-    "backends",
-    "maglev",
-    "affinity",
-    "sock_state",
-    "sock_conn",
-    "sock_dgram",
-    "meta",
-    "attachments",
-    "counters",
-)
 #: Endpoints per filler service in the data-plane tables.
 FILLER_ENDPOINTS = 2
 
@@ -285,15 +271,7 @@ class SocklbLab(ModeLab):
 
     def memlock(self) -> Dict[str, int]:
         """Kernel memory charged to each map (``memlock:`` in fdinfo)."""
-        from socklb._core import lib
-
-        lb = self.balancer
-        out: Dict[str, int] = {}
-        for name in MAP_NAMES:
-            fd = lib.socklb_map_fd(lb._handle(), name.encode())
-            if fd >= 0:
-                out[name] = fdinfo_memlock(fd)
-        return out
+        return self.balancer.map_memory()
 
     def close(self) -> None:
         try:

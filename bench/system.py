@@ -19,7 +19,6 @@ __all__ = [
     "proc_cpu_seconds",
     "bpf_stats",
     "rss_kib",
-    "fdinfo_memlock",
 ]
 
 
@@ -162,13 +161,6 @@ def proc_cpu_seconds(pids: Sequence[int]) -> float:
 def rss_kib(pid: Optional[int] = None) -> int:
     with open(f"/proc/{pid or 'self'}/status", encoding="ascii") as f:
         m = re.search(r"VmRSS:\s+(\d+)", f.read())
-    return int(m.group(1)) if m else 0
-
-
-def fdinfo_memlock(fd: int) -> int:
-    """The ``memlock:`` bytes the kernel charges for a BPF map (or program) fd."""
-    with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
-        m = re.search(r"^memlock:\s+(\d+)", f.read(), re.M)
     return int(m.group(1)) if m else 0
 
 

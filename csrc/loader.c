@@ -25,17 +25,18 @@
 #include "socklb_bpf_obj.h" /* generated: socklb_bpf_obj[], socklb_bpf_obj_len, and
 			      * socklb_iter_obj[] when SOCKLB_HAVE_ITER */
 
-static const char *const prog_names[SOCKLB_NPROGS] = {
-	"socklb_connect4",  "socklb_connect6",	   "socklb_sendmsg4",	  "socklb_sendmsg6",
-	"socklb_recvmsg4",  "socklb_recvmsg6",	   "socklb_getpeername4", "socklb_getpeername6",
-};
+/* Program names, in the object's order: read from the embedded object itself
+ * (once, see prog_names_init), never written out by hand. */
+static char prog_names[SOCKLB_NPROGS][64];
+static pthread_once_t prog_names_once = PTHREAD_ONCE_INIT;
+static int prog_names_err;
 
 struct socklb {
 	struct bpf_object *obj;
 	struct bpf_program *progs[SOCKLB_NPROGS];
 	/* Socket iterators: optional, see socklb_iter_status(). */
 	struct bpf_object *iter_obj;
-	struct bpf_link *iter_udp, *iter_tcp, *iter_count_conn, *iter_count_dgram;
+	struct bpf_link *iter_udp, *iter_tcp, *iter_count_udp, *iter_count_tcp;
 	int iter_err;
 	pthread_mutex_t iter_lock;
 };
@@ -78,6 +79,50 @@ static void release(void)
 	log_cap = log_len = 0;
 }
 
+static void prog_names_init(void)
+{
+	struct bpf_object *obj = bpf_object__open_mem(socklb_bpf_obj, socklb_bpf_obj_len, NULL);
+	struct bpf_program *prog;
+	int n = 0;
+
+	if (!obj) {
+		prog_names_err = -errno;
+		return;
+	}
+	bpf_object__for_each_program(prog, obj) {
+		if (n < SOCKLB_NPROGS)
+			snprintf(prog_names[n], sizeof(prog_names[n]), "%s", bpf_program__name(prog));
+		n++;
+	}
+	bpf_object__close(obj);
+	/* SOCKLB_NPROGS is the size of the link and stats arrays. */
+	if (n != SOCKLB_NPROGS)
+		prog_names_err = -EPROTO;
+}
+
+static int load_prog_names(void)
+{
+	pthread_once(&prog_names_once, prog_names_init);
+	return prog_names_err;
+}
+
+/* The internal map (.rodata, .bss, ...) whose name ends with suffix: libbpf
+ * prefixes it with part of the object name, so match the section only. */
+static struct bpf_map *internal_map(struct bpf_object *obj, const char *suffix)
+{
+	size_t ls = strlen(suffix);
+	struct bpf_map *m;
+
+	bpf_object__for_each_map(m, obj) {
+		const char *name = bpf_map__name(m);
+		size_t ln = strlen(name);
+
+		if (bpf_map__is_internal(m) && ln >= ls && strcmp(name + ln - ls, suffix) == 0)
+			return m;
+	}
+	return NULL;
+}
+
 static int size_map(struct bpf_object *obj, const char *name, uint32_t entries)
 {
 	struct bpf_map *map = bpf_object__find_map_by_name(obj, name);
@@ -91,22 +136,11 @@ static void close_iter(struct socklb *lb)
 {
 	bpf_link__destroy(lb->iter_udp);
 	bpf_link__destroy(lb->iter_tcp);
-	bpf_link__destroy(lb->iter_count_conn);
-	bpf_link__destroy(lb->iter_count_dgram);
+	bpf_link__destroy(lb->iter_count_udp);
+	bpf_link__destroy(lb->iter_count_tcp);
 	bpf_object__close(lb->iter_obj);
-	lb->iter_udp = lb->iter_tcp = lb->iter_count_conn = lb->iter_count_dgram = NULL;
+	lb->iter_udp = lb->iter_tcp = lb->iter_count_udp = lb->iter_count_tcp = NULL;
 	lb->iter_obj = NULL;
-}
-
-static struct bpf_link *attach_map_iter(struct socklb *lb, const char *prog, int map_fd)
-{
-	LIBBPF_OPTS(bpf_iter_attach_opts, iopts);
-	union bpf_iter_link_info linfo = {};
-
-	linfo.map.map_fd = map_fd;
-	iopts.link_info = &linfo;
-	iopts.link_info_len = sizeof(linfo);
-	return bpf_program__attach_iter(bpf_object__find_program_by_name(lb->iter_obj, prog), &iopts);
 }
 
 /* Load the iterator object, sharing the datapath's sock_conn map.  Failure
@@ -127,15 +161,20 @@ static int open_iter(struct socklb *lb)
 		goto fail;
 	}
 	err = bpf_map__reuse_fd(shared, socklb_map_fd(lb, "sock_conn"));
+	shared = bpf_object__find_map_by_name(lb->iter_obj, "sock_dgram");
+	if (!err && !shared)
+		err = -ENOENT;
+	if (!err)
+		err = bpf_map__reuse_fd(shared, socklb_map_fd(lb, "sock_dgram"));
 	if (!err)
 		err = bpf_object__load(lb->iter_obj);
 	if (err)
 		goto fail;
 	lb->iter_udp = bpf_program__attach_iter(bpf_object__find_program_by_name(lb->iter_obj, "socklb_destroy_udp"), NULL);
 	lb->iter_tcp = bpf_program__attach_iter(bpf_object__find_program_by_name(lb->iter_obj, "socklb_destroy_tcp"), NULL);
-	lb->iter_count_conn = attach_map_iter(lb, "socklb_count_states", socklb_map_fd(lb, "sock_conn"));
-	lb->iter_count_dgram = attach_map_iter(lb, "socklb_count_states", socklb_map_fd(lb, "sock_dgram"));
-	if (!lb->iter_udp || !lb->iter_tcp || !lb->iter_count_conn || !lb->iter_count_dgram) {
+	lb->iter_count_udp = bpf_program__attach_iter(bpf_object__find_program_by_name(lb->iter_obj, "socklb_count_udp"), NULL);
+	lb->iter_count_tcp = bpf_program__attach_iter(bpf_object__find_program_by_name(lb->iter_obj, "socklb_count_tcp"), NULL);
+	if (!lb->iter_udp || !lb->iter_tcp || !lb->iter_count_udp || !lb->iter_count_tcp) {
 		err = -errno ? -errno : -EINVAL;
 		goto fail;
 	}
@@ -148,10 +187,6 @@ fail:
 	return -EOPNOTSUPP;
 #endif
 }
-
-static const char *const pinned_maps[] = {
-	"services", "slots", "backends", "maglev", "affinity", "sock_conn", "sock_dgram", "counters", "meta", "attachments",
-};
 
 static int open_common(const struct socklb_config *cfg, const char *pin_dir, struct socklb **out, char *log,
 		       size_t log_size, int *failed_prog);
@@ -219,6 +254,8 @@ static int open_common(const struct socklb_config *cfg, const char *pin_dir, str
 	*failed_prog = -1;
 	if (cfg->maglev_size < 2)
 		return -EINVAL;
+	if ((err = load_prog_names()))
+		return err;
 	lb = calloc(1, sizeof(*lb));
 	if (!lb)
 		return -ENOMEM;
@@ -244,16 +281,15 @@ static int open_common(const struct socklb_config *cfg, const char *pin_dir, str
 	    (err = size_map(lb->obj, "maglev", cfg->max_maglev)))
 		goto fail;
 	if (pin_dir) {
+		/* Every map of the object is pinned, but the internal ones
+		 * (.rodata: configuration fixed at load). */
 		char path[4096];
+		struct bpf_map *m;
 
-		for (i = 0; i < (int)(sizeof(pinned_maps) / sizeof(pinned_maps[0])); i++) {
-			struct bpf_map *m = bpf_object__find_map_by_name(lb->obj, pinned_maps[i]);
-
-			if (!m) {
-				err = -ENOENT;
-				goto fail;
-			}
-			snprintf(path, sizeof(path), "%s/maps/%s", pin_dir, pinned_maps[i]);
+		bpf_object__for_each_map(m, lb->obj) {
+			if (bpf_map__is_internal(m))
+				continue;
+			snprintf(path, sizeof(path), "%s/maps/%s", pin_dir, bpf_map__name(m));
 			if ((err = bpf_map__set_pin_path(m, path)))
 				goto fail;
 		}
@@ -263,7 +299,7 @@ static int open_common(const struct socklb_config *cfg, const char *pin_dir, str
 		goto fail;
 
 	/* const volatile configuration lives in .rodata. */
-	rodata = bpf_object__find_map_by_name(lb->obj, "socklb.rodata");
+	rodata = internal_map(lb->obj, ".rodata");
 	if (!rodata) {
 		err = -ENOENT;
 		goto fail;
@@ -320,9 +356,24 @@ int socklb_map_fd(struct socklb *lb, const char *name)
 	return map ? bpf_map__fd(map) : -ENOENT;
 }
 
+const char *socklb_map_name(struct socklb *lb, int i)
+{
+	struct bpf_map *m;
+
+	bpf_object__for_each_map(m, lb->obj) {
+		if (bpf_map__is_internal(m))
+			continue;
+		if (i-- == 0)
+			return bpf_map__name(m);
+	}
+	return NULL;
+}
+
 const char *socklb_prog_name(int i)
 {
-	return i >= 0 && i < SOCKLB_NPROGS ? prog_names[i] : NULL;
+	if (load_prog_names() || i < 0 || i >= SOCKLB_NPROGS)
+		return NULL;
+	return prog_names[i];
 }
 
 int socklb_prog_stats(struct socklb *lb, int i, struct socklb_prog_stats *out)
@@ -358,7 +409,7 @@ int socklb_attach(struct socklb *lb, int cgroup_fd, struct socklb_links **out)
 		ls->links[i] = bpf_program__attach_cgroup(lb->progs[i], cgroup_fd);
 		if (!ls->links[i]) {
 			err = -errno;
-			socklb_links_destroy(ls);
+			socklb_links_close(ls);
 			release();
 			return err ? err : -EINVAL;
 		}
@@ -422,7 +473,7 @@ int socklb_links_adopt(struct socklb *lb, int cgroup_fd, const char *dir, struct
 	if (err) {
 		/* Nothing is unpinned: pinned links stay as they were found
 		 * (closing our fd drops only our reference). */
-		socklb_links_destroy(ls);
+		socklb_links_close(ls);
 		return err;
 	}
 	*out = ls;
@@ -442,7 +493,7 @@ int socklb_links_prog_id(struct socklb_links *ls, int i, uint32_t *id)
 	return 0;
 }
 
-void socklb_links_destroy(struct socklb_links *ls)
+void socklb_links_close(struct socklb_links *ls)
 {
 	if (!ls)
 		return;
@@ -603,19 +654,20 @@ static int64_t drain_iter(struct bpf_link *link)
 	return total;
 }
 
-struct destroy_job {
-	struct socklb *lb;
+/* Iterators to read to their end in each of nns network namespaces. */
+struct netns_job {
+	struct bpf_link *udp, *tcp; /* tcp may be NULL */
 	const int *netns_fds;
 	uint32_t nns;
-	int tcp;
+	int64_t bytes; /* read from every iterator */
 	int err;
 };
 
 /* Runs on a thread of its own: setns() changes only the calling thread's
  * namespace, and the thread ends rather than going back. */
-static void *destroy_thread(void *arg)
+static void *netns_thread(void *arg)
 {
-	struct destroy_job *job = arg;
+	struct netns_job *job = arg;
 
 	for (uint32_t i = 0; i < job->nns && !job->err; i++) {
 		int64_t r;
@@ -624,35 +676,50 @@ static void *destroy_thread(void *arg)
 			job->err = -errno;
 			break;
 		}
-		r = drain_iter(job->lb->iter_udp);
-		if (r >= 0 && job->tcp)
-			r = drain_iter(job->lb->iter_tcp);
+		r = drain_iter(job->udp);
+		if (r >= 0)
+			job->bytes += r;
+		if (r >= 0 && job->tcp) {
+			r = drain_iter(job->tcp);
+			if (r >= 0)
+				job->bytes += r;
+		}
 		if (r < 0)
 			job->err = (int)r;
 	}
 	return NULL;
 }
 
+/* Run a job on a thread of its own: setns() changes only the calling
+ * thread's namespace, and the thread ends rather than going back. */
+static int run_in_netns(struct netns_job *job)
+{
+	pthread_t th;
+	int err = -pthread_create(&th, NULL, netns_thread, job);
+
+	if (err)
+		return err;
+	pthread_join(th, NULL);
+	return job->err;
+}
+
 static int read_destroyed(struct socklb *lb, uint64_t *out)
 {
-	struct bpf_map *bss = bpf_object__find_map_by_name(lb->iter_obj, "socklb_.bss");
+	struct bpf_map *bss = internal_map(lb->iter_obj, ".bss");
 	uint32_t zero = 0;
 
-	if (!bss)
-		bss = bpf_object__find_map_by_name(lb->iter_obj, ".bss");
 	if (!bss)
 		return -ENOENT;
 	/* destroyed is the only variable in .bss */
 	return bpf_map_lookup_elem(bpf_map__fd(bss), &zero, out) ? -errno : 0;
 }
 
-int socklb_destroy(struct socklb *lb, const uint32_t *backend_ids, uint32_t n, const int *netns_fds, uint32_t nns,
+int socklb_terminate(struct socklb *lb, const uint32_t *backend_ids, uint32_t n, const int *netns_fds, uint32_t nns,
 		   int tcp, uint64_t *destroyed)
 {
-	struct destroy_job job = { .lb = lb, .netns_fds = netns_fds, .nns = nns, .tcp = tcp };
+	struct netns_job job = { .netns_fds = netns_fds, .nns = nns };
 	uint64_t before = 0, after = 0;
 	struct bpf_map *doomed;
-	pthread_t th;
 	uint8_t one = 1;
 	uint32_t i;
 	int err, fd;
@@ -673,10 +740,9 @@ int socklb_destroy(struct socklb *lb, const uint32_t *backend_ids, uint32_t n, c
 			goto clear;
 		}
 	}
-	if ((err = -pthread_create(&th, NULL, destroy_thread, &job)))
-		goto clear;
-	pthread_join(th, NULL);
-	err = job.err;
+	job.udp = lb->iter_udp;
+	job.tcp = tcp ? lb->iter_tcp : NULL;
+	err = run_in_netns(&job);
 	if (!err)
 		err = read_destroyed(lb, &after);
 	*destroyed = after > before ? after - before : 0;
@@ -688,17 +754,20 @@ out:
 	return err;
 }
 
-int64_t socklb_count_states(struct socklb *lb)
+int64_t socklb_count_states(struct socklb *lb, const int *netns_fds, uint32_t nns)
 {
-	int64_t conn, dgram;
+	/* The counting iterators write one byte per entry they find. */
+	struct netns_job job = { .netns_fds = netns_fds, .nns = nns };
+	int err;
 
 	if (lb->iter_err)
 		return lb->iter_err;
-	conn = drain_iter(lb->iter_count_conn);
-	if (conn < 0)
-		return conn;
-	dgram = drain_iter(lb->iter_count_dgram);
-	return dgram < 0 ? dgram : conn + dgram;
+	job.udp = lb->iter_count_udp;
+	job.tcp = lb->iter_count_tcp;
+	pthread_mutex_lock(&lb->iter_lock);
+	err = run_in_netns(&job);
+	pthread_mutex_unlock(&lb->iter_lock);
+	return err ? err : job.bytes;
 }
 
 /* --- Maglev -------------------------------------------------------------- */

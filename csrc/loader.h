@@ -59,15 +59,18 @@ void socklb_close(struct socklb *lb);
 
 /* Map file descriptor by name ("services", "slots", ...), or -ENOENT. */
 int socklb_map_fd(struct socklb *lb, const char *name);
+/* Name of the i-th map of the datapath object (internal maps such as
+ * .rodata left out), or NULL past the last. */
+const char *socklb_map_name(struct socklb *lb, int i);
 /* Name of program i (0 <= i < SOCKLB_NPROGS), e.g. "socklb_connect4". */
 const char *socklb_prog_name(int i);
 int socklb_prog_stats(struct socklb *lb, int i, struct socklb_prog_stats *out);
 
 /* Attach every program to the cgroup (bpf_link each); detach with
- * socklb_links_destroy(). */
+ * socklb_links_close(). */
 int socklb_attach(struct socklb *lb, int cgroup_fd, struct socklb_links **out);
 /* Detach (the links' last reference goes) and free. */
-void socklb_links_destroy(struct socklb_links *links);
+void socklb_links_close(struct socklb_links *links);
 /* Pin every link as dir/<program name>; dir must exist. */
 int socklb_links_pin(struct socklb_links *links, const char *dir);
 /* Remove the pins of links pinned with socklb_links_pin. */
@@ -108,11 +111,12 @@ int socklb_iter_status(struct socklb *lb);
 /* Terminate the sockets socklb connected to any of the n backend ids, in each
  * of the nns network namespaces (open /proc/PID/ns/net fds); TCP sockets only
  * when tcp != 0.  *destroyed counts the sockets terminated. */
-int socklb_destroy(struct socklb *lb, const uint32_t *backend_ids, uint32_t n, const int *netns_fds, uint32_t nns,
+int socklb_terminate(struct socklb *lb, const uint32_t *backend_ids, uint32_t n, const int *netns_fds, uint32_t nns,
 		   int tcp, uint64_t *destroyed);
 
-/* Per-socket entries held right now (sock_conn plus sock_dgram). */
-int64_t socklb_count_states(struct socklb *lb);
+/* Per-socket entries (sock_conn plus sock_dgram) held right now by the
+ * sockets of the nns network namespaces (open /proc/PID/ns/net fds). */
+int64_t socklb_count_states(struct socklb *lb, const int *netns_fds, uint32_t nns);
 
 /* Kernel features this library needs that are missing (SOCKLB_MISSING_*). */
 uint32_t socklb_probe(void);

@@ -63,15 +63,8 @@ struct {
 	__type(value, struct socklb_affinity_val);
 } affinity SEC(".maps");
 
-/* sock_conn: connected sockets' translations (socket-local storage). */
+/* sock_conn and sock_dgram: per-socket translations (socket-local storage). */
 #include "socklb_sock_conn.bpf.h"
-
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct socklb_sock_dgram);
-} sock_dgram SEC(".maps");
 
 /* Control-plane state kept with pinned maps; the programs never read them. */
 struct {
@@ -83,7 +76,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, SOCKLB_MAX_ATTACHMENTS);
 	__type(key, __u64);
 	__type(value, struct socklb_attach_info);
 } attachments SEC(".maps");

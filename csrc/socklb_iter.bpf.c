@@ -9,8 +9,7 @@
  *                           backend that has gone away (bpf_sock_destroy,
  *                           Linux 6.5), so the application sees an error and
  *                           reconnects to a live backend
- *   iter/bpf_sk_storage_map count live per-socket entries (leak checks), run
- *                           once on each of the two per-socket maps
+ *   iter/udp, iter/tcp      (count) live per-socket entries (leak checks)
  *
  * A socket iterator walks the network namespace of the process that creates
  * the iterator; the loader enters each client pod's namespace to run it.
@@ -28,7 +27,7 @@ extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
 /* Backend ids whose connected sockets are to be terminated. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, SOCKLB_DOOMED_ENTRIES);
 	__type(key, __u32);
 	__type(value, __u8);
 } doomed SEC(".maps");
@@ -72,14 +71,40 @@ int socklb_destroy_tcp(struct bpf_iter__tcp *ctx)
 	return 0;
 }
 
-SEC("iter/bpf_sk_storage_map")
-int socklb_count_states(struct bpf_iter__bpf_sk_storage_map *ctx)
+/* Counting: one byte of output per per-socket entry, the reader counts
+ * bytes.  Socket iterators rather than iter/bpf_sk_storage_map, which some
+ * kernels refuse to load. */
+static __always_inline void count_entries(struct bpf_iter_meta *meta, struct sock *sk)
 {
 	char one = 1;
 
-	/* One byte of output per live entry: the reader counts bytes. */
-	if (ctx->sk && ctx->value)
-		bpf_seq_write(ctx->meta->seq, &one, 1);
+	if (bpf_sk_storage_get(&sock_conn, sk, 0, 0))
+		bpf_seq_write(meta->seq, &one, 1);
+	if (bpf_sk_storage_get(&sock_dgram, sk, 0, 0))
+		bpf_seq_write(meta->seq, &one, 1);
+}
+
+SEC("iter/udp")
+int socklb_count_udp(struct bpf_iter__udp *ctx)
+{
+	struct sock *sk = (struct sock *)ctx->udp_sk;
+
+	if (sk)
+		count_entries(ctx->meta, sk);
+	return 0;
+}
+
+SEC("iter/tcp")
+int socklb_count_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct tcp_sock *tp;
+
+	if (!skc)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (tp)
+		count_entries(ctx->meta, (struct sock *)tp);
 	return 0;
 }
 

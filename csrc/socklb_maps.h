@@ -50,6 +50,13 @@
 /* Unconnected-UDP flows remembered per socket (see socklb_sock_dgram). */
 #define SOCKLB_SOCK_ENTRIES 8
 
+/* Backend ids the socket iterators terminate in one pass (their "doomed"
+ * map); the control plane hands them over in chunks of this size. */
+#define SOCKLB_DOOMED_ENTRIES 65536
+
+/* Cgroups a pinned balancer records (the "attachments" map). */
+#define SOCKLB_MAX_ATTACHMENTS 4096
+
 /* Counters in the per-CPU "counters" array. */
 #define SOCKLB_CNT_CONNECT 0
 #define SOCKLB_CNT_SENDMSG 1
@@ -145,14 +152,14 @@ struct socklb_sock_entry {
  *               replies on a connected UDP socket;
  *   sock_dgram: struct socklb_sock_dgram, the flows of an unconnected UDP socket. */
 struct socklb_sock_dgram {
-	struct socklb_sock_entry dgram[8];	/* SOCKLB_SOCK_ENTRIES */
+	struct socklb_sock_entry dgram[SOCKLB_SOCK_ENTRIES];
 	__u32 next;			/* round-robin cursor into dgram */
 	__u32 clock;			/* counts datagrams sent through dgram entries */
 };
 
 /* meta: one entry describing pinned state. */
 struct socklb_meta {
-	__u32 magic;		/* SOCKLB_META_MAGIC ("socl") */
+	__u32 magic;		/* SOCKLB_META_MAGIC (0x736c686c) */
 	__u32 layout_version;	/* SOCKLB_LAYOUT_VERSION of the writer */
 	__u32 max_services;
 	__u32 max_backends;

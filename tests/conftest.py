@@ -1,32 +1,15 @@
-"""Shared pytest helpers."""
+"""Fixtures shared by the tests; helper functions are in helpers.py."""
 
 from __future__ import annotations
 
-# ---------------------------------------------------------------------------
-# BEGIN lab helpers (socklb.lab): require_root(), in_ci(), the `lab` fixture.
-# ---------------------------------------------------------------------------
-import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from helpers import BACKENDS, TCP_PORT, UDP_PORT, World, require_root
 
 if TYPE_CHECKING:
     from socklb.lab import Lab
-
-
-def in_ci() -> bool:
-    """True when the environment variable CI says we run in CI (CI=true)."""
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-def require_root() -> None:
-    """Skip the calling test unless running as root - or fail it in CI, where nothing may skip."""
-    if os.geteuid() == 0:
-        return
-    if in_ci():
-        pytest.fail("this test needs root (network namespaces, cgroups, BPF); CI=true forbids skipping it")
-    pytest.skip("needs root (network namespaces, cgroups, BPF)")
 
 
 @pytest.fixture
@@ -37,52 +20,6 @@ def lab() -> Iterator[Lab]:
 
     with Lab() as the_lab:
         yield the_lab
-
-
-# ---------------------------------------------------------------------------
-# END lab helpers
-# ---------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------
-# BEGIN datapath helpers: a shared lab "world" with backends, a balancer per test.
-# ---------------------------------------------------------------------------
-import json  # noqa: E402
-import sys  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Any, Dict, List  # noqa: E402
-
-TCP_PORT = 8080
-UDP_PORT = 5353
-VIP4 = "10.96.0.10"
-VIP6 = "fd00:96::a"
-BACKENDS = ("b1", "b2", "b3")
-
-
-@dataclass
-class World:
-    """One lab for the whole session: a client pod (the one balancers attach
-    to), an outsider pod (never attached) and backend pods b1..b3, each serving
-    TCP 8080 and UDP 5353 with its name."""
-
-    lab: Lab
-    client: Any
-    outsider: Any
-    backends: Dict[str, Any]
-
-    def pods(self, *names: str) -> List[Any]:
-        return [self.backends[n] for n in names]
-
-
-def dial(
-    pod: Any, proto: str, host: str, port: int, n: int = 1, *extra: str, timeout: float = 120
-) -> Dict[str, List[str]]:
-    """Run socklb.labclient in ``pod``; returns its JSON result."""
-    out = pod.run(
-        [sys.executable, "-m", "socklb.labclient", proto, host, str(port), "-n", str(n), *extra],
-        timeout=timeout,
-    ).stdout
-    return json.loads(out)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")
@@ -110,8 +47,3 @@ def balancer() -> Iterator[Any]:
         yield lb
     finally:
         lb.close()
-
-
-# ---------------------------------------------------------------------------
-# END datapath helpers
-# ---------------------------------------------------------------------------

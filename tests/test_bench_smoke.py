@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from conftest import require_root
+from helpers import require_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import require_root
+from helpers import require_root
 
 from socklb import cgroup
 from socklb.errors import InvalidValueError, MissingFeatureError, NotCgroupV2Error

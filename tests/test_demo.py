@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import require_root
+from helpers import require_root
 
 
 def test_demo_balances_and_cleans_up() -> None:

@@ -5,29 +5,40 @@ from __future__ import annotations
 import errno
 
 import pytest
-from conftest import require_root
+from helpers import require_root
 
-from socklb import KernelError, MissingFeatureError, PermissionDeniedError, SocklbError, VerifierError, _core
+from socklb import (
+    KernelError,
+    MissingFeatureError,
+    PermissionDeniedError,
+    SocklbError,
+    VerifierError,
+    _core,
+    abi,
+    features,
+)
+from socklb import datapath as datapath_mod
 
 
 def test_this_kernel_has_every_feature() -> None:
     require_root()
-    assert _core.probe_missing() == []
+    assert features.missing() == []
 
 
 def test_missing_feature_names_feature_and_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_core, "probe_missing", lambda: [("the bpf_set_retval() helper", "5.18")])
+    set_retval = features.Feature("set_retval", "the bpf_set_retval() helper", "5.18", 0)
+    monkeypatch.setattr(features, "missing", lambda: [set_retval])
     with pytest.raises(MissingFeatureError) as e:
-        _core.raise_for_load(-errno.EINVAL, "", 0)
+        datapath_mod.raise_for_load(-errno.EINVAL, "", 0)
     assert e.value.feature == "the bpf_set_retval() helper" and e.value.kernel == "5.18"
     assert "Linux 5.18 or newer" in str(e.value)
 
 
 def test_verifier_rejection_keeps_the_log(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_core, "probe_missing", lambda: [])
+    monkeypatch.setattr(features, "missing", lambda: [])
     log = "0: (b7) r0 = 1\n1: (95) exit\nR0 invalid mem access 'scalar'\n"
     with pytest.raises(VerifierError) as e:
-        _core.raise_for_load(-errno.EACCES, log, 1)
+        datapath_mod.raise_for_load(-errno.EACCES, log, 1)
     assert e.value.log == log
     assert e.value.errno == errno.EACCES
     assert "socklb_connect6" in str(e.value) and "invalid mem access" in str(e.value)
@@ -47,14 +58,14 @@ def test_check_maps_errno() -> None:
 
 def test_codecs_match_the_c_layout() -> None:
     for codec, ctype in (
-        (_core.SVC_KEY, "struct socklb_svc_key"),
-        (_core.SVC_VAL, "struct socklb_svc_val"),
-        (_core.SLOT_KEY, "struct socklb_slot_key"),
-        (_core.SLOT_VAL, "struct socklb_slot_val"),
-        (_core.BACKEND_VAL, "struct socklb_backend_val"),
+        (abi.SVC_KEY, "struct socklb_svc_key"),
+        (abi.SVC_VAL, "struct socklb_svc_val"),
+        (abi.SLOT_KEY, "struct socklb_slot_key"),
+        (abi.SLOT_VAL, "struct socklb_slot_val"),
+        (abi.BACKEND_VAL, "struct socklb_backend_val"),
     ):
         assert codec.size == _core.ffi.sizeof(ctype)
-    key = _core.SVC_KEY.pack(b"\x00" * 10 + b"\xff\xff" + bytes([10, 96, 0, 10]), _core.htons(80), 6)
+    key = abi.SVC_KEY.pack(addr=b"\x00" * 10 + b"\xff\xff" + bytes([10, 96, 0, 10]), port=_core.htons(80), proto=6)
     c = _core.ffi.from_buffer("struct socklb_svc_key *", bytearray(key))
     assert bytes(_core.ffi.buffer(c.addr))[-4:] == bytes([10, 96, 0, 10])
     assert c.port == _core.htons(80) and c.proto == 6

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import require_root
+from helpers import require_root
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
 

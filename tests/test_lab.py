@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import require_root
+from helpers import require_root
 
 from socklb import cgroup
 from socklb import lab as lab_module

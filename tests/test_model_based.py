@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
-from conftest import BACKENDS, TCP_PORT, UDP_PORT, World
+from helpers import BACKENDS, TCP_PORT, UDP_PORT, World
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
@@ -31,8 +31,8 @@ from socklb import (
     NotFoundError,
     Service,
 )
-from socklb._core import BACKEND_VAL, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32, lib
-from socklb.balancer import maglev_table
+from socklb._core import lib
+from socklb.abi import BACKEND_VAL, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32, maglev_table
 
 ServiceKey = Tuple[str, int, str]
 
@@ -99,14 +99,16 @@ def check_tables(tables: Dict[str, Dict[bytes, bytes]], model: Dict[ServiceKey, 
     for k, v in backends.items():
         bid = U32.unpack(k)[0]
         f = BACKEND_VAL.unpack(v)
-        owned.setdefault(f[3], {})[(_ip(f[0]), socket.ntohs(f[1]))] = (bid, f)
+        owned.setdefault(f.svc_id, {})[(_ip(f.addr), socket.ntohs(f.port))] = (bid, f)
     lists = set()
     for k, v in services.items():
-        addr, nport, proto = SVC_KEY.unpack(k)
-        key = (str(_ip(addr)), socket.ntohs(nport), PROTO_NAME[proto])
+        sk = SVC_KEY.unpack(k)
+        key = (str(_ip(sk.addr)), socket.ntohs(sk.port), PROTO_NAME[sk.proto])
         svc = model.get(key)  # type: ignore[arg-type]
         assert svc is not None, f"{key} is in the maps but not in the model"
-        svc_id, list_id, count, total, members, timeout, algo, flags, req_algo, opts = SVC_VAL.unpack(v)
+        sv = SVC_VAL.unpack(v)
+        svc_id, list_id, count, total, members = sv.svc_id, sv.list_id, sv.count, sv.total_weight, sv.members
+        timeout, algo, flags, req_algo, opts = sv.affinity_timeout, sv.algo, sv.flags, sv.requested_algo, sv.opts
         assert list_id not in lists, f"list {list_id} is shared"
         lists.add(list_id)
         assert timeout == (svc.affinity.timeout if svc.affinity else 0), svc
@@ -116,12 +118,12 @@ def check_tables(tables: Dict[str, Dict[bytes, bytes]], model: Dict[ServiceKey, 
         mine = owned.pop(svc_id, {})
         assert set(mine) == {(b.ip, b.port) for b in svc.backends}, (key, mine, svc.backends)
         assert members == len(svc.backends), (key, members)
-        rows_all = [SLOT_VAL.unpack(slots[SLOT_KEY.pack(list_id, i)]) for i in range(members)]
-        by_id = {r[0]: r for r in rows_all}
+        rows_all = [SLOT_VAL.unpack(slots[SLOT_KEY.pack(list_id=list_id, index=i)]) for i in range(members)]
+        by_id = {r.backend_id: r for r in rows_all}
         for b in svc.backends:
             bid, f = mine[(b.ip, b.port)]
-            assert f[2] == (STATE_CODE[b.state] if b.weight else lib.SOCKLB_STATE_DRAINING), (b, f)
-            assert by_id[bid][2] == b.weight and by_id[bid][3] == STATE_CODE[b.state], (b, by_id[bid])
+            assert f.state == (STATE_CODE[b.state] if b.weight else lib.SOCKLB_STATE_DRAINING), (b, f)
+            assert by_id[bid].weight == b.weight and by_id[bid].user_state == STATE_CODE[b.state], (b, by_id[bid])
         use = usable(svc)
         ids = [mine[(b.ip, b.port)][0] for b in use]
         fallback = bool(use) and use[0].state is BackendState.TERMINATING
@@ -143,17 +145,17 @@ def check_tables(tables: Dict[str, Dict[bytes, bytes]], model: Dict[ServiceKey, 
             uniform = len(set(weights)) <= 1
             assert algo == (lib.SOCKLB_ALGO_RANDOM if uniform else lib.SOCKLB_ALGO_WEIGHTED), svc
             assert total == (0 if uniform else sum(weights)), svc
-            rows = [r[:2] for r in rows_all[:count]]
+            rows = [(r.backend_id, r.cum_weight) for r in rows_all[:count]]
             if uniform:  # picked uniformly: the cumulative weights do not matter
                 assert sorted(bid for bid, _ in rows) == sorted(ids), f"{key}: slots {rows} are not {svc}'s"
             else:
                 got = sorted((bid, cum - (rows[i - 1][1] if i else 0)) for i, (bid, cum) in enumerate(rows))
                 assert got == sorted(zip(ids, weights)), f"{key}: slots {rows} are not {svc}'s"
-        assert sorted(r[0] for r in rows_all[:count]) == sorted(ids), f"{key}: usable members first"
+        assert sorted(r.backend_id for r in rows_all[:count]) == sorted(ids), f"{key}: usable members first"
     assert owned == {}, f"backends of no service: {owned}"
     assert len(backends) == sum(len(s.backends) for s in model.values())
     assert len(slots) == sum(len(s.backends) for s in model.values())
-    assert all(SLOT_KEY.unpack(k)[0] in lists for k in slots), "slots of no service"
+    assert all(SLOT_KEY.unpack(k).list_id in lists for k in slots), "slots of no service"
     if maglev is not None:
         assert all(U32.unpack(k)[0] in lists for k in maglev), "maglev tables of no service"
         assert len(maglev) == sum(1 for s in model.values() if s.algorithm is Algorithm.MAGLEV and usable(s))

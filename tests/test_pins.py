@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
-from conftest import BACKENDS, TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial, in_ci, require_root
+from helpers import BACKENDS, TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial, in_ci, raw_map, require_root
 
 from socklb import (
     Affinity,
@@ -40,17 +40,8 @@ from socklb import (
     Service,
 )
 from socklb import pins as pins_mod
-from socklb._core import (
-    BACKEND_VAL,
-    META,
-    SLOT_KEY,
-    SLOT_VAL,
-    SVC_KEY,
-    SVC_VAL,
-    U32,
-    MapOps,
-    lib,
-)
+from socklb._core import lib
+from socklb.abi import BACKEND_VAL, META, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32
 from socklb.cgroup import cgroup2_mount
 from socklb.errors import IncompatiblePinsError, PinLockedError
 
@@ -396,7 +387,7 @@ def read_pinned(pd: str, name: str, cap: int = 1 << 20, value_size: Optional[int
     ksz, vsz = _MAPS.get(name, (U32.size, value_size or 0))
     fd = obj_get(os.path.join(pd, "maps", name))
     try:
-        m = MapOps(fd, name, ksz, value_size or vsz)
+        m = raw_map(fd, name, ksz, value_size or vsz)
         return {k: v for k in m.keys(cap) if (v := m.lookup(k)) is not None}
     finally:
         os.close(fd)
@@ -405,7 +396,8 @@ def read_pinned(pd: str, name: str, cap: int = 1 << 20, value_size: Optional[int
 def write_meta(pd: str, magic: int, version: int, limits: Sequence[int]) -> None:
     fd = obj_get(os.path.join(pd, "maps", "meta"))
     try:
-        MapOps(fd, "meta", U32.size, META.size).update(U32.pack(0), META.pack(magic, version, *limits), 1)
+        rec = dict(zip(META.fields, (magic, version, *limits)))
+        raw_map(fd, "meta", U32.size, META.size).update(U32.pack(0), META.pack(**rec), 1)
     finally:
         os.close(fd)
 
@@ -938,7 +930,8 @@ def test_incompatible_pins_are_refused_untouched(world: World, pin_dir: str, how
         (att,) = [lb.attach(world.client.cgroup)]
         prog_ids = att.program_ids()
     raw = read_pinned(pin_dir, "meta")[U32.pack(0)]
-    magic, found, *limits = META.unpack(raw)
+    meta = META.unpack(raw)
+    magic, found, limits = meta.magic, meta.layout_version, meta[2:]
     assert (magic, found) == (lib.SOCKLB_META_MAGIC, version)
     if how == "version":
         write_meta(pin_dir, magic, version + 1, limits)

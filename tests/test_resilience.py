@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import pytest
-from conftest import TCP_PORT, VIP4, VIP6, World, dial, require_root
+from helpers import TCP_PORT, VIP4, VIP6, World, dial, raw_map, require_root
 from test_model_based import check_tables
 from test_pins import (
     SVC_FROM_JSON,
@@ -50,8 +50,8 @@ from socklb import (
     NotFoundError,
     Service,
 )
-from socklb._core import BACKEND_VAL, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32, MapOps, lib
-from socklb.balancer import DEFAULT_MAGLEV_SIZE
+from socklb._core import lib
+from socklb.abi import BACKEND_VAL, DEFAULT_MAGLEV_SIZE, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32
 
 FLEET = ("r1", "r2", "r3", "r4", "r5", "r6")
 
@@ -229,8 +229,8 @@ class PinnedTables:
 
     def service(self, vip: str, port: int = 80) -> Tuple[bytes, Tuple[int, ...]]:
         for k, v in self.services.items():
-            addr, nport, _proto = SVC_KEY.unpack(k)
-            if _addr(addr) == vip and socket.ntohs(nport) == port:
+            sk = SVC_KEY.unpack(k)
+            if _addr(sk.addr) == vip and socket.ntohs(sk.port) == port:
                 return k, SVC_VAL.unpack(v)
         raise KeyError(vip)
 
@@ -238,16 +238,17 @@ class PinnedTables:
         """For each service VIP, the backend addresses its current list can choose."""
         out: Dict[str, Set[str]] = {}
         for k, v in self.services.items():
-            addr = _addr(SVC_KEY.unpack(k)[0])
-            _svc_id, list_id, count, *_rest = SVC_VAL.unpack(v)
+            addr = _addr(SVC_KEY.unpack(k).addr)
+            sv = SVC_VAL.unpack(v)
+            list_id, count = sv.list_id, sv.count
             chosen = set()
             for i in range(count):
-                slot = self.slots.get(SLOT_KEY.pack(list_id, i))
+                slot = self.slots.get(SLOT_KEY.pack(list_id=list_id, index=i))
                 assert slot is not None, f"service {addr}: slot {i} of list {list_id} is missing"
-                bid = SLOT_VAL.unpack(slot)[0]
+                bid = SLOT_VAL.unpack(slot).backend_id
                 b = self.backends.get(U32.pack(bid))
                 assert b is not None, f"service {addr}: backend {bid} of list {list_id} is missing"
-                chosen.add(_addr(BACKEND_VAL.unpack(b)[0]))
+                chosen.add(_addr(BACKEND_VAL.unpack(b).addr))
             out[addr] = chosen
         return out
 
@@ -264,7 +265,7 @@ def _wait_for(
     }.get(map_name, (U32.size, BACKEND_VAL.size))
     fd = obj_get(os.path.join(pd, "maps", map_name))
     try:
-        m = MapOps(fd, map_name, ksz, vsz)
+        m = raw_map(fd, map_name, ksz, vsz)
         end = time.monotonic() + limit
         while time.monotonic() < end:
             v = m.lookup(key)
@@ -338,13 +339,13 @@ class SyncVictim:
             watch = ("backends", U32.pack(max(U32.unpack(k)[0] for k in t0.backends) + 1), True, None)
         elif phase == "swapping":
             key, val = t0.service(self.second[len(self.second) // 4].address)
-            watch = ("services", key, True, SVC_VAL.pack(*val))
+            watch = ("services", key, True, SVC_VAL.pack(**val._asdict()))
         else:
             _key, val = t0.service(self.second[1].address)
-            if val[5] == lib.SOCKLB_ALGO_MAGLEV:
-                watch = ("maglev", U32.pack(val[1]), False, None)
+            if val.algo == lib.SOCKLB_ALGO_MAGLEV:
+                watch = ("maglev", U32.pack(val.list_id), False, None)
             else:
-                watch = ("slots", SLOT_KEY.pack(val[1], 0), False, None)
+                watch = ("slots", SLOT_KEY.pack(list_id=val.list_id, index=0), False, None)
         assert self.proc.stdin is not None
         self.proc.stdin.write("go\n")
         self.proc.stdin.flush()

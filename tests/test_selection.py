@@ -9,7 +9,7 @@ from collections import Counter
 from typing import Sequence
 
 import pytest
-from conftest import BACKENDS, TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial
+from helpers import BACKENDS, TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial
 from scipy.stats import chisquare
 
 from socklb import Affinity, Algorithm, Backend, BackendState, Balancer, Service

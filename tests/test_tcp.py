@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 import pytest
-from conftest import BACKENDS, TCP_PORT, VIP4, VIP6, World, dial
+from helpers import BACKENDS, TCP_PORT, VIP4, VIP6, World, dial
 
 from socklb import (
     Backend,

@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any, Iterator
 
 import pytest
-from conftest import BACKENDS, UDP_PORT, VIP4, VIP6, World, dial, in_ci
+from helpers import BACKENDS, UDP_PORT, VIP4, VIP6, World, dial, in_ci
 
 from socklb import Backend, Balancer, Service
 
@@ -285,7 +285,7 @@ def test_connected_udp_client_moves_off_a_removed_backend(world: World, balancer
 
 
 def test_tcp_termination_is_opt_in(world: World, balancer: Balancer) -> None:
-    from conftest import TCP_PORT
+    from helpers import TCP_PORT
 
     held = r"""
 import socket, sys, time

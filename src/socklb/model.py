@@ -171,6 +171,7 @@ class Backend:
 
     @property
     def usable_when_active(self) -> bool:
+        """Whether the datapath may choose this backend while its service has active ones."""
         return self.state is BackendState.ACTIVE and self.weight > 0
 
 
@@ -272,6 +273,22 @@ class Service:
     @property
     def ip(self) -> IPAddress:
         return ipaddress.ip_address(self.address)
+
+    def selectable(self) -> Tuple[Tuple[Backend, ...], bool]:
+        """The backends a new socket may be given, and whether they are the
+        terminating fallback: the active ones of non-zero weight, or, when
+        none is left, the terminating ones (Kubernetes' terminating-endpoint
+        fallback).  Quarantined and maintenance backends are never chosen.
+
+        >>> s = Service("10.96.0.10", 80, backends=[Backend("10.1.0.1", 80, state="terminating")])
+        >>> [b.address for b in s.selectable()[0]], s.selectable()[1]
+        (['10.1.0.1'], True)
+        """
+        usable = tuple(b for b in self.backends if b.usable_when_active)
+        if usable:
+            return usable, False
+        fallback = tuple(b for b in self.backends if b.state is BackendState.TERMINATING and b.weight > 0)
+        return fallback, bool(fallback)
 
     def with_backends(self, backends: Iterable[Backend]) -> Service:
         """A copy with other backends."""

@@ -1,0 +1,333 @@
+"""The ABI between the control plane and the datapath: map records and codes.
+
+Every key and value of socklb's maps is defined once, in ``csrc/socklb_maps.h``;
+the BPF programs include that header and cffi parses it.  This module turns
+cffi's view of each struct into a :class:`Record` that packs **by field name**
+and unpacks into a named tuple, so a change of field order in the header
+changes the packing with it (a test checks exactly that).  The enum codes
+(protocols, algorithms, backend states) are read from the header's
+``SOCKLB_*`` defines by the name of each enum member.
+
+On top of the records, the encoding of one service (:func:`encode`) and its
+decoding (:func:`decode`) are written here and nowhere else.
+
+>>> SVC_KEY.fields
+('addr', 'port', 'proto')
+>>> SLOT_VAL.unpack(SLOT_VAL.pack(backend_id=7, cum_weight=3, weight=3, user_state=0)).backend_id
+7
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import struct
+from collections import namedtuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Generic, List, Mapping, NamedTuple, Sequence, Tuple, Type, TypeVar
+
+from ._core import check, ffi, lib
+from .errors import InvalidValueError
+from .model import Affinity, Algorithm, Backend, BackendState, Protocol, Service
+
+__all__ = [
+    "Record",
+    "Codes",
+    "SVC_KEY",
+    "SVC_VAL",
+    "SLOT_KEY",
+    "SLOT_VAL",
+    "BACKEND_VAL",
+    "META",
+    "ATTACH_INFO",
+    "AFFINITY_KEY",
+    "AFFINITY_VAL",
+    "U32",
+    "U64",
+    "PROTO",
+    "ALGO",
+    "STATE",
+    "DRAINING",
+    "Version",
+    "Member",
+    "encode",
+    "service_key",
+    "service_value",
+    "backend_value",
+    "decode",
+    "addr_text",
+    "maglev_table",
+    "DEFAULT_MAGLEV_SIZE",
+    "MAX_MAGLEV_SIZE",
+    "is_prime",
+]
+
+_PRIMS = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+
+class Record:
+    """One C struct of ``socklb_maps.h``, packed with :mod:`struct` in the
+    layout cffi computed for it.
+
+    ``pack`` takes every field by keyword (integers; arrays and nested
+    structs as bytes; ports already in network order); padding fields
+    (named ``pad...``) pack as zeros and are not arguments.  ``unpack``
+    returns a named tuple of the same fields.
+    """
+
+    def __init__(self, ctype: str, ffi_: Any = ffi) -> None:
+        t = ffi_.typeof(ctype)
+        self.ctype = ctype
+        fmt, pos, names = "=", 0, []
+        for name, f in t.fields:
+            if f.offset > pos:
+                fmt += f"{f.offset - pos}x"
+            size = ffi_.sizeof(f.type)
+            pos = f.offset + size
+            if name.startswith("pad"):
+                fmt += f"{size}x"
+                continue
+            fmt += _PRIMS[size] if f.type.kind == "primitive" else f"{size}s"
+            names.append(name)
+        total = ffi_.sizeof(t)
+        if total > pos:
+            fmt += f"{total - pos}x"
+        self.struct = struct.Struct(fmt)
+        if self.struct.size != total:  # pragma: no cover - a layout bug
+            raise AssertionError(f"{ctype}: packed size {self.struct.size} != C size {total}")
+        self.size = total
+        self.fields: Tuple[str, ...] = tuple(names)
+        tup: Any = namedtuple(ctype.split()[-1], names)  # type: ignore[misc]
+        self.tuple = tup
+        # A keyword-only packer generated for exactly these fields: by name,
+        # at the speed of a positional struct.pack.
+        args = ", ".join(names)
+        env: Dict[str, Any] = {"_pack": self.struct.pack}
+        exec(f"def pack(*, {args}):\n    return _pack({args})\n", env)
+        self.pack: Callable[..., bytes] = env["pack"]
+        unpack, make = self.struct.unpack, tup._make
+        self.unpack: Callable[[bytes], Any] = lambda raw: make(unpack(raw))
+
+    def __repr__(self) -> str:
+        return f"<Record {self.ctype} {self.size} bytes {self.fields}>"
+
+
+SVC_KEY = Record("struct socklb_svc_key")
+SVC_VAL = Record("struct socklb_svc_val")
+SLOT_KEY = Record("struct socklb_slot_key")
+SLOT_VAL = Record("struct socklb_slot_val")
+BACKEND_VAL = Record("struct socklb_backend_val")
+META = Record("struct socklb_meta")
+ATTACH_INFO = Record("struct socklb_attach_info")
+AFFINITY_KEY = Record("struct socklb_affinity_key")
+AFFINITY_VAL = Record("struct socklb_affinity_val")
+CONFIG = Record("struct socklb_config")
+U32 = struct.Struct("=I")
+U64 = struct.Struct("=Q")
+
+E = TypeVar("E", bound="Any")
+
+
+class Codes(Generic[E]):
+    """The C code of each member of an enum, from the header's
+    ``<prefix><MEMBER NAME>`` defines, both ways."""
+
+    def __init__(self, enum_type: Type[E], prefix: str) -> None:
+        self.code: Dict[E, int] = {m: int(getattr(lib, prefix + m.name)) for m in enum_type}
+        self.member: Dict[int, E] = {c: m for m, c in self.code.items()}
+        if len(self.member) != len(self.code):  # pragma: no cover - a header bug
+            raise AssertionError(f"{prefix}*: two members share a code")
+
+
+PROTO: Codes[Protocol] = Codes(Protocol, "SOCKLB_PROTO_")
+ALGO: Codes[Algorithm] = Codes(Algorithm, "SOCKLB_ALGO_")
+STATE: Codes[BackendState] = Codes(BackendState, "SOCKLB_STATE_")
+DRAINING: int = lib.SOCKLB_STATE_DRAINING
+"""The state written for a backend of weight 0: kept, never chosen."""
+
+DEFAULT_MAGLEV_SIZE = 16381
+MAX_MAGLEV_SIZE = 131071
+
+
+def is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    i = 2
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 1
+    return True
+
+
+def addr_text(addr16: bytes) -> str:
+    """The text of a 16-byte map address (IPv4 ones are stored v4-mapped)."""
+    if addr16[:12] == b"\0" * 10 + b"\xff\xff":
+        return socket.inet_ntop(socket.AF_INET, addr16[12:])
+    return socket.inet_ntop(socket.AF_INET6, addr16)
+
+
+# --- one service -------------------------------------------------------------
+
+
+class Member(NamedTuple):
+    """One slot of a list: a backend of one version of a service."""
+
+    backend_id: int
+    cum_weight: int
+    weight: int
+    user_state: int
+
+
+@dataclass(frozen=True)
+class Version:
+    """One version of a service as the maps hold it."""
+
+    usable: Tuple[Backend, ...]
+    """The backends the datapath picks from (slots 0..count-1)."""
+    members: Tuple[Member, ...]
+    """The list: usable backends first, with cumulative weights, then the rest."""
+    flags: int
+    algo: int
+    """The algorithm the datapath runs (equal weights need no search)."""
+    total_weight: int
+
+    @property
+    def count(self) -> int:
+        return len(self.usable)
+
+
+def encode(svc: Service, ids: Mapping[Tuple[str, int], int]) -> Version:
+    """The list and selection parameters of ``svc``, its backends named by ``ids``."""
+    usable, fallback = svc.selectable()
+    flags = (lib.SOCKLB_SVC_F_FALLBACK if fallback else 0) | (lib.SOCKLB_SVC_F_AFFINITY if svc.affinity else 0)
+    total = 0
+    if svc.algorithm is Algorithm.MAGLEV:
+        algo = lib.SOCKLB_ALGO_MAGLEV
+        cum: Sequence[int] = range(1, len(usable) + 1)
+    elif svc.algorithm is Algorithm.WEIGHTED and len({b.weight for b in usable}) > 1:
+        algo = lib.SOCKLB_ALGO_WEIGHTED
+        cum = list(itertools.accumulate(b.weight for b in usable))
+        total = cum[-1]
+    else:
+        algo = lib.SOCKLB_ALGO_RANDOM
+        cum = range(1, len(usable) + 1)
+    code = STATE.code
+    members = [Member(ids[b._key], c, b.weight, code[b.state]) for b, c in zip(usable, cum)]
+    if len(usable) < len(svc.backends):
+        chosen = {id(b) for b in usable}
+        members += [Member(ids[b._key], 0, b.weight, code[b.state]) for b in svc.backends if id(b) not in chosen]
+    return Version(tuple(usable), tuple(members), flags, algo, total)
+
+
+def service_key(svc: Service) -> bytes:
+    return SVC_KEY.pack(addr=svc._a16, port=socket.htons(svc.port), proto=PROTO.code[svc.protocol])
+
+
+def service_value(svc: Service, svc_id: int, list_id: int, version: Version) -> bytes:
+    return SVC_VAL.pack(
+        svc_id=svc_id,
+        list_id=list_id,
+        count=version.count,
+        total_weight=version.total_weight,
+        members=len(version.members),
+        affinity_timeout=svc.affinity.timeout if svc.affinity else 0,
+        algo=version.algo,
+        flags=version.flags,
+        requested_algo=ALGO.code[svc.algorithm],
+        opts=lib.SOCKLB_SVC_O_TERMINATE_TCP if svc.terminate_tcp else 0,
+    )
+
+
+def backend_value(
+    b: Backend,
+    svc_id: int,
+    _pack: Callable[..., bytes] = BACKEND_VAL.pack,
+    _code: Dict[BackendState, int] = STATE.code,
+    _htons: Callable[[int], int] = socket.htons,
+) -> bytes:
+    # A drained backend (weight 0) keeps its entry but is never chosen, not
+    # even through affinity or a UDP socket's remembered choice.
+    return _pack(addr=b._a16, port=_htons(b.port), state=_code[b.state] if b.weight else DRAINING, svc_id=svc_id)
+
+
+def slot_value(m: Member, _pack: Callable[..., bytes] = SLOT_VAL.pack) -> bytes:
+    return _pack(backend_id=m.backend_id, cum_weight=m.cum_weight, weight=m.weight, user_state=m.user_state)
+
+
+def decode(key: bytes, value: bytes, members: Sequence[Member], backends: Mapping[int, bytes]) -> Service:
+    """The Service that a service entry, its list and its backends describe.
+    Raises InvalidValueError or KeyError for what socklb never writes."""
+    k, v = SVC_KEY.unpack(key), SVC_VAL.unpack(value)
+    out = []
+    for m in members:
+        b = BACKEND_VAL.unpack(backends[m.backend_id])
+        if b.svc_id != v.svc_id:
+            raise InvalidValueError("backend", "of another service")
+        out.append(Backend(addr_text(b.addr), socket.ntohs(b.port), m.weight, STATE.member[m.user_state]))
+    return Service(
+        addr_text(k.addr),
+        socket.ntohs(k.port),
+        PROTO.member[k.proto],
+        out,
+        ALGO.member.get(v.requested_algo, Algorithm.RANDOM),
+        Affinity(v.affinity_timeout) if v.flags & lib.SOCKLB_SVC_F_AFFINITY else None,
+        bool(v.opts & lib.SOCKLB_SVC_O_TERMINATE_TCP),
+    )
+
+
+# --- Maglev ------------------------------------------------------------------
+
+
+def _maglev_ident(b: Backend) -> bytes:
+    """What names a backend to Maglev: its address and port, so that its
+    permutation is the same in every table and every process."""
+    return b._a16 + b.port.to_bytes(2, "big")
+
+
+def maglev_entries(backends: Sequence[Backend], ids: Sequence[int], size: int) -> Any:
+    """The Maglev table (a cffi ``uint32_t[size]``) of ``backends``, each
+    entry one of ``ids``; built in the native core."""
+    if not backends:
+        raise InvalidValueError("backends", "maglev needs at least one backend")
+    table = ffi.new("uint32_t[]", size)
+    weights = ffi.new("uint32_t[]", [b.weight for b in backends])
+    check(
+        lib.socklb_maglev(
+            b"".join(map(_maglev_ident, backends)),
+            18,
+            weights,
+            ffi.new("uint32_t[]", list(ids)),
+            len(backends),
+            table,
+            size,
+        ),
+        "building a maglev table",
+    )
+    return table
+
+
+def check_maglev_size(size: object, field: str = "maglev_size") -> int:
+    import operator
+
+    try:
+        n = operator.index(size)  # type: ignore[arg-type]
+    except TypeError:
+        n = -1
+    if isinstance(size, bool) or not 2 < n <= MAX_MAGLEV_SIZE or not is_prime(n):
+        raise InvalidValueError(field, f"must be a prime in 3..{MAX_MAGLEV_SIZE}, not {size!r}")
+    return int(n)
+
+
+def maglev_table(backends: Sequence[Backend], size: int = DEFAULT_MAGLEV_SIZE) -> List[int]:
+    """The Maglev lookup table socklb builds for these backends: for each of
+    ``size`` entries, the index of the backend in ``backends``.  Exposed to
+    inspect and test the distribution.
+
+    >>> t = maglev_table([Backend("10.0.0.1", 80), Backend("10.0.0.2", 80)], 13)
+    >>> sorted(set(t)), len(t)
+    ([0, 1], 13)
+    """
+    size = check_maglev_size(size, "size")
+    table = maglev_entries(backends, range(1, len(backends) + 1), size)
+    return [int(x) - 1 for x in table]

@@ -1,0 +1,154 @@
+"""Reading pinned state back: the meta record, the services, the repairs.
+
+A restarted controller (``Balancer.open``) rebuilds its
+:class:`~socklb.planner.State` from the maps.  A service is read back from its
+current list, which holds exactly one version of it (every member with its
+weight and state), so a service whose update was interrupted is exactly its
+old or its new version.  Whatever no current list refers to was written by an
+update that never swapped in, or was about to be deleted: it becomes garbage,
+deleted by the next clean-up.  A service whose maps disagree with what its
+description encodes to (killed between the swap and the post-swap writes) is
+marked dirty and rewritten.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Dict, List, Optional, Tuple
+
+from . import abi, pins
+from ._core import check, ffi, lib
+from .abi import BACKEND_VAL, META, SLOT_KEY, SLOT_VAL, U32, Member
+from .errors import IncompatiblePinsError, InvalidValueError
+from .model import Algorithm, Service
+from .planner import Programmed, State
+from .spec import DatapathSpec, PinPaths
+from .writer import Tables
+
+__all__ = ["read_meta", "no_meta_error", "adopt", "read_services"]
+
+
+def no_meta_error(pin_dir: str) -> IncompatiblePinsError:
+    return IncompatiblePinsError(pin_dir, 0, lib.SOCKLB_LAYOUT_VERSION, "maps are pinned but no meta map")
+
+
+def read_meta(paths: PinPaths) -> Optional[DatapathSpec]:
+    """The spec the pinned maps were made with, None if nothing is pinned;
+    refuses another layout version (never misread)."""
+    if not os.path.exists(paths.meta):
+        if pins.pinned_maps(paths.root):
+            raise no_meta_error(paths.root)
+        return None
+    buf = ffi.new("uint8_t[]", META.size)
+    actual = ffi.new("uint32_t *")
+    check(lib.socklb_read_pinned(paths.meta.encode(), buf, META.size, actual), f"reading {paths.meta}")
+    meta = META.unpack(bytes(ffi.buffer(buf)))
+    expected = lib.SOCKLB_LAYOUT_VERSION
+    if meta.magic != lib.SOCKLB_META_MAGIC:
+        raise IncompatiblePinsError(paths.root, 0, expected, "the meta map is not socklb's")
+    if meta.layout_version != expected or actual[0] != META.size:
+        raise IncompatiblePinsError(paths.root, meta.layout_version, expected)
+    return DatapathSpec.from_meta(meta)
+
+
+class _Tables:
+    """Every entry of the service maps, read once."""
+
+    def __init__(self, t: Tables, spec: DatapathSpec) -> None:
+        e = spec.map_entries()
+        self.services = t.services.items(e["services"])
+        self.backends = {U32.unpack(k)[0]: v for k, v in t.backends.items(e["backends"])}
+        self.lists: Dict[int, Dict[int, Member]] = {}
+        for k, v in t.slots.items(e["slots"]):
+            sk = SLOT_KEY.unpack(k)
+            self.lists.setdefault(sk.list_id, {})[sk.index] = Member(*SLOT_VAL.unpack(v))
+        self.tables = {U32.unpack(k)[0] for k in t.maglev.keys(e["maglev"])}
+
+    def members(self, value: bytes) -> Tuple[Member, ...]:
+        v = abi.SVC_VAL.unpack(value)
+        entries = self.lists.get(v.list_id, {})
+        got = tuple(entries[i] for i in range(v.members) if i in entries)
+        if len(got) != v.members:
+            raise InvalidValueError("list", "incomplete")
+        return got
+
+
+def read_services(t: Tables, spec: DatapathSpec) -> List[Service]:
+    """The services the kernel's tables describe right now, as a restarted
+    controller would read them (entries socklb never writes are left out)."""
+    r = _Tables(t, spec)
+    out = []
+    for key, value in r.services:
+        try:
+            out.append(abi.decode(key, value, r.members(value), r.backends))
+        except (InvalidValueError, KeyError):
+            continue
+    return out
+
+
+def adopt(t: Tables, spec: DatapathSpec) -> Tuple[State, List[Service]]:
+    """The state the pinned maps hold, with orphans queued as garbage, and
+    the services that must be rewritten."""
+    r = _Tables(t, spec)
+    state = State()
+    used_lists, used_backends, dirty = set(), set(), []
+    for key, value in r.services:
+        v = abi.SVC_VAL.unpack(value)
+        try:
+            members = r.members(value)
+            svc = abi.decode(key, value, members, r.backends)
+        except (InvalidValueError, KeyError):
+            # Not something socklb writes, even when killed: drop it rather than guess.
+            state.garbage.services.append(key)
+            continue
+        ids = {}
+        for m in members:
+            b = BACKEND_VAL.unpack(r.backends[m.backend_id])
+            ids[(abi.addr_text(b.addr), socket.ntohs(b.port))] = m.backend_id
+        version = abi.encode(svc, ids)
+        vals = {bid: abi.backend_value(b, v.svc_id) for b, bid in ((b, ids[b._key]) for b in svc.backends)}
+        consistent = (
+            version.members == members
+            and value == abi.service_value(svc, v.svc_id, v.list_id, version)
+            and all(r.backends[bid] == val for bid, val in vals.items())
+            and (
+                svc.algorithm is not Algorithm.MAGLEV
+                or not version.usable
+                or t.maglev.lookup(U32.pack(v.list_id))
+                == bytes(
+                    ffi.buffer(
+                        abi.maglev_entries(version.usable, [ids[b._key] for b in version.usable], spec.maglev_size)
+                    )
+                )
+            )
+        )
+        kernel_vals = {bid: r.backends[bid] for bid in vals}
+        state.put(
+            svc.key,
+            Programmed(svc, v.svc_id, key, value, v.list_id, members, v.count, ids, kernel_vals, dirty=not consistent),
+        )
+        state.svc_ids.mark(v.svc_id)
+        state.list_ids.mark(v.list_id)
+        used_lists.add(v.list_id)
+        for bid in ids.values():
+            state.backend_ids.mark(bid)
+            used_backends.add(bid)
+        if not consistent:
+            dirty.append(svc)
+    g = state.garbage
+    for lid, got in r.lists.items():
+        if lid not in used_lists:
+            state.list_ids.mark(lid)
+            g.slots.extend(SLOT_KEY.pack(list_id=lid, index=i) for i in got)
+            g.list_ids.append(lid)
+    for lid in r.tables - used_lists:
+        state.list_ids.mark(lid)
+        g.maglev.append((U32.pack(lid), lid))
+        if lid not in g.list_ids:
+            g.list_ids.append(lid)
+    for bid in r.backends:
+        if bid not in used_backends:
+            state.backend_ids.mark(bid)
+            g.backends.append((U32.pack(bid), bid))
+    return state, dirty

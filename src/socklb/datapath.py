@@ -1,0 +1,289 @@
+"""The live datapath: the loaded BPF object, its maps and its links.
+
+:class:`Datapath` owns the native handle (``struct socklb *``) made from a
+:class:`~socklb.spec.DatapathSpec`.  Its children hold a reference to it and
+check it on every call, so no file descriptor or pointer is used after the
+owner closed: a :class:`Map` for each map, a :class:`LinkSet` for the links
+of one cgroup.  Every native call on a handle runs under the datapath's lock,
+so a thread closing the datapath (or closing a link set) never frees what
+another thread is using; calls after that raise
+:class:`~socklb.errors.ClosedError`.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import threading
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from . import features
+from ._core import check, ffi, lib
+from .errors import ClosedError, KernelError, PermissionDeniedError, VerifierError
+from .spec import DatapathSpec
+
+__all__ = ["Datapath", "Map", "LinkSet", "PROGRAMS", "raise_for_load"]
+
+
+def _program_names() -> Tuple[str, ...]:
+    names = [lib.socklb_prog_name(i) for i in range(lib.SOCKLB_NPROGS)]
+    if any(n == ffi.NULL for n in names):  # pragma: no cover - a build bug
+        raise ImportError("socklb: the embedded BPF object does not have its SOCKLB_NPROGS programs")
+    return tuple(ffi.string(n).decode() for n in names)
+
+
+PROGRAMS: Tuple[str, ...] = _program_names()
+"""The datapath's programs, in the loader's order (named from the object)."""
+
+
+def raise_for_load(rc: int, log: str, failed_prog: int) -> None:
+    """Turn a failed ``socklb_open`` into the most specific exception."""
+    err = -rc
+    if err in (_errno.EPERM, _errno.EACCES) and os.geteuid() != 0:
+        raise PermissionDeniedError("loading the BPF programs", err)
+    features.require()
+    if failed_prog >= 0:
+        raise VerifierError(f"loading {PROGRAMS[failed_prog]}", err, log)
+    if err in (_errno.EPERM, _errno.EACCES):
+        raise PermissionDeniedError("loading the BPF programs", err)
+    raise KernelError("loading the BPF object", err, log.strip().splitlines()[-1] if log.strip() else "")
+
+
+class Datapath:
+    """socklb's BPF programs and maps, loaded (and pinned under ``pin_dir``/maps
+    when given: maps already pinned there are reused)."""
+
+    def __init__(self, spec: DatapathSpec, pin_dir: Optional[str] = None) -> None:
+        self.spec = spec
+        self.lock = threading.RLock()
+        out = ffi.new("struct socklb **")
+        log = ffi.new("char[]", lib.SOCKLB_LOG_SIZE)
+        failed = ffi.new("int *")
+        cfg = spec.config()
+        if pin_dir is not None:
+            rc = lib.socklb_open_pinned(cfg, pin_dir.encode(), out, log, lib.SOCKLB_LOG_SIZE, failed)
+        else:
+            rc = lib.socklb_open(cfg, out, log, lib.SOCKLB_LOG_SIZE, failed)
+        if rc < 0:
+            raise_for_load(rc, ffi.string(log).decode(errors="replace"), failed[0])
+        self._lb: Optional[Any] = out[0]
+        self.iter_error = -int(lib.socklb_iter_status(out[0]))
+        """0, or the errno why the socket iterators are unavailable."""
+
+    def handle(self) -> Any:
+        """The native handle; the caller holds :attr:`lock`."""
+        if self._lb is None:
+            raise ClosedError("the balancer is closed")
+        return self._lb
+
+    @property
+    def closed(self) -> bool:
+        return self._lb is None
+
+    def close(self) -> None:
+        """Free the programs and maps (links made from them stay until they are
+        destroyed: a bpf_link holds its program).  Idempotent."""
+        with self.lock:
+            lb, self._lb = self._lb, None
+            if lb is not None:
+                lib.socklb_close(lb)
+
+    def map_names(self) -> List[str]:
+        """Every map of the object, by name (read from the object)."""
+        with self.lock:
+            lb = self.handle()
+            names: List[str] = []
+            while (n := lib.socklb_map_name(lb, len(names))) != ffi.NULL:
+                names.append(ffi.string(n).decode())
+            return names
+
+    def map_memory(self) -> Dict[str, int]:
+        """Kernel memory charged to each map, in bytes (``memlock`` of its fdinfo)."""
+        out = {}
+        with self.lock:
+            for name in self.map_names():
+                fd = check(lib.socklb_map_fd(self.handle(), name.encode()), f"map {name}")
+                with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
+                    for line in f:
+                        if line.startswith("memlock:"):
+                            out[name] = int(line.split()[1])
+            return out
+
+    def map(self, name: str, key_size: int, value_size: int) -> Map:
+        with self.lock:
+            fd = check(lib.socklb_map_fd(self.handle(), name.encode()), f"map {name}")
+        return Map(self, name, fd, key_size, value_size)
+
+    def attach(self, cgroup_fd: int, what: str) -> LinkSet:
+        with self.lock:
+            out = ffi.new("struct socklb_links **")
+            check(lib.socklb_attach(self.handle(), cgroup_fd, out), f"attaching to cgroup {what}")
+            return LinkSet(self, out[0])
+
+    def adopt_links(self, cgroup_fd: int, pin: str, what: str) -> LinkSet:
+        """The links pinned in ``pin``, switched to this datapath's programs."""
+        with self.lock:
+            out = ffi.new("struct socklb_links **")
+            check(lib.socklb_links_adopt(self.handle(), cgroup_fd, pin.encode(), out), f"adopting the links of {what}")
+            return LinkSet(self, out[0])
+
+    def program_stats(self) -> List[Tuple[str, int, int, int]]:
+        """(name, id, run_cnt, run_time_ns) of each program."""
+        with self.lock:
+            lb = self.handle()
+            st = ffi.new("struct socklb_prog_stats *")
+            out = []
+            for i, name in enumerate(PROGRAMS):
+                check(lib.socklb_prog_stats(lb, i, st), "program statistics")
+                out.append((name, int(st.id), int(st.run_cnt), int(st.run_time_ns)))
+            return out
+
+    def terminate_sockets(self, backend_ids: Sequence[int], netns_fds: Sequence[int], tcp: bool) -> int:
+        """Run the socket iterators in each namespace; returns the sockets destroyed."""
+        with self.lock:
+            lb = self.handle()
+            out = ffi.new("uint64_t *")
+            check(
+                lib.socklb_terminate(
+                    lb,
+                    ffi.new("uint32_t[]", list(backend_ids)),
+                    len(backend_ids),
+                    ffi.new("int[]", list(netns_fds)),
+                    len(netns_fds),
+                    int(tcp),
+                    out,
+                ),
+                "terminating sockets connected to removed backends",
+            )
+            return int(out[0])
+
+    def count_states(self, netns_fds: Sequence[int]) -> int:
+        """Per-socket entries held by the sockets of these network namespaces."""
+        with self.lock:
+            lb = self.handle()
+            fds = ffi.new("int[]", list(netns_fds))
+            return check(int(lib.socklb_count_states(lb, fds, len(netns_fds))), "counting socket states")
+
+
+def _check_batch(rc: int, op: str, done: int) -> None:
+    """check(), with the number of elements done kept on the exception."""
+    try:
+        check(rc, op)
+    except KernelError as e:
+        e.done = done  # type: ignore[attr-defined]
+        raise
+
+
+class Map:
+    """One map of a live datapath, with the loader's bulk calls.
+
+    ``owner`` None wraps a file descriptor the caller owns and keeps open
+    (a pinned map opened by another tool or a test)."""
+
+    def __init__(self, owner: Optional[Datapath], name: str, fd: int, key_size: int, value_size: int) -> None:
+        self._owner = owner
+        self._lock = owner.lock if owner is not None else threading.RLock()
+        self.name = name
+        self.fd = fd
+        self.key_size = key_size
+        self.value_size = value_size
+
+    def _check(self) -> None:
+        if self._owner is not None:
+            self._owner.handle()
+
+    def update(self, keys: bytes, values: bytes, n: int, flags: int = 0) -> None:
+        if n == 0:
+            return
+        done = ffi.new("uint32_t *")
+        with self._lock:
+            self._check()
+            rc = lib.socklb_map_update(self.fd, keys, values, n, self.key_size, self.value_size, flags, done)
+        _check_batch(rc, f"update of map {self.name} ({done[0]} of {n} written)", done[0])
+
+    def update_rows(self, rows: Sequence[Tuple[bytes, bytes]]) -> None:
+        if rows:
+            self.update(b"".join([r[0] for r in rows]), b"".join([r[1] for r in rows]), len(rows))
+
+    def delete(self, keys: Sequence[bytes]) -> None:
+        n = len(keys)
+        if n == 0:
+            return
+        done = ffi.new("uint32_t *")
+        with self._lock:
+            self._check()
+            rc = lib.socklb_map_delete(self.fd, b"".join(keys), n, self.key_size, done)
+        _check_batch(rc, f"delete from map {self.name} ({done[0]} of {n} deleted)", done[0])
+
+    def lookup(self, key: bytes, value_size: Optional[int] = None) -> Optional[bytes]:
+        buf = ffi.new("uint8_t[]", value_size or self.value_size)
+        with self._lock:
+            self._check()
+            rc = lib.socklb_map_lookup(self.fd, key, buf)
+        if rc == -_errno.ENOENT:
+            return None
+        check(rc, f"lookup in map {self.name}")
+        return bytes(ffi.buffer(buf))
+
+    def keys(self, cap: int) -> List[bytes]:
+        ks = self.key_size
+        buf = ffi.new("uint8_t[]", max(cap, 1) * ks)
+        with self._lock:
+            self._check()
+            n = check(lib.socklb_map_keys(self.fd, buf, ks, cap), f"walk of map {self.name}")
+        raw = bytes(ffi.buffer(buf, n * ks))
+        return [raw[i * ks : (i + 1) * ks] for i in range(n)]
+
+    def items(self, cap: int) -> List[Tuple[bytes, bytes]]:
+        """Every (key, value), walking at most ``cap`` keys; entries deleted
+        during the walk are left out."""
+        return [(k, v) for k in self.keys(cap) if (v := self.lookup(k)) is not None]
+
+
+class LinkSet:
+    """The bpf_links of every program on one cgroup (``struct socklb_links *``).
+
+    Destroying it detaches the programs unless the links are pinned; its
+    owner's lock guards every call, so a concurrent close never frees
+    what another call reads."""
+
+    def __init__(self, owner: Datapath, links: Any) -> None:
+        self._owner = owner
+        self._links: Optional[Any] = links
+
+    @property
+    def alive(self) -> bool:
+        return self._links is not None
+
+    def _handle(self, what: str) -> Any:
+        if self._links is None:
+            raise ClosedError(f"{what}: not attached")
+        return self._links
+
+    def program_ids(self, what: str) -> List[int]:
+        out = ffi.new("uint32_t *")
+        with self._owner.lock:
+            links = self._handle(what)
+            ids = []
+            for i in range(len(PROGRAMS)):
+                check(lib.socklb_links_prog_id(links, i, out), "link info")
+                ids.append(int(out[0]))
+            return ids
+
+    def pin(self, directory: str, what: str) -> None:
+        with self._owner.lock:
+            check(lib.socklb_links_pin(self._handle(what), directory.encode()), f"pinning the links of {what}")
+
+    def unpin(self) -> None:
+        with self._owner.lock:
+            if self._links is not None:
+                lib.socklb_links_unpin(self._links)
+
+    def close(self) -> bool:
+        """Free the handles (detaching unless pinned); False if already done."""
+        with self._owner.lock:
+            links, self._links = self._links, None
+            if links is None:
+                return False
+            lib.socklb_links_close(links)
+            return True

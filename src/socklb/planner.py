@@ -1,0 +1,368 @@
+"""Planning: from what is programmed and what is wanted to the map writes.
+
+Pure with respect to the kernel: :func:`plan` reads a :class:`State` (the
+Python view of the maps) and a set of wanted services and returns a
+:class:`Plan`; nothing is written.  The only thing it changes is the
+reservation of fresh ids in the state's allocators, which the writer either
+commits or gives back (:meth:`State.abort`).
+
+How an update stays atomic for the datapath: a service's selectable backends
+live in a *list* (slots, or a Maglev table) under a list id.  A change writes
+the new backends and a new list first, then swaps the service's list id in
+one map update, and only then deletes the old list and the removed backends.
+A ``connect()`` that runs meanwhile sees the old list or the new one; if it
+read the old one just before its deletion, it reads the service again.
+
+>>> from socklb.model import Service, Backend
+>>> from socklb.spec import DatapathSpec
+>>> st = State()
+>>> p = plan(st, {("10.96.0.10", 80, "tcp"): Service("10.96.0.10", 80, backends=[Backend("10.1.0.1", 80)])},
+...          DatapathSpec(), terminate=False)
+>>> len(p.backend_upd), len(p.slot_upd), len(p.svc_upd), p.writes
+(1, 1, 1, 3)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from . import abi
+from ._core import ffi
+from .abi import U32, Member
+from .errors import CapacityError
+from .model import Algorithm, Backend, BackendState, Protocol, Service, ServiceKey
+from .spec import DatapathSpec
+
+__all__ = ["Ids", "Programmed", "State", "Plan", "plan", "Garbage"]
+
+Rows = List[Tuple[bytes, bytes]]
+
+
+class Ids:
+    """Allocator of non-zero u32 ids that are not reused until the counter wraps."""
+
+    def __init__(self) -> None:
+        self._next = 1
+        self._wrapped = False
+        self._used: set[int] = set()
+
+    def take(self) -> int:
+        while True:
+            i = self._next
+            if self._next < 0xFFFFFFFF:
+                self._next += 1
+            else:
+                self._next, self._wrapped = 1, True
+            if i not in self._used:
+                self._used.add(i)
+                return i
+
+    def take_many(self, n: int) -> Sequence[int]:
+        """n ids; a contiguous range unless the counter is about to wrap."""
+        start = self._next
+        if start + n <= 0xFFFFFFFF and not self._wrapped:
+            r = range(start, start + n)
+            self._used.update(r)
+            self._next = start + n
+            return r
+        return [self.take() for _ in range(n)]
+
+    def give(self, i: int) -> None:
+        self._used.discard(i)
+
+    def mark(self, i: int) -> None:
+        """Record an id found in use (adopting pinned state)."""
+        self._used.add(i)
+        if i >= self._next:
+            self._next = i + 1 if i < 0xFFFFFFFF else 1
+
+
+@dataclass
+class Programmed:
+    """What is programmed for one service."""
+
+    service: Service
+    svc_id: int
+    key: bytes
+    value: bytes
+    list_id: int
+    slots: Tuple[Member, ...]  # the list: usable members first
+    count: int  # how many of them are usable
+    backend_ids: Dict[Tuple[str, int], int]
+    backend_vals: Dict[int, bytes]
+    dirty: bool = False  # the maps may disagree with `service`: rewrite it on the next plan
+
+
+@dataclass
+class Garbage:
+    """Entries no service refers to any more whose deletion has not happened
+    yet (a failed post-swap step); deleted before the next plan is written.
+    Their ids stay reserved until then."""
+
+    services: List[bytes] = field(default_factory=list)
+    slots: List[bytes] = field(default_factory=list)
+    maglev: List[Tuple[bytes, int]] = field(default_factory=list)  # (key, list id)
+    backends: List[Tuple[bytes, int]] = field(default_factory=list)  # (key, backend id)
+    doomed: List[int] = field(default_factory=list)  # backend ids whose sockets are still to terminate
+    doomed_tcp: bool = False
+    affinity_purge: List[int] = field(default_factory=list)
+    list_ids: List[int] = field(default_factory=list)  # freed once their slots are gone
+
+    def __len__(self) -> int:
+        return (
+            len(self.services)
+            + len(self.slots)
+            + len(self.maglev)
+            + len(self.backends)
+            + len(self.doomed)
+            + len(self.affinity_purge)
+        )
+
+
+class State:
+    """The Python view of the kernel's tables: every programmed service, the
+    totals the limits are checked against, the id allocators and what is
+    still to be cleaned up."""
+
+    def __init__(self) -> None:
+        self.services: Dict[ServiceKey, Programmed] = {}
+        self.n_backends = 0
+        self.n_maglev = 0
+        self.svc_ids = Ids()
+        self.list_ids = Ids()
+        self.backend_ids = Ids()
+        self.garbage = Garbage()
+
+    def put(self, k: ServiceKey, p: Optional[Programmed]) -> None:
+        """Record ``p`` as what is programmed for ``k`` (None: nothing)."""
+        old = self.services.get(k)
+        if old is not None:
+            self.n_backends -= len(old.backend_ids)
+            self.n_maglev -= old.service.algorithm is Algorithm.MAGLEV
+        if p is None:
+            self.services.pop(k, None)
+        else:
+            self.services[k] = p
+            self.n_backends += len(p.backend_ids)
+            self.n_maglev += p.service.algorithm is Algorithm.MAGLEV
+
+    def commit(self, p: Plan) -> None:
+        """The plan's services are what the kernel serves now."""
+        for k, lv in p.live.items():
+            self.put(k, lv)
+        for i in p.free_svc_ids:
+            self.svc_ids.give(i)
+
+    def abort(self, p: Plan) -> None:
+        """Give back the ids a plan reserved and never used."""
+        for i in p.new_svc_ids:
+            self.svc_ids.give(i)
+        for i in p.new_list_ids:
+            self.list_ids.give(i)
+        for i in p.new_backend_ids:
+            self.backend_ids.give(i)
+
+    def clear(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+
+@dataclass
+class Plan:
+    """Map writes for a batch of service changes, in the order they are applied."""
+
+    backend_upd: Rows = field(default_factory=list)  # new backends, before the swap
+    slot_upd: Rows = field(default_factory=list)
+    maglev_upd: Rows = field(default_factory=list)
+    svc_upd: Rows = field(default_factory=list)  # the swap
+    svc_del: List[bytes] = field(default_factory=list)  # the swap of removed services
+    backend_post: Rows = field(default_factory=list)  # kept backends' new state, after the swap
+    slot_del: List[bytes] = field(default_factory=list)
+    maglev_del: List[Tuple[bytes, int]] = field(default_factory=list)
+    backend_del: List[Tuple[bytes, int]] = field(default_factory=list)
+    free_list_ids: List[int] = field(default_factory=list)
+    doomed: List[int] = field(default_factory=list)  # backend ids whose connected sockets are terminated
+    doomed_tcp: bool = False
+    affinity_purge: List[int] = field(default_factory=list)  # svc ids whose affinity entries go
+    # What is programmed once the swap is done (None: removed).
+    live: Dict[ServiceKey, Optional[Programmed]] = field(default_factory=dict)
+    free_svc_ids: List[int] = field(default_factory=list)
+    # Ids reserved by this plan, given back if it is not applied.
+    new_svc_ids: List[int] = field(default_factory=list)
+    new_list_ids: List[int] = field(default_factory=list)
+    new_backend_ids: List[int] = field(default_factory=list)
+
+    @property
+    def writes(self) -> int:
+        return (
+            len(self.backend_upd)
+            + len(self.backend_post)
+            + len(self.slot_upd)
+            + len(self.maglev_upd)
+            + len(self.svc_upd)
+            + len(self.svc_del)
+            + len(self.slot_del)
+            + len(self.maglev_del)
+            + len(self.backend_del)
+        )
+
+
+def plan(state: State, want: Mapping[ServiceKey, Optional[Service]], spec: DatapathSpec, *, terminate: bool) -> Plan:
+    """The writes that take ``state`` to ``want`` (None removes a key;
+    services not named are kept).  Checks capacity before anything else;
+    raises CapacityError with nothing reserved."""
+    live = state.services
+    n_services, n_backends, n_maglev = len(live), state.n_backends, state.n_maglev
+    changed: List[Tuple[ServiceKey, Optional[Service], Optional[Programmed]]] = []
+    for k, svc in want.items():
+        old = live.get(k)
+        if svc is None:
+            if old is not None:
+                n_services -= 1
+                n_backends -= len(old.backend_ids)
+                n_maglev -= old.service.algorithm is Algorithm.MAGLEV
+                changed.append((k, None, old))
+            continue
+        if old is not None and old.service == svc and not old.dirty:
+            continue
+        if old is None:
+            n_services += 1
+        else:
+            n_backends -= len(old.backend_ids)
+            n_maglev -= old.service.algorithm is Algorithm.MAGLEV
+        n_backends += len(svc.backends)
+        if svc.algorithm is Algorithm.MAGLEV:
+            n_maglev += 1
+            if len(svc.backends) > spec.maglev_size:
+                # A table of M entries can name at most M backends.
+                raise CapacityError(f"backends of maglev service {svc}", len(svc.backends), spec.maglev_size)
+        changed.append((k, svc, old))
+    spec.check_capacity(n_services, n_backends, n_maglev)
+
+    p = Plan()
+    try:
+        for k, svc, old in changed:
+            if svc is None:
+                assert old is not None
+                _remove(p, k, old, terminate)
+            else:
+                _upsert(p, state, k, svc, old, spec, terminate)
+    except BaseException:
+        state.abort(p)
+        raise
+    return p
+
+
+def _remove(p: Plan, k: ServiceKey, old: Programmed, terminate: bool) -> None:
+    p.svc_del.append(old.key)
+    _drop_list(p, old)
+    p.backend_del.extend((U32.pack(bid), bid) for bid in old.backend_ids.values())
+    p.free_svc_ids.append(old.svc_id)
+    _doom(p, old.service, [m.backend_id for m in old.slots[: old.count]], terminate)
+    if old.service.affinity is not None:
+        p.affinity_purge.append(old.svc_id)
+    p.live[k] = None
+
+
+def _drop_list(p: Plan, old: Programmed) -> None:
+    if old.service.algorithm is Algorithm.MAGLEV and old.count:
+        p.maglev_del.append((U32.pack(old.list_id), old.list_id))
+    kp = abi.SLOT_KEY.pack
+    p.slot_del.extend([kp(list_id=old.list_id, index=i) for i in range(len(old.slots))])
+    p.free_list_ids.append(old.list_id)
+
+
+def _upsert(
+    p: Plan, state: State, k: ServiceKey, svc: Service, old: Optional[Programmed], spec: DatapathSpec, terminate: bool
+) -> None:
+    if old is None:
+        svc_id = state.svc_ids.take()
+        p.new_svc_ids.append(svc_id)
+    else:
+        svc_id = old.svc_id
+        if (old.service.affinity is None) != (svc.affinity is None):
+            # Switching affinity on or off starts from a clean slate, both ways.
+            p.affinity_purge.append(svc_id)
+
+    bs = svc.backends
+    u32 = U32.pack
+    bval = abi.backend_value
+    ids: Dict[Tuple[str, int], int] = {}
+    vals: Dict[int, bytes] = {}
+    if old is None:
+        # A new service: every backend is new (the common case of a full sync).
+        bids = state.backend_ids.take_many(len(bs))
+        p.new_backend_ids.extend(bids)
+        for b, bid in zip(bs, bids):
+            ids[b._key] = bid
+            vals[bid] = v = bval(b, svc_id)
+            p.backend_upd.append((u32(bid), v))
+    else:
+        # Backends the new version adds are written before the swap; the
+        # datapath state of kept ones only after it, so that the version the
+        # maps describe is always the old or the new one.
+        old_ids, old_vals = old.backend_ids, old.backend_vals
+        for b in bs:
+            v = bval(b, svc_id)
+            kept = old_ids.get(b._key)
+            if kept is None:
+                bid = state.backend_ids.take()
+                p.new_backend_ids.append(bid)
+                p.backend_upd.append((u32(bid), v))
+            else:
+                bid = kept
+                if old_vals.get(bid) != v:
+                    p.backend_post.append((u32(bid), v))
+            ids[b._key] = bid
+            vals[bid] = v
+
+    version = abi.encode(svc, ids)
+    maglev = svc.algorithm is Algorithm.MAGLEV
+    if (
+        old is not None
+        and not old.dirty
+        and old.slots == version.members
+        and (old.service.algorithm is Algorithm.MAGLEV) == maglev
+    ):
+        list_id = old.list_id
+    else:
+        list_id = state.list_ids.take()
+        p.new_list_ids.append(list_id)
+        kp, sv = abi.SLOT_KEY.pack, abi.slot_value
+        p.slot_upd.extend([(kp(list_id=list_id, index=i), sv(m)) for i, m in enumerate(version.members)])
+        if maglev and version.usable:
+            p.maglev_upd.append((u32(list_id), _maglev_bytes(version.usable, ids, spec.maglev_size)))
+        if old is not None:
+            _drop_list(p, old)
+
+    key = abi.service_key(svc)
+    value = abi.service_value(svc, svc_id, list_id, version)
+    if old is None or old.value != value:
+        p.svc_upd.append((key, value))
+    if old is not None:
+        for bk, bid in old.backend_ids.items():
+            if bk not in ids:
+                p.backend_del.append((u32(bid), bid))
+        # Sockets stay on a backend that was chosen before, unless it was
+        # removed or left the active state (a drained one keeps its sockets).
+        chosen = {m.backend_id for m in version.members[: version.count]}
+        active = {ids[b._key] for b in bs if b.state is BackendState.ACTIVE}
+        keep = chosen | active
+        gone = [m.backend_id for m in old.slots[: old.count] if m.backend_id not in keep]
+        _doom(p, svc, gone, terminate)
+    p.live[k] = Programmed(svc, svc_id, key, value, list_id, version.members, version.count, ids, vals)
+
+
+def _doom(p: Plan, svc: Service, ids: List[int], terminate: bool) -> None:
+    if not ids or not terminate:
+        return
+    if svc.protocol is Protocol.UDP:
+        p.doomed.extend(ids)
+    elif svc.terminate_tcp:
+        p.doomed.extend(ids)
+        p.doomed_tcp = True
+
+
+def _maglev_bytes(usable: Sequence[Backend], ids: Mapping[Tuple[str, int], int], size: int) -> bytes:
+    table = abi.maglev_entries(usable, [ids[b._key] for b in usable], size)
+    return bytes(ffi.buffer(table))

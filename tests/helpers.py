@@ -1,0 +1,68 @@
+"""Helpers shared by the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Dict, List
+
+import pytest
+
+if TYPE_CHECKING:
+    from socklb.datapath import Map
+    from socklb.lab import Lab
+
+TCP_PORT = 8080
+UDP_PORT = 5353
+VIP4 = "10.96.0.10"
+VIP6 = "fd00:96::a"
+BACKENDS = ("b1", "b2", "b3")
+
+
+def in_ci() -> bool:
+    """True when the environment variable CI says we run in CI (CI=true)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def require_root() -> None:
+    """Skip the calling test unless running as root - or fail it in CI, where nothing may skip."""
+    if os.geteuid() == 0:
+        return
+    if in_ci():
+        pytest.fail("this test needs root (network namespaces, cgroups, BPF); CI=true forbids skipping it")
+    pytest.skip("needs root (network namespaces, cgroups, BPF)")
+
+
+@dataclass
+class World:
+    """One lab for the whole session: a client pod (the one balancers attach
+    to), an outsider pod (never attached) and backend pods b1..b3, each serving
+    TCP 8080 and UDP 5353 with its name."""
+
+    lab: Lab
+    client: Any
+    outsider: Any
+    backends: Dict[str, Any]
+
+    def pods(self, *names: str) -> List[Any]:
+        return [self.backends[n] for n in names]
+
+
+def dial(
+    pod: Any, proto: str, host: str, port: int, n: int = 1, *extra: str, timeout: float = 120
+) -> Dict[str, List[str]]:
+    """Run socklb.labclient in ``pod``; returns its JSON result."""
+    out = pod.run(
+        [sys.executable, "-m", "socklb.labclient", proto, host, str(port), "-n", str(n), *extra],
+        timeout=timeout,
+    ).stdout
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def raw_map(fd: int, name: str, key_size: int, value_size: int) -> Map:
+    """A map by a file descriptor the test owns (a pinned map read as another tool would)."""
+    from socklb.datapath import Map
+
+    return Map(None, name, fd, key_size, value_size)
