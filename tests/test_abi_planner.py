@@ -1,0 +1,185 @@
+"""The ABI records and the planner, without root: no kernel is touched."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from cffi import FFI
+
+from socklb import Affinity, Backend, CapacityError, Service, abi, features, planner
+from socklb._core import ffi, lib
+from socklb.spec import HEADROOM, DatapathSpec
+
+VIP = "10.96.0.10"
+
+
+def svc(*backends: Backend, **kw: object) -> Service:
+    return Service(VIP, 80, backends=backends, **kw)  # type: ignore[arg-type]
+
+
+def b(i: int, **kw: object) -> Backend:
+    return Backend(f"10.244.0.{i}", 8080, **kw)  # type: ignore[arg-type]
+
+
+# --- records ------------------------------------------------------------------------
+
+
+def test_records_pack_by_field_name_whatever_the_order() -> None:
+    """Swapping two u32 fields in a header changes the packing with them."""
+    a, z = FFI(), FFI()
+    a.cdef("struct r { uint32_t first; uint32_t second; uint16_t port; uint8_t pad[2]; };")
+    z.cdef("struct r { uint32_t second; uint32_t first; uint16_t port; uint8_t pad[2]; };")
+    ra, rz = abi.Record("struct r", a), abi.Record("struct r", z)
+    pa = ra.pack(first=1, second=2, port=3)
+    pz = rz.pack(first=1, second=2, port=3)
+    assert struct.unpack("=IIH2x", pa) == (1, 2, 3)
+    assert struct.unpack("=IIH2x", pz) == (2, 1, 3)
+    assert rz.unpack(pz).first == 1 and rz.unpack(pz).second == 2
+    with pytest.raises(TypeError):
+        ra.pack(1, 2, 3)  # type: ignore[call-arg]  # never by position
+    with pytest.raises(TypeError):
+        ra.pack(first=1, second=2)  # every field is named
+
+
+def test_every_record_matches_the_c_layout() -> None:
+    for rec in (abi.SVC_KEY, abi.SVC_VAL, abi.SLOT_KEY, abi.SLOT_VAL, abi.BACKEND_VAL, abi.META, abi.ATTACH_INFO):
+        assert rec.size == ffi.sizeof(rec.ctype)
+        names = [n for n, _ in ffi.typeof(rec.ctype).fields if not n.startswith("pad")]
+        assert list(rec.fields) == names
+    raw = abi.SVC_VAL.pack(**{f: i + 1 for i, f in enumerate(abi.SVC_VAL.fields)})
+    c = ffi.from_buffer("struct socklb_svc_val *", bytearray(raw))
+    for i, f in enumerate(abi.SVC_VAL.fields):
+        assert getattr(c, f) == i + 1, f
+
+
+def test_codes_come_from_the_header() -> None:
+    assert abi.PROTO.code[abi.Protocol.UDP] == lib.SOCKLB_PROTO_UDP == 17
+    assert abi.ALGO.member[lib.SOCKLB_ALGO_MAGLEV] is abi.Algorithm.MAGLEV
+    assert abi.STATE.code[abi.BackendState.MAINTENANCE] == lib.SOCKLB_STATE_MAINTENANCE
+    assert abi.DRAINING not in abi.STATE.member
+
+
+def test_encode_decode_round_trip() -> None:
+    s = Service(
+        "fd00:96::a",
+        53,
+        "udp",
+        [Backend("fd00:244::1", 53, weight=3), Backend("fd00:244::2", 53, state="quarantined")],
+        algorithm="maglev",
+        affinity=Affinity(60),
+        terminate_tcp=True,
+    )
+    ids = {x._key: 10 + i for i, x in enumerate(s.backends)}
+    v = abi.encode(s, ids)
+    assert v.count == 1 and len(v.members) == 2 and v.algo == lib.SOCKLB_ALGO_MAGLEV
+    key, value = abi.service_key(s), abi.service_value(s, 7, 9, v)
+    backends = {ids[x._key]: abi.backend_value(x, 7) for x in s.backends}
+    assert abi.decode(key, value, v.members, backends) == s
+
+
+def test_feature_table_is_the_one_source() -> None:
+    names = [f.name for f in features.FEATURES]
+    assert len(set(names)) == len(names)
+    assert all(f.kernel and f.bit for f in features.FEATURES)
+    assert features.SOCK_DESTROY.required is False
+    err = features.SOCK_DESTROY.error("no")
+    assert err.kernel == "6.5" and "6.5" in str(err)
+
+
+# --- spec -----------------------------------------------------------------------------
+
+
+def test_spec_headroom_written_once() -> None:
+    s = DatapathSpec(max_services=10, max_backends=20, max_maglev_services=3, max_affinity=7, maglev_size=13)
+    assert s.map_entries() == {
+        "services": 10 * HEADROOM,
+        "backends": 20 * HEADROOM,
+        "slots": 20 * HEADROOM,
+        "maglev": 3 * HEADROOM,
+        "affinity": 7,
+    }
+    assert DatapathSpec.from_meta(abi.META.unpack(s.meta())) == s
+
+
+# --- planner ---------------------------------------------------------------------------
+
+
+DEFAULT = DatapathSpec()
+
+
+def plan(st: planner.State, *services: Service, remove: tuple = (), spec: DatapathSpec = DEFAULT) -> planner.Plan:
+    want: dict = {x.key: x for x in services}
+    want.update({k: None for k in remove})
+    return planner.plan(st, want, spec, terminate=True)
+
+
+def test_planner_new_service_writes_everything_once() -> None:
+    st = planner.State()
+    p = plan(st, svc(b(1), b(2), b(3)))
+    assert (len(p.backend_upd), len(p.slot_upd), len(p.svc_upd)) == (3, 3, 1)
+    assert p.writes == 7 and not p.svc_del and not p.backend_post
+    assert st.services == {}  # nothing is committed by planning
+
+
+def test_planner_unchanged_service_writes_nothing() -> None:
+    st = planner.State()
+    s = svc(b(1), b(2))
+    st.commit(plan(st, s))
+    assert plan(st, s).writes == 0
+
+
+def test_planner_backend_change_makes_a_new_list_and_dooms_the_removed() -> None:
+    st = planner.State()
+    st.commit(plan(st, svc(b(1), b(2), protocol="udp")))
+    old = st.services[(VIP, 80, "udp")]
+    p = plan(st, svc(b(1), b(3), protocol="udp"))
+    new = p.live[(VIP, 80, "udp")]
+    assert new is not None and new.list_id != old.list_id
+    assert len(p.backend_upd) == 1 and len(p.backend_del) == 1 and len(p.slot_del) == 2
+    assert p.doomed == [old.backend_ids[b(2)._key]]
+    assert new.backend_ids[b(1)._key] == old.backend_ids[b(1)._key]  # kept backends keep their id
+
+
+def test_planner_state_change_of_kept_backend_is_written_after_the_swap() -> None:
+    st = planner.State()
+    st.commit(plan(st, svc(b(1), b(2))))
+    p = plan(st, svc(b(1), b(2, state="maintenance")))
+    assert len(p.backend_post) == 1 and not p.backend_upd
+
+
+def test_planner_capacity_is_checked_before_anything_is_reserved() -> None:
+    st = planner.State()
+    spec = DatapathSpec(max_services=1, max_backends=3)
+    st.commit(plan(st, svc(b(1)), spec=spec))
+    with pytest.raises(CapacityError):
+        plan(st, Service("10.96.0.11", 80, backends=[b(2)]), spec=spec)
+    with pytest.raises(CapacityError):
+        plan(st, svc(b(1), b(2), b(3), b(4)), spec=spec)
+    assert st.svc_ids.take() == 2 and st.backend_ids.take() == 2  # no id was leaked
+
+
+def test_planner_maglev_service_larger_than_its_table_is_refused() -> None:
+    st = planner.State()
+    with pytest.raises(CapacityError) as e:
+        plan(st, svc(*[b(i) for i in range(1, 21)], algorithm="maglev"), spec=DatapathSpec(maglev_size=13))
+    assert e.value.limit == 13 and e.value.needed == 20
+
+
+def test_planner_abort_gives_ids_back() -> None:
+    st = planner.State()
+    p = plan(st, svc(b(1), b(2)))
+    assert p.new_backend_ids and p.new_list_ids and p.new_svc_ids
+    assert st.backend_ids._used and st.list_ids._used and st.svc_ids._used
+    st.abort(p)
+    assert not st.backend_ids._used and not st.list_ids._used and not st.svc_ids._used
+
+
+def test_planner_remove() -> None:
+    st = planner.State()
+    s = svc(b(1), b(2), affinity=Affinity())
+    st.commit(plan(st, s))
+    p = plan(st, remove=(s.key,))
+    assert p.svc_del and len(p.backend_del) == 2 and p.affinity_purge and p.live == {s.key: None}
+    st.commit(p)
+    assert st.services == {} and st.n_backends == 0
