@@ -885,25 +885,34 @@ static int probe_kfunc(const char *name)
 
 uint32_t socklb_probe(void)
 {
+	/* One row per feature bit; Python's feature table names them and
+	 * gives the first kernel that has each. */
+	static const struct {
+		enum bpf_attach_type attach; /* probed as a sock_addr program, or */
+		enum bpf_func_id helper;     /* as a helper of one, or */
+		const char *kfunc;	     /* as a kernel function in the BTF */
+		uint32_t bit;
+	} probes[] = {
+		{ .attach = BPF_CGROUP_INET4_CONNECT, .bit = SOCKLB_MISSING_CONNECT },
+		{ .attach = BPF_CGROUP_UDP4_SENDMSG, .bit = SOCKLB_MISSING_SENDMSG },
+		{ .attach = BPF_CGROUP_UDP4_RECVMSG, .bit = SOCKLB_MISSING_RECVMSG },
+		{ .attach = BPF_CGROUP_INET4_GETPEERNAME, .bit = SOCKLB_MISSING_GETPEERNAME },
+		{ .helper = BPF_FUNC_set_retval, .bit = SOCKLB_MISSING_SET_RETVAL },
+		{ .helper = BPF_FUNC_sk_storage_get, .bit = SOCKLB_MISSING_SK_STORAGE },
+		{ .helper = BPF_FUNC_get_netns_cookie, .bit = SOCKLB_MISSING_NETNS_COOKIE },
+		{ .kfunc = "bpf_sock_destroy", .bit = SOCKLB_MISSING_SOCK_DESTROY },
+	};
 	uint32_t missing = 0;
 
 	capture(NULL, 0);
-	if (!probe_attach_type(BPF_CGROUP_INET4_CONNECT))
-		missing |= SOCKLB_MISSING_CONNECT;
-	if (!probe_attach_type(BPF_CGROUP_UDP4_SENDMSG))
-		missing |= SOCKLB_MISSING_SENDMSG;
-	if (!probe_attach_type(BPF_CGROUP_UDP4_RECVMSG))
-		missing |= SOCKLB_MISSING_RECVMSG;
-	if (!probe_attach_type(BPF_CGROUP_INET4_GETPEERNAME))
-		missing |= SOCKLB_MISSING_GETPEERNAME;
-	if (!probe_helper(BPF_FUNC_set_retval))
-		missing |= SOCKLB_MISSING_SET_RETVAL;
-	if (!probe_helper(BPF_FUNC_sk_storage_get))
-		missing |= SOCKLB_MISSING_SK_STORAGE;
-	if (!probe_helper(BPF_FUNC_get_netns_cookie))
-		missing |= SOCKLB_MISSING_NETNS_COOKIE;
-	if (!probe_kfunc("bpf_sock_destroy"))
-		missing |= SOCKLB_MISSING_SOCK_DESTROY;
+	for (size_t i = 0; i < sizeof(probes) / sizeof(probes[0]); i++) {
+		int ok = probes[i].kfunc ? probe_kfunc(probes[i].kfunc)
+			 : probes[i].helper ? probe_helper(probes[i].helper)
+					    : probe_attach_type(probes[i].attach);
+
+		if (!ok)
+			missing |= probes[i].bit;
+	}
 	release();
 	return missing;
 }

@@ -26,7 +26,7 @@ const volatile __u32 maglev_size = 1;
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 1); /* sized by the loader (spec.py) */
 	__type(key, struct socklb_svc_key);
 	__type(value, struct socklb_svc_val);
 } services SEC(".maps");
@@ -34,7 +34,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 524288);
+	__uint(max_entries, 1); /* sized by the loader (spec.py) */
 	__type(key, struct socklb_slot_key);
 	__type(value, struct socklb_slot_val);
 } slots SEC(".maps");
@@ -42,7 +42,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 1); /* sized by the loader (spec.py) */
 	__type(key, __u32);
 	__type(value, struct socklb_backend_val);
 } backends SEC(".maps");
@@ -51,14 +51,14 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 1024);
+	__uint(max_entries, 1); /* sized by the loader (spec.py) */
 	__uint(key_size, 4);
 	__uint(value_size, 4);
 } maglev SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 1); /* sized by the loader (spec.py) */
 	__type(key, struct socklb_affinity_key);
 	__type(value, struct socklb_affinity_val);
 } affinity SEC(".maps");
@@ -87,6 +87,9 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
+
+/* Steps of the weighted binary search: enough for SOCKLB_MAX_SVC_BACKENDS slots. */
+#define WEIGHTED_STEPS (32 - __builtin_clz(SOCKLB_MAX_SVC_BACKENDS))
 
 #define SYS_REJECT 0
 #define SYS_PROCEED 1
@@ -196,8 +199,8 @@ static __always_inline __u32 pick_from_list(const struct socklb_svc_val *svc, __
 		__u32 lo = 0, hi = n - 1;
 
 		/* Binary search for the first slot whose cumulative weight
-		 * exceeds r: at most 17 steps for 65536 slots. */
-		for (int step = 0; step < 17 && lo < hi; step++) {
+		 * exceeds r: log2 of the per-service backend limit, plus one. */
+		for (int step = 0; step < WEIGHTED_STEPS && lo < hi; step++) {
 			__u32 mid = lo + (hi - lo) / 2;
 
 			sk.index = mid;

@@ -56,17 +56,21 @@ int socklb_destroy_udp(struct bpf_iter__udp *ctx)
 	return 0;
 }
 
+/* The full socket behind a TCP iterator's entry, or NULL: request and
+ * time-wait sockets carry no storage. */
+static __always_inline struct sock *full_tcp_sock(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+
+	return skc ? (struct sock *)bpf_skc_to_tcp_sock(skc) : NULL;
+}
+
 SEC("iter/tcp")
 int socklb_destroy_tcp(struct bpf_iter__tcp *ctx)
 {
-	struct sock_common *skc = ctx->sk_common;
-	struct tcp_sock *tp;
+	struct sock *sk = full_tcp_sock(ctx);
 
-	if (!skc)
-		return 0;
-	/* Full sockets only: request and time-wait sockets carry no storage. */
-	tp = bpf_skc_to_tcp_sock(skc);
-	if (tp && is_doomed((struct sock *)tp) && bpf_sock_destroy(skc) == 0)
+	if (sk && is_doomed(sk) && bpf_sock_destroy((struct sock_common *)sk) == 0)
 		__sync_fetch_and_add(&destroyed, 1);
 	return 0;
 }
@@ -97,14 +101,10 @@ int socklb_count_udp(struct bpf_iter__udp *ctx)
 SEC("iter/tcp")
 int socklb_count_tcp(struct bpf_iter__tcp *ctx)
 {
-	struct sock_common *skc = ctx->sk_common;
-	struct tcp_sock *tp;
+	struct sock *sk = full_tcp_sock(ctx);
 
-	if (!skc)
-		return 0;
-	tp = bpf_skc_to_tcp_sock(skc);
-	if (tp)
-		count_entries(ctx->meta, (struct sock *)tp);
+	if (sk)
+		count_entries(ctx->meta, sk);
 	return 0;
 }
 

@@ -50,6 +50,9 @@
 /* Unconnected-UDP flows remembered per socket (see socklb_sock_dgram). */
 #define SOCKLB_SOCK_ENTRIES 8
 
+/* Backends of one service at most (model.MAX_BACKENDS_PER_SERVICE). */
+#define SOCKLB_MAX_SVC_BACKENDS 65536
+
 /* Backend ids the socket iterators terminate in one pass (their "doomed"
  * map); the control plane hands them over in chunks of this size. */
 #define SOCKLB_DOOMED_ENTRIES 65536

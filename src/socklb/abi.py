@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Generic, List, Mapping, NamedTuple, Sequ
 
 from ._core import check, ffi, lib
 from .errors import InvalidValueError
-from .model import Affinity, Algorithm, Backend, BackendState, Protocol, Service
+from .model import MAX_BACKENDS_PER_SERVICE, Affinity, Algorithm, Backend, BackendState, Protocol, Service
 
 __all__ = [
     "Record",
@@ -144,6 +144,9 @@ ALGO: Codes[Algorithm] = Codes(Algorithm, "SOCKLB_ALGO_")
 STATE: Codes[BackendState] = Codes(BackendState, "SOCKLB_STATE_")
 DRAINING: int = lib.SOCKLB_STATE_DRAINING
 """The state written for a backend of weight 0: kept, never chosen."""
+
+if MAX_BACKENDS_PER_SERVICE != lib.SOCKLB_MAX_SVC_BACKENDS:  # pragma: no cover - the two must agree
+    raise ImportError("socklb: model.MAX_BACKENDS_PER_SERVICE differs from SOCKLB_MAX_SVC_BACKENDS")
 
 DEFAULT_MAGLEV_SIZE = 16381
 MAX_MAGLEV_SIZE = 131071

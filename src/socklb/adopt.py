@@ -13,20 +13,25 @@ marked dirty and rewritten.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import socket
 from typing import Dict, List, Optional, Tuple
 
 from . import abi, pins
 from ._core import check, ffi, lib
-from .abi import BACKEND_VAL, META, SLOT_KEY, SLOT_VAL, U32, Member
-from .errors import IncompatiblePinsError, InvalidValueError
+from .abi import ATTACH_INFO, BACKEND_VAL, META, SLOT_KEY, SLOT_VAL, U32, U64, Member
+from .attachment import Attachments
+from .cgroup import cgroup2_mount
+from .datapath import Map
+from .errors import IncompatiblePinsError, InvalidValueError, NotFoundError, PermissionDeniedError
 from .model import Algorithm, Service
 from .planner import Programmed, State
-from .spec import DatapathSpec, PinPaths
+from .spec import MAX_ATTACHMENTS, DatapathSpec, PinPaths
 from .writer import Tables
 
-__all__ = ["read_meta", "no_meta_error", "adopt", "read_services"]
+__all__ = ["read_meta", "no_meta_error", "adopt", "read_services", "check_adoptable", "adopt_attachments"]
 
 
 def no_meta_error(pin_dir: str) -> IncompatiblePinsError:
@@ -152,3 +157,60 @@ def adopt(t: Tables, spec: DatapathSpec) -> Tuple[State, List[Service]]:
             state.backend_ids.mark(bid)
             g.backends.append((U32.pack(bid), bid))
     return state, dirty
+
+
+def check_adoptable(pin_path: str) -> None:
+    """Refuse to adopt from ``pin_path`` before anything is created there."""
+    try:
+        pinned = os.listdir(os.path.join(pin_path, "maps"))
+    except (FileNotFoundError, NotADirectoryError):
+        pinned = []
+    except PermissionError as e:
+        raise PermissionDeniedError(f"reading {pin_path}", e.errno or errno.EACCES) from None
+    if "meta" not in pinned:
+        if pinned:
+            raise no_meta_error(pin_path)
+        raise NotFoundError(f"nothing is pinned in {pin_path}")
+
+
+def adopt_attachments(registry: Attachments, record: Map, paths: PinPaths) -> None:
+    """Take over the pinned links of every cgroup that still exists; drop the
+    pins and records of the others."""
+    recorded = {
+        U64.unpack(k)[0]: os.fsdecode(ATTACH_INFO.unpack(v).path.rstrip(b"\0"))
+        for k, v in record.items(MAX_ATTACHMENTS)
+    }
+    for name in sorted(os.listdir(paths.links)):
+        cgid = int(name) if name.isdigit() else -1
+        path = recorded.pop(cgid, None) or _find_cgroup(cgid)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if path else -1
+        except OSError:
+            fd = -1
+        if fd < 0 or os.fstat(fd).st_ino != cgid:
+            # The cgroup is gone: its links are defunct; drop the pins.
+            if fd >= 0:
+                os.close(fd)
+            shutil.rmtree(os.path.join(paths.links, name), ignore_errors=True)
+            record.delete([U64.pack(cgid)])
+            continue
+        try:
+            assert path is not None
+            registry.adopt(path, fd, cgid)
+        finally:
+            os.close(fd)
+    # Recorded, but no links were pinned.
+    record.delete([U64.pack(cgid) for cgid in recorded])
+
+
+def _find_cgroup(cgid: int) -> Optional[str]:
+    """The cgroup v2 directory whose inode (cgroup id) is ``cgid``, if any."""
+    for root, dirs, _files in os.walk(cgroup2_mount()):
+        for d in dirs:
+            p = os.path.join(root, d)
+            try:
+                if os.stat(p).st_ino == cgid:
+                    return p
+            except OSError:
+                continue
+    return None

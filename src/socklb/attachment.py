@@ -232,15 +232,9 @@ class Attachment:
         self._owner = owner  # a handle keeps its balancer alive
         self._registry = registry
         self._entry = entry
-
-    @property
-    def cgroup(self) -> str:
+        self.cgroup = entry.cgroup
         """The cgroup directory (canonical path)."""
-        return self._entry.cgroup
-
-    @property
-    def cgroup_id(self) -> int:
-        return self._entry.cgroup_id
+        self.cgroup_id = entry.cgroup_id
 
     @property
     def attached(self) -> bool:

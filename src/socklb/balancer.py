@@ -14,9 +14,7 @@ See the README's "How the code is laid out" for the path of a ``sync()``.
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
 import warnings
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple, Union
@@ -38,11 +36,10 @@ from .abi import (
 )
 from .abi import maglev_table as maglev_table
 from .attachment import Attachment, Attachments, cgroup_path
-from .cgroup import cgroup2_mount
 from .datapath import Datapath
-from .errors import InvalidValueError, NotFoundError, PermissionDeniedError, SocklbError
+from .errors import InvalidValueError, NotFoundError, SocklbError
 from .model import Service, ServiceKey, normalize_key
-from .spec import MAX_ATTACHMENTS, DatapathSpec, PinPaths
+from .spec import DatapathSpec, PinPaths
 from .stats import ProgramStats
 from .terminate import Terminator, client_netns
 
@@ -73,20 +70,6 @@ def _pin_dir(value: object) -> str:
     if not isinstance(value, str):
         raise InvalidValueError("pin_dir", f"must be a path (str, bytes or os.PathLike), not {value!r}")
     return os.path.abspath(value)
-
-
-def _check_nothing_pinned(pin_path: str) -> None:
-    """adopt_only: refuse before anything is created."""
-    try:
-        pinned = os.listdir(os.path.join(pin_path, "maps"))
-    except (FileNotFoundError, NotADirectoryError):
-        pinned = []
-    except PermissionError as e:
-        raise PermissionDeniedError(f"reading {pin_path}", e.errno or errno.EACCES) from None
-    if "meta" not in pinned:
-        if pinned:
-            raise adopt.no_meta_error(pin_path)
-        raise NotFoundError(f"nothing is pinned in {pin_path}")
 
 
 class Balancer:
@@ -132,7 +115,7 @@ class Balancer:
         if pin_dir is not None:
             pin_path = _pin_dir(pin_dir)
             if adopt_only:
-                _check_nothing_pinned(pin_path)
+                adopt.check_adoptable(pin_path)
             paths = PinPaths(pins.prepare(pin_path))
             self._lock_fd = pins.lock(paths.root)
             try:
@@ -198,21 +181,10 @@ class Balancer:
 
     # -- limits and properties ----------------------------------------------------
 
-    @property
-    def max_services(self) -> int:
-        return self.spec.max_services
-
-    @property
-    def max_backends(self) -> int:
-        return self.spec.max_backends
-
-    @property
-    def maglev_size(self) -> int:
-        return self.spec.maglev_size
-
-    @property
-    def max_maglev_services(self) -> int:
-        return self.spec.max_maglev_services
+    max_services = property(lambda self: self.spec.max_services, doc="Services at once (the limit).")
+    max_backends = property(lambda self: self.spec.max_backends, doc="Backends at once, over all services.")
+    maglev_size = property(lambda self: self.spec.maglev_size, doc="Entries of each Maglev table.")
+    max_maglev_services = property(lambda self: self.spec.max_maglev_services, doc="Maglev services at once.")
 
     @property
     def pin_dir(self) -> Optional[str]:
@@ -320,34 +292,7 @@ class Balancer:
         writer.collect(self._tables, self._state, self._terminator)
         if dirty:
             self._write({s.key: s for s in dirty})
-        self._adopt_attachments(paths)
-
-    def _adopt_attachments(self, paths: PinPaths) -> None:
-        recorded = {
-            U64.unpack(k)[0]: os.fsdecode(ATTACH_INFO.unpack(v).path.rstrip(b"\0"))
-            for k, v in self._record.items(MAX_ATTACHMENTS)
-        }
-        for name in sorted(os.listdir(paths.links)):
-            cgid = int(name) if name.isdigit() else -1
-            path = recorded.pop(cgid, None) or _find_cgroup(cgid)
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if path else -1
-            except OSError:
-                fd = -1
-            if fd < 0 or os.fstat(fd).st_ino != cgid:
-                # The cgroup is gone: its links are defunct; drop the pins.
-                if fd >= 0:
-                    os.close(fd)
-                shutil.rmtree(os.path.join(paths.links, name), ignore_errors=True)
-                self._record.delete([U64.pack(cgid)])
-                continue
-            try:
-                assert path is not None
-                self._attachments.adopt(path, fd, cgid)
-            finally:
-                os.close(fd)
-        # Recorded, but no links were pinned.
-        self._record.delete([U64.pack(cgid) for cgid in recorded])
+        adopt.adopt_attachments(self._attachments, self._record, paths)
 
     # -- services ------------------------------------------------------------------
 
@@ -493,16 +438,3 @@ class Balancer:
         if self.closed:
             return "<Balancer closed>"
         return f"<Balancer services={len(self._state.services)} attachments={len(self._attachments.cgroups())}>"
-
-
-def _find_cgroup(cgid: int) -> Optional[str]:
-    """The cgroup v2 directory whose inode (cgroup id) is ``cgid``, if any."""
-    for root, dirs, _files in os.walk(cgroup2_mount()):
-        for d in dirs:
-            p = os.path.join(root, d)
-            try:
-                if os.stat(p).st_ino == cgid:
-                    return p
-            except OSError:
-                continue
-    return None

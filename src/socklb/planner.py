@@ -25,7 +25,7 @@ read the old one just before its deletion, it reads the service again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Sized, Tuple
 
 from . import abi
 from ._core import ffi
@@ -110,14 +110,15 @@ class Garbage:
     list_ids: List[int] = field(default_factory=list)  # freed once their slots are gone
 
     def __len__(self) -> int:
-        return (
-            len(self.services)
-            + len(self.slots)
-            + len(self.maglev)
-            + len(self.backends)
-            + len(self.doomed)
-            + len(self.affinity_purge)
+        pending: Tuple[Sized, ...] = (
+            self.services,
+            self.slots,
+            self.maglev,
+            self.backends,
+            self.doomed,
+            self.affinity_purge,
         )
+        return sum(map(len, pending))
 
 
 class State:
@@ -194,17 +195,18 @@ class Plan:
 
     @property
     def writes(self) -> int:
-        return (
-            len(self.backend_upd)
-            + len(self.backend_post)
-            + len(self.slot_upd)
-            + len(self.maglev_upd)
-            + len(self.svc_upd)
-            + len(self.svc_del)
-            + len(self.slot_del)
-            + len(self.maglev_del)
-            + len(self.backend_del)
+        lists: Tuple[Sized, ...] = (
+            self.backend_upd,
+            self.backend_post,
+            self.slot_upd,
+            self.maglev_upd,
+            self.svc_upd,
+            self.svc_del,
+            self.slot_del,
+            self.maglev_del,
+            self.backend_del,
         )
+        return sum(map(len, lists))
 
 
 def plan(state: State, want: Mapping[ServiceKey, Optional[Service]], spec: DatapathSpec, *, terminate: bool) -> Plan:
