@@ -186,6 +186,26 @@ def test_destroy_leaves_foreign_entries(pin_dir: str, cgroup: str) -> None:
     )
 
 
+def test_adopt_and_destroy_leave_foreign_link_entries(pin_dir: str) -> None:
+    """links/ may hold another program's directory (not a cgroup id), and the
+    links directory of a removed cgroup may hold a foreign pin: adopting drops
+    only socklb's defunct links, destroy only socklb's pins."""
+    with own_cgroup() as gone:
+        with Balancer(pin_dir=pin_dir) as lb:
+            lb.upsert(SVC)
+            gone_id = lb.attach(gone).cgroup_id
+    gone_dir = os.path.join(pin_dir, "links", str(gone_id))
+    planted = plant([os.path.join(pin_dir, "links", "foreign", PROG_NAMES[0]), os.path.join(gone_dir, "foreign")])
+    with Balancer.open(pin_dir) as lb:
+        assert lb.attachments() == []
+        assert lb.services() == [SVC]
+        assert [p for p in PROG_NAMES if os.path.lexists(os.path.join(gone_dir, p))] == []
+        assert_intact(planted)
+    Balancer.open(pin_dir).destroy()
+    assert_intact(planted)
+    assert socklb_entries(pin_dir) == []
+
+
 @pytest.mark.parametrize("how", ["version", "magic"])
 def test_incompatible_pins_removal_as_recommended_is_safe(pin_dir: str, cgroup: str, how: str) -> None:
     """IncompatiblePinsError recommends socklb.pins.remove(pin_dir): following
@@ -318,6 +338,22 @@ def test_existing_directory_keeps_its_mode(pin_dir: str) -> None:
     with Balancer.open(pin_dir):
         pass
     assert stat.S_IMODE(os.stat(pin_dir).st_mode) == 0o1777
+
+
+def test_created_directories_are_0700_whatever_the_umask(pin_dir: str, cgroup: str) -> None:
+    old = os.umask(0o277)
+    try:
+        with Balancer(pin_dir=pin_dir) as lb:
+            att = lb.attach(cgroup)
+    finally:
+        os.umask(old)
+    for d in (
+        pin_dir,
+        os.path.join(pin_dir, "maps"),
+        os.path.join(pin_dir, "links"),
+        os.path.join(pin_dir, "links", str(att.cgroup_id)),
+    ):
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o700, d
 
 
 @pytest.mark.parametrize("content", ["pin", "dir", "maps/foreign", "links/foreign"])

@@ -23,7 +23,6 @@ import errno
 import ipaddress
 import itertools
 import os
-import shutil
 import socket
 import struct
 import sys
@@ -696,7 +695,7 @@ class Balancer:
             if self._pin_dir is not None:
                 pin = os.path.join(self._pin_dir, "links", str(cgid))
                 try:
-                    os.makedirs(pin, 0o700, exist_ok=True)
+                    pins.make_dir(pin)
                     check(lib.socklb_links_pin(out[0], pin.encode()), f"pinning the links of {path}")
                     self._attach_map.update(_U64.pack(cgid), ATTACH_INFO.pack(os.fsencode(path)), 1)
                 except BaseException:
@@ -804,6 +803,8 @@ class Balancer:
                 paths[_U64.unpack(k)[0]] = os.fsdecode(ATTACH_INFO.unpack(v)[0].rstrip(b"\0"))
         links_dir = os.path.join(self._pin_dir, "links")
         for name in sorted(os.listdir(links_dir)):
+            if not name.isdigit():
+                continue  # not a cgroup id: not socklb's, left alone
             pin = os.path.join(links_dir, name)
             cgid = int(name) if name.isdigit() else -1
             path = paths.pop(cgid, None) or _find_cgroup(cgid)
@@ -815,7 +816,7 @@ class Balancer:
                 # The cgroup is gone: its links are defunct; drop the pins.
                 if fd >= 0:
                     os.close(fd)
-                shutil.rmtree(pin, ignore_errors=True)
+                pins.remove_links(pin)
                 self._attach_map.delete(_U64.pack(cgid), 1)
                 continue
             try:
