@@ -27,10 +27,9 @@ socklb touches only its own entries, and these rules say what they are:
   layout: socklb's meta map as ``maps/meta`` (a balancer's pins, of any
   layout version; foreign entries added beside them are tolerated and left
   alone), or nothing but socklb's own entries (what a balancer killed before
-  it wrote its meta map leaves).  A non-empty directory
-  holding anything else and no ``maps/meta`` is refused, not shared: socklb
-  could not tell its own entries from another program's there, and
-  :func:`remove` refuses it too.
+  it wrote its meta map leaves).  A non-empty directory holding anything else
+  and no socklb meta map is refused, not shared: socklb could not tell its own
+  entries from another program's there, and :func:`remove` refuses it too.
 * **Modes.**  Directories socklb creates are 0700 whatever the umask, pins
   0600; a directory that already exists keeps its mode (the bpffs root, often
   1777, or a directory the caller made).
