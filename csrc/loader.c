@@ -28,6 +28,10 @@
 /* Program names, in the object's order: read from the embedded object itself
  * (once, see prog_names_init), never written out by hand. */
 static char prog_names[SOCKLB_NPROGS][64];
+/* Likewise the names of its maps (internal ones such as .rodata left out). */
+#define MAX_MAPS 32
+static char map_names[MAX_MAPS][64];
+static int n_maps;
 static pthread_once_t prog_names_once = PTHREAD_ONCE_INIT;
 static int prog_names_err;
 
@@ -83,6 +87,7 @@ static void prog_names_init(void)
 {
 	struct bpf_object *obj = bpf_object__open_mem(socklb_bpf_obj, socklb_bpf_obj_len, NULL);
 	struct bpf_program *prog;
+	struct bpf_map *map;
 	int n = 0;
 
 	if (!obj) {
@@ -93,6 +98,10 @@ static void prog_names_init(void)
 		if (n < SOCKLB_NPROGS)
 			snprintf(prog_names[n], sizeof(prog_names[n]), "%s", bpf_program__name(prog));
 		n++;
+	}
+	bpf_object__for_each_map(map, obj) {
+		if (!bpf_map__is_internal(map) && n_maps < MAX_MAPS)
+			snprintf(map_names[n_maps++], sizeof(map_names[0]), "%s", bpf_map__name(map));
 	}
 	bpf_object__close(obj);
 	/* SOCKLB_NPROGS is the size of the link and stats arrays. */
@@ -356,17 +365,11 @@ int socklb_map_fd(struct socklb *lb, const char *name)
 	return map ? bpf_map__fd(map) : -ENOENT;
 }
 
-const char *socklb_map_name(struct socklb *lb, int i)
+const char *socklb_map_name(int i)
 {
-	struct bpf_map *m;
-
-	bpf_object__for_each_map(m, lb->obj) {
-		if (bpf_map__is_internal(m))
-			continue;
-		if (i-- == 0)
-			return bpf_map__name(m);
-	}
-	return NULL;
+	if (load_prog_names() || i < 0 || i >= n_maps)
+		return NULL;
+	return map_names[i];
 }
 
 const char *socklb_prog_name(int i)

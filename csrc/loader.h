@@ -60,8 +60,8 @@ void socklb_close(struct socklb *lb);
 /* Map file descriptor by name ("services", "slots", ...), or -ENOENT. */
 int socklb_map_fd(struct socklb *lb, const char *name);
 /* Name of the i-th map of the datapath object (internal maps such as
- * .rodata left out), or NULL past the last. */
-const char *socklb_map_name(struct socklb *lb, int i);
+ * .rodata left out), or NULL past the last; read from the embedded object. */
+const char *socklb_map_name(int i);
 /* Name of program i (0 <= i < SOCKLB_NPROGS), e.g. "socklb_connect4". */
 const char *socklb_prog_name(int i);
 int socklb_prog_stats(struct socklb *lb, int i, struct socklb_prog_stats *out);

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import socket
 from typing import Dict, List, Optional, Tuple
 
@@ -181,7 +180,9 @@ def adopt_attachments(registry: Attachments, record: Map, paths: PinPaths) -> No
         for k, v in record.items(MAX_ATTACHMENTS)
     }
     for name in sorted(os.listdir(paths.links)):
-        cgid = int(name) if name.isdigit() else -1
+        if not name.isdigit():
+            continue  # not a cgroup id: not socklb's, left alone
+        cgid = int(name)
         path = recorded.pop(cgid, None) or _find_cgroup(cgid)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if path else -1
@@ -191,7 +192,7 @@ def adopt_attachments(registry: Attachments, record: Map, paths: PinPaths) -> No
             # The cgroup is gone: its links are defunct; drop the pins.
             if fd >= 0:
                 os.close(fd)
-            shutil.rmtree(os.path.join(paths.links, name), ignore_errors=True)
+            pins.remove_links(os.path.join(paths.links, name))
             record.delete([U64.pack(cgid)])
             continue
         try:

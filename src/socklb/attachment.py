@@ -23,6 +23,7 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional
 
+from . import pins
 from .abi import ATTACH_INFO, U64
 from .cgroup import check_cgroup2_dir
 from .datapath import Datapath, LinkSet, Map
@@ -137,7 +138,7 @@ class Attachments:
         if self._paths is None:
             raise InvalidValueError("pin", "the balancer has no pin_dir")
         pin = self._paths.link_dir(e.cgroup_id)
-        os.makedirs(pin, 0o700, exist_ok=True)
+        pins.make_dir(pin)
         try:
             e.links.pin(pin, e.cgroup)
             self._write_record(e.cgroup_id, e.cgroup)

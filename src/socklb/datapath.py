@@ -22,7 +22,7 @@ from ._core import check, ffi, lib
 from .errors import ClosedError, KernelError, PermissionDeniedError, VerifierError
 from .spec import DatapathSpec
 
-__all__ = ["Datapath", "Map", "LinkSet", "PROGRAMS", "raise_for_load"]
+__all__ = ["Datapath", "Map", "LinkSet", "PROGRAMS", "MAPS", "raise_for_load"]
 
 
 def _program_names() -> Tuple[str, ...]:
@@ -34,6 +34,17 @@ def _program_names() -> Tuple[str, ...]:
 
 PROGRAMS: Tuple[str, ...] = _program_names()
 """The datapath's programs, in the loader's order (named from the object)."""
+
+
+def _map_names() -> Tuple[str, ...]:
+    names: List[str] = []
+    while (n := lib.socklb_map_name(len(names))) != ffi.NULL:
+        names.append(ffi.string(n).decode())
+    return tuple(names)
+
+
+MAPS: Tuple[str, ...] = _map_names()
+"""The datapath's maps, by name (read from the object; every one is pinned)."""
 
 
 def raise_for_load(rc: int, log: str, failed_prog: int) -> None:
@@ -88,20 +99,11 @@ class Datapath:
             if lb is not None:
                 lib.socklb_close(lb)
 
-    def map_names(self) -> List[str]:
-        """Every map of the object, by name (read from the object)."""
-        with self.lock:
-            lb = self.handle()
-            names: List[str] = []
-            while (n := lib.socklb_map_name(lb, len(names))) != ffi.NULL:
-                names.append(ffi.string(n).decode())
-            return names
-
     def map_memory(self) -> Dict[str, int]:
         """Kernel memory charged to each map, in bytes (``memlock`` of its fdinfo)."""
         out = {}
         with self.lock:
-            for name in self.map_names():
+            for name in MAPS:
                 fd = check(lib.socklb_map_fd(self.handle(), name.encode()), f"map {name}")
                 with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
                     for line in f:

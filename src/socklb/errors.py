@@ -148,8 +148,9 @@ class IncompatiblePinsError(SocklbError):
         self.expected = expected
         msg = (
             f"{pin_dir} holds maps of layout version {found}, this socklb uses {expected}; "
-            "no migration exists between them: remove the pins (socklb.pins.remove(pin_dir), which detaches "
-            "what they attach) or run the socklb version that wrote them"
+            "no migration exists between them: remove socklb's pins with socklb.pins.remove(pin_dir), which removes "
+            "only socklb's own entries (not the whole directory) and detaches what they attach, or run the socklb "
+            "version that wrote them"
         )
         if detail:
             msg += f" ({detail})"
