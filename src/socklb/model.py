@@ -78,7 +78,6 @@ class BackendState(str, enum.Enum):
 
 
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
-_STATE_INDEX = {s: i for i, s in enumerate(BackendState)}
 
 
 def _pton(family: int, text: str) -> Optional[bytes]:
@@ -147,8 +146,6 @@ class Backend:
     state: BackendState = BackendState.ACTIVE
     _a16: bytes = field(default=b"", init=False, repr=False, compare=False)
     _version: int = field(default=0, init=False, repr=False, compare=False)
-    _nport: int = field(default=0, init=False, repr=False, compare=False)  # port in network byte order
-    _state_idx: int = field(default=0, init=False, repr=False, compare=False)  # position in BackendState
     _key: Tuple[str, int] = field(default=("", 0), init=False, repr=False, compare=False)  # (address, port)
 
     def __post_init__(self) -> None:
@@ -161,9 +158,7 @@ class Backend:
             raise InvalidValueError("weight", f"must be an integer in 0..{MAX_WEIGHT}, not {self.weight!r}")
         if self.state.__class__ is not BackendState:
             object.__setattr__(self, "state", _enum(BackendState, self.state, "state"))
-        object.__setattr__(self, "_nport", socket.htons(self.port))
         object.__setattr__(self, "_key", (text, self.port))
-        object.__setattr__(self, "_state_idx", _STATE_INDEX[self.state])
 
     @property
     def ip(self) -> IPAddress:
