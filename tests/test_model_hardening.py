@@ -5,7 +5,122 @@ from __future__ import annotations
 
 import dataclasses
 
-from socklb import Backend
+import pytest
+
+from socklb import Backend, InvalidValueError, Service
+
+
+def _rejects(field: str, cls: object, *args: object, **kwargs: object) -> str:
+    """Construct cls(*args, **kwargs); assert it raises InvalidValueError naming field; return the message."""
+    with pytest.raises(InvalidValueError) as e:
+        cls(*args, **kwargs)  # type: ignore[operator]
+    assert e.value.field == field, str(e.value)
+    assert str(e.value).startswith(field + ": ")
+    return str(e.value)
+
+
+# --- Addresses that cannot be a backend ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("vip", "backends", "index"),
+    [
+        ("10.96.0.10", [("10.244.0.1", 80), ("10.96.0.10", 8080)], 1),
+        ("10.96.0.10", [("10.96.0.10", 80)], 0),
+        # compared as addresses, not as text
+        ("fd00:96::a", [("fd00:244::1", 80), ("fd00:244::2", 80), ("fd00:96:0:0::000a", 53)], 2),
+    ],
+)
+def test_backend_equal_to_the_vip_is_rejected_naming_its_index(
+    vip: str, backends: list[tuple[str, int]], index: int
+) -> None:
+    msg = _rejects(f"backends[{index}]", Service, vip, 80, backends=[Backend(a, p) for a, p in backends])
+    assert "service's own address" in msg and "give the address" in msg
+
+
+def test_a_backend_on_another_address_of_the_vip_subnet_is_fine() -> None:
+    svc = Service("10.96.0.10", 80, backends=[Backend("10.96.0.11", 80)])
+    assert svc.backends[0].address == "10.96.0.11"
+
+
+def test_broadcast_backend_is_rejected() -> None:
+    msg = _rejects("address", Backend, "255.255.255.255", 80)
+    assert "broadcast" in msg and "unicast address" in msg
+
+
+@pytest.mark.parametrize("address", ["240.0.0.1", "250.1.2.3", "255.255.255.254"])
+def test_class_e_backends_are_accepted(address: str) -> None:
+    # Decision: 240.0.0.0/4 is "reserved", but Linux routes it as unicast and
+    # GKE offers it for pod ranges; only the limited broadcast address is refused.
+    assert Backend(address, 80).address == address
+    assert Service("10.96.0.10", 80, backends=[Backend(address, 80)]).backends[0].address == address
+
+
+@pytest.mark.parametrize(("address", "text"), [("0.0.0.0", "0.0.0.0"), ("::", "::"), ("0:0::0", "::")])
+def test_unspecified_backend_is_rejected_with_a_hint(address: str, text: str) -> None:
+    msg = _rejects("address", Backend, address, 80)
+    assert text in msg and "unspecified" in msg and "give the" in msg
+
+
+@pytest.mark.parametrize("address", ["224.0.0.1", "239.255.255.255", "ff02::1", "ff05::1:3"])
+def test_multicast_is_still_rejected_with_a_hint(address: str) -> None:
+    assert "multicast" in _rejects("address", Backend, address, 80)
+    assert "multicast" in _rejects("address", Service, address, 80)
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::"])
+def test_unspecified_vip_is_still_rejected(address: str) -> None:
+    assert "unspecified" in _rejects("address", Service, address, 80)
+
+
+@pytest.mark.parametrize("address", ["fe80::1", "FE80::1:2", "febf:ffff::1"])
+def test_ipv6_link_local_backend_is_rejected(address: str) -> None:
+    msg = _rejects("address", Backend, address, 80)
+    assert "link-local" in msg and "zone" in msg and "global or unique-local" in msg
+
+
+def test_zoned_addresses_say_zones_are_not_carried() -> None:
+    msg = _rejects("address", Backend, "fe80::1%eth0", 80)
+    assert "zone" in msg and "global or unique-local" in msg
+
+
+@pytest.mark.parametrize("address", ["fe7f::1", "fec0::1", "fd00::1", "169.254.20.10"])
+def test_addresses_next_to_ipv6_link_local_are_accepted(address: str) -> None:
+    # fe80::/10 is fe80:: .. febf:...; IPv4 link-local needs no zone (node-local
+    # DNS listens on 169.254.20.10).
+    assert Backend(address, 80).address == address
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.255.255.254", "::1"])
+def test_loopback_backends_are_accepted(address: str) -> None:
+    # Decision: kept.  A loopback backend is reached in the client's own network
+    # namespace: right for host-network clients, the pod itself for a pod.
+    vip = "fd00:96::a" if ":" in address else "10.96.0.10"
+    assert Service(vip, 80, backends=[Backend(address, 8080)]).backends[0].address == address
+
+
+def test_v4_mapped_backend_hint_leads_to_an_ipv4_service() -> None:
+    msg = _rejects("address", Backend, "::ffff:10.244.1.2", 80)
+    assert "10.244.1.2" in msg and "IPv4 service" in msg
+    # Following the hint: the IPv4 backend is refused by an IPv6 service with a
+    # hint that leads on, and accepted by an IPv4 service.
+    msg = _rejects("backends[0]", Service, "fd00:96::a", 80, backends=[Backend("10.244.1.2", 80)])
+    assert "an IPv6 service cannot have IPv4 backends" in msg
+    assert "make an IPv4 service" in msg and "::ffff:" in msg
+    svc = Service("10.96.0.10", 80, backends=[Backend("10.244.1.2", 80)])
+    assert svc.backends[0].address == "10.244.1.2"
+
+
+def test_ipv6_backend_in_an_ipv4_service_says_what_to_do() -> None:
+    msg = _rejects("backends[0]", Service, "10.96.0.10", 80, backends=[Backend("fd00:244::1", 80)])
+    assert "an IPv4 service cannot have IPv6 backends" in msg and "make an IPv6 service" in msg
+
+
+def test_v4_mapped_vip_hint_is_kept() -> None:
+    msg = _rejects("address", Service, "::ffff:10.96.0.10", 80)
+    assert "give the IPv4 address 10.96.0.10" in msg and "::ffff:" in msg
+    assert Service("10.96.0.10", 80).address == "10.96.0.10"
+
 
 # --- ABI encoding is the control plane's ------------------------------------
 

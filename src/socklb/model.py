@@ -87,32 +87,86 @@ def _pton(family: int, text: str) -> Optional[bytes]:
         return None
 
 
-def _address(value: object, name: str) -> Tuple[str, bytes, int]:
+def _address(value: object, name: str, backend: bool = False) -> Tuple[str, bytes, int]:
     """Validate an address: (normalized text, 16 bytes in network order with
     IPv4 as ::ffff:a.b.c.d, IP version).  inet_pton, not ipaddress: a
-    controller builds hundreds of thousands of these."""
+    controller builds hundreds of thousands of these, so the usual addresses
+    pass with one test of the first byte.
+
+    Refused for services and backends: the unspecified address and multicast.
+    Refused for backends only: 255.255.255.255 and IPv6 link-local (fe80::/10).
+    Accepted: loopback (a backend there is reached in the client's own network
+    namespace: the host for a host-network client, the pod itself for a pod),
+    IPv4 link-local (no zone needed) and 240.0.0.0/4 (Linux routes it as
+    unicast and clusters use it for pods)."""
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         value = str(value)
     if not isinstance(value, str):
         raise InvalidValueError(name, f"must be an IP address string, not {type(value).__name__}")
     raw = _pton(socket.AF_INET, value)
     if raw is not None:
-        text, a16, version = socket.inet_ntop(socket.AF_INET, raw), _V4_MAPPED + raw, 4
-        bad = raw == b"\0\0\0\0" or 224 <= raw[0] <= 239
-    else:
-        raw = _pton(socket.AF_INET6, value)
-        if raw is None:
-            raise InvalidValueError(name, f"{value!r} is not an IPv4 or IPv6 address")
-        if raw[:12] == _V4_MAPPED:
-            v4 = socket.inet_ntop(socket.AF_INET, raw[12:])
+        text, a16 = socket.inet_ntop(socket.AF_INET, raw), _V4_MAPPED + raw
+        if raw[0] == 0 or raw[0] >= 224:
+            _check_special4(raw, text, name, backend)
+        return text, a16, 4
+    raw = _pton(socket.AF_INET6, value)
+    if raw is None:
+        if "%" in value:
             raise InvalidValueError(
-                name, f"{value} is IPv4-mapped: give the IPv4 address {v4}; v6 sockets reach it through ::ffff:"
+                name,
+                f"{value!r} has a zone (%...), which socklb addresses cannot carry; "
+                "give a global or unique-local address",
             )
-        text, a16, version = socket.inet_ntop(socket.AF_INET6, raw), raw, 6
-        bad = raw == bytes(16) or raw[0] == 0xFF
-    if bad:
-        raise InvalidValueError(name, f"{text} cannot be a service or backend address")
-    return text, a16, version
+        raise InvalidValueError(name, f"{value!r} is not an IPv4 or IPv6 address")
+    if raw[0] == 0 or raw[0] >= 0xFE:
+        _check_special6(raw, value, name, backend)
+    return socket.inet_ntop(socket.AF_INET6, raw), raw, 6
+
+
+def _check_special4(raw: bytes, text: str, name: str, backend: bool) -> None:
+    if raw == b"\0\0\0\0":
+        what = "the backend's" if backend else "the service's"
+        raise InvalidValueError(
+            name, f"{text} is the unspecified address, not a host's: give {what} own unicast address"
+        )
+    if 224 <= raw[0] <= 239:
+        raise InvalidValueError(
+            name, f"{text} is a multicast address: services and backends are unicast hosts; give a unicast address"
+        )
+    if backend and raw == b"\xff\xff\xff\xff":
+        raise InvalidValueError(
+            name,
+            f"{text} is the limited broadcast address: a connect() to it fails and a datagram reaches every host "
+            "on the link; give the backend's unicast address",
+        )
+
+
+def _check_special6(raw: bytes, value: str, name: str, backend: bool) -> None:
+    if raw == bytes(16):
+        what = "the backend's" if backend else "the service's"
+        raise InvalidValueError(name, f":: is the unspecified address, not a host's: give {what} own unicast address")
+    if raw[:12] == _V4_MAPPED:
+        v4 = socket.inet_ntop(socket.AF_INET, raw[12:])
+        if backend:
+            raise InvalidValueError(
+                name,
+                f"{value} is IPv4-mapped, an IPv4 backend: give {v4} and put it in an IPv4 service, which IPv6 "
+                "sockets also reach via ::ffff:<vip> (an IPv6 service cannot have IPv4 backends)",
+            )
+        raise InvalidValueError(
+            name, f"{value} is IPv4-mapped: give the IPv4 address {v4}; v6 sockets reach it through ::ffff:"
+        )
+    text = socket.inet_ntop(socket.AF_INET6, raw)
+    if raw[0] == 0xFF:
+        raise InvalidValueError(
+            name, f"{text} is a multicast address: services and backends are unicast hosts; give a unicast address"
+        )
+    if backend and raw[0] == 0xFE and raw[1] & 0xC0 == 0x80:
+        raise InvalidValueError(
+            name,
+            f"{text} is IPv6 link-local: it is only meaningful with a zone (an interface), which a backend "
+            "cannot carry; give the backend's global or unique-local (fd00::/8) address",
+        )
 
 
 def _port(value: object, name: str = "port") -> int:
@@ -138,6 +192,16 @@ class Backend:
 
     >>> Backend("fd00:244:2::2", 8080, weight=3).weight
     3
+
+    The address is a unicast host's: not unspecified, multicast, the limited
+    broadcast address or IPv6 link-local (a backend has no zone to give it).
+    Loopback is accepted: it is reached in the client's own network namespace,
+    which is the host for a host-network client.
+
+    >>> Backend("fe80::2", 8080)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    socklb.errors.InvalidValueError: address: fe80::2 is IPv6 link-local: ...
     """
 
     address: str
@@ -149,7 +213,7 @@ class Backend:
     _key: Tuple[str, int] = field(default=("", 0), init=False, repr=False, compare=False)  # (address, port)
 
     def __post_init__(self) -> None:
-        text, a16, version = _address(self.address, "address")
+        text, a16, version = _address(self.address, "address", backend=True)
         object.__setattr__(self, "address", text)
         object.__setattr__(self, "_a16", a16)
         object.__setattr__(self, "_version", version)
@@ -194,6 +258,14 @@ class Service:
 
     Backends must be of the service's address family; an IPv4 service is also
     reached by IPv6 sockets through its v4-mapped address (``::ffff:10.96.0.10``).
+    No backend may have the VIP's address: a socket translated there is not
+    translated again.  An invalid backend is named by its position as given:
+
+    >>> Service("10.96.0.10", 80, backends=[Backend("10.244.2.1", 80), Backend("10.96.0.10", 8080)])
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    socklb.errors.InvalidValueError: backends[1]: 10.96.0.10 is the service's own address: ...
     """
 
     address: str
@@ -236,9 +308,12 @@ class Service:
             if not isinstance(b, Backend):
                 raise InvalidValueError(f"backends[{i}]", f"must be a Backend, not {type(b).__name__}")
             if b._version != version:
+                raise InvalidValueError(f"backends[{i}]", _family_hint(b, text, version))
+            if b._a16 == a16:
                 raise InvalidValueError(
                     f"backends[{i}]",
-                    f"{b.address} is IPv{b._version} but the service {text} is IPv{version}",
+                    f"{b.address} is the service's own address: a socket translated to it is not translated "
+                    f"again and reaches no server; give the address of a pod or host that serves {text}",
                 )
             if (b.address, b.port) in seen:
                 raise InvalidValueError(f"backends[{i}]", f"{_hostport(b.address, b.port)} is listed twice")
@@ -276,6 +351,18 @@ class Service:
 
     def __str__(self) -> str:
         return f"{_hostport(self.address, self.port)}/{self.protocol.value}"
+
+
+def _family_hint(b: Backend, vip: str, version: int) -> str:
+    if version == 6:
+        return (
+            f"{b.address} is IPv4 but the service {vip} is IPv6: an IPv6 service cannot have IPv4 backends; "
+            "make an IPv4 service (an IPv4 VIP) for them, which IPv6 sockets also reach via ::ffff:<vip>"
+        )
+    return (
+        f"{b.address} is IPv6 but the service {vip} is IPv4: an IPv4 service cannot have IPv6 backends; "
+        "make an IPv6 service (an IPv6 VIP) for them: a dual-stack service is one Service per family"
+    )
 
 
 def _backend_order(b: Backend) -> Tuple[bytes, int]:
