@@ -4,10 +4,12 @@ accepted but cannot work, and integer types other than int.  No root, no kernel.
 from __future__ import annotations
 
 import dataclasses
+import enum
 
 import pytest
 
-from socklb import Backend, InvalidValueError, Service
+from socklb import Affinity, Backend, InvalidValueError, Service
+from socklb.model import normalize_key
 
 
 def _rejects(field: str, cls: object, *args: object, **kwargs: object) -> str:
@@ -120,6 +122,105 @@ def test_v4_mapped_vip_hint_is_kept() -> None:
     msg = _rejects("address", Service, "::ffff:10.96.0.10", 80)
     assert "give the IPv4 address 10.96.0.10" in msg and "::ffff:" in msg
     assert Service("10.96.0.10", 80).address == "10.96.0.10"
+
+
+# --- Integer types ----------------------------------------------------------
+
+
+class Index:
+    """The smallest integer-like type: it only has __index__."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"Index({self.value})"
+
+
+class Port(enum.IntEnum):
+    HTTP = 80
+    ALT = 8080
+
+
+def _plain(value: object, expected: int) -> None:
+    assert value == expected and type(value) is int
+
+
+def test_backend_accepts_index_types_and_stores_int() -> None:
+    b = Backend("10.244.1.2", Index(8080), weight=Index(3))  # type: ignore[arg-type]
+    _plain(b.port, 8080)
+    _plain(b.weight, 3)
+    assert b == Backend("10.244.1.2", 8080, weight=3)
+    assert hash(b) == hash(Backend("10.244.1.2", 8080, weight=3))
+
+
+def test_int_enum_port_becomes_a_plain_int() -> None:
+    b = Backend("10.244.1.2", Port.ALT)
+    _plain(b.port, 8080)
+    _plain(b._key[1], 8080)
+    assert "Port" not in repr(b)
+    svc = Service("10.96.0.10", Port.HTTP, backends=[b])
+    _plain(svc.port, 80)
+    _plain(svc.key[1], 80)
+    assert str(svc) == "10.96.0.10:80/tcp"
+    _plain(Affinity(Port.HTTP).timeout, 80)
+
+
+def test_service_and_affinity_accept_index_types() -> None:
+    svc = Service("10.96.0.10", Index(53), "udp", affinity=Affinity(Index(60)))  # type: ignore[arg-type]
+    _plain(svc.port, 53)
+    _plain(svc.key[1], 53)
+    assert svc.affinity is not None
+    _plain(svc.affinity.timeout, 60)
+    assert svc.with_backends([]).port == 53
+
+
+def test_normalize_key_accepts_index_types() -> None:
+    for port in (Index(80), Port.HTTP):
+        key = normalize_key(("10.96.0.10", port, "udp"))  # type: ignore[arg-type]
+        assert key == ("10.96.0.10", 80, "udp")
+        _plain(key[1], 80)
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_bool_stays_rejected(value: bool) -> None:
+    _rejects("port", Backend, "10.1.1.1", value)
+    _rejects("weight", Backend, "10.1.1.1", 80, weight=value)
+    _rejects("port", Service, "10.96.0.1", value)
+    _rejects("affinity.timeout", Affinity, value)
+    _rejects("port", normalize_key, ("10.96.0.1", value))
+
+
+@pytest.mark.parametrize("value", [80.0, "80", None, Index(0), Index(65536)])
+def test_non_integers_and_out_of_range_index_types_are_rejected(value: object) -> None:
+    msg = _rejects("port", Backend, "10.1.1.1", value)
+    assert msg.endswith(f"not {value!r}")
+    _rejects("port", Service, "10.96.0.1", value)
+
+
+def test_out_of_range_index_types_for_weight_and_timeout() -> None:
+    _rejects("weight", Backend, "10.1.1.1", 80, weight=Index(-1))
+    _rejects("weight", Backend, "10.1.1.1", 80, weight=Index(65536))
+    _rejects("affinity.timeout", Affinity, Index(0))
+    _rejects("affinity.timeout", Affinity, Index(86401))
+
+
+def test_numpy_integers() -> None:
+    np = pytest.importorskip("numpy")
+    b = Backend("10.244.1.2", np.int64(8080), weight=np.uint16(7))
+    _plain(b.port, 8080)
+    _plain(b.weight, 7)
+    svc = Service("10.96.0.10", np.int32(80), backends=[b], affinity=Affinity(np.int64(30)))
+    _plain(svc.port, 80)
+    assert svc.affinity is not None
+    _plain(svc.affinity.timeout, 30)
+    _plain(normalize_key(("10.96.0.10", np.int64(80)))[1], 80)
+    _rejects("port", Backend, "10.1.1.1", np.float64(80))
+    _rejects("port", Backend, "10.1.1.1", np.True_)
+    _rejects("port", Backend, "10.1.1.1", np.int64(70000))
 
 
 # --- ABI encoding is the control plane's ------------------------------------

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import operator
 import socket
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Tuple, Type, TypeVar, Union
+from typing import TYPE_CHECKING, Iterable, Optional, SupportsIndex, Tuple, Type, TypeVar, Union
 
 from .errors import InvalidValueError
 
@@ -169,10 +170,28 @@ def _check_special6(raw: bytes, value: str, name: str, backend: bool) -> None:
         )
 
 
+def _int(value: object, lo: int, hi: int) -> Optional[int]:
+    """``value`` as a plain int if it is an integer in lo..hi, else None.
+
+    Any integer type is accepted through ``__index__`` (numpy integers, an
+    IntEnum) and stored as a plain int; bool is not an integer here."""
+    if type(value) is int:
+        i = value
+    elif isinstance(value, bool) or not isinstance(value, SupportsIndex):
+        return None
+    else:
+        try:
+            i = int.__int__(operator.index(value))  # int.__int__: a plain int, also from an int subclass
+        except TypeError:  # __index__ refused, as numpy's bool does
+            return None
+    return i if lo <= i <= hi else None
+
+
 def _port(value: object, name: str = "port") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+    port = _int(value, 1, 65535)
+    if port is None:
         raise InvalidValueError(name, f"must be an integer in 1..65535, not {value!r}")
-    return value
+    return port
 
 
 E = TypeVar("E", bound=enum.Enum)
@@ -212,17 +231,32 @@ class Backend:
     _version: int = field(default=0, init=False, repr=False, compare=False)
     _key: Tuple[str, int] = field(default=("", 0), init=False, repr=False, compare=False)  # (address, port)
 
+    if TYPE_CHECKING:  # what the generated __init__ accepts: port and weight of any integer type
+
+        def __init__(
+            self,
+            address: str,
+            port: SupportsIndex,
+            weight: SupportsIndex = 1,
+            state: Union[str, BackendState] = BackendState.ACTIVE,
+        ) -> None: ...
+
     def __post_init__(self) -> None:
         text, a16, version = _address(self.address, "address", backend=True)
         object.__setattr__(self, "address", text)
         object.__setattr__(self, "_a16", a16)
         object.__setattr__(self, "_version", version)
-        _port(self.port)
-        if isinstance(self.weight, bool) or not isinstance(self.weight, int) or not 0 <= self.weight <= MAX_WEIGHT:
+        port = _port(self.port)
+        if port is not self.port:
+            object.__setattr__(self, "port", port)
+        weight = _int(self.weight, 0, MAX_WEIGHT)
+        if weight is None:
             raise InvalidValueError("weight", f"must be an integer in 0..{MAX_WEIGHT}, not {self.weight!r}")
+        if weight is not self.weight:
+            object.__setattr__(self, "weight", weight)
         if self.state.__class__ is not BackendState:
             object.__setattr__(self, "state", _enum(BackendState, self.state, "state"))
-        object.__setattr__(self, "_key", (text, self.port))
+        object.__setattr__(self, "_key", (text, port))
 
     @property
     def ip(self) -> IPAddress:
@@ -244,12 +278,19 @@ class Affinity:
 
     timeout: int = AFFINITY_DEFAULT
 
+    if TYPE_CHECKING:  # what the generated __init__ accepts: any integer type
+
+        def __init__(self, timeout: SupportsIndex = AFFINITY_DEFAULT) -> None: ...
+
     def __post_init__(self) -> None:
-        t = self.timeout
-        if isinstance(t, bool) or not isinstance(t, int) or not AFFINITY_MIN <= t <= AFFINITY_MAX:
+        t = _int(self.timeout, AFFINITY_MIN, AFFINITY_MAX)
+        if t is None:
             raise InvalidValueError(
-                "affinity.timeout", f"must be an integer number of seconds in {AFFINITY_MIN}..{AFFINITY_MAX}, not {t!r}"
+                "affinity.timeout",
+                f"must be an integer number of seconds in {AFFINITY_MIN}..{AFFINITY_MAX}, not {self.timeout!r}",
             )
+        if t is not self.timeout:
+            object.__setattr__(self, "timeout", t)
 
 
 @dataclass(frozen=True, init=False)
@@ -282,7 +323,7 @@ class Service:
     def __init__(
         self,
         address: str,
-        port: int,
+        port: SupportsIndex,
         protocol: Union[str, Protocol] = Protocol.TCP,
         backends: Iterable[Backend] = (),
         algorithm: Union[str, Algorithm] = Algorithm.RANDOM,
@@ -290,7 +331,7 @@ class Service:
         terminate_tcp: bool = False,
     ) -> None:
         text, a16, version = _address(address, "address")
-        _port(port)
+        port = _port(port)
         proto = _enum(Protocol, protocol, "protocol")
         algo = _enum(Algorithm, algorithm, "algorithm")
         if isinstance(backends, (str, bytes)):
@@ -373,7 +414,7 @@ def _hostport(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def normalize_key(key: Union[Service, ServiceKey, Tuple[str, int], Tuple[str, int, str]]) -> ServiceKey:
+def normalize_key(key: Union[Service, Tuple[str, SupportsIndex], Tuple[str, SupportsIndex, str]]) -> ServiceKey:
     """A ServiceKey from a Service or an (address, port[, protocol]) tuple, validated."""
     if isinstance(key, Service):
         return key.key
