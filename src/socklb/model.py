@@ -19,7 +19,7 @@ import ipaddress
 import operator
 import socket
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Optional, SupportsIndex, Tuple, Type, TypeVar, Union
+from typing import TYPE_CHECKING, Iterable, Optional, SupportsIndex, Tuple, Type, TypeVar, Union, cast
 
 from .errors import InvalidValueError
 
@@ -177,12 +177,14 @@ def _int(value: object, lo: int, hi: int) -> Optional[int]:
     IntEnum) and stored as a plain int; bool is not an integer here."""
     if type(value) is int:
         i = value
-    elif isinstance(value, bool) or not isinstance(value, SupportsIndex):
+    elif isinstance(value, bool):
         return None
     else:
+        # Not isinstance(value, SupportsIndex): a runtime protocol check costs
+        # microseconds.  int.__int__ makes a plain int of an int subclass.
         try:
-            i = int.__int__(operator.index(value))  # int.__int__: a plain int, also from an int subclass
-        except TypeError:  # __index__ refused, as numpy's bool does
+            i = int.__int__(operator.index(cast(SupportsIndex, value)))
+        except TypeError:  # no __index__, or one that refuses (numpy's bool)
             return None
     return i if lo <= i <= hi else None
 
