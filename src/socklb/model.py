@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import operator
 import socket
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Tuple, Type, TypeVar, Union
+from typing import TYPE_CHECKING, Iterable, Optional, SupportsIndex, Tuple, Type, TypeVar, Union, cast
 
 from .errors import InvalidValueError
 
@@ -78,7 +79,6 @@ class BackendState(str, enum.Enum):
 
 
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
-_STATE_INDEX = {s: i for i, s in enumerate(BackendState)}
 
 
 def _pton(family: int, text: str) -> Optional[bytes]:
@@ -88,38 +88,112 @@ def _pton(family: int, text: str) -> Optional[bytes]:
         return None
 
 
-def _address(value: object, name: str) -> Tuple[str, bytes, int]:
+def _address(value: object, name: str, backend: bool = False) -> Tuple[str, bytes, int]:
     """Validate an address: (normalized text, 16 bytes in network order with
     IPv4 as ::ffff:a.b.c.d, IP version).  inet_pton, not ipaddress: a
-    controller builds hundreds of thousands of these."""
+    controller builds hundreds of thousands of these, so the usual addresses
+    pass with one test of the first byte.
+
+    Refused for services and backends: the unspecified address and multicast.
+    Refused for backends only: 255.255.255.255 and IPv6 link-local (fe80::/10).
+    Accepted: loopback (a backend there is reached in the client's own network
+    namespace: the host for a host-network client, the pod itself for a pod),
+    IPv4 link-local (no zone needed) and 240.0.0.0/4 (Linux routes it as
+    unicast and clusters use it for pods)."""
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         value = str(value)
     if not isinstance(value, str):
         raise InvalidValueError(name, f"must be an IP address string, not {type(value).__name__}")
     raw = _pton(socket.AF_INET, value)
     if raw is not None:
-        text, a16, version = socket.inet_ntop(socket.AF_INET, raw), _V4_MAPPED + raw, 4
-        bad = raw == b"\0\0\0\0" or 224 <= raw[0] <= 239
-    else:
-        raw = _pton(socket.AF_INET6, value)
-        if raw is None:
-            raise InvalidValueError(name, f"{value!r} is not an IPv4 or IPv6 address")
-        if raw[:12] == _V4_MAPPED:
-            v4 = socket.inet_ntop(socket.AF_INET, raw[12:])
+        text, a16 = socket.inet_ntop(socket.AF_INET, raw), _V4_MAPPED + raw
+        if raw[0] == 0 or raw[0] >= 224:
+            _check_special4(raw, text, name, backend)
+        return text, a16, 4
+    raw = _pton(socket.AF_INET6, value)
+    if raw is None:
+        if "%" in value:
             raise InvalidValueError(
-                name, f"{value} is IPv4-mapped: give the IPv4 address {v4}; v6 sockets reach it through ::ffff:"
+                name,
+                f"{value!r} has a zone (%...), which socklb addresses cannot carry; "
+                "give a global or unique-local address",
             )
-        text, a16, version = socket.inet_ntop(socket.AF_INET6, raw), raw, 6
-        bad = raw == bytes(16) or raw[0] == 0xFF
-    if bad:
-        raise InvalidValueError(name, f"{text} cannot be a service or backend address")
-    return text, a16, version
+        raise InvalidValueError(name, f"{value!r} is not an IPv4 or IPv6 address")
+    if raw[0] == 0 or raw[0] >= 0xFE:
+        _check_special6(raw, value, name, backend)
+    return socket.inet_ntop(socket.AF_INET6, raw), raw, 6
+
+
+def _check_special4(raw: bytes, text: str, name: str, backend: bool) -> None:
+    if raw == b"\0\0\0\0":
+        what = "the backend's" if backend else "the service's"
+        raise InvalidValueError(
+            name, f"{text} is the unspecified address, not a host's: give {what} own unicast address"
+        )
+    if 224 <= raw[0] <= 239:
+        raise InvalidValueError(
+            name, f"{text} is a multicast address: services and backends are unicast hosts; give a unicast address"
+        )
+    if backend and raw == b"\xff\xff\xff\xff":
+        raise InvalidValueError(
+            name,
+            f"{text} is the limited broadcast address: a connect() to it fails and a datagram reaches every host "
+            "on the link; give the backend's unicast address",
+        )
+
+
+def _check_special6(raw: bytes, value: str, name: str, backend: bool) -> None:
+    if raw == bytes(16):
+        what = "the backend's" if backend else "the service's"
+        raise InvalidValueError(name, f":: is the unspecified address, not a host's: give {what} own unicast address")
+    if raw[:12] == _V4_MAPPED:
+        v4 = socket.inet_ntop(socket.AF_INET, raw[12:])
+        if backend:
+            raise InvalidValueError(
+                name,
+                f"{value} is IPv4-mapped, an IPv4 backend: give {v4} and put it in an IPv4 service, which IPv6 "
+                "sockets also reach via ::ffff:<vip> (an IPv6 service cannot have IPv4 backends)",
+            )
+        raise InvalidValueError(
+            name, f"{value} is IPv4-mapped: give the IPv4 address {v4}; v6 sockets reach it through ::ffff:"
+        )
+    text = socket.inet_ntop(socket.AF_INET6, raw)
+    if raw[0] == 0xFF:
+        raise InvalidValueError(
+            name, f"{text} is a multicast address: services and backends are unicast hosts; give a unicast address"
+        )
+    if backend and raw[0] == 0xFE and raw[1] & 0xC0 == 0x80:
+        raise InvalidValueError(
+            name,
+            f"{text} is IPv6 link-local: it is only meaningful with a zone (an interface), which a backend "
+            "cannot carry; give the backend's global or unique-local (fd00::/8) address",
+        )
+
+
+def _int(value: object, lo: int, hi: int) -> Optional[int]:
+    """``value`` as a plain int if it is an integer in lo..hi, else None.
+
+    Any integer type is accepted through ``__index__`` (numpy integers, an
+    IntEnum) and stored as a plain int; bool is not an integer here."""
+    if type(value) is int:
+        i = value
+    elif isinstance(value, bool):
+        return None
+    else:
+        # Not isinstance(value, SupportsIndex): a runtime protocol check costs
+        # microseconds.  int.__int__ makes a plain int of an int subclass.
+        try:
+            i = int.__int__(operator.index(cast(SupportsIndex, value)))
+        except TypeError:  # no __index__, or one that refuses (numpy's bool)
+            return None
+    return i if lo <= i <= hi else None
 
 
 def _port(value: object, name: str = "port") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+    port = _int(value, 1, 65535)
+    if port is None:
         raise InvalidValueError(name, f"must be an integer in 1..65535, not {value!r}")
-    return value
+    return port
 
 
 E = TypeVar("E", bound=enum.Enum)
@@ -139,6 +213,16 @@ class Backend:
 
     >>> Backend("fd00:244:2::2", 8080, weight=3).weight
     3
+
+    The address is a unicast host's: not unspecified, multicast, the limited
+    broadcast address or IPv6 link-local (a backend has no zone to give it).
+    Loopback is accepted: it is reached in the client's own network namespace,
+    which is the host for a host-network client.
+
+    >>> Backend("fe80::2", 8080)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    socklb.errors.InvalidValueError: address: fe80::2 is IPv6 link-local: ...
     """
 
     address: str
@@ -147,23 +231,34 @@ class Backend:
     state: BackendState = BackendState.ACTIVE
     _a16: bytes = field(default=b"", init=False, repr=False, compare=False)
     _version: int = field(default=0, init=False, repr=False, compare=False)
-    _nport: int = field(default=0, init=False, repr=False, compare=False)  # port in network byte order
-    _state_idx: int = field(default=0, init=False, repr=False, compare=False)  # position in BackendState
     _key: Tuple[str, int] = field(default=("", 0), init=False, repr=False, compare=False)  # (address, port)
 
+    if TYPE_CHECKING:  # what the generated __init__ accepts: port and weight of any integer type
+
+        def __init__(
+            self,
+            address: str,
+            port: SupportsIndex,
+            weight: SupportsIndex = 1,
+            state: Union[str, BackendState] = BackendState.ACTIVE,
+        ) -> None: ...
+
     def __post_init__(self) -> None:
-        text, a16, version = _address(self.address, "address")
+        text, a16, version = _address(self.address, "address", backend=True)
         object.__setattr__(self, "address", text)
         object.__setattr__(self, "_a16", a16)
         object.__setattr__(self, "_version", version)
-        _port(self.port)
-        if isinstance(self.weight, bool) or not isinstance(self.weight, int) or not 0 <= self.weight <= MAX_WEIGHT:
+        port = _port(self.port)
+        if port is not self.port:
+            object.__setattr__(self, "port", port)
+        weight = _int(self.weight, 0, MAX_WEIGHT)
+        if weight is None:
             raise InvalidValueError("weight", f"must be an integer in 0..{MAX_WEIGHT}, not {self.weight!r}")
+        if weight is not self.weight:
+            object.__setattr__(self, "weight", weight)
         if self.state.__class__ is not BackendState:
             object.__setattr__(self, "state", _enum(BackendState, self.state, "state"))
-        object.__setattr__(self, "_nport", socket.htons(self.port))
-        object.__setattr__(self, "_key", (text, self.port))
-        object.__setattr__(self, "_state_idx", _STATE_INDEX[self.state])
+        object.__setattr__(self, "_key", (text, port))
 
     @property
     def ip(self) -> IPAddress:
@@ -186,12 +281,19 @@ class Affinity:
 
     timeout: int = AFFINITY_DEFAULT
 
+    if TYPE_CHECKING:  # what the generated __init__ accepts: any integer type
+
+        def __init__(self, timeout: SupportsIndex = AFFINITY_DEFAULT) -> None: ...
+
     def __post_init__(self) -> None:
-        t = self.timeout
-        if isinstance(t, bool) or not isinstance(t, int) or not AFFINITY_MIN <= t <= AFFINITY_MAX:
+        t = _int(self.timeout, AFFINITY_MIN, AFFINITY_MAX)
+        if t is None:
             raise InvalidValueError(
-                "affinity.timeout", f"must be an integer number of seconds in {AFFINITY_MIN}..{AFFINITY_MAX}, not {t!r}"
+                "affinity.timeout",
+                f"must be an integer number of seconds in {AFFINITY_MIN}..{AFFINITY_MAX}, not {self.timeout!r}",
             )
+        if t is not self.timeout:
+            object.__setattr__(self, "timeout", t)
 
 
 @dataclass(frozen=True, init=False)
@@ -200,6 +302,14 @@ class Service:
 
     Backends must be of the service's address family; an IPv4 service is also
     reached by IPv6 sockets through its v4-mapped address (``::ffff:10.96.0.10``).
+    No backend may have the VIP's address: a socket translated there is not
+    translated again.  An invalid backend is named by its position as given:
+
+    >>> Service("10.96.0.10", 80, backends=[Backend("10.244.2.1", 80), Backend("10.96.0.10", 8080)])
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    socklb.errors.InvalidValueError: backends[1]: 10.96.0.10 is the service's own address: ...
     """
 
     address: str
@@ -216,7 +326,7 @@ class Service:
     def __init__(
         self,
         address: str,
-        port: int,
+        port: SupportsIndex,
         protocol: Union[str, Protocol] = Protocol.TCP,
         backends: Iterable[Backend] = (),
         algorithm: Union[str, Algorithm] = Algorithm.RANDOM,
@@ -224,7 +334,7 @@ class Service:
         terminate_tcp: bool = False,
     ) -> None:
         text, a16, version = _address(address, "address")
-        _port(port)
+        port = _port(port)
         proto = _enum(Protocol, protocol, "protocol")
         algo = _enum(Algorithm, algorithm, "algorithm")
         if isinstance(backends, (str, bytes)):
@@ -242,9 +352,12 @@ class Service:
             if not isinstance(b, Backend):
                 raise InvalidValueError(f"backends[{i}]", f"must be a Backend, not {type(b).__name__}")
             if b._version != version:
+                raise InvalidValueError(f"backends[{i}]", _family_hint(b, text, version))
+            if b._a16 == a16:
                 raise InvalidValueError(
                     f"backends[{i}]",
-                    f"{b.address} is IPv{b._version} but the service {text} is IPv{version}",
+                    f"{b.address} is the service's own address: a socket translated to it is not translated "
+                    f"again and reaches no server; give the address of a pod or host that serves {text}",
                 )
             if (b.address, b.port) in seen:
                 raise InvalidValueError(f"backends[{i}]", f"{_hostport(b.address, b.port)} is listed twice")
@@ -300,6 +413,18 @@ class Service:
         return f"{_hostport(self.address, self.port)}/{self.protocol.value}"
 
 
+def _family_hint(b: Backend, vip: str, version: int) -> str:
+    if version == 6:
+        return (
+            f"{b.address} is IPv4 but the service {vip} is IPv6: an IPv6 service cannot have IPv4 backends; "
+            "make an IPv4 service (an IPv4 VIP) for them, which IPv6 sockets also reach via ::ffff:<vip>"
+        )
+    return (
+        f"{b.address} is IPv6 but the service {vip} is IPv4: an IPv4 service cannot have IPv6 backends; "
+        "make an IPv6 service (an IPv6 VIP) for them: a dual-stack service is one Service per family"
+    )
+
+
 def _backend_order(b: Backend) -> Tuple[bytes, int]:
     return (b._a16, b.port)
 
@@ -308,7 +433,7 @@ def _hostport(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def normalize_key(key: Union[Service, ServiceKey, Tuple[str, int], Tuple[str, int, str]]) -> ServiceKey:
+def normalize_key(key: Union[Service, Tuple[str, SupportsIndex], Tuple[str, SupportsIndex, str]]) -> ServiceKey:
     """A ServiceKey from a Service or an (address, port[, protocol]) tuple, validated."""
     if isinstance(key, Service):
         return key.key
