@@ -446,8 +446,9 @@ def _slice_endpoints(d: Mapping[str, Any], where: str, node: Node, out: Endpoint
             )
             by_addr = out.setdefault(key, {})
             # kube-proxy: the first copy of an address:port wins, unless a later one is local.
-            if backend._key not in by_addr or local:
-                by_addr[backend._key] = ep
+            where_at = (backend.address, backend.port)
+            if where_at not in by_addr or local:
+                by_addr[where_at] = ep
 
 
 def _topology(eps: Sequence[_Endpoint], node: Node) -> Optional[str]:
@@ -721,7 +722,9 @@ def translate_with_notes(
                     cache[(version, local)] = got
                 backends, refused = got
                 try:
-                    svc = Service(address, number, proto, backends, algo, spec.affinity)
+                    svc = Service(
+                        address, number, protocol=proto, backends=backends, algorithm=algo, affinity=spec.affinity
+                    )
                 except InvalidValueError as e:
                     notes.note("Service", where, f"frontend {address!r} port {number}/{proto}: {e}: skipped")
                     continue
