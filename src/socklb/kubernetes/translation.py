@@ -78,6 +78,7 @@ topology), each with a test in ``tests/test_kubernetes_translate.py``:
 from __future__ import annotations
 
 import logging
+from collections import abc
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -106,6 +107,7 @@ LABEL_ZONE = "topology.kubernetes.io/zone"
 DEFAULT_AFFINITY_TIMEOUT = 10800
 
 _NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
+_EMPTY: Mapping[str, Any] = {}
 
 
 class _Malformed(Exception):
@@ -223,7 +225,7 @@ def as_dict(obj: Any) -> Optional[Dict[str, Any]]:
     """
     if isinstance(obj, dict):
         return obj
-    if isinstance(obj, Mapping):
+    if isinstance(obj, abc.Mapping):
         return dict(obj)
     if obj is None or isinstance(obj, (str, bytes, int, float, list, tuple)):
         return None
@@ -242,7 +244,7 @@ def as_dict(obj: Any) -> Optional[Dict[str, Any]]:
 
 def _items(objs: Any) -> List[Any]:
     """The objects of an input: an iterable of objects, or a List (dict or model) with ``items``."""
-    if isinstance(objs, Mapping):
+    if isinstance(objs, abc.Mapping):
         if "items" not in objs:
             return [objs]  # one object, not a list of them
         items = objs.get("items")
@@ -259,14 +261,18 @@ def _items(objs: Any) -> List[Any]:
 
 
 def _mapping(value: Any, where: str, optional: bool = False) -> Mapping[str, Any]:
+    if value.__class__ is dict:  # the common case, without the cost of an ABC check
+        return value
     if value is None and optional:
-        return {}
-    if not isinstance(value, Mapping):
+        return _EMPTY
+    if not isinstance(value, abc.Mapping):
         raise _Malformed(f"{where} must be an object, not {_describe(value)}")
     return value
 
 
 def _list(value: Any, where: str) -> Sequence[Any]:
+    if value.__class__ is list:
+        return value
     if value is None:
         return ()
     if not isinstance(value, (list, tuple)):
@@ -327,7 +333,7 @@ def _describe(value: Any) -> str:
 def _meta_name(d: Optional[Mapping[str, Any]], index: int, kind: str) -> Tuple[str, str]:
     """(namespace, name) of an object for matching and messages; a position when it has no name."""
     meta = d.get("metadata") if d is not None else None
-    if isinstance(meta, Mapping):
+    if isinstance(meta, abc.Mapping):
         name, ns = meta.get("name"), meta.get("namespace")
         if isinstance(name, str) and name:
             return (ns if isinstance(ns, str) and ns else "default", name)
