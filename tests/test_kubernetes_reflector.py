@@ -114,6 +114,43 @@ def test_paginated_list_then_watch_from_its_resource_version(api: FakeApiServer)
         r.stop()
 
 
+def test_the_read_timeout_exceeds_the_server_timeout_seconds(api: FakeApiServer) -> None:
+    """Rule: a watch asks the server for timeoutSeconds and reads with a longer client timeout."""
+    calls: List[Any] = []
+    list_services = core(api).list_service_for_all_namespaces
+
+    def recording(**kw: Any) -> Any:
+        calls.append(kw)
+        return list_services(**kw)
+
+    rec = Recorder()
+    r = reflector(api, rec, list_func=recording, watch_timeout=5, read_timeout_margin=2, connect_timeout=3)
+    try:
+        until(lambda: any(c.get("watch") for c in calls))
+        w = next(c for c in calls if c.get("watch"))
+        assert 5 <= w["timeout_seconds"] < 10
+        assert w["_request_timeout"] == (3, w["timeout_seconds"] + 2)
+        assert w["_preload_content"] is False and w["allow_watch_bookmarks"] is True
+        assert all(c["_request_timeout"][1] > 0 for c in calls)
+    finally:
+        r.stop()
+
+
+def test_list_kwargs_such_as_a_label_selector_are_passed_on(api: FakeApiServer) -> None:
+    api.apply(service("mine"))
+    api.apply(service("theirs", **{"service.kubernetes.io/service-proxy-name": "other"}))
+    rec = Recorder()
+    r = reflector(api, rec, list_kwargs={"label_selector": "!service.kubernetes.io/service-proxy-name"})
+    try:
+        assert list(r.snapshot()) == [("default", "mine")]
+        until(lambda: api.watches_open == 1)
+        api.apply(service("mine", **{"service.kubernetes.io/service-proxy-name": "other"}))  # leaves the selector
+        until(lambda: not r.snapshot())
+        assert rec.kinds()[-1] == ("DELETED", "mine")
+    finally:
+        r.stop()
+
+
 def test_watch_events_update_the_store(api: FakeApiServer) -> None:
     api.apply(service("a"))
     rec = Recorder()

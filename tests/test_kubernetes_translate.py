@@ -433,6 +433,16 @@ CASES: List[Case] = [
         {WEB: [f"{A1}:8080", f"{A2}:8080"]},
     ),
     Case(
+        "endpoints: a slice with null endpoints or null ports adds nothing",
+        [svc()],
+        [
+            {**ready_slice(A1), "endpoints": None},
+            {**eps("web-2", "web", ep(A2)), "ports": None},
+            eps("web-3", "web", ep(A3)),
+        ],
+        {WEB: [f"{A3}:8080"]},
+    ),
+    Case(
         "endpoints: only addresses[0] counts",
         [svc()],
         [eps("web-1", "web", ep(A1, more=[A2]))],
@@ -1054,8 +1064,11 @@ def test_malformed_objects_never_raise_and_never_remove_other_services(data: st.
 
 def test_docstring_examples() -> None:
     import socklb.kubernetes
+    import socklb.kubernetes.reflector
+    import socklb.kubernetes.testing
     import socklb.kubernetes.translation
 
-    for module in (socklb.kubernetes, socklb.kubernetes.translation):
+    modules = [socklb.kubernetes, socklb.kubernetes.translation, socklb.kubernetes.testing, socklb.kubernetes.reflector]
+    for module in modules:
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__

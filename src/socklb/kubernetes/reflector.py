@@ -165,6 +165,11 @@ class Reflector:
         self._resp: Any = None
         self._lock = threading.Lock()
 
+    def snapshot(self) -> Dict[Key, Obj]:
+        """A copy of the store's index, safe to iterate from any thread (the objects are shared: do not change them)."""
+        with self._lock:
+            return dict(self.store)
+
     # -- running -----------------------------------------------------------
 
     def start(self) -> None:
@@ -253,7 +258,8 @@ class Reflector:
             key = _key(obj)
             if key is not None:
                 new[key] = obj
-        self.store, self.resource_version = new, rv
+        with self._lock:
+            self.store, self.resource_version = new, rv
         for key, obj in new.items():
             before = old.get(key)
             if before is None:
@@ -349,17 +355,18 @@ class Reflector:
             logger.warning("%s: ignoring watch event %s without a name: %.200s", self.name, kind, line)
             return
         self.stats.events += 1
-        old = self.store.get(key)
-        if kind == "DELETED":
-            self.store.pop(key, None)
-        else:
-            self.store[key] = obj
-            if old is None:
-                kind = "ADDED"
-            elif kind == "ADDED":
-                kind = "MODIFIED"
-        if rv:
-            self.resource_version = rv
+        with self._lock:
+            old = self.store.get(key)
+            if kind == "DELETED":
+                self.store.pop(key, None)
+            else:
+                self.store[key] = obj
+                if old is None:
+                    kind = "ADDED"
+                elif kind == "ADDED":
+                    kind = "MODIFIED"
+            if rv:
+                self.resource_version = rv
         self._emit(Event(kind, key, obj, old))
 
     def _emit(self, event: Event) -> None:
