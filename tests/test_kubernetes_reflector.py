@@ -247,6 +247,28 @@ def test_410_gone_in_the_stream_relists_and_reports_only_the_differences(api: Fa
         r.stop()
 
 
+@pytest.mark.parametrize(
+    ("code", "relists"), [(500, False), (410, True)], ids=["ERROR 500: watch again", "ERROR 410: list again"]
+)
+def test_an_error_event_in_the_stream(api: FakeApiServer, code: int, relists: bool) -> None:
+    api.apply(service("a"))
+    rec = Recorder()
+    r = reflector(api, rec, watch_timeout=30)
+    try:
+        until(lambda: api.watches_open == 1)
+        api.error_watches(code)
+        until(lambda: len(api.watch_requests()) == 2 and api.watches_open == 1)
+        assert r.stats.lists == (2 if relists else 1)
+        assert r.stats.gone == (1 if relists else 0)
+        if not relists:
+            assert "watch ERROR 500" in r.stats.last_error
+        api.apply(service("b"))
+        until(lambda: ("default", "b") in r.snapshot())
+        assert rec.kinds().count(("ADDED", "a")) == 1  # a re-list reports only changes
+    finally:
+        r.stop()
+
+
 def test_an_expired_continue_token_restarts_the_list(api: FakeApiServer) -> None:
     for i in range(5):
         api.apply(service(f"s{i}"))

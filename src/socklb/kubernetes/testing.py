@@ -16,6 +16,7 @@ way the API server does, to the official ``kubernetes`` client (or any other):
   ended after ``timeoutSeconds``, and an ``ERROR`` event with a 410 Status when
   the version asked for was compacted away;
 - faults on demand: :meth:`FakeApiServer.close_watches` ends the open streams,
+  :meth:`~FakeApiServer.error_watches` ends them with an ERROR event,
   :meth:`~FakeApiServer.stall_watches` leaves them open and silent forever (a
   network path that died), :meth:`~FakeApiServer.compact` expires old versions,
   :meth:`~FakeApiServer.expire_continue_tokens` makes a paginated list 410, and
@@ -211,6 +212,8 @@ class FakeApiServer:
         self._generation = 0  # close_watches() bumps it: open streams end
         self._stall_generation = 0  # stall_watches() bumps it: open streams go silent
         self._bookmarks = 0  # send_bookmark() bumps it
+        self._errors = 0  # error_watches() bumps it
+        self._error_event: Obj = {}
         self._snapshots: Dict[str, Tuple[int, List[Obj]]] = {}
         self._faults: List[Fault] = []
         self._sockets: List[socket.socket] = []
@@ -352,6 +355,14 @@ class FakeApiServer:
             self._stall_generation += 1
             self._cond.notify_all()
 
+    def error_watches(self, code: int = 500, reason: str = "InternalError", message: str = "injected") -> None:
+        """End the open watch streams with an ERROR event carrying a Status of ``code``
+        (410 makes a well-behaved client list again; others make it watch again)."""
+        with self._cond:
+            self._errors += 1
+            self._error_event = {"type": "ERROR", "object": _status(code, reason, message)}
+            self._cond.notify_all()
+
     def send_bookmark(self) -> None:
         """Send a BOOKMARK now on every watch that allows bookmarks."""
         with self._cond:
@@ -475,7 +486,7 @@ class FakeApiServer:
                 if pos < self._compacted:
                     initial = []
                     pos = -1  # too old: 410 in the stream
-            generation, stalls, marks = self._generation, self._stall_generation, self._bookmarks
+            generation, stalls, marks, errors = self._generation, self._stall_generation, self._bookmarks, self._errors
             self.watches_open += 1
         handler.close_connection = True  # unless the stream ends cleanly
         try:
@@ -503,6 +514,10 @@ class FakeApiServer:
                             handler.close_connection = True
                             while not self._closing:
                                 self._cond.wait(0.5)
+                            return
+                        if self._errors != errors:
+                            self._chunk(handler, self._error_event)
+                            self._end(handler)
                             return
                         if self._generation != generation or time.monotonic() >= deadline:
                             break
