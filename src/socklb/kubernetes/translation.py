@@ -378,6 +378,46 @@ class _Collector:
         logger.log(level, "%s %s: %s", kind, name, reason)
 
 
+_NO_NAMES: FrozenSet[str] = frozenset()
+_EndpointFields = Tuple[str, Optional[bool], Optional[bool], Optional[bool], str, FrozenSet[str], FrozenSet[str]]
+
+
+def _is_opt_bool(v: Any) -> bool:
+    return v is None or v is True or v is False
+
+
+def _read_endpoint(raw: Any, i: int) -> _EndpointFields:
+    """(addresses[0], ready, serving, terminating, nodeName, zone hints, node hints) of one endpoint."""
+    # The common shape first, without building a message per field; anything else takes the checked path.
+    if raw.__class__ is dict and raw.get("hints") is None:
+        addresses, cond, node_name = raw.get("addresses"), raw.get("conditions"), raw.get("nodeName")
+        if (
+            addresses.__class__ is list
+            and addresses
+            and addresses[0].__class__ is str
+            and (node_name is None or node_name.__class__ is str)
+            and (cond is None or cond.__class__ is dict)
+        ):
+            c = cond or _EMPTY
+            ready, serving, terminating = c.get("ready"), c.get("serving"), c.get("terminating")
+            if _is_opt_bool(ready) and _is_opt_bool(serving) and _is_opt_bool(terminating):
+                return (addresses[0], ready, serving, terminating, node_name or "", _NO_NAMES, _NO_NAMES)
+    e = _mapping(raw, f"endpoints[{i}]")
+    addresses = _list(e.get("addresses"), f"endpoints[{i}].addresses")
+    if not addresses:
+        raise _Malformed(f"endpoints[{i}].addresses is empty")
+    address = _str(addresses[0], f"endpoints[{i}].addresses[0]")
+    cond = _mapping(e.get("conditions"), f"endpoints[{i}].conditions", optional=True)
+    ready = _opt_bool(cond.get("ready"), f"endpoints[{i}].conditions.ready")
+    serving = _opt_bool(cond.get("serving"), f"endpoints[{i}].conditions.serving")
+    terminating = _opt_bool(cond.get("terminating"), f"endpoints[{i}].conditions.terminating")
+    node_name = _str(e.get("nodeName"), f"endpoints[{i}].nodeName")
+    hints = _mapping(e.get("hints"), f"endpoints[{i}].hints", optional=True)
+    zones = _names(hints.get("forZones"), f"endpoints[{i}].hints.forZones")
+    nodes = _names(hints.get("forNodes"), f"endpoints[{i}].hints.forNodes")
+    return (address, ready, serving, terminating, node_name, zones, nodes)
+
+
 def _slice_endpoints(d: Mapping[str, Any], where: str, node: Node, out: Endpoints, notes: _Collector) -> None:
     """Add the endpoints of one (already accepted) slice to ``out``."""
     address_type = d.get("addressType")
@@ -406,19 +446,7 @@ def _slice_endpoints(d: Mapping[str, Any], where: str, node: Node, out: Endpoint
         return
     for i, raw in enumerate(endpoints):
         try:
-            e = _mapping(raw, f"endpoints[{i}]")
-            addresses = _list(e.get("addresses"), f"endpoints[{i}].addresses")
-            if not addresses:
-                raise _Malformed(f"endpoints[{i}].addresses is empty")
-            address = _str(addresses[0], f"endpoints[{i}].addresses[0]")
-            cond = _mapping(e.get("conditions"), f"endpoints[{i}].conditions", optional=True)
-            ready = _opt_bool(cond.get("ready"), f"endpoints[{i}].conditions.ready")
-            serving = _opt_bool(cond.get("serving"), f"endpoints[{i}].conditions.serving")
-            terminating = _opt_bool(cond.get("terminating"), f"endpoints[{i}].conditions.terminating")
-            node_name = _str(e.get("nodeName"), f"endpoints[{i}].nodeName")
-            hints = _mapping(e.get("hints"), f"endpoints[{i}].hints", optional=True)
-            zones = _names(hints.get("forZones"), f"endpoints[{i}].hints.forZones")
-            nodes = _names(hints.get("forNodes"), f"endpoints[{i}].hints.forNodes")
+            address, ready, serving, terminating, node_name, zones, nodes = _read_endpoint(raw, i)
         except _Malformed as err:
             notes.note("EndpointSlice", where, f"{err}: that endpoint is skipped")
             continue
