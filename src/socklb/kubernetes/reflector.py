@@ -119,7 +119,9 @@ class Reflector:
     ApiClient), ``list_kwargs`` extra arguments such as ``label_selector``.
     ``watch_timeout`` is the server-side ``timeoutSeconds`` base (each watch asks
     for a random value in [t, 2t), as client-go does), and the client's read
-    timeout is that plus ``read_timeout_margin``.
+    timeout is that plus ``read_timeout_margin``.  ``resync_period`` (seconds,
+    None for never) re-lists everything; it is checked when a watch ends, so at
+    most every ``watch_timeout`` to ``2 * watch_timeout`` seconds.
     """
 
     def __init__(

@@ -610,7 +610,10 @@ class FakeApiServer:
             self._error(handler, fault.status, fault.reason or f"injected fault {fault.status}", headers)
             return
         if handler.command != "GET":
-            self._error(handler, 405, f"{handler.command} is not served by this test double")
+            length = int(handler.headers.get("Content-Length") or 0)
+            if length:
+                handler.rfile.read(length)  # keep the connection usable
+            self._error(handler, 405, f"{handler.command} is not served by this test double (GET only)")
             return
         try:
             store, ns, name = self._route(url.path)
