@@ -576,18 +576,14 @@ def _read_service(d: Mapping[str, Any], where: str, proxy_name: Optional[str], n
     if LABEL_HEADLESS in labels:
         skip(f"label {LABEL_HEADLESS}")
         return None
-    cluster_ips = [
-        _str(ip, f"spec.clusterIPs[{i}]") for i, ip in enumerate(_list(spec.get("clusterIPs"), "spec.clusterIPs"))
-    ]
+    cluster_ips = _strs(spec.get("clusterIPs"), "spec.clusterIPs")
     cluster_ip = _str(spec.get("clusterIP"), "spec.clusterIP", cluster_ips[0] if cluster_ips else "")
     if cluster_ip in ("", "None"):
         skip("headless (clusterIP None)" if cluster_ip == "None" else "no clusterIP")
         return None
     if not cluster_ips:
         cluster_ips = [cluster_ip]
-    external = [
-        _str(ip, f"spec.externalIPs[{i}]") for i, ip in enumerate(_list(spec.get("externalIPs"), "spec.externalIPs"))
-    ]
+    external = _strs(spec.get("externalIPs"), "spec.externalIPs")
     lb = _mapping(status.get("loadBalancer"), "status.loadBalancer", optional=True)
     for i, ing in enumerate(_list(lb.get("ingress"), "status.loadBalancer.ingress")):
         ing = _mapping(ing, f"status.loadBalancer.ingress[{i}]")
