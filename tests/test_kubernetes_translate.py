@@ -990,7 +990,7 @@ def test_official_client_models_give_what_their_json_gives() -> None:
 
 def test_the_core_and_dict_inputs_do_not_import_kubernetes() -> None:
     code = (
-        "import sys, socklb, socklb.kubernetes as k\n"
+        "import sys, socklb, socklb.kubernetes as k, socklb.kubernetes.reflector, socklb.kubernetes.testing\n"
         "s = {'metadata': {'name': 'a'}, 'spec': {'clusterIP': '10.0.0.1', 'ports': [{'port': 1}]}}\n"
         "assert len(k.translate([s], [], 'n')) == 1\n"
         "assert 'kubernetes' not in sys.modules, 'kubernetes was imported'\n"
