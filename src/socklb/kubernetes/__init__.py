@@ -1,0 +1,41 @@
+"""socklb for Kubernetes: Services and EndpointSlices to :class:`socklb.Service` values.
+
+Install with the extra ``socklb[kubernetes]`` to pass the official client's model
+objects; dicts in the API's JSON form need no extra package.  The core of socklb
+never imports this package or ``kubernetes``.
+
+>>> from socklb.kubernetes import Node, translate
+>>> svc = {"metadata": {"name": "web", "namespace": "shop"},
+...        "spec": {"clusterIP": "10.96.3.4", "ports": [{"port": 443}]}}
+>>> [out] = translate([svc], [], Node("node-a"))
+>>> out.key, out.backends                       # no endpoints: connections are refused
+(('10.96.3.4', 443, 'tcp'), ())
+
+See :mod:`socklb.kubernetes.translation` for the rules.
+"""
+
+from .translation import (
+    LABEL_HEADLESS,
+    LABEL_SERVICE_NAME,
+    LABEL_SERVICE_PROXY_NAME,
+    LABEL_ZONE,
+    Node,
+    Note,
+    Translation,
+    as_dict,
+    translate,
+    translate_with_notes,
+)
+
+__all__ = [
+    "LABEL_HEADLESS",
+    "LABEL_SERVICE_NAME",
+    "LABEL_SERVICE_PROXY_NAME",
+    "LABEL_ZONE",
+    "Node",
+    "Note",
+    "Translation",
+    "as_dict",
+    "translate",
+    "translate_with_notes",
+]
