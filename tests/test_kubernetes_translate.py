@@ -333,7 +333,7 @@ CASES: List[Case] = [
         [svc(externalIPs=["not-an-ip", "224.0.0.1", "192.0.2.10"])],
         [ready_slice(A1)],
         {WEB: [f"{A1}:8080"], "192.0.2.10:80/tcp": [f"{A1}:8080"]},
-        logged=["default/web: frontend 'not-an-ip' port 80/tcp", "224.0.0.1 cannot be a service"],
+        logged=["default/web: frontend 'not-an-ip' port 80/tcp", "224.0.0.1 is a multicast address"],
     ),
     # --- Ports ------------------------------------------------------------
     Case(
