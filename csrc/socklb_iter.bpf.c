@@ -68,9 +68,11 @@ static __always_inline struct sock *full_tcp_sock(struct bpf_iter__tcp *ctx)
 SEC("iter/tcp")
 int socklb_destroy_tcp(struct bpf_iter__tcp *ctx)
 {
+	struct sock_common *skc = ctx->sk_common;
 	struct sock *sk = full_tcp_sock(ctx);
 
-	if (sk && is_doomed(sk) && bpf_sock_destroy((struct sock_common *)sk) == 0)
+	/* bpf_sock_destroy() takes the iterator's own (trusted) pointer. */
+	if (skc && sk && is_doomed(sk) && bpf_sock_destroy(skc) == 0)
 		__sync_fetch_and_add(&destroyed, 1);
 	return 0;
 }

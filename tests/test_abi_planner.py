@@ -72,7 +72,7 @@ def test_encode_decode_round_trip() -> None:
     )
     ids = {x._key: 10 + i for i, x in enumerate(s.backends)}
     v = abi.encode(s, ids)
-    assert v.count == 1 and len(v.members) == 2 and v.algo == lib.SOCKLB_ALGO_MAGLEV
+    assert v.n_usable == 1 and len(v.members) == 2 and v.algo == lib.SOCKLB_ALGO_MAGLEV
     key, value = abi.service_key(s), abi.service_value(s, 7, 9, v)
     backends = {ids[x._key]: abi.backend_value(x, 7) for x in s.backends}
     assert abi.decode(key, value, v.members, backends) == s

@@ -23,7 +23,6 @@ import itertools
 import socket
 import struct
 from collections import namedtuple
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, Generic, List, Mapping, NamedTuple, Sequence, Tuple, Type, TypeVar
 
 from ._core import check, ffi, lib
@@ -108,6 +107,14 @@ class Record:
         unpack, make = self.struct.unpack, tup._make
         self.unpack: Callable[[bytes], Any] = lambda raw: make(unpack(raw))
 
+    def positional(self, *names: str) -> Callable[..., bytes]:
+        """A positional packer for hot paths, taking the fields in the order
+        ``names`` gives; that order is checked against the header's here, so a
+        reordered header fails at import instead of corrupting the maps."""
+        if names != self.fields:
+            raise ImportError(f"socklb: {self.ctype} has fields {self.fields}, the control plane packs {names}")
+        return self.struct.pack
+
     def __repr__(self) -> str:
         return f"<Record {self.ctype} {self.size} bytes {self.fields}>"
 
@@ -182,8 +189,7 @@ class Member(NamedTuple):
     user_state: int
 
 
-@dataclass(frozen=True)
-class Version:
+class Version(NamedTuple):
     """One version of a service as the maps hold it."""
 
     usable: Tuple[Backend, ...]
@@ -196,7 +202,7 @@ class Version:
     total_weight: int
 
     @property
-    def count(self) -> int:
+    def n_usable(self) -> int:
         return len(self.usable)
 
 
@@ -215,12 +221,12 @@ def encode(svc: Service, ids: Mapping[Tuple[str, int], int]) -> Version:
     else:
         algo = lib.SOCKLB_ALGO_RANDOM
         cum = range(1, len(usable) + 1)
-    code = STATE.code
-    members = [Member(ids[b._key], c, b.weight, code[b.state]) for b, c in zip(usable, cum)]
+    code, new = STATE.code, tuple.__new__  # Member(...) without its Python-level constructor
+    members = [new(Member, (ids[b._key], c, b.weight, code[b.state])) for b, c in zip(usable, cum)]
     if len(usable) < len(svc.backends):
         chosen = {id(b) for b in usable}
-        members += [Member(ids[b._key], 0, b.weight, code[b.state]) for b in svc.backends if id(b) not in chosen]
-    return Version(tuple(usable), tuple(members), flags, algo, total)
+        members += [new(Member, (ids[b._key], 0, b.weight, code[b.state])) for b in svc.backends if id(b) not in chosen]
+    return Version(usable, tuple(members), flags, algo, total)
 
 
 def service_key(svc: Service) -> bytes:
@@ -231,7 +237,7 @@ def service_value(svc: Service, svc_id: int, list_id: int, version: Version) -> 
     return SVC_VAL.pack(
         svc_id=svc_id,
         list_id=list_id,
-        count=version.count,
+        count=version.n_usable,
         total_weight=version.total_weight,
         members=len(version.members),
         affinity_timeout=svc.affinity.timeout if svc.affinity else 0,
@@ -242,20 +248,27 @@ def service_value(svc: Service, svc_id: int, list_id: int, version: Version) -> 
     )
 
 
+pack_slot_key = SLOT_KEY.positional("list_id", "index")
+_pack_backend = BACKEND_VAL.positional("addr", "port", "state", "svc_id")
+_pack_slot = SLOT_VAL.positional(*Member._fields)
+
+
 def backend_value(
     b: Backend,
     svc_id: int,
-    _pack: Callable[..., bytes] = BACKEND_VAL.pack,
+    _pack: Callable[..., bytes] = _pack_backend,
     _code: Dict[BackendState, int] = STATE.code,
     _htons: Callable[[int], int] = socket.htons,
 ) -> bytes:
     # A drained backend (weight 0) keeps its entry but is never chosen, not
     # even through affinity or a UDP socket's remembered choice.
-    return _pack(addr=b._a16, port=_htons(b.port), state=_code[b.state] if b.weight else DRAINING, svc_id=svc_id)
+    return _pack(b._a16, _htons(b.port), _code[b.state] if b.weight else DRAINING, svc_id)
 
 
-def slot_value(m: Member, _pack: Callable[..., bytes] = SLOT_VAL.pack) -> bytes:
-    return _pack(backend_id=m.backend_id, cum_weight=m.cum_weight, weight=m.weight, user_state=m.user_state)
+def slot_value(m: Member, _pack: Callable[..., bytes] = _pack_slot) -> bytes:
+    """A Member has the fields of struct socklb_slot_val, in order (checked by
+    ``positional``): it packs as it is."""
+    return _pack(*m)
 
 
 def decode(key: bytes, value: bytes, members: Sequence[Member], backends: Mapping[int, bytes]) -> Service:

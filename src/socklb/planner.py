@@ -269,8 +269,8 @@ def _remove(p: Plan, k: ServiceKey, old: Programmed, terminate: bool) -> None:
 def _drop_list(p: Plan, old: Programmed) -> None:
     if old.service.algorithm is Algorithm.MAGLEV and old.count:
         p.maglev_del.append((U32.pack(old.list_id), old.list_id))
-    kp = abi.SLOT_KEY.pack
-    p.slot_del.extend([kp(list_id=old.list_id, index=i) for i in range(len(old.slots))])
+    kp, lid = abi.pack_slot_key, old.list_id
+    p.slot_del.extend([kp(lid, i) for i in range(len(old.slots))])
     p.free_list_ids.append(old.list_id)
 
 
@@ -295,10 +295,9 @@ def _upsert(
         # A new service: every backend is new (the common case of a full sync).
         bids = state.backend_ids.take_many(len(bs))
         p.new_backend_ids.extend(bids)
-        for b, bid in zip(bs, bids):
-            ids[b._key] = bid
-            vals[bid] = v = bval(b, svc_id)
-            p.backend_upd.append((u32(bid), v))
+        ids = {b._key: bid for b, bid in zip(bs, bids)}
+        vals = {bid: bval(b, svc_id) for b, bid in zip(bs, bids)}
+        p.backend_upd.extend(zip(map(u32, bids), vals.values()))
     else:
         # Backends the new version adds are written before the swap; the
         # datapath state of kept ones only after it, so that the version the
@@ -330,8 +329,8 @@ def _upsert(
     else:
         list_id = state.list_ids.take()
         p.new_list_ids.append(list_id)
-        kp, sv = abi.SLOT_KEY.pack, abi.slot_value
-        p.slot_upd.extend([(kp(list_id=list_id, index=i), sv(m)) for i, m in enumerate(version.members)])
+        kp, sv = abi.pack_slot_key, abi.slot_value
+        p.slot_upd.extend([(kp(list_id, i), sv(m)) for i, m in enumerate(version.members)])
         if maglev and version.usable:
             p.maglev_upd.append((u32(list_id), _maglev_bytes(version.usable, ids, spec.maglev_size)))
         if old is not None:
@@ -347,12 +346,12 @@ def _upsert(
                 p.backend_del.append((u32(bid), bid))
         # Sockets stay on a backend that was chosen before, unless it was
         # removed or left the active state (a drained one keeps its sockets).
-        chosen = {m.backend_id for m in version.members[: version.count]}
+        chosen = {m.backend_id for m in version.members[: version.n_usable]}
         active = {ids[b._key] for b in bs if b.state is BackendState.ACTIVE}
         keep = chosen | active
         gone = [m.backend_id for m in old.slots[: old.count] if m.backend_id not in keep]
         _doom(p, svc, gone, terminate)
-    p.live[k] = Programmed(svc, svc_id, key, value, list_id, version.members, version.count, ids, vals)
+    p.live[k] = Programmed(svc, svc_id, key, value, list_id, version.members, version.n_usable, ids, vals)
 
 
 def _doom(p: Plan, svc: Service, ids: List[int], terminate: bool) -> None:
