@@ -660,6 +660,49 @@ static __always_inline bool from_backend(const struct socklb_sock_entry *e, cons
 	return e->vip_port && e->backend_port == port && same_addr(e->backend, addr);
 }
 
+#define PROTO_MPTCP 262	/* IPPROTO_MPTCP */
+
+/* An MPTCP socket is translated through its first subflow, the TCP socket
+ * the kernel connects for it (the connect hooks run on the subflow), so the
+ * record is the subflow's: find it by its 4-tuple, from the backend to us. */
+static __always_inline bool reverse_mptcp(struct bpf_sock_addr *ctx, const __u32 *addr, __u16 port, bool v6)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk = ctx->sk, *sf;
+	struct socklb_sock_entry *conn;
+	bool done = false;
+
+	/* A v4-mapped peer means the subflow is hashed as IPv4. */
+	if (!v6 || (addr[0] == 0 && addr[1] == 0 && addr[2] == bpf_htonl(0xffff))) {
+		t.ipv4.saddr = addr[3];
+		t.ipv4.daddr = v6 ? sk->src_ip6[3] : sk->src_ip4;
+		t.ipv4.sport = port;
+		t.ipv4.dport = bpf_htons((__u16)sk->src_port);
+		sf = bpf_sk_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	} else {
+		t.ipv6.saddr[0] = addr[0];
+		t.ipv6.saddr[1] = addr[1];
+		t.ipv6.saddr[2] = addr[2];
+		t.ipv6.saddr[3] = addr[3];
+		t.ipv6.daddr[0] = sk->src_ip6[0];
+		t.ipv6.daddr[1] = sk->src_ip6[1];
+		t.ipv6.daddr[2] = sk->src_ip6[2];
+		t.ipv6.daddr[3] = sk->src_ip6[3];
+		t.ipv6.sport = port;
+		t.ipv6.dport = bpf_htons((__u16)sk->src_port);
+		sf = bpf_sk_lookup_tcp(ctx, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+	}
+	if (!sf)
+		return false;
+	conn = bpf_sk_storage_get(&sock_conn, sf, 0, 0);
+	if (conn && from_backend(conn, addr, port)) {
+		reverse(ctx, conn, v6);
+		done = true;
+	}
+	bpf_sk_release(sf);
+	return done;
+}
+
 static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *addr, bool v6, bool dgram,
 				      __u32 counter)
 {
@@ -674,8 +717,11 @@ static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *ad
 		count(counter);
 		return SYS_PROCEED;
 	}
-	if (!dgram)
+	if (!dgram) {
+		if (!conn && ctx->protocol == PROTO_MPTCP && reverse_mptcp(ctx, addr, port, v6))
+			count(counter);
 		return SYS_PROCEED;
+	}
 	/* recvmsg: the connect record speaks for replies only while the socket
 	 * is still connected and no later sendto() took its backend over. */
 	if (conn && ctx->sk->state != TCP_ESTABLISHED) {
