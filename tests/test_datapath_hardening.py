@@ -43,7 +43,8 @@ def run_json(pod: Any, code: str, *args: str) -> Any:
 
 # --- item 4: a UDP socket's connect record must not outlive the connection ---------
 
-# Modes: "direct" connects to the VIP, then straight to a pod; "unspec" connects to
+# Modes: "direct" connects to the VIP, then straight to a pod; "sendto-direct" sends
+# to the VIP unconnected, then connects straight to a pod; "unspec" connects to
 # VIP A, disconnects (AF_UNSPEC) and sends to VIP B with sendto(); "sendto" does
 # the same without disconnecting.  Prints what recvfrom() and getpeername() said.
 RECONNECT = r"""
@@ -62,9 +63,13 @@ def step(name, send, peer=True):
         p = list(s.getpeername()[:2])
     out["steps"].append([name, data.decode().split()[0], list(src[:2]), p])
 
-s.connect((a, 53))
-step("vip", lambda: s.send(b"peer\n"))
-if mode == "direct":
+if mode == "sendto-direct":
+    step("vip", lambda: s.sendto(b"peer\n", (a, 53)), peer=False)
+    out["steps"][-1][3] = [a, 53]
+else:
+    s.connect((a, 53))
+    step("vip", lambda: s.send(b"peer\n"))
+if mode in ("direct", "sendto-direct"):
     s.connect((pod, pod_port))
     step("direct", lambda: s.send(b"peer\n"))
     step("direct", lambda: s.send(b"peer\n"))
@@ -79,13 +84,15 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.parametrize("first", ["direct", "sendto-direct"], ids=["after-connect", "after-sendto"])
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
-def test_udp_reconnect_to_a_pod_address_shows_the_pod(world: World, balancer: Balancer, v6: bool) -> None:
+def test_udp_reconnect_to_a_pod_address_shows_the_pod(world: World, balancer: Balancer, v6: bool, first: str) -> None:
+    """connect(VIP) or sendto(VIP), then connect() straight to the pod the VIP chose."""
     a = VIP_A6 if v6 else VIP_A4
     b1 = world.backends["b1"]
     balancer.upsert(udp_svc(world, a, ("b1",)))
     balancer.attach(world.client.cgroup)
-    out = run_json(world.client, RECONNECT, "direct", a, a, addr(b1, v6), str(UDP_PORT))
+    out = run_json(world.client, RECONNECT, first, a, a, addr(b1, v6), str(UDP_PORT))
     (_, served, src, peer), *direct = out["steps"]
     assert served == "b1" and src == [a, 53] and peer == [a, 53]
     # Connected straight to b1 (the very backend the VIP chose): b1 it is.
