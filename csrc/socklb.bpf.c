@@ -6,7 +6,8 @@
  *   connect4/6      TCP and connected UDP: VIP:port -> backend, once per connect()
  *   sendmsg4/6      unconnected UDP: each datagram to a VIP goes to the socket's backend
  *   recvmsg4/6      unconnected UDP: replies from that backend show the VIP as source
- *   getpeername4/6  a translated socket reports the VIP it dialled
+ *   getpeername4/6  a translated socket reports the VIP it dialled (an MPTCP
+ *                   socket: through the record of its first subflow)
  *
  * Every program returns 1 (allow) for destinations that are not services; the
  * common case costs one hash lookup (a UDP connect() also drops the socket's
