@@ -137,7 +137,11 @@ ffibuilder.set_source(
     include_dirs=[HERE, _gen],
     # Rebuilt whenever the embedded BPF objects or the shared headers change,
     # not only when loader.c does.
-    depends=[os.path.join(_gen, "socklb_bpf_obj.h"), os.path.join(HERE, "socklb_maps.h"), os.path.join(HERE, "loader.h")],
+    depends=[
+        os.path.join(_gen, "socklb_bpf_obj.h"),
+        os.path.join(HERE, "socklb_maps.h"),
+        os.path.join(HERE, "loader.h"),
+    ],
     libraries=["bpf"],
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
 )

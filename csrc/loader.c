@@ -7,12 +7,16 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <linux/bpf.h>
@@ -83,6 +87,14 @@ static void release(void)
 	log_cap = log_len = 0;
 }
 
+/* The maps a pinned balancer pins: all but the internal ones (.rodata,
+ * configuration fixed at load) and socklb_mark, which is one for the machine
+ * (see share_mark_map). */
+static bool pinned_map(const struct bpf_map *m)
+{
+	return !bpf_map__is_internal(m) && strcmp(bpf_map__name(m), "socklb_mark") != 0;
+}
+
 static void prog_names_init(void)
 {
 	struct bpf_object *obj = bpf_object__open_mem(socklb_bpf_obj, socklb_bpf_obj_len, NULL);
@@ -100,7 +112,7 @@ static void prog_names_init(void)
 		n++;
 	}
 	bpf_object__for_each_map(map, obj) {
-		if (!bpf_map__is_internal(map) && n_maps < MAX_MAPS)
+		if (pinned_map(map) && n_maps < MAX_MAPS)
 			snprintf(map_names[n_maps++], sizeof(map_names[0]), "%s", bpf_map__name(map));
 	}
 	bpf_object__close(obj);
@@ -249,6 +261,73 @@ out:
 	return err;
 }
 
+/* The socklb_mark map is one for the machine: every balancer's programs must
+ * see the marks of the others (see socklb_maps.h).  Find a live one by name
+ * and layout; its lifetime is the kernel's reference count (programs and
+ * links hold it), so nothing is pinned and nothing is left behind. */
+static int find_mark_map(void)
+{
+	__u32 id = 0;
+
+	/* Bounded: map ids are finite, and 1M maps is far beyond any host. */
+	for (int n = 0; n < (1 << 20); n++) {
+		struct bpf_map_info info = {};
+		__u32 len = sizeof(info);
+		int fd;
+
+		if (bpf_map_get_next_id(id, &id))
+			return -ENOENT;
+		fd = bpf_map_get_fd_by_id(id);
+		if (fd < 0)
+			continue; /* gone meanwhile */
+		if (!bpf_obj_get_info_by_fd(fd, &info, &len) && info.type == BPF_MAP_TYPE_PERCPU_ARRAY &&
+		    info.key_size == sizeof(__u32) && info.value_size == sizeof(struct socklb_mark) &&
+		    info.max_entries == 1 && strcmp(info.name, "socklb_mark") == 0)
+			return fd;
+		close(fd);
+	}
+	return -ENOENT;
+}
+
+/* Two balancers loading at once must not both create the map: serialize the
+ * find-or-create on an abstract unix socket name (per network namespace;
+ * vanishes with its holder).  Best effort: without the lock a balancer may
+ * end up with a map of its own, which only loses nesting detection. */
+static int mark_lock(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	static const char name[] = "\0socklb-mark-lock";
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		return -1;
+	memcpy(sa.sun_path, name, sizeof(name) - 1);
+	for (int i = 0; i < 2000; i++) { /* at most ~2 s */
+		if (bind(fd, (struct sockaddr *)&sa, offsetof(struct sockaddr_un, sun_path) + sizeof(name) - 1) == 0)
+			return fd;
+		if (errno != EADDRINUSE)
+			break;
+		usleep(1000);
+	}
+	close(fd);
+	return -1;
+}
+
+static int share_mark_map(struct bpf_object *obj)
+{
+	struct bpf_map *m = bpf_object__find_map_by_name(obj, "socklb_mark");
+	int fd, err;
+
+	if (!m)
+		return -ENOENT;
+	fd = find_mark_map();
+	if (fd < 0)
+		return 0; /* the first balancer: the map is created at load */
+	err = bpf_map__reuse_fd(m, fd);
+	close(fd); /* reuse_fd keeps its own duplicate */
+	return err;
+}
+
 static int open_common(const struct socklb_config *cfg, const char *pin_dir, struct socklb **out, char *log,
 		       size_t log_size, int *failed_prog)
 {
@@ -257,7 +336,7 @@ static int open_common(const struct socklb_config *cfg, const char *pin_dir, str
 	LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = "socklb");
 	struct bpf_map *rodata, *maglev;
 	struct socklb *lb;
-	int err, i;
+	int err, i, lock;
 
 	*out = NULL;
 	*failed_prog = -1;
@@ -290,13 +369,11 @@ static int open_common(const struct socklb_config *cfg, const char *pin_dir, str
 	    (err = size_map(lb->obj, "maglev", cfg->max_maglev)))
 		goto fail;
 	if (pin_dir) {
-		/* Every map of the object is pinned, but the internal ones
-		 * (.rodata: configuration fixed at load). */
 		char path[4096];
 		struct bpf_map *m;
 
 		bpf_object__for_each_map(m, lb->obj) {
-			if (bpf_map__is_internal(m))
+			if (!pinned_map(m))
 				continue;
 			snprintf(path, sizeof(path), "%s/maps/%s", pin_dir, bpf_map__name(m));
 			if ((err = bpf_map__set_pin_path(m, path)))
@@ -324,7 +401,12 @@ static int open_common(const struct socklb_config *cfg, const char *pin_dir, str
 			goto fail;
 	}
 
-	err = bpf_object__load(lb->obj);
+	lock = mark_lock();
+	err = share_mark_map(lb->obj);
+	if (!err)
+		err = bpf_object__load(lb->obj);
+	if (lock >= 0)
+		close(lock);
 	if (err) {
 		/* A program that failed to load has no fd; report the first. */
 		for (i = 0; i < SOCKLB_NPROGS; i++) {

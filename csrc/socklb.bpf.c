@@ -6,10 +6,18 @@
  *   connect4/6      TCP and connected UDP: VIP:port -> backend, once per connect()
  *   sendmsg4/6      unconnected UDP: each datagram to a VIP goes to the socket's backend
  *   recvmsg4/6      unconnected UDP: replies from that backend show the VIP as source
- *   getpeername4/6  a translated socket reports the VIP it dialled
+ *   getpeername4/6  a translated socket reports the VIP it dialled (an MPTCP
+ *                   socket: through the record of its first subflow)
  *
  * Every program returns 1 (allow) for destinations that are not services; the
- * common case costs one hash lookup.
+ * common case costs one hash lookup (a UDP connect() also drops the socket's
+ * socklb state, which costs only when the socket has some).
+ *
+ * A socket is translated once per system call, by the first socklb program
+ * that runs on it (programs of a child cgroup run before its parent's, and on
+ * one cgroup in the order they were attached): the later ones see the
+ * socklb_mark it left and let the socket be.  Replies and getpeername() then
+ * show what the application dialled.
  */
 #include <stdbool.h>
 #include <linux/bpf.h>
@@ -80,6 +88,15 @@ struct {
 	__type(key, __u64);
 	__type(value, struct socklb_attach_info);
 } attachments SEC(".maps");
+
+/* Shared by every socklb balancer on the machine: the loader reuses the
+ * existing map (see socklb_maps.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct socklb_mark);
+} socklb_mark SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -328,6 +345,115 @@ static __always_inline void write_v6(struct bpf_sock_addr *ctx, const struct soc
 	ctx->user_port = be->port;
 }
 
+#define TCP_ESTABLISHED 1	/* also the state of a connected UDP socket */
+
+/* --- marks: one translation per system call ---------------------------- */
+
+struct sock_snap {
+	__u32 peer[4];
+	__u32 src_port;
+	__u32 state;
+	__u16 peer_port;
+};
+
+/* The socket as the kernel holds it before this system call changes it:
+ * programs of one call see the same; a later call on a socket that connected
+ * in between sees another. */
+static __always_inline void snap(const struct bpf_sock_addr *ctx, bool v6, struct sock_snap *s)
+{
+	struct bpf_sock *sk = ctx->sk;
+
+	if (v6) {
+		s->peer[0] = sk->dst_ip6[0];
+		s->peer[1] = sk->dst_ip6[1];
+		s->peer[2] = sk->dst_ip6[2];
+		s->peer[3] = sk->dst_ip6[3];
+	} else {
+		s->peer[0] = 0;
+		s->peer[1] = 0;
+		s->peer[2] = 0;
+		s->peer[3] = sk->dst_ip4;
+	}
+	s->peer_port = (__u16)sk->dst_port;
+	s->src_port = sk->src_port;
+	s->state = sk->state;
+}
+
+/* The mark of a translation made earlier in this system call, by any socklb
+ * program, to the destination the socket now has; NULL if there is none. */
+static __always_inline struct socklb_mark *fresh_mark(struct bpf_sock_addr *ctx, const struct socklb_svc_key *key,
+						      __u16 hook, bool v6)
+{
+	__u32 zero = 0;
+	struct socklb_mark *m = bpf_map_lookup_elem(&socklb_mark, &zero);
+	struct sock_snap s;
+
+	/* Cheap tests first: outside a chain of attachments the destination
+	 * is never the address the last translation wrote. */
+	if (!m || m->hook != hook || m->port != key->port || !same_addr(m->addr, key->addr))
+		return NULL;
+	if (bpf_ktime_get_ns() - m->when_ns > SOCKLB_MARK_WINDOW_NS)
+		return NULL;
+	if (m->cookie != bpf_get_socket_cookie(ctx))
+		return NULL;
+	snap(ctx, v6, &s);
+	if (m->state != s.state || m->src_port != s.src_port || m->peer_port != s.peer_port ||
+	    !same_addr(m->peer, s.peer))
+		return NULL;
+	return m;
+}
+
+static __always_inline void set_mark(struct bpf_sock_addr *ctx, const struct socklb_svc_key *key,
+				     const struct socklb_backend_val *be, __u16 hook, bool v6)
+{
+	__u32 zero = 0;
+	struct socklb_mark *m = bpf_map_lookup_elem(&socklb_mark, &zero);
+	struct sock_snap s;
+
+	if (!m)
+		return;
+	snap(ctx, v6, &s);
+	m->cookie = bpf_get_socket_cookie(ctx);
+	m->when_ns = bpf_ktime_get_ns();
+	__builtin_memcpy(m->vip, key->addr, sizeof(m->vip));
+	__builtin_memcpy(m->addr, be->addr, sizeof(m->addr));
+	__builtin_memcpy(m->peer, s.peer, sizeof(m->peer));
+	m->vip_port = key->port;
+	m->port = be->port;
+	m->peer_port = s.peer_port;
+	m->hook = hook;
+	m->src_port = s.src_port;
+	m->state = s.state;
+}
+
+/* This balancer's own record of the translation the mark describes (it is
+ * attached at two levels and translated at the lower one)? */
+static __always_inline bool is_mine(const struct socklb_sock_entry *conn, const struct socklb_mark *m)
+{
+	return conn->vip_port == m->vip_port && conn->backend_port == m->port && same_addr(conn->vip, m->vip) &&
+	       same_addr(conn->backend, m->addr);
+}
+
+/* A connect() this balancer does not translate: what the socket remembers
+ * from an earlier connect() or sendto() no longer applies (a UDP socket
+ * reconnects to another address).  Kept when this balancer made the mark in
+ * this very call. */
+static __always_inline void forget(struct bpf_sock_addr *ctx, const struct socklb_svc_key *key, bool v6, bool udp,
+				   struct socklb_mark *m, bool have_mark)
+{
+	struct socklb_sock_entry *conn = bpf_sk_storage_get(&sock_conn, ctx->sk, 0, 0);
+
+	if (conn) {
+		if (!have_mark)
+			m = fresh_mark(ctx, key, SOCKLB_HOOK_CONNECT, v6);
+		if (m && is_mine(conn, m))
+			return;
+		bpf_sk_storage_delete(&sock_conn, ctx->sk);
+	}
+	if (udp)
+		bpf_sk_storage_delete(&sock_dgram, ctx->sk);
+}
+
 /* --- connect ------------------------------------------------------------ */
 
 static __always_inline int do_connect(struct bpf_sock_addr *ctx, struct socklb_svc_key *key, bool v6)
@@ -336,13 +462,27 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, struct socklb_s
 	struct socklb_svc_val *svc;
 	struct choice c;
 
+	struct socklb_mark *m;
+
 	key->proto = sock_proto(ctx);
 	if (!key->proto)
 		return SYS_PROCEED;
 	key->port = (__u16)ctx->user_port;
 	svc = bpf_map_lookup_elem(&services, key);
-	if (!svc)
+	if (!svc) {
+		/* TCP connects once: nothing to forget, the hot path stays one
+		 * lookup.  A UDP socket may have connected through a VIP before. */
+		if (key->proto == SOCKLB_PROTO_UDP)
+			forget(ctx, key, v6, true, NULL, false);
 		return SYS_PROCEED;
+	}
+	m = fresh_mark(ctx, key, SOCKLB_HOOK_CONNECT, v6);
+	if (m) {
+		/* key is a backend another socklb program wrote in this call
+		 * (a VIP -> VIP chain): translated once, left as it is. */
+		forget(ctx, key, v6, key->proto == SOCKLB_PROTO_UDP, m, true);
+		return SYS_PROCEED;
+	}
 	if (!choose(ctx, key, svc, &c))
 		return refuse();
 
@@ -351,6 +491,7 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, struct socklb_s
 	conn = bpf_sk_storage_get(&sock_conn, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (conn)
 		remember(conn, key, &c, SOCKLB_ENTRY_CURRENT);
+	set_mark(ctx, key, &c.be, SOCKLB_HOOK_CONNECT, v6);
 
 	if (v6)
 		write_v6(ctx, &c.be);
@@ -380,6 +521,23 @@ int socklb_connect6(struct bpf_sock_addr *ctx)
 
 /* --- sendmsg: unconnected UDP ------------------------------------------- */
 
+/* A datagram to a service goes to be: replies from be answer it, not an
+ * earlier connect() of the socket to a service with the same backend; and a
+ * socket disconnected since (connect(AF_UNSPEC)) has no connect record. */
+static __always_inline void sent_to(struct bpf_sock_addr *ctx, const struct socklb_svc_key *key,
+				    const struct socklb_backend_val *be, bool v6)
+{
+	struct socklb_sock_entry *conn = bpf_sk_storage_get(&sock_conn, ctx->sk, 0, 0);
+
+	if (conn) {
+		if (ctx->sk->state != TCP_ESTABLISHED)
+			bpf_sk_storage_delete(&sock_conn, ctx->sk);
+		else if (conn->backend_port == be->port && same_addr(conn->backend, be->addr))
+			conn->flags &= ~SOCKLB_ENTRY_CURRENT;
+	}
+	set_mark(ctx, key, be, SOCKLB_HOOK_SENDMSG, v6);
+}
+
 static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_svc_key *key, bool v6)
 {
 	struct socklb_sock_dgram *st;
@@ -394,6 +552,10 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 	key->port = (__u16)ctx->user_port;
 	svc = bpf_map_lookup_elem(&services, key);
 	if (!svc)
+		return SYS_PROCEED;
+	/* A VIP -> VIP chain: an earlier socklb program of this call
+	 * translated the datagram already. */
+	if (fresh_mark(ctx, key, SOCKLB_HOOK_SENDMSG, v6))
 		return SYS_PROCEED;
 
 	st = bpf_sk_storage_get(&sock_dgram, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -413,6 +575,7 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 		if (be && usable(svc, be) && be->port == e->backend_port && same_addr(be->addr, e->backend)) {
 			e->last_used = ++st->clock;
 			count(SOCKLB_CNT_STICKY_HIT);
+			sent_to(ctx, key, be, v6);
 			if (v6)
 				write_v6(ctx, be);
 			else
@@ -446,6 +609,7 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 		remember(&st->dgram[slot], key, &c, SOCKLB_ENTRY_CURRENT);
 		st->dgram[slot].last_used = ++st->clock;
 	}
+	sent_to(ctx, key, &c.be, v6);
 
 	if (v6)
 		write_v6(ctx, &c.be);
@@ -493,6 +657,49 @@ static __always_inline bool from_backend(const struct socklb_sock_entry *e, cons
 	return e->vip_port && e->backend_port == port && same_addr(e->backend, addr);
 }
 
+#define PROTO_MPTCP 262	/* IPPROTO_MPTCP */
+
+/* An MPTCP socket is translated through its first subflow, the TCP socket
+ * the kernel connects for it (the connect hooks run on the subflow), so the
+ * record is the subflow's: find it by its 4-tuple, from the backend to us. */
+static __always_inline bool reverse_mptcp(struct bpf_sock_addr *ctx, const __u32 *addr, __u16 port, bool v6)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk = ctx->sk, *sf;
+	struct socklb_sock_entry *conn;
+	bool done = false;
+
+	/* A v4-mapped peer means the subflow is hashed as IPv4. */
+	if (!v6 || (addr[0] == 0 && addr[1] == 0 && addr[2] == bpf_htonl(0xffff))) {
+		t.ipv4.saddr = addr[3];
+		t.ipv4.daddr = v6 ? sk->src_ip6[3] : sk->src_ip4;
+		t.ipv4.sport = port;
+		t.ipv4.dport = bpf_htons((__u16)sk->src_port);
+		sf = bpf_sk_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	} else {
+		t.ipv6.saddr[0] = addr[0];
+		t.ipv6.saddr[1] = addr[1];
+		t.ipv6.saddr[2] = addr[2];
+		t.ipv6.saddr[3] = addr[3];
+		t.ipv6.daddr[0] = sk->src_ip6[0];
+		t.ipv6.daddr[1] = sk->src_ip6[1];
+		t.ipv6.daddr[2] = sk->src_ip6[2];
+		t.ipv6.daddr[3] = sk->src_ip6[3];
+		t.ipv6.sport = port;
+		t.ipv6.dport = bpf_htons((__u16)sk->src_port);
+		sf = bpf_sk_lookup_tcp(ctx, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+	}
+	if (!sf)
+		return false;
+	conn = bpf_sk_storage_get(&sock_conn, sf, 0, 0);
+	if (conn && from_backend(conn, addr, port)) {
+		reverse(ctx, conn, v6);
+		done = true;
+	}
+	bpf_sk_release(sf);
+	return done;
+}
+
 static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *addr, bool v6, bool dgram,
 				      __u32 counter)
 {
@@ -502,13 +709,27 @@ static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *ad
 	int i;
 
 	conn = bpf_sk_storage_get(&sock_conn, ctx->sk, 0, 0);
-	if (conn && from_backend(conn, addr, port)) {
+	if (conn && !dgram && from_backend(conn, addr, port)) {
 		reverse(ctx, conn, v6);
 		count(counter);
 		return SYS_PROCEED;
 	}
-	if (!dgram)
+	if (!dgram) {
+		if (!conn && ctx->protocol == PROTO_MPTCP && reverse_mptcp(ctx, addr, port, v6))
+			count(counter);
 		return SYS_PROCEED;
+	}
+	/* recvmsg: the connect record speaks for replies only while the socket
+	 * is still connected and no later sendto() took its backend over. */
+	if (conn && ctx->sk->state != TCP_ESTABLISHED) {
+		bpf_sk_storage_delete(&sock_conn, ctx->sk);
+		conn = NULL;
+	}
+	if (conn && (conn->flags & SOCKLB_ENTRY_CURRENT) && from_backend(conn, addr, port)) {
+		reverse(ctx, conn, v6);
+		count(counter);
+		return SYS_PROCEED;
+	}
 	st = bpf_sk_storage_get(&sock_dgram, ctx->sk, 0, 0);
 	if (!st)
 		return SYS_PROCEED;

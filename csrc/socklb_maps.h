@@ -44,7 +44,10 @@
 /* socklb_svc_val.opts */
 #define SOCKLB_SVC_O_TERMINATE_TCP 1
 
-/* socklb_sock_entry.flags */
+/* socklb_sock_entry.flags.  In sock_dgram: the entry is the socket's current
+ * choice for its service.  In sock_conn: replies from the backend are shown
+ * as the VIP (cleared when an unconnected sendto() to another service that
+ * shares the backend is made on the connected socket: the later one wins). */
 #define SOCKLB_ENTRY_CURRENT 1
 
 /* Unconnected-UDP flows remembered per socket (see socklb_sock_dgram). */
@@ -158,6 +161,33 @@ struct socklb_sock_dgram {
 	struct socklb_sock_entry dgram[SOCKLB_SOCK_ENTRIES];
 	__u32 next;			/* round-robin cursor into dgram */
 	__u32 clock;			/* counts datagrams sent through dgram entries */
+};
+
+/* socklb_mark: the last translation a socklb program made on this CPU.  One
+ * per-CPU array shared by every socklb balancer on the machine (the loader
+ * finds it by name and layout, see find_mark_map() in loader.c; it is never
+ * pinned).  The programs of one system call run in a row on one CPU, child
+ * cgroup first, so a program that finds a mark for its own socket and
+ * destination, made in this call, knows an earlier socklb program already
+ * translated the socket: it leaves it alone (nested attachments).  Rename the
+ * map if the meaning of a field changes. */
+#define SOCKLB_HOOK_CONNECT 1
+#define SOCKLB_HOOK_SENDMSG 2
+/* A mark older than this is never from the same system call. */
+#define SOCKLB_MARK_WINDOW_NS 1000000
+
+struct socklb_mark {
+	__u64 cookie;		/* bpf_get_socket_cookie() of the translated socket */
+	__u64 when_ns;		/* bpf_ktime_get_ns() of the translation */
+	__u32 vip[4];		/* what the application dialled */
+	__u32 addr[4];		/* what it was rewritten to */
+	__u32 peer[4];		/* the socket's peer before the call (bpf_sock dst) */
+	__u16 vip_port;		/* network order */
+	__u16 port;		/* network order, rewritten */
+	__u16 peer_port;	/* network order, the socket's peer port before the call */
+	__u16 hook;		/* SOCKLB_HOOK_* */
+	__u32 src_port;		/* host order, the socket's local port before the call */
+	__u32 state;		/* the socket's state before the call */
 };
 
 /* meta: one entry describing pinned state. */

@@ -1,0 +1,83 @@
+"""Cost of cgroup/connect4 for connects that are NOT to a service (the hot path).
+
+    .venv/bin/python -m bench.connect_cost [-n 20000] [--rounds 5] [--to-service]
+
+Builds a lab (client pod, one backend pod), programs one TCP and one UDP
+service the client never dials, attaches to the client pod and, with kernel
+BPF statistics on, makes ``n`` TCP connects (connect, close) and ``n`` UDP
+connects straight to the backend pod's address.  Prints the median over the
+rounds of connect4's average run time per call, in ns, for each protocol.
+With ``--to-service`` the connects go to the services instead (the
+translating path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from typing import Dict, List, Optional, Sequence
+
+from bench.system import bpf_stats
+from socklb import Backend, Balancer, Service
+from socklb.lab import Lab
+
+CLIENT = r"""
+import socket, sys
+host, port, n, proto = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+for _ in range(n):
+    s = socket.socket(socket.AF_INET, kind)
+    s.connect((host, port))
+    s.close()
+"""
+
+
+def _connect4(lb: Balancer) -> tuple[int, int]:
+    st = next(s for s in lb.program_stats() if s.name == "socklb_connect4")
+    return st.run_cnt, st.run_time_ns
+
+
+def measure(n: int, rounds: int, to_service: bool = False) -> Dict[str, List[float]]:
+    out: Dict[str, List[float]] = {"tcp": [], "udp": []}
+    with Lab() as lab, Balancer() as lb:
+        client, web = lab.add_pod("client"), lab.add_pod("web")
+        web.serve("web", tcp=[8080], udp=[5353])
+        lb.upsert(Service("10.96.0.10", 80, "tcp", [Backend(web.ipv4, 8080)]))
+        lb.upsert(Service("10.96.0.53", 53, "udp", [Backend(web.ipv4, 5353)]))
+        lb.attach(client.cgroup)
+        targets = {"tcp": (web.ipv4, 8080), "udp": (web.ipv4, 5353)}
+        if to_service:
+            targets = {"tcp": ("10.96.0.10", 80), "udp": ("10.96.0.53", 53)}
+        for _ in range(rounds):
+            for proto, (host, port) in targets.items():
+                with bpf_stats():
+                    c0, t0 = _connect4(lb)
+                    client.python(CLIENT, host, str(port), str(n), proto, timeout=300)
+                    c1, t1 = _connect4(lb)
+                if c1 - c0 < n:
+                    raise SystemExit(f"connect4 ran {c1 - c0} times for {n} connects")
+                out[proto].append((t1 - t0) / (c1 - c0))
+        translated = lb.counters()["connect"]
+        assert translated == (2 * n * rounds if to_service else 0), f"{translated} connects translated"
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.connect_cost")
+    ap.add_argument("-n", type=int, default=20000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--to-service", action="store_true", help="dial the services (translated connects)")
+    a = ap.parse_args(argv)
+    res = measure(a.n, a.rounds, a.to_service)
+    summary = {
+        p: {"median_ns": round(statistics.median(v), 1), "rounds_ns": [round(x, 1) for x in v]} for p, v in res.items()
+    }
+    json.dump(summary, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
