@@ -108,6 +108,40 @@ struct {
 /* Steps of the weighted binary search: enough for SOCKLB_MAX_SVC_BACKENDS slots. */
 #define WEIGHTED_STEPS (32 - __builtin_clz(SOCKLB_MAX_SVC_BACKENDS))
 
+/* The IPv4 and IPv6 programs of a hook differ only in how they read the
+ * destination: one definition for both. */
+#define TRANSLATING_HOOKS(hook)                                        \
+	SEC("cgroup/" #hook "4")                                      \
+	int socklb_##hook##4(struct bpf_sock_addr *ctx)                 \
+	{                                                              \
+		struct socklb_svc_key key = {};                        \
+		key_from_v4(&key, ctx->user_ip4);                      \
+		return do_##hook(ctx, &key, false);                    \
+	}                                                              \
+	SEC("cgroup/" #hook "6")                                      \
+	int socklb_##hook##6(struct bpf_sock_addr *ctx)                 \
+	{                                                              \
+		struct socklb_svc_key key = {};                        \
+		key_from_v6(&key, ctx);                                \
+		return do_##hook(ctx, &key, true);                     \
+	}
+
+/* recvmsg and getpeername: the peer address as the socket sees it, v4 ones
+ * v4-mapped like the keys. */
+#define REVERSING_HOOKS(hook, dgram, counter)                                                       \
+	SEC("cgroup/" #hook "4")                                                                   \
+	int socklb_##hook##4(struct bpf_sock_addr *ctx)                                              \
+	{                                                                                           \
+		__u32 addr[4] = { 0, 0, bpf_htonl(0xffff), ctx->user_ip4 };                         \
+		return do_reverse(ctx, addr, false, dgram, counter);                                \
+	}                                                                                           \
+	SEC("cgroup/" #hook "6")                                                                   \
+	int socklb_##hook##6(struct bpf_sock_addr *ctx)                                              \
+	{                                                                                           \
+		__u32 addr[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] }; \
+		return do_reverse(ctx, addr, true, dgram, counter);                                 \
+	}
+
 #define SYS_REJECT 0
 #define SYS_PROCEED 1
 
@@ -345,6 +379,14 @@ static __always_inline void write_v6(struct bpf_sock_addr *ctx, const struct soc
 	ctx->user_port = be->port;
 }
 
+static __always_inline void write_dst(struct bpf_sock_addr *ctx, const struct socklb_backend_val *be, bool v6)
+{
+	if (v6)
+		write_v6(ctx, be);
+	else
+		write_v4(ctx, be);
+}
+
 #define TCP_ESTABLISHED 1	/* also the state of a connected UDP socket */
 
 /* --- marks: one translation per system call ---------------------------- */
@@ -493,31 +535,12 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, struct socklb_s
 		remember(conn, key, &c, SOCKLB_ENTRY_CURRENT);
 	set_mark(ctx, key, &c.be, SOCKLB_HOOK_CONNECT, v6);
 
-	if (v6)
-		write_v6(ctx, &c.be);
-	else
-		write_v4(ctx, &c.be);
+	write_dst(ctx, &c.be, v6);
 	count(SOCKLB_CNT_CONNECT);
 	return SYS_PROCEED;
 }
 
-SEC("cgroup/connect4")
-int socklb_connect4(struct bpf_sock_addr *ctx)
-{
-	struct socklb_svc_key key = {};
-
-	key_from_v4(&key, ctx->user_ip4);
-	return do_connect(ctx, &key, false);
-}
-
-SEC("cgroup/connect6")
-int socklb_connect6(struct bpf_sock_addr *ctx)
-{
-	struct socklb_svc_key key = {};
-
-	key_from_v6(&key, ctx);
-	return do_connect(ctx, &key, true);
-}
+TRANSLATING_HOOKS(connect)
 
 /* --- sendmsg: unconnected UDP ------------------------------------------- */
 
@@ -576,10 +599,7 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 			e->last_used = ++st->clock;
 			count(SOCKLB_CNT_STICKY_HIT);
 			sent_to(ctx, key, be, v6);
-			if (v6)
-				write_v6(ctx, be);
-			else
-				write_v4(ctx, be);
+			write_dst(ctx, be, v6);
 			count(SOCKLB_CNT_SENDMSG);
 			return SYS_PROCEED;
 		}
@@ -611,31 +631,12 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 	}
 	sent_to(ctx, key, &c.be, v6);
 
-	if (v6)
-		write_v6(ctx, &c.be);
-	else
-		write_v4(ctx, &c.be);
+	write_dst(ctx, &c.be, v6);
 	count(SOCKLB_CNT_SENDMSG);
 	return SYS_PROCEED;
 }
 
-SEC("cgroup/sendmsg4")
-int socklb_sendmsg4(struct bpf_sock_addr *ctx)
-{
-	struct socklb_svc_key key = {};
-
-	key_from_v4(&key, ctx->user_ip4);
-	return do_sendmsg(ctx, &key, false);
-}
-
-SEC("cgroup/sendmsg6")
-int socklb_sendmsg6(struct bpf_sock_addr *ctx)
-{
-	struct socklb_svc_key key = {};
-
-	key_from_v6(&key, ctx);
-	return do_sendmsg(ctx, &key, true);
-}
+TRANSLATING_HOOKS(sendmsg)
 
 /* --- recvmsg and getpeername: show the VIP ------------------------------ */
 
@@ -750,36 +751,8 @@ static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *ad
 	return SYS_PROCEED;
 }
 
-SEC("cgroup/recvmsg4")
-int socklb_recvmsg4(struct bpf_sock_addr *ctx)
-{
-	__u32 addr[4] = { 0, 0, bpf_htonl(0xffff), ctx->user_ip4 };
+REVERSING_HOOKS(recvmsg, true, SOCKLB_CNT_RECVMSG)
 
-	return do_reverse(ctx, addr, false, true, SOCKLB_CNT_RECVMSG);
-}
-
-SEC("cgroup/recvmsg6")
-int socklb_recvmsg6(struct bpf_sock_addr *ctx)
-{
-	__u32 addr[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
-
-	return do_reverse(ctx, addr, true, true, SOCKLB_CNT_RECVMSG);
-}
-
-SEC("cgroup/getpeername4")
-int socklb_getpeername4(struct bpf_sock_addr *ctx)
-{
-	__u32 addr[4] = { 0, 0, bpf_htonl(0xffff), ctx->user_ip4 };
-
-	return do_reverse(ctx, addr, false, false, SOCKLB_CNT_GETPEERNAME);
-}
-
-SEC("cgroup/getpeername6")
-int socklb_getpeername6(struct bpf_sock_addr *ctx)
-{
-	__u32 addr[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
-
-	return do_reverse(ctx, addr, true, false, SOCKLB_CNT_GETPEERNAME);
-}
+REVERSING_HOOKS(getpeername, false, SOCKLB_CNT_GETPEERNAME)
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

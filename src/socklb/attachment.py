@@ -28,6 +28,7 @@ from .abi import ATTACH_INFO, U64
 from .cgroup import check_cgroup2_dir
 from .datapath import Datapath, LinkSet, Map
 from .errors import ClosedError, InvalidValueError, SocklbError
+from .model import path_text
 from .spec import MAX_ATTACHMENTS, PinPaths
 
 if TYPE_CHECKING:
@@ -39,13 +40,7 @@ __all__ = ["Attachment", "Attachments", "cgroup_path"]
 def cgroup_path(path: object) -> str:
     """A cgroup given as str, bytes or os.PathLike, as one canonical str
     (absolute, symlinks and ``..`` resolved), checked to be a cgroup v2 directory."""
-    if isinstance(path, (bytes, bytearray)):
-        path = os.fsdecode(bytes(path))
-    elif isinstance(path, os.PathLike):
-        path = os.fsdecode(os.fspath(path))
-    if not isinstance(path, str):
-        raise InvalidValueError("cgroup_path", f"must be a path (str, bytes or os.PathLike), not {path!r}")
-    return check_cgroup2_dir(path)
+    return check_cgroup2_dir(path_text(path, "cgroup_path"))
 
 
 @dataclass
@@ -144,7 +139,7 @@ class Attachments:
             self._write_record(e.cgroup_id, e.cgroup)
         except BaseException:
             e.links.unpin()
-            _rmdir(pin)
+            pins.remove_links(pin)
             raise
         e.pin = pin
 
@@ -154,7 +149,7 @@ class Attachments:
         e.links.unpin()
         if self._record is not None and not self._datapath.closed:
             self._record.delete([U64.pack(e.cgroup_id)])
-        _rmdir(e.pin)
+        pins.remove_links(e.pin)
         e.pin = None
 
     def pin(self, e: _Entry) -> None:
@@ -211,13 +206,6 @@ class Attachments:
                     self._unpin(e)
                     e.links.close()
             self._entries.clear()
-
-
-def _rmdir(path: str) -> None:
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass
 
 
 class Attachment:

@@ -38,7 +38,7 @@ from .abi import maglev_table as maglev_table
 from .attachment import Attachment, Attachments, cgroup_path
 from .datapath import Datapath
 from .errors import InvalidValueError, NotFoundError, SocklbError
-from .model import Service, ServiceKey, normalize_key
+from .model import Service, ServiceKey, normalize_key, path_text
 from .spec import DatapathSpec, PinPaths
 from .stats import ProgramStats
 from .terminate import Terminator, client_netns
@@ -60,16 +60,6 @@ class SyncResult:
     @property
     def changed(self) -> bool:
         return bool(self.added or self.updated or self.removed)
-
-
-def _pin_dir(value: object) -> str:
-    if isinstance(value, (bytes, bytearray)):
-        value = os.fsdecode(bytes(value))
-    elif isinstance(value, os.PathLike):
-        value = os.fsdecode(os.fspath(value))
-    if not isinstance(value, str):
-        raise InvalidValueError("pin_dir", f"must be a path (str, bytes or os.PathLike), not {value!r}")
-    return os.path.abspath(value)
 
 
 class Balancer:
@@ -113,7 +103,7 @@ class Balancer:
         paths: Optional[PinPaths] = None
         pinned: Optional[DatapathSpec] = None
         if pin_dir is not None:
-            pin_path = _pin_dir(pin_dir)
+            pin_path = os.path.abspath(path_text(pin_dir, "pin_dir"))
             if adopt_only:
                 adopt.check_adoptable(pin_path)
             paths = PinPaths(pins.prepare(pin_path))

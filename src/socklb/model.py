@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import operator
+import os
 import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Optional, SupportsIndex, Tuple, Type, TypeVar, Union, cast
@@ -431,6 +432,18 @@ def _backend_order(b: Backend) -> Tuple[bytes, int]:
 
 def _hostport(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def path_text(value: object, name: str) -> str:
+    """A path given as str, bytes or os.PathLike, as str (bytes decoded with
+    the filesystem encoding); InvalidValueError naming ``name`` otherwise."""
+    if isinstance(value, (bytes, bytearray)):
+        return os.fsdecode(bytes(value))
+    if isinstance(value, os.PathLike):
+        return os.fsdecode(os.fspath(value))
+    if not isinstance(value, str):
+        raise InvalidValueError(name, f"must be a path (str, bytes or os.PathLike), not {value!r}")
+    return value
 
 
 def normalize_key(key: Union[Service, Tuple[str, SupportsIndex], Tuple[str, SupportsIndex, str]]) -> ServiceKey:

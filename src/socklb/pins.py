@@ -249,14 +249,7 @@ def prepare(pin_dir: str) -> str:
         if os.path.lexists(real):
             if not _is_dir(real):
                 raise InvalidValueError("pin_dir", f"{real} exists and is not a directory")
-            if not _has_meta(real):
-                foreign = _foreign_entries(real)
-                if foreign:
-                    shown = ", ".join(sorted(os.path.relpath(p, real) for p in foreign)[:5])
-                    raise InvalidValueError(
-                        "pin_dir",
-                        f"{real} is not empty and its content is not socklb's ({shown}): use a new or empty directory",
-                    )
+            _refuse_foreign(real, "is not empty and its content is not socklb's ({}): use a new or empty directory")
         for d in (real, os.path.join(real, "maps"), os.path.join(real, "links")):
             make_dir(d)
     except PermissionError as e:
@@ -310,6 +303,17 @@ def pinned_maps(pin_dir: str) -> List[str]:
         return []
 
 
+def _refuse_foreign(real: str, why: str) -> None:
+    """InvalidValueError if ``real`` holds no socklb meta map and entries that
+    are not socklb's; ``why`` gets the first few of them."""
+    if _has_meta(real):
+        return
+    foreign = _foreign_entries(real)
+    if foreign:
+        shown = ", ".join(sorted(os.path.relpath(p, real) for p in foreign)[:5])
+        raise InvalidValueError("pin_dir", f"{real} " + why.format(shown))
+
+
 def _unpin(path: str) -> None:
     """Unpin ``path`` if it is a pin (a directory or symlink is not socklb's)."""
     if _is_pin(path):
@@ -360,14 +364,7 @@ def remove(pin_dir: str) -> None:
             "pin_dir", f"{real} is the root of a bpf filesystem, not a socklb pin directory; not removing anything"
         )
     try:
-        if not _has_meta(real):
-            foreign = _foreign_entries(real)
-            if foreign:
-                shown = ", ".join(sorted(os.path.relpath(p, real) for p in foreign)[:5])
-                raise InvalidValueError(
-                    "pin_dir",
-                    f"{real} holds no socklb layout and its content is not socklb's ({shown}); not removing it",
-                )
+        _refuse_foreign(real, "holds no socklb layout and its content is not socklb's ({}); not removing it")
         pid = holder_pid(real)
         if pid is not None and pid != os.getpid():
             raise PinLockedError(real, pid)

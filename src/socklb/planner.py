@@ -39,6 +39,10 @@ __all__ = ["Ids", "Programmed", "State", "Plan", "plan", "Garbage"]
 Rows = List[Tuple[bytes, bytes]]
 
 
+def _total(*parts: Sized) -> int:
+    return sum(map(len, parts))
+
+
 class Ids:
     """Allocator of non-zero u32 ids that are not reused until the counter wraps."""
 
@@ -110,15 +114,7 @@ class Garbage:
     list_ids: List[int] = field(default_factory=list)  # freed once their slots are gone
 
     def __len__(self) -> int:
-        pending: Tuple[Sized, ...] = (
-            self.services,
-            self.slots,
-            self.maglev,
-            self.backends,
-            self.doomed,
-            self.affinity_purge,
-        )
-        return sum(map(len, pending))
+        return _total(self.services, self.slots, self.maglev, self.backends, self.doomed, self.affinity_purge)
 
 
 class State:
@@ -195,18 +191,9 @@ class Plan:
 
     @property
     def writes(self) -> int:
-        lists: Tuple[Sized, ...] = (
-            self.backend_upd,
-            self.backend_post,
-            self.slot_upd,
-            self.maglev_upd,
-            self.svc_upd,
-            self.svc_del,
-            self.slot_del,
-            self.maglev_del,
-            self.backend_del,
+        return _total(self.backend_upd, self.backend_post, self.slot_upd, self.maglev_upd, self.svc_upd) + _total(
+            self.svc_del, self.slot_del, self.maglev_del, self.backend_del
         )
-        return sum(map(len, lists))
 
 
 def plan(state: State, want: Mapping[ServiceKey, Optional[Service]], spec: DatapathSpec, *, terminate: bool) -> Plan:
