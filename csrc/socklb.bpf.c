@@ -31,29 +31,23 @@
 /* Set by the loader before load. */
 const volatile __u32 maglev_size = 1;
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 1); /* sized by the loader (spec.py) */
-	__type(key, struct socklb_svc_key);
-	__type(value, struct socklb_svc_val);
-} services SEC(".maps");
+/* A hash map whose entries are allocated as used and whose size the loader
+ * sets from the limits (spec.py); max_entries here is a placeholder. */
+#define SIZED_HASH(name, key_type, value_type)          \
+	struct {                                        \
+		__uint(type, BPF_MAP_TYPE_HASH);        \
+		__uint(map_flags, BPF_F_NO_PREALLOC);   \
+		__uint(max_entries, 1);                 \
+		__type(key, key_type);                  \
+		__type(value, value_type);              \
+	} name SEC(".maps")
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 1); /* sized by the loader (spec.py) */
-	__type(key, struct socklb_slot_key);
-	__type(value, struct socklb_slot_val);
-} slots SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 1); /* sized by the loader (spec.py) */
-	__type(key, __u32);
-	__type(value, struct socklb_backend_val);
-} backends SEC(".maps");
+/* (VIP, port, protocol) -> how to pick a backend */
+SIZED_HASH(services, struct socklb_svc_key, struct socklb_svc_val);
+/* (list, index) -> a backend of one version of a service */
+SIZED_HASH(slots, struct socklb_slot_key, struct socklb_slot_val);
+/* backend id -> address */
+SIZED_HASH(backends, __u32, struct socklb_backend_val);
 
 /* list_id -> __u32[maglev_size] backend ids; the loader sets value_size. */
 struct {
