@@ -183,3 +183,11 @@ def test_planner_remove() -> None:
     assert p.svc_del and len(p.backend_del) == 2 and p.affinity_purge and p.live == {s.key: None}
     st.commit(p)
     assert st.services == {} and st.n_backends == 0
+
+
+def test_readme_lists_the_feature_table() -> None:
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    for f in features.FEATURES:
+        assert f"| `{f.name}` | {f.description} | {f.kernel} |" in readme, f.name
