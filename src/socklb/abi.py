@@ -94,7 +94,7 @@ class Record:
         self.struct = struct.Struct(fmt)
         if self.struct.size != total:  # pragma: no cover - a layout bug
             raise AssertionError(f"{ctype}: packed size {self.struct.size} != C size {total}")
-        self.size = total
+        self.size: int = int(total)
         self.fields: Tuple[str, ...] = tuple(names)
         tup: Any = namedtuple(ctype.split()[-1], names)  # type: ignore[misc]
         self.tuple = tup

@@ -127,11 +127,8 @@ def adopt(t: Tables, spec: DatapathSpec) -> Tuple[State, List[Service]]:
                 )
             )
         )
-        kernel_vals = {bid: r.backends[bid] for bid in vals}
-        state.put(
-            svc.key,
-            Programmed(svc, v.svc_id, key, value, v.list_id, members, v.count, ids, kernel_vals, dirty=not consistent),
-        )
+        slots = b"".join(abi.slot_value(m) for m in members)
+        state.put(svc.key, Programmed(svc, v.svc_id, key, value, v.list_id, slots, v.count, ids, dirty=not consistent))
         state.svc_ids.mark(v.svc_id)
         state.list_ids.mark(v.list_id)
         used_lists.add(v.list_id)

@@ -194,7 +194,7 @@ class Map:
         if self._owner is not None:
             self._owner.handle()
 
-    def update(self, keys: bytes, values: bytes, n: int, flags: int = 0) -> None:
+    def update(self, keys: Any, values: Any, n: int, flags: int = 0) -> None:
         if n == 0:
             return
         done = ffi.new("uint32_t *")
@@ -203,9 +203,10 @@ class Map:
             rc = lib.socklb_map_update(self.fd, keys, values, n, self.key_size, self.value_size, flags, done)
         _check_batch(rc, f"update of map {self.name} ({done[0]} of {n} written)", done[0])
 
-    def update_rows(self, rows: Sequence[Tuple[bytes, bytes]]) -> None:
-        if rows:
-            self.update(b"".join([r[0] for r in rows]), b"".join([r[1] for r in rows]), len(rows))
+    def update_rows(self, rows: Any) -> None:
+        """Write a planner.Rows (every key in one buffer, every value in another)."""
+        if rows.n:
+            self.update(ffi.from_buffer(rows.keys), ffi.from_buffer(rows.values), rows.n)
 
     def delete(self, keys: Sequence[bytes]) -> None:
         n = len(keys)

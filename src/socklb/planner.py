@@ -25,7 +25,7 @@ read the old one just before its deletion, it reads the service again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Sized, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Sized, Tuple
 
 from . import abi
 from ._core import ffi
@@ -36,7 +36,36 @@ from .spec import DatapathSpec
 
 __all__ = ["Ids", "Programmed", "State", "Plan", "plan", "Garbage"]
 
-Rows = List[Tuple[bytes, bytes]]
+
+class Rows:
+    """Map elements to write, packed as the loader's bulk update takes them:
+    every key in one buffer, every value in another (no object per element,
+    so a large plan leaves no fragmented heap behind)."""
+
+    __slots__ = ("key_size", "keys", "n", "values")
+
+    def __init__(self, key_size: int) -> None:
+        self.key_size = key_size
+        self.keys = bytearray()
+        self.values = bytearray()
+        self.n = 0
+
+    def add(self, key: bytes, value: bytes) -> None:
+        self.keys += key
+        self.values += value
+        self.n += 1
+
+    def __len__(self) -> int:
+        return self.n
+
+    def key_list(self, start: int = 0) -> List[bytes]:
+        """The keys of rows ``start``.. as separate values."""
+        ks, raw = self.key_size, self.keys
+        return [bytes(raw[i * ks : (i + 1) * ks]) for i in range(start, self.n)]
+
+
+def _rows(key_size: int) -> Callable[[], Rows]:
+    return lambda: Rows(key_size)
 
 
 def _total(*parts: Sized) -> int:
@@ -91,11 +120,19 @@ class Programmed:
     key: bytes
     value: bytes
     list_id: int
-    slots: Tuple[Member, ...]  # the list: usable members first
+    slots: bytes  # the list as the maps hold it (packed slot values): usable members first
     count: int  # how many of them are usable
     backend_ids: Dict[Tuple[str, int], int]
-    backend_vals: Dict[int, bytes]
-    dirty: bool = False  # the maps may disagree with `service`: rewrite it on the next plan
+    dirty: bool = False  # the maps may disagree with `service`: rewrite it all on the next plan
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.slots) // abi.SLOT_VAL.size
+
+    def chosen_ids(self) -> List[int]:
+        """Backend ids the datapath picks from (slots 0..count-1)."""
+        packed = self.slots[: self.count * abi.SLOT_VAL.size]
+        return [Member._make(t).backend_id for t in abi.SLOT_VAL.struct.iter_unpack(packed)]
 
 
 @dataclass
@@ -168,12 +205,12 @@ class State:
 class Plan:
     """Map writes for a batch of service changes, in the order they are applied."""
 
-    backend_upd: Rows = field(default_factory=list)  # new backends, before the swap
-    slot_upd: Rows = field(default_factory=list)
-    maglev_upd: Rows = field(default_factory=list)
-    svc_upd: Rows = field(default_factory=list)  # the swap
+    backend_upd: Rows = field(default_factory=_rows(U32.size))  # new backends, before the swap
+    slot_upd: Rows = field(default_factory=_rows(abi.SLOT_KEY.size))
+    maglev_upd: Rows = field(default_factory=_rows(U32.size))
+    svc_upd: Rows = field(default_factory=_rows(abi.SVC_KEY.size))  # the swap
     svc_del: List[bytes] = field(default_factory=list)  # the swap of removed services
-    backend_post: Rows = field(default_factory=list)  # kept backends' new state, after the swap
+    backend_post: Rows = field(default_factory=_rows(U32.size))  # kept backends' new state, after the swap
     slot_del: List[bytes] = field(default_factory=list)
     maglev_del: List[Tuple[bytes, int]] = field(default_factory=list)
     backend_del: List[Tuple[bytes, int]] = field(default_factory=list)
@@ -247,7 +284,7 @@ def _remove(p: Plan, k: ServiceKey, old: Programmed, terminate: bool) -> None:
     _drop_list(p, old)
     p.backend_del.extend((U32.pack(bid), bid) for bid in old.backend_ids.values())
     p.free_svc_ids.append(old.svc_id)
-    _doom(p, old.service, [m.backend_id for m in old.slots[: old.count]], terminate)
+    _doom(p, old.service, old.chosen_ids(), terminate)
     if old.service.affinity is not None:
         p.affinity_purge.append(old.svc_id)
     p.live[k] = None
@@ -257,7 +294,7 @@ def _drop_list(p: Plan, old: Programmed) -> None:
     if old.service.algorithm is Algorithm.MAGLEV and old.count:
         p.maglev_del.append((U32.pack(old.list_id), old.list_id))
     kp, lid = abi.pack_slot_key, old.list_id
-    p.slot_del.extend([kp(lid, i) for i in range(len(old.slots))])
+    p.slot_del.extend([kp(lid, i) for i in range(old.n_slots)])
     p.free_list_ids.append(old.list_id)
 
 
@@ -277,56 +314,60 @@ def _upsert(
     u32 = U32.pack
     bval = abi.backend_value
     ids: Dict[Tuple[str, int], int] = {}
-    vals: Dict[int, bytes] = {}
     if old is None:
         # A new service: every backend is new (the common case of a full sync).
         bids = state.backend_ids.take_many(len(bs))
         p.new_backend_ids.extend(bids)
         ids = {b._key: bid for b, bid in zip(bs, bids)}
-        vals = {bid: bval(b, svc_id) for b, bid in zip(bs, bids)}
-        p.backend_upd.extend(zip(map(u32, bids), vals.values()))
+        add = p.backend_upd.add
+        for b, bid in zip(bs, bids):
+            add(u32(bid), bval(b, svc_id))
     else:
         # Backends the new version adds are written before the swap; the
         # datapath state of kept ones only after it, so that the version the
         # maps describe is always the old or the new one.
-        old_ids, old_vals = old.backend_ids, old.backend_vals
+        old_ids = old.backend_ids
+        was = {b._key: b for b in old.service.backends}
         for b in bs:
             v = bval(b, svc_id)
             kept = old_ids.get(b._key)
             if kept is None:
                 bid = state.backend_ids.take()
                 p.new_backend_ids.append(bid)
-                p.backend_upd.append((u32(bid), v))
+                p.backend_upd.add(u32(bid), v)
             else:
                 bid = kept
-                if old_vals.get(bid) != v:
-                    p.backend_post.append((u32(bid), v))
+                if old.dirty or bval(was[b._key], svc_id) != v:
+                    p.backend_post.add(u32(bid), v)
             ids[b._key] = bid
-            vals[bid] = v
 
     version = abi.encode(svc, ids)
+    rows = [abi.slot_value(m) for m in version.members]
+    slots = b"".join(rows)
     maglev = svc.algorithm is Algorithm.MAGLEV
     if (
         old is not None
         and not old.dirty
-        and old.slots == version.members
+        and old.slots == slots
         and (old.service.algorithm is Algorithm.MAGLEV) == maglev
     ):
         list_id = old.list_id
     else:
         list_id = state.list_ids.take()
         p.new_list_ids.append(list_id)
-        kp, sv = abi.pack_slot_key, abi.slot_value
-        p.slot_upd.extend([(kp(list_id, i), sv(m)) for i, m in enumerate(version.members)])
+        kp = abi.pack_slot_key
+        add = p.slot_upd.add
+        for i, row in enumerate(rows):
+            add(kp(list_id, i), row)
         if maglev and version.usable:
-            p.maglev_upd.append((u32(list_id), _maglev_bytes(version.usable, ids, spec.maglev_size)))
+            p.maglev_upd.add(u32(list_id), _maglev_bytes(version.usable, ids, spec.maglev_size))
         if old is not None:
             _drop_list(p, old)
 
     key = abi.service_key(svc)
     value = abi.service_value(svc, svc_id, list_id, version)
     if old is None or old.value != value:
-        p.svc_upd.append((key, value))
+        p.svc_upd.add(key, value)
     if old is not None:
         for bk, bid in old.backend_ids.items():
             if bk not in ids:
@@ -336,9 +377,9 @@ def _upsert(
         chosen = {m.backend_id for m in version.members[: version.n_usable]}
         active = {ids[b._key] for b in bs if b.state is BackendState.ACTIVE}
         keep = chosen | active
-        gone = [m.backend_id for m in old.slots[: old.count] if m.backend_id not in keep]
+        gone = [bid for bid in old.chosen_ids() if bid not in keep]
         _doom(p, svc, gone, terminate)
-    p.live[k] = Programmed(svc, svc_id, key, value, list_id, version.members, version.n_usable, ids, vals)
+    p.live[k] = Programmed(svc, svc_id, key, value, list_id, slots, version.n_usable, ids)
 
 
 def _doom(p: Plan, svc: Service, ids: List[int], terminate: bool) -> None:

@@ -27,7 +27,7 @@ from ._core import check, ffi, lib
 from .abi import SLOT_KEY, U32
 from .datapath import Map
 from .errors import KernelError
-from .planner import Plan, State
+from .planner import Plan, Rows, State
 
 __all__ = ["Tables", "apply", "collect"]
 
@@ -51,10 +51,10 @@ class Tables:
 def apply(t: Tables, state: State, p: Plan, terminate: Terminate) -> None:
     """Write ``p``; see the module docstring for what a failure leaves."""
     collect(t, state, terminate)
-    written: List[Tuple[Map, List[bytes]]] = []
+    written: List[Tuple[Map, Rows]] = []
     try:
         for m, rows in ((t.backends, p.backend_upd), (t.slots, p.slot_upd), (t.maglev, p.maglev_upd)):
-            written.append((m, [r[0] for r in rows]))
+            written.append((m, rows))
             m.update_rows(rows)
         t.services.update_rows(p.svc_upd)
         t.services.delete(p.svc_del)
@@ -70,7 +70,7 @@ def apply(t: Tables, state: State, p: Plan, terminate: Terminate) -> None:
         t.backends.update_rows(p.backend_post)
     except KernelError as e:
         log.warning("socklb: %s; the services concerned are rewritten on the next update", e)
-        _dirty_from(p, [r[0] for r in p.backend_post[_done(e) :]])
+        _dirty_from(p, p.backend_post.key_list(_done(e)))
     g = state.garbage
     g.slots += p.slot_del
     g.maglev += p.maglev_del
@@ -147,22 +147,17 @@ def _dirty_from(p: Plan, keys: Sequence[bytes]) -> None:
     rewritten by the next plan."""
     failed = {U32.unpack(k)[0] for k in keys}
     for lv in p.live.values():
-        if lv is None:
-            continue
-        hit = [bid for bid in lv.backend_vals if bid in failed]
-        if hit:
+        if lv is not None and not failed.isdisjoint(lv.backend_ids.values()):
             lv.dirty = True
-            for bid in hit:
-                lv.backend_vals[bid] = b""  # unknown: written again by the next plan
 
 
-def _rollback(t: Tables, state: State, p: Plan, written: List[Tuple[Map, List[bytes]]]) -> None:
+def _rollback(t: Tables, state: State, p: Plan, written: List[Tuple[Map, Rows]]) -> None:
     """Undo a plan that failed before or during the swap.  Before the swap
     only new keys are written (new backends, lists, tables): delete them; put
     back the service entries that a partial batch may have swapped or removed.
     What cannot be undone is marked so the next update repairs it."""
     by_key = {lv.key: (k, lv) for k, lv in state.services.items()}
-    for key in [r[0] for r in p.svc_upd] + p.svc_del:
+    for key in p.svc_upd.key_list() + p.svc_del:
         old = by_key.get(key)
         try:
             if old is not None:
@@ -175,8 +170,8 @@ def _rollback(t: Tables, state: State, p: Plan, written: List[Tuple[Map, List[by
                 old[1].value = b""
             else:
                 state.garbage.services.append(key)
-    for m, keys in reversed(written):
-        left = _delete(m, keys)
+    for m, rows in reversed(written):
+        left = _delete(m, rows.key_list())
         if not left:
             continue
         # Still there: kept as garbage, its id stays reserved until it goes.
