@@ -167,12 +167,64 @@ def test_planner_maglev_service_larger_than_its_table_is_refused() -> None:
 
 
 def test_planner_abort_gives_ids_back() -> None:
-    st = planner.State()
-    p = plan(st, svc(b(1), b(2)))
-    assert p.new_backend_ids and p.new_list_ids and p.new_svc_ids
-    assert st.backend_ids._used and st.list_ids._used and st.svc_ids._used
+    """Ids an aborted plan reserved are free again once the counter wraps."""
+    st = planner.State(id_limit=8)
+    p = plan(st, svc(b(1), b(2), b(3)))
+    assert list(p.new_backend_ids) == [1, 2, 3]
     st.abort(p)
-    assert not st.backend_ids._used and not st.list_ids._used and not st.svc_ids._used
+    p = plan(st, svc(b(1), b(2), b(3), b(4), b(5)))
+    assert list(p.new_backend_ids) == [4, 5, 6, 7, 8]
+    st.commit(p)
+    p = plan(st, Service("10.96.0.11", 80, backends=[b(6), b(7), b(8)]))
+    assert sorted(p.new_backend_ids) == [1, 2, 3]  # wrapped: the aborted ones, not 4..8
+
+
+def test_ids_are_never_shared_across_a_wrap() -> None:
+    """Many changes with a tiny id space: every live id is unique, and no id
+    still held by garbage or by the plan being made is handed out again."""
+    import random
+
+    rnd = random.Random(7)
+    st = planner.State(id_limit=40)
+    spec = DatapathSpec(max_services=4, max_backends=16)
+    vips = [f"10.96.0.{i}" for i in range(1, 5)]
+    for step in range(1500):
+        want: dict = {}
+        for v in rnd.sample(vips, rnd.randint(1, 4)):
+            n = rnd.randint(0, 4)
+            backends = {x._key: x for x in (b(rnd.randint(1, 9)) for _ in range(n))}
+            want[(v, 80, "tcp")] = Service(v, 80, backends=backends.values())
+        for k in list(st.services):
+            if k not in want and rnd.random() < 0.5:
+                want[k] = None
+        p = planner.plan(st, want, spec, terminate=False)
+        if rnd.random() < 0.1:
+            st.abort(p)
+            continue
+        st.commit(p)
+        # What the writer's clean-up would leave pending for a while.
+        if rnd.random() < 0.3:
+            st.garbage.backends += p.backend_del
+            st.garbage.list_ids += p.free_list_ids
+        else:
+            for _, i in p.backend_del:
+                st.backend_ids.give(i)
+            for i in p.free_list_ids:
+                st.list_ids.give(i)
+        if rnd.random() < 0.5:
+            for _, i in st.garbage.backends:
+                st.backend_ids.give(i)
+            for i in st.garbage.list_ids:
+                st.list_ids.give(i)
+            st.garbage.backends, st.garbage.list_ids = [], []
+        live_b = [i for x in st.services.values() for i in x.backend_ids.values()]
+        held_b = live_b + [i for _, i in st.garbage.backends]
+        assert len(held_b) == len(set(held_b)), (step, held_b)
+        live_l = [x.list_id for x in st.services.values()] + st.garbage.list_ids
+        assert len(live_l) == len(set(live_l)), (step, live_l)
+        svc_ids = [x.svc_id for x in st.services.values()]
+        assert len(svc_ids) == len(set(svc_ids))
+    assert st.backend_ids._used is not None  # the counter did wrap
 
 
 def test_planner_remove() -> None:
@@ -191,3 +243,24 @@ def test_readme_lists_the_feature_table() -> None:
     readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     for f in features.FEATURES:
         assert f"| `{f.name}` | {f.description} | {f.kernel} |" in readme, f.name
+
+
+def test_a_wrap_skips_ids_held_by_garbage() -> None:
+    st = planner.State(id_limit=6)
+    a = svc(b(1), b(2))
+    st.commit(plan(st, a))  # backend ids 1, 2
+    p = plan(st, a.with_backends([b(3), b(4)]))  # 3, 4; 1 and 2 are to be deleted
+    st.commit(p)
+    st.garbage.backends += p.backend_del  # the deletion failed: 1 and 2 stay held
+    st.commit(plan(st, Service("10.96.0.11", 80, backends=[b(5), b(6)])))  # 5, 6
+    (gone,) = [(k, i) for k, i in st.garbage.backends if i == 2]
+    st.garbage.backends.remove(gone)  # 2 was deleted at last; 1 is still held
+    st.backend_ids.give(2)
+    p = plan(st, Service("10.96.0.12", 80, backends=[b(7)]))
+    assert list(p.new_backend_ids) == [2]
+
+
+def test_a_wrap_skips_ids_the_plan_itself_took() -> None:
+    st = planner.State(id_limit=4)
+    with pytest.raises(CapacityError):  # 1..3, then 4, then nothing is left
+        plan(st, svc(b(1), b(2), b(3)), Service("10.96.0.11", 80, backends=[b(4), b(5)]))

@@ -25,7 +25,7 @@ read the old one just before its deletion, it reads the service again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Sized, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Sized, Tuple
 
 from . import abi
 from ._core import ffi
@@ -73,42 +73,70 @@ def _total(*parts: Sized) -> int:
 
 
 class Ids:
-    """Allocator of non-zero u32 ids that are not reused until the counter wraps."""
+    """Allocator of non-zero ids (u32) that are not reused until the counter wraps.
 
-    def __init__(self) -> None:
+    Until then an id is new by construction and nothing is recorded: a
+    controller with 500,000 backends keeps no set of them.  When the counter
+    wraps, the ids still in use are read once from ``in_use`` (plus those
+    taken since the state last committed or aborted), and from then on every
+    id taken is recorded and every id given back is forgotten.
+    """
+
+    def __init__(self, in_use: Callable[[], Iterable[int]], limit: int = 0xFFFFFFFF) -> None:
+        self._in_use = in_use
+        self._limit = limit
         self._next = 1
-        self._wrapped = False
-        self._used: set[int] = set()
+        self._used: Optional[Set[int]] = None  # recorded only once the counter wrapped
+        self._recent: List[Iterable[int]] = []  # taken since the last settle()
+
+    def settle(self) -> None:
+        """What was taken is now in the state (committed) or given back (aborted)."""
+        self._recent.clear()
+
+    def _wrap(self) -> Set[int]:
+        used = set(self._in_use())
+        for r in self._recent:
+            used.update(r)
+        self._used, self._next = used, 1
+        return used
 
     def take(self) -> int:
-        while True:
+        used = self._used
+        if used is None:
             i = self._next
-            if self._next < 0xFFFFFFFF:
-                self._next += 1
-            else:
-                self._next, self._wrapped = 1, True
-            if i not in self._used:
-                self._used.add(i)
+            if i <= self._limit:
+                self._next = i + 1
+                self._recent.append((i,))
                 return i
+            used = self._wrap()
+        for _ in range(self._limit):
+            i = self._next
+            self._next = i + 1 if i < self._limit else 1
+            if i not in used:
+                used.add(i)
+                return i
+        raise CapacityError("ids", self._limit + 1, self._limit)
 
     def take_many(self, n: int) -> Sequence[int]:
         """n ids; a contiguous range unless the counter is about to wrap."""
         start = self._next
-        if start + n <= 0xFFFFFFFF and not self._wrapped:
+        if self._used is None and start + n - 1 <= self._limit:
             r = range(start, start + n)
-            self._used.update(r)
             self._next = start + n
+            self._recent.append(r)
             return r
         return [self.take() for _ in range(n)]
 
     def give(self, i: int) -> None:
-        self._used.discard(i)
+        if self._used is not None:
+            self._used.discard(i)
 
     def mark(self, i: int) -> None:
         """Record an id found in use (adopting pinned state)."""
-        self._used.add(i)
+        if self._used is not None:
+            self._used.add(i)
         if i >= self._next:
-            self._next = i + 1 if i < 0xFFFFFFFF else 1
+            self._next = i + 1  # past the limit: the next take wraps
 
 
 @dataclass
@@ -159,14 +187,26 @@ class State:
     totals the limits are checked against, the id allocators and what is
     still to be cleaned up."""
 
-    def __init__(self) -> None:
+    def __init__(self, id_limit: int = 0xFFFFFFFF) -> None:
         self.services: Dict[ServiceKey, Programmed] = {}
         self.n_backends = 0
         self.n_maglev = 0
-        self.svc_ids = Ids()
-        self.list_ids = Ids()
-        self.backend_ids = Ids()
+        self.svc_ids = Ids(self._svc_ids_in_use, id_limit)
+        self.list_ids = Ids(self._list_ids_in_use, id_limit)
+        self.backend_ids = Ids(self._backend_ids_in_use, id_limit)
         self.garbage = Garbage()
+
+    # What is in use when an id counter wraps (see Ids).
+    def _svc_ids_in_use(self) -> Iterable[int]:
+        return [p.svc_id for p in self.services.values()]
+
+    def _list_ids_in_use(self) -> Iterable[int]:
+        g = self.garbage
+        return [p.list_id for p in self.services.values()] + g.list_ids + [i for _, i in g.maglev]
+
+    def _backend_ids_in_use(self) -> Iterable[int]:
+        ids = [i for p in self.services.values() for i in p.backend_ids.values()]
+        return ids + [i for _, i in self.garbage.backends]
 
     def put(self, k: ServiceKey, p: Optional[Programmed]) -> None:
         """Record ``p`` as what is programmed for ``k`` (None: nothing)."""
@@ -187,6 +227,11 @@ class State:
             self.put(k, lv)
         for i in p.free_svc_ids:
             self.svc_ids.give(i)
+        self._settle()
+
+    def _settle(self) -> None:
+        for ids in (self.svc_ids, self.list_ids, self.backend_ids):
+            ids.settle()
 
     def abort(self, p: Plan) -> None:
         """Give back the ids a plan reserved and never used."""
@@ -196,6 +241,7 @@ class State:
             self.list_ids.give(i)
         for i in p.new_backend_ids:
             self.backend_ids.give(i)
+        self._settle()
 
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]
