@@ -320,9 +320,10 @@ class Service:
     algorithm: Algorithm = Algorithm.RANDOM
     affinity: Optional[Affinity] = None
     terminate_tcp: bool = False
-    _a16: bytes = field(default=b"", repr=False, compare=False)
     """Also terminate TCP connections to a backend that is removed or leaves the
     active state (UDP sockets connected to one always are)."""
+    _a16: bytes = field(default=b"", repr=False, compare=False)
+    _skey: ServiceKey = field(default=("", 0, ""), repr=False, compare=False)  # .key, made once
 
     def __init__(
         self,
@@ -378,11 +379,12 @@ class Service:
             raise InvalidValueError("terminate_tcp", f"must be a bool, not {type(terminate_tcp).__name__}")
         object.__setattr__(self, "affinity", affinity)
         object.__setattr__(self, "terminate_tcp", terminate_tcp)
+        object.__setattr__(self, "_skey", (text, self.port, proto.value))
 
     @property
     def key(self) -> ServiceKey:
         """(address, port, protocol): what identifies the service."""
-        return (self.address, self.port, self.protocol.value)
+        return self._skey
 
     @property
     def ip(self) -> IPAddress:
