@@ -184,7 +184,8 @@ def _add_kubernetes_parser(sub: Any) -> None:
     k.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The ``socklb`` command line."""
     ap = argparse.ArgumentParser(prog="socklb", description=__doc__.split("\n\n")[0] if __doc__ else None)
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="balance connections in a throwaway lab and show the result")
@@ -192,6 +193,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     d.add_argument("--connections", type=int, default=300, help="connections per address family (default 300)")
     sub.add_parser("cleanup", help="remove namespaces and cgroups left by a crashed lab")
     _add_kubernetes_parser(sub)
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
     try:
         if args.cmd == "kubernetes":
