@@ -51,6 +51,7 @@ import json
 import logging
 import math
 import re
+import sys
 import threading
 import time
 from collections import deque
@@ -61,9 +62,9 @@ from typing import Any, Deque, Dict, Iterable, List, Optional, Set, Tuple, Union
 from ..errors import NotFoundError
 from ..model import Algorithm, Service, ServiceKey
 from .reflector import Event, Reflector
-from .translation import LABEL_SERVICE_NAME, Node, translate_with_notes
+from .translation import LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, Node, translate_with_notes
 
-__all__ = ["ANNOTATION_TRIGGER_TIME", "Agent", "Samples", "parse_trigger_time"]
+__all__ = ["ANNOTATION_TRIGGER_TIME", "Agent", "Samples", "compact", "expand", "parse_trigger_time"]
 
 logger = logging.getLogger("socklb.kubernetes")
 
@@ -153,6 +154,111 @@ class Samples:
         return out
 
 
+# What translate() reads of each kind; compact() keeps only that.  None: the whole value.
+_Schema = Optional[Dict[str, Any]]
+_NAMES: _Schema = {"name": None}
+_LABELS_READ = (LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, LABEL_HEADLESS)
+_SERVICE_SCHEMA: Dict[str, Any] = {
+    "kind": None,
+    "spec": {
+        "type": None,
+        "clusterIP": None,
+        "clusterIPs": None,
+        "externalIPs": None,
+        "sessionAffinity": None,
+        "sessionAffinityConfig": None,
+        "internalTrafficPolicy": None,
+        "externalTrafficPolicy": None,
+        "ports": {"name": None, "protocol": None, "port": None},
+    },
+    "status": {"loadBalancer": {"ingress": {"ip": None, "ipMode": None}}},
+}
+_SLICE_SCHEMA: Dict[str, Any] = {
+    "kind": None,
+    "addressType": None,
+    "ports": {"name": None, "protocol": None, "port": None},
+    "endpoints": {
+        "addresses": None,
+        "conditions": {"ready": None, "serving": None, "terminating": None},
+        "nodeName": None,
+        "hints": {"forZones": _NAMES, "forNodes": _NAMES},
+    },
+}
+_CONDITION_DEFAULTS = (("ready", True), ("serving", True), ("terminating", False))
+
+
+def _prune(value: Any, schema: _Schema) -> Any:
+    """``value`` with only the keys ``schema`` names (recursively, into lists of
+    objects); a value of an unexpected type is kept as it is, for the
+    translation to judge."""
+    if schema is None:
+        return value
+    if isinstance(value, dict):
+        return {k: _prune(v, schema[k]) for k, v in value.items() if k in schema}
+    if isinstance(value, list):
+        return [_prune(v, schema) for v in value]
+    return value
+
+
+def _small_meta(meta: Any) -> Any:
+    if not isinstance(meta, dict):
+        return meta
+    out = {k: meta[k] for k in ("name", "namespace", "resourceVersion") if k in meta}
+    if isinstance(out.get("namespace"), str):
+        out["namespace"] = sys.intern(out["namespace"])
+    labels = meta.get("labels")
+    if isinstance(labels, dict):
+        kept = {k: labels[k] for k in _LABELS_READ if k in labels}
+        if kept:
+            out["labels"] = kept
+    elif labels is not None:
+        out["labels"] = labels
+    ann = meta.get("annotations")
+    if isinstance(ann, dict) and ANNOTATION_TRIGGER_TIME in ann:
+        out["annotations"] = {ANNOTATION_TRIGGER_TIME: ann[ANNOTATION_TRIGGER_TIME]}
+    return out
+
+
+def compact(obj: Obj, kind: str = "EndpointSlice") -> Obj:
+    """A Service or EndpointSlice as the agent keeps it: its name, namespace,
+    resourceVersion, the labels and annotation the agent reads, and (under
+    ``"compact"``) what :func:`~socklb.kubernetes.translate` reads of it as
+    compact JSON bytes; :func:`expand` gives the object back.  ``kind`` is
+    ``"Service"`` or ``"EndpointSlice"`` (list items carry no kind).  Conditions equal
+    to their defaults (ready and serving true, terminating false) are left out.
+
+    >>> s = compact({"metadata": {"name": "a", "namespace": "n", "uid": "1234",
+    ...              "labels": {"kubernetes.io/service-name": "web", "app": "web"}}, "addressType": "IPv4",
+    ...              "endpoints": [{"addresses": ["10.1.2.3"], "conditions": {"ready": True},
+    ...                             "targetRef": {"kind": "Pod", "name": "web-1"}}]})
+    >>> s["metadata"]
+    {'name': 'a', 'namespace': 'n', 'labels': {'kubernetes.io/service-name': 'web'}}
+    >>> expand(s)["endpoints"]
+    [{'addresses': ['10.1.2.3'], 'conditions': {}}]
+    """
+    schema = _SLICE_SCHEMA if kind == "EndpointSlice" else _SERVICE_SCHEMA
+    slim = _prune(obj, schema)
+    meta = _small_meta(obj.get("metadata"))
+    slim["metadata"] = {k: v for k, v in meta.items() if k != "annotations"} if isinstance(meta, dict) else meta
+    for e in slim.get("endpoints") or ():
+        cond = e.get("conditions") if isinstance(e, dict) else None
+        if isinstance(cond, dict):
+            for k, default in _CONDITION_DEFAULTS:
+                if k in cond and cond[k] is default:
+                    del cond[k]
+    out: Obj = {"metadata": meta, "compact": json.dumps(slim, separators=(",", ":")).encode()}
+    return out
+
+
+def expand(obj: Obj) -> Obj:
+    """The object :func:`compact` made smaller, as translate reads it (others as they are)."""
+    raw = obj.get("compact")
+    if isinstance(raw, bytes):
+        full: Obj = json.loads(raw)
+        return full
+    return obj
+
+
 def _meta(obj: Optional[Obj]) -> Dict[str, Any]:
     meta = obj.get("metadata") if isinstance(obj, dict) else None
     return meta if isinstance(meta, dict) else {}
@@ -195,6 +301,9 @@ class Agent:
     :param algorithm, apply_external_traffic_policy: given to :func:`~socklb.kubernetes.translate`.
     :param reflector_options: extra keyword arguments for every :class:`Reflector`
         (``watch_timeout``, ``resync_period``, ``page_size``, backoff, ...).
+    :param compact_objects: keep Services and EndpointSlices as :func:`compact`
+        makes them (what the translation reads, as compact JSON: a tenth of the
+        memory of the decoded objects); the reflectors' stores then hold that form.
     """
 
     def __init__(
@@ -213,6 +322,7 @@ class Agent:
         reflector_options: Optional[Dict[str, Any]] = None,
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
+        compact_objects: bool = True,
     ) -> None:
         if not isinstance(node_name, str) or not node_name:
             raise ValueError("node_name must be a non-empty string")
@@ -234,11 +344,25 @@ class Agent:
         core = client.CoreV1Api(api_client)
         discovery = client.DiscoveryV1Api(api_client)
         opts = dict(reflector_options or {})
+        opts.pop("transform", None)
+        keep = (
+            {"Service": None, "EndpointSlice": None}
+            if not compact_objects
+            else {kind: (lambda o, kind=kind: compact(o, kind)) for kind in ("Service", "EndpointSlice")}
+        )
         self.services_reflector = Reflector(
-            core.list_service_for_all_namespaces, self._on_service, name="services", **opts
+            core.list_service_for_all_namespaces,
+            self._on_service,
+            name="services",
+            transform=keep["Service"],
+            **opts,
         )
         self.slices_reflector = Reflector(
-            discovery.list_endpoint_slice_for_all_namespaces, self._on_slice, name="endpointslices", **opts
+            discovery.list_endpoint_slice_for_all_namespaces,
+            self._on_slice,
+            name="endpointslices",
+            transform=keep["EndpointSlice"],
+            **opts,
         )
         node_opts = dict(opts)
         node_opts["list_kwargs"] = {**opts.get("list_kwargs", {}), "field_selector": f"metadata.name={node_name}"}
@@ -479,9 +603,9 @@ class Agent:
             self._no_local.pop(sid, None)
             return {}
         sstore = self.slices_reflector.store
-        slices = [o for o in (sstore.get(k) for k in slices_of.get(sid, ())) if o is not None]
+        slices = [expand(o) for o in (sstore.get(k) for k in slices_of.get(sid, ())) if o is not None]
         t = translate_with_notes(
-            [obj],
+            [expand(obj)],
             slices,
             node,
             self.proxy_name,
