@@ -366,3 +366,49 @@ def test_helpers() -> None:
     for v in (5.0, 1.0, 2.0, 3.0):
         s.add(v)
     assert s.summary()["count"] == 4 and s.summary()["max"] == 3.0 and s.quantile(0.5) == 2.0
+
+
+def test_compact_objects_translate_exactly_as_the_originals() -> None:
+    from socklb.kubernetes import Node, translate
+    from socklb.kubernetes.agent import compact, expand
+
+    svcs = [
+        service("web", ["10.96.0.10", "fd00:96::a"], ports=[("http", 80, "TCP"), ("dns", 53, "UDP")]),
+        service(
+            "aff", "10.96.0.11", sessionAffinity="ClientIP", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 5}}
+        ),
+        service("loc", "10.96.0.12", internalTrafficPolicy="Local", externalIPs=["192.0.2.7"]),
+        service("mine", "10.96.0.13", labels={"service.kubernetes.io/service-proxy-name": "other", "x": "y"}),
+        service("bad", "10.96.0.14"),
+    ]
+    svcs[4]["spec"]["ports"] = "eighty"
+    svcs[2]["status"] = {"loadBalancer": {"ingress": [{"ip": "192.0.2.8"}, {"ip": "192.0.2.9", "ipMode": "Proxy"}]}}
+    svcs[0]["metadata"]["managedFields"] = [{"manager": "kubectl"}]
+    eps = [
+        endpoint("10.244.1.2", node="node-a", zones=["z1"]),
+        endpoint("10.244.2.2", node="node-b", ready=False, serving=True, terminating=True, zones=["z2"]),
+        endpoint("10.244.3.2", ready=None, serving=None),
+        {"addresses": ["10.244.4.2"], "conditions": {"ready": "yes"}},
+        {"addresses": [], "targetRef": {"kind": "Pod"}},
+    ]
+    slices = [
+        eslice("web-1", "web", eps, ports=[("http", 8080, "TCP"), ("dns", 5353, "UDP")]),
+        eslice("web-6", "web", [endpoint("fd00:244:1::2")], family="IPv6", ports=[("http", 8080, "TCP")]),
+        eslice("aff-1", "aff", eps[:2]),
+        eslice("loc-1", "loc", eps[:3]),
+        eslice("mine-1", "mine", eps[:1]),
+        {"metadata": {"name": "odd", "labels": {"kubernetes.io/service-name": "web"}}, "addressType": 4},
+    ]
+    for n in (Node("node-a", zone="z1"), Node("node-b", zone="z2"), Node("node-c")):
+        for proxy in (None, "other"):
+            want = translate(svcs, slices, n, proxy)
+            got = translate(
+                [expand(compact(s, "Service")) for s in svcs],
+                [expand(compact(s, "EndpointSlice")) for s in slices],
+                n,
+                proxy,
+            )
+            assert got == want and want, (n, proxy)
+    small = compact(slices[0], "EndpointSlice")
+    assert len(small["compact"]) < len(json.dumps(slices[0], separators=(",", ":")))
+    assert "managedFields" not in expand(compact(svcs[0], "Service"))["metadata"]

@@ -143,6 +143,7 @@ def kubernetes_agent(args: argparse.Namespace) -> int:
             min_sync_period=args.min_sync_period,
             healthz_port=args.healthz_port,
             healthz_address=args.healthz_address,
+            freeze_gc=True,  # this process is the agent: no cyclic-GC walks of its long-lived state
         )
         done = threading.Event()
 

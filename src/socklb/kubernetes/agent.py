@@ -47,6 +47,7 @@ the Prometheus text format.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -304,6 +305,11 @@ class Agent:
     :param compact_objects: keep Services and EndpointSlices as :func:`compact`
         makes them (what the translation reads, as compact JSON: a tenth of the
         memory of the decoded objects); the reflectors' stores then hold that form.
+    :param freeze_gc: after each full sync, collect and then ``gc.freeze()``
+        everything alive, so that Python's cyclic collector does not walk the
+        agent's (and the balancer's) long-lived state on every full collection.
+        Process-wide: for a process that is the agent (the ``socklb kubernetes``
+        command sets it), not for a library user's process by default.
     """
 
     def __init__(
@@ -323,6 +329,7 @@ class Agent:
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
         compact_objects: bool = True,
+        freeze_gc: bool = False,
     ) -> None:
         if not isinstance(node_name, str) or not node_name:
             raise ValueError("node_name must be a non-empty string")
@@ -339,6 +346,9 @@ class Agent:
         self.apply_external_traffic_policy = apply_external_traffic_policy
         self.retry_initial, self.retry_max = retry_initial, retry_max
         self.node = Node(node_name)
+        self.freeze_gc = freeze_gc
+        self.max_full_delay = 60.0  # the longest a full sync waits for another resource's re-list
+        self._full_since = 0.0
         self.started_wall = time.time()
 
         core = client.CoreV1Api(api_client)
@@ -383,6 +393,8 @@ class Agent:
         self._wanted: Dict[SvcId, Dict[ServiceKey, Service]] = {}
         self._claims: Dict[ServiceKey, List[SvcId]] = {}
         self._no_local: Dict[SvcId, int] = {}
+        self._cache: Dict[SvcId, Tuple[Any, Dict[ServiceKey, Service], int]] = {}
+        self._cache_node: Optional[Node] = None
         self._retry: Set[ServiceKey] = set()
         self._retry_failures = 0
         self._retry_at = 0.0
@@ -557,6 +569,14 @@ class Agent:
                 while not self._stop.is_set():
                     ready = len(self._synced) == len(self._reflectors)
                     work = ready and (self._dirty or self._full)
+                    if work and self._full and any(r.listing for r in self._reflectors):
+                        # Another resource is being listed again too (an API server restart,
+                        # a compaction): one full sync after both, not one after each.
+                        self._full_since = self._full_since or time.monotonic()
+                        if time.monotonic() - self._full_since < self.max_full_delay:
+                            self._cond.wait(0.05)
+                            continue
+                    self._full_since = 0.0
                     retry = ready and self._retry and time.monotonic() >= self._retry_at
                     if work or retry:
                         wait = self._last_apply_start + self.min_sync_period - time.monotonic()
@@ -597,28 +617,41 @@ class Agent:
     def _translate(
         self, sid: SvcId, node: Node, slices_of: Dict[SvcId, Set[Tuple[str, str]]]
     ) -> Dict[ServiceKey, Service]:
+        """The frontends of one Service.  The result is kept with the resourceVersions
+        it came from: the same Service and slices (and node) give it again without
+        translating, which makes the full sync after a re-list cheap."""
         store = self.services_reflector.store
         obj = store.get(sid) or (store.get(("", sid[1])) if sid[0] == "default" else None)
         if obj is None:
             self._no_local.pop(sid, None)
+            self._cache.pop(sid, None)
             return {}
         sstore = self.slices_reflector.store
-        slices = [expand(o) for o in (sstore.get(k) for k in slices_of.get(sid, ())) if o is not None]
-        t = translate_with_notes(
-            [expand(obj)],
-            slices,
-            node,
-            self.proxy_name,
-            algorithm=self.algorithm,
-            apply_external_traffic_policy=self.apply_external_traffic_policy,
-        )
-        self.counts["services_translated"] += 1
-        self.counts["notes"] += len(t.notes)
-        if t.no_local_endpoints:
-            self._no_local[sid] = len(t.no_local_endpoints)
+        found = [(k, o) for k, o in ((k, sstore.get(k)) for k in slices_of.get(sid, ())) if o is not None]
+        if node != self._cache_node:
+            self._cache, self._cache_node = {}, node
+        sig = (_meta(obj).get("resourceVersion"), tuple(sorted((k, _meta(o).get("resourceVersion")) for k, o in found)))
+        hit = self._cache.get(sid)
+        if hit is not None and hit[0] == sig and sig[0]:
+            frontends, no_local = hit[1], hit[2]
+        else:
+            t = translate_with_notes(
+                [expand(obj)],
+                [expand(o) for _, o in found],
+                node,
+                self.proxy_name,
+                algorithm=self.algorithm,
+                apply_external_traffic_policy=self.apply_external_traffic_policy,
+            )
+            self.counts["services_translated"] += 1
+            self.counts["notes"] += len(t.notes)
+            frontends, no_local = {s.key: s for s in t.services}, len(t.no_local_endpoints)
+            self._cache[sid] = (sig, frontends, no_local)
+        if no_local:
+            self._no_local[sid] = no_local
         else:
             self._no_local.pop(sid, None)
-        return {s.key: s for s in t.services}
+        return frontends
 
     def _value(self, key: ServiceKey) -> Optional[Service]:
         owners = self._claims.get(key)
@@ -682,12 +715,20 @@ class Agent:
         t0 = time.monotonic()
         with self._cond:
             slices_of = {s: set(v) for s, v in self._slices_of.items()}
-        sids = [_service_id(k) for k in self.services_reflector.snapshot()]
+        sids = [(k[0] or "default", k[1]) for k in self.services_reflector.snapshot()]
         self._wanted, self._claims = {}, {}
         self._no_local = {}
+        alive = set(sids)
+        for gone in [s for s in self._cache if s not in alive]:
+            del self._cache[gone]
         for sid in sids:
-            assert sid is not None
             self._set_wanted(sid, self._translate(sid, node, slices_of))
+        if self.freeze_gc:
+            # Everything just built lives until the next full sync: keep the cyclic
+            # collector from walking it again and again (a pause of a second at 50,000 services).
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
         wanted = [v for v in (self._value(k) for k in self._claims) if v is not None]
         failed: Set[ServiceKey] = set()
         try:

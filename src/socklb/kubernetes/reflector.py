@@ -167,6 +167,8 @@ class Reflector:
         self.store: Dict[Key, Obj] = {}
         self.resource_version = ""
         self.synced = threading.Event()
+        self.listing = False
+        """True while a LIST is being read (before its events are handed over)."""
         self.stats = ReflectorStats()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -254,12 +256,16 @@ class Reflector:
         return self._list_func(**self._kwargs, **kwargs, _preload_content=False)
 
     def _relist(self) -> None:
+        self.listing = True
         try:
-            items, rv = self._list_all()
-        except _Gone:
-            # The continue token expired mid-list: start over without paging.
-            logger.info("%s: continue token expired: listing again in one request", self.name)
-            items, rv = self._list_all(paged=False)
+            try:
+                items, rv = self._list_all()
+            except _Gone:
+                # The continue token expired mid-list: start over without paging.
+                logger.info("%s: continue token expired: listing again in one request", self.name)
+                items, rv = self._list_all(paged=False)
+        finally:
+            self.listing = False
         self.stats.lists += 1
         old, new = self.store, {}
         for obj in items:

@@ -448,7 +448,9 @@ class FakeApiServer:
                     raise _Gone from None
             else:
                 rv = self._rv
-                items = [copy.deepcopy(o) for _, o in sorted(store.objects.items()) if match(o)]
+                # Stored objects are never changed in place (apply stores a new copy), so a
+                # list of references is a consistent snapshot; nothing is copied.
+                items = [o for _, o in sorted(store.objects.items()) if match(o)]
                 snap_id, offset = uuid.uuid4().hex, 0
             page = items[offset : offset + limit] if limit > 0 else items[offset:]
             end = offset + len(page)
@@ -459,9 +461,8 @@ class FakeApiServer:
                 meta["remainingItemCount"] = len(items) - end
             else:
                 self._snapshots.pop(snap_id, None)
-        for o in page:  # list items carry no kind or apiVersion, as from the real server
-            o.pop("kind", None)
-            o.pop("apiVersion", None)
+        # List items carry no kind or apiVersion, as from the real server.
+        page = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in page]
         return {
             "kind": f"{store.resource.kind}List",
             "apiVersion": store.resource.api_version,
@@ -483,7 +484,7 @@ class FakeApiServer:
         with self._cond:
             if rv_text in ("", "0"):
                 pos = self._rv
-                initial = [copy.deepcopy(o) for _, o in sorted(store.objects.items()) if match(o)]
+                initial = [o for _, o in sorted(store.objects.items()) if match(o)]
             else:
                 try:
                     pos = int(rv_text)
@@ -547,12 +548,12 @@ class FakeApiServer:
                         now_in, was_in = match(e.obj), e.old is not None and match(e.old)
                         if e.type == "DELETED":
                             if was_in:
-                                send.append({"type": "DELETED", "object": copy.deepcopy(e.obj)})
+                                send.append({"type": "DELETED", "object": e.obj})
                         elif now_in:
                             kind = "MODIFIED" if was_in else "ADDED"
-                            send.append({"type": kind, "object": copy.deepcopy(e.obj)})
+                            send.append({"type": kind, "object": e.obj})
                         elif was_in:  # it left the selector
-                            send.append({"type": "DELETED", "object": copy.deepcopy(e.obj)})
+                            send.append({"type": "DELETED", "object": e.obj})
                     if bookmarks and (
                         self._bookmarks != marks or (next_mark is not None and time.monotonic() >= next_mark)
                     ):
