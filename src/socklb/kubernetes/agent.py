@@ -723,12 +723,6 @@ class Agent:
             del self._cache[gone]
         for sid in sids:
             self._set_wanted(sid, self._translate(sid, node, slices_of))
-        if self.freeze_gc:
-            # Everything just built lives until the next full sync: keep the cyclic
-            # collector from walking it again and again (a pause of a second at 50,000 services).
-            gc.unfreeze()
-            gc.collect()
-            gc.freeze()
         wanted = [v for v in (self._value(k) for k in self._claims) if v is not None]
         failed: Set[ServiceKey] = set()
         try:
@@ -743,6 +737,13 @@ class Agent:
             failed = self._write(set(self._claims) | programmed, dict.fromkeys(programmed), force=set())
         self.counts["full_syncs"] += 1
         self._after_apply(t0, triggers, failed, full=True)
+        if self.freeze_gc:
+            # What the translation and the balancer just built lives until the next full
+            # sync: keep the cyclic collector from walking it again and again (at 50,000
+            # services a full collection pauses the agent for a second or more).
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
         self.first_sync.set()
 
     def _after_apply(self, t0: float, triggers: Dict[SvcId, List[float]], failed: Set[ServiceKey], full: bool) -> None:
