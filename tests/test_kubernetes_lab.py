@@ -322,6 +322,17 @@ def _healthz(port: int) -> int:
         return 0
 
 
+def _metrics(port: int) -> Dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.split()
+            out[name] = float(value)
+    return out
+
+
 def test_sigkill_and_restart_converge_with_pinned_state(api: FakeApiServer, cluster: Cluster, tmp_path: Any) -> None:
     from socklb import Balancer
 
@@ -383,6 +394,12 @@ def test_sigkill_and_restart_converge_with_pinned_state(api: FakeApiServer, clus
         start()
         until(lambda: set(served(client, moving, n=12)) == {"srv-a2", "srv-c"}, what="convergence after restart")
         assert set(served(client, added, n=6)) == {"srv-a2"}
+        # The restarted agent's full sync wrote only what changed: "moving" and "added",
+        # and removed "deleted"; "stable" was not touched.
+        metrics = _metrics(port)
+        assert metrics["socklb_agent_upserts_total"] == 2, metrics
+        assert metrics["socklb_agent_removes_total"] == 1, metrics
+        assert metrics["socklb_agent_full_syncs_total"] >= 1
         assert all(k.startswith("error:") and k != "error:ECONNREFUSED" for k in served(client, deleted, n=3))
         res = _result(loop)
         loop = None

@@ -152,6 +152,8 @@ class Samples:
         for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
             out[name] = self.quantile(q, v) if v else None
         out["max"] = v[-1] if v else None
+        with self._lock:
+            out["last"] = self._recent[-1] if self._recent else None
         return out
 
 
