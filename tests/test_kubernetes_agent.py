@@ -412,3 +412,12 @@ def test_compact_objects_translate_exactly_as_the_originals() -> None:
     small = compact(slices[0], "EndpointSlice")
     assert len(small["compact"]) < len(json.dumps(slices[0], separators=(",", ":")))
     assert "managedFields" not in expand(compact(svcs[0], "Service"))["metadata"]
+
+
+def test_docstring_examples_of_the_agent_module() -> None:
+    import doctest
+
+    import socklb.kubernetes.agent
+
+    result = doctest.testmod(socklb.kubernetes.agent)
+    assert result.attempted > 0 and result.failed == 0
