@@ -421,3 +421,14 @@ def test_docstring_examples_of_the_agent_module() -> None:
 
     result = doctest.testmod(socklb.kubernetes.agent)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_command_says_what_is_missing(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from socklb.cli import main
+
+    monkeypatch.delenv("NODE_NAME", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert main(["kubernetes", "--cgroup", "/nonexistent"]) == 2
+    assert "--node-name" in capsys.readouterr().err
+    assert main(["kubernetes", "--node-name", "n1", "--cgroup", "/nonexistent"]) == 2
+    assert "in-cluster" in capsys.readouterr().err

@@ -124,7 +124,12 @@ def kubernetes_agent(args: argparse.Namespace) -> int:
     if not args.node_name:
         print("socklb kubernetes: give --node-name or set NODE_NAME", file=sys.stderr)
         return 2
-    api = _api_client(args.kubeconfig, args.context)
+    try:
+        api = _api_client(args.kubeconfig, args.context)
+    except Exception as e:  # no kubeconfig, not in a cluster: say so, no traceback
+        where = args.kubeconfig or "the in-cluster service account"
+        print(f"socklb kubernetes: cannot configure the API client from {where}: {e}", file=sys.stderr)
+        return 2
     limits = {"max_services": args.max_services, "max_backends": args.max_backends}
     lb = Balancer(pin_dir=args.pin_dir, **limits) if args.pin_dir else Balancer(**limits)
     try:
