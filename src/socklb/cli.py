@@ -182,7 +182,9 @@ def _add_kubernetes_parser(sub: Any) -> None:
     k.add_argument("--context", help="the kubeconfig context to use")
     k.add_argument("--pin-dir", help="keep the state pinned in this bpffs directory; a restart adopts it")
     k.add_argument("--proxy-name", help="serve only Services labelled service.kubernetes.io/service-proxy-name=NAME")
-    k.add_argument("--healthz-port", type=int, help="serve /healthz and /metrics on this port (0: any)")
+    k.add_argument(
+        "--healthz-port", "--metrics-port", type=int, help="serve /healthz and /metrics on this port (0: any)"
+    )
     k.add_argument("--healthz-address", default="0.0.0.0", help="the address for /healthz (default 0.0.0.0)")
     k.add_argument("--min-sync-period", type=float, default=0.01, help="seconds between applies (default 0.01)")
     k.add_argument("--max-services", type=int, default=65536, help="service limit of a new balancer")
