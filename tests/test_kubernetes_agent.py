@@ -432,3 +432,13 @@ def test_the_command_says_what_is_missing(capsys: pytest.CaptureFixture[str], mo
     assert "--node-name" in capsys.readouterr().err
     assert main(["kubernetes", "--node-name", "n1", "--cgroup", "/nonexistent"]) == 2
     assert "in-cluster" in capsys.readouterr().err
+
+
+def test_an_unreadable_node_delays_the_first_sync_only_so_long(api: FakeApiServer, running: Any) -> None:
+    web(api)
+    api.apply(node("node-a", zone="z1"))
+    api.fail_next(403, times=10_000, match="/nodes")  # say RBAC forbids reading Nodes
+    lb = RecordingBalancer()
+    agent = running(lb, node_timeout=0.5)
+    assert len(lb.backends(K80)) == 2 and agent.node.zone is None
+    assert agent.node_reflector.stats.errors >= 1

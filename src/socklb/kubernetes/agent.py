@@ -304,6 +304,9 @@ class Agent:
     :param algorithm, apply_external_traffic_policy: given to :func:`~socklb.kubernetes.translate`.
     :param reflector_options: extra keyword arguments for every :class:`Reflector`
         (``watch_timeout``, ``resync_period``, ``page_size``, backoff, ...).
+    :param node_timeout: how long the first sync waits for this node's Node object
+        (its zone); after that it goes on without a zone (no zone hints are used)
+        until the Node can be read, and re-syncs then.
     :param compact_objects: keep Services and EndpointSlices as :func:`compact`
         makes them (what the translation reads, as compact JSON: a tenth of the
         memory of the decoded objects); the reflectors' stores then hold that form.
@@ -330,6 +333,7 @@ class Agent:
         reflector_options: Optional[Dict[str, Any]] = None,
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
+        node_timeout: float = 10.0,
         compact_objects: bool = True,
         freeze_gc: bool = False,
     ) -> None:
@@ -349,6 +353,8 @@ class Agent:
         self.retry_initial, self.retry_max = retry_initial, retry_max
         self.node = Node(node_name)
         self.freeze_gc = freeze_gc
+        self.node_timeout = node_timeout
+        self._started = math.inf
         self.max_full_delay = 60.0  # the longest a full sync waits for another resource's re-list
         self._full_since = 0.0
         self.started_wall = time.time()
@@ -441,6 +447,7 @@ class Agent:
             raise RuntimeError("the agent was started already")
         if self._healthz_port is not None:
             self._serve_health(self._healthz_address, self._healthz_port)
+        self._started = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="socklb-agent", daemon=True)
         self._thread.start()
         for r in self._reflectors:
@@ -569,7 +576,9 @@ class Agent:
         while not self._stop.is_set():
             with self._cond:
                 while not self._stop.is_set():
-                    ready = len(self._synced) == len(self._reflectors)
+                    ready = {"services", "endpointslices"} <= self._synced and (
+                        "node" in self._synced or time.monotonic() - self._started > self.node_timeout
+                    )
                     work = ready and (self._dirty or self._full)
                     if work and self._full and any(r.listing for r in self._reflectors):
                         # Another resource is being listed again too (an API server restart,
