@@ -514,3 +514,25 @@ def test_double_answers_writes_with_405_and_keeps_serving(api: FakeApiServer) ->
 
 def test_double_listens_on_loopback_only(api: FakeApiServer) -> None:
     assert api.url.startswith("http://127.0.0.1:")
+
+
+def test_a_transform_applies_to_listed_and_watched_objects(api: FakeApiServer) -> None:
+    api.apply(service("a", ip="10.96.0.1"))
+    api.apply(service("boom", ip="10.96.0.2"))
+
+    def slim(o: Any) -> Any:
+        if o["metadata"]["name"] == "boom":
+            raise ValueError("a transform that fails")
+        return {"metadata": o["metadata"], "slim": True}
+
+    rec = Recorder()
+    r = reflector(api, rec, transform=slim)
+    try:
+        assert r.store[("default", "a")] == {"metadata": r.store[("default", "a")]["metadata"], "slim": True}
+        assert "spec" in r.store[("default", "boom")]  # kept as it came
+        api.apply(service("b", ip="10.96.0.3"))
+        until(lambda: ("default", "b") in r.store)
+        assert r.store[("default", "b")]["slim"] is True
+        assert next(e.obj for e in rec.events if e.key == ("default", "b"))["slim"] is True
+    finally:
+        r.stop()

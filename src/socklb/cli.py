@@ -3,17 +3,22 @@
 ``socklb demo`` builds a lab (a node namespace, a client pod and backend pods),
 programs a service, attaches to the client pod's cgroup and shows where a few
 hundred connections to the service address went.  ``socklb cleanup`` removes
-what a crashed lab left behind.
+what a crashed lab left behind.  ``socklb kubernetes`` is the node agent: it
+watches the API server and balances the Services for the pods of one cgroup.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from .errors import SocklbError
 
@@ -93,15 +98,118 @@ def _dial(pod: Pod, host: str, port: int, n: int) -> Dict[str, List[str]]:
     return out
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _api_client(kubeconfig: Optional[str], context: Optional[str]) -> Any:
+    """An ApiClient from a kubeconfig file, else the in-cluster service account."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)  # type: ignore[no-untyped-call]
+    else:
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    return client.ApiClient(cfg)
+
+
+def kubernetes_agent(args: argparse.Namespace) -> int:
+    """Run the node agent until SIGTERM or SIGINT; returns the exit status."""
+    from . import Balancer
+    from .kubernetes import Agent
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    log = logging.getLogger("socklb.agent")
+    if not args.node_name:
+        print("socklb kubernetes: give --node-name or set NODE_NAME", file=sys.stderr)
+        return 2
+    try:
+        api = _api_client(args.kubeconfig, args.context)
+    except Exception as e:  # no kubeconfig, not in a cluster: say so, no traceback
+        where = args.kubeconfig or "the in-cluster service account"
+        print(f"socklb kubernetes: cannot configure the API client from {where}: {e}", file=sys.stderr)
+        return 2
+    limits = {"max_services": args.max_services, "max_backends": args.max_backends}
+    lb = Balancer(pin_dir=args.pin_dir, **limits) if args.pin_dir else Balancer(**limits)
+    try:
+        adopted = {a.cgroup for a in lb.attachments()}
+        if lb.pin_dir and (adopted or lb.services()):
+            log.info("adopted %d services and %d attachments from %s", len(lb.services()), len(adopted), lb.pin_dir)
+        cgroup = os.path.realpath(args.cgroup)
+        if cgroup not in adopted:
+            lb.attach(cgroup)
+        log.info("balancing the sockets of cgroup %s (node %s)", cgroup, args.node_name)
+        agent = Agent(
+            lb,
+            node_name=args.node_name,
+            api_client=api,
+            proxy_name=args.proxy_name,
+            min_sync_period=args.min_sync_period,
+            healthz_port=args.healthz_port,
+            healthz_address=args.healthz_address,
+            freeze_gc=True,  # this process is the agent: no cyclic-GC walks of its long-lived state
+        )
+        done = threading.Event()
+
+        def stop(signum: int, _frame: Any) -> None:
+            log.info("signal %d: stopping", signum)
+            done.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        agent.start()
+        if args.healthz_port is not None:
+            log.info("/healthz and /metrics on %s:%s", args.healthz_address, agent.healthz_port)
+        while not done.wait(1.0):
+            pass
+        agent.stop()
+        return 0
+    finally:
+        lb.close()  # with --pin-dir the services and the attachment stay for the next agent
+
+
+def _add_kubernetes_parser(sub: Any) -> None:
+    k = sub.add_parser(
+        "kubernetes",
+        help="the node agent: watch Services and EndpointSlices and balance them for one cgroup",
+        description="Watch the API server and program this node's Services into socklb, attached to one cgroup "
+        "(the node's kubepods cgroup: every pod below it is balanced).",
+    )
+    k.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="this node (default: $NODE_NAME)")
+    k.add_argument("--cgroup", required=True, help="the cgroup v2 directory to attach to")
+    k.add_argument("--kubeconfig", help="a kubeconfig file (default: the in-cluster service account)")
+    k.add_argument("--context", help="the kubeconfig context to use")
+    k.add_argument("--pin-dir", help="keep the state pinned in this bpffs directory; a restart adopts it")
+    k.add_argument("--proxy-name", help="serve only Services labelled service.kubernetes.io/service-proxy-name=NAME")
+    k.add_argument(
+        "--healthz-port", "--metrics-port", type=int, help="serve /healthz and /metrics on this port (0: any)"
+    )
+    k.add_argument("--healthz-address", default="0.0.0.0", help="the address for /healthz (default 0.0.0.0)")
+    k.add_argument("--min-sync-period", type=float, default=0.01, help="seconds between applies (default 0.01)")
+    k.add_argument("--max-services", type=int, default=65536, help="service limit of a new balancer")
+    k.add_argument("--max-backends", type=int, default=262144, help="backend limit of a new balancer")
+    k.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``socklb`` command line."""
     ap = argparse.ArgumentParser(prog="socklb", description=__doc__.split("\n\n")[0] if __doc__ else None)
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="balance connections in a throwaway lab and show the result")
     d.add_argument("--backends", type=int, default=3, help="backend pods (default 3)")
     d.add_argument("--connections", type=int, default=300, help="connections per address family (default 300)")
     sub.add_parser("cleanup", help="remove namespaces and cgroups left by a crashed lab")
+    _add_kubernetes_parser(sub)
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
     try:
+        if args.cmd == "kubernetes":
+            return kubernetes_agent(args)
         if args.cmd == "demo":
             if not 1 <= args.backends <= 32 or not 1 <= args.connections <= 100000:
                 ap.error("--backends must be 1..32 and --connections 1..100000")

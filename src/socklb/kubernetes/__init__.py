@@ -11,9 +11,12 @@ never imports this package or ``kubernetes``.
 >>> out.key, out.backends                       # no endpoints: connections are refused
 (('10.96.3.4', 443, 'tcp'), ())
 
-See :mod:`socklb.kubernetes.translation` for the rules.
+See :mod:`socklb.kubernetes.translation` for the rules, and
+:class:`socklb.kubernetes.Agent` (:mod:`socklb.kubernetes.agent`) for the node
+agent that keeps a :class:`socklb.Balancer` programmed from the API server.
 """
 
+from .agent import Agent
 from .translation import (
     LABEL_HEADLESS,
     LABEL_SERVICE_NAME,
@@ -28,6 +31,7 @@ from .translation import (
 )
 
 __all__ = [
+    "Agent",
     "LABEL_HEADLESS",
     "LABEL_SERVICE_NAME",
     "LABEL_SERVICE_PROXY_NAME",

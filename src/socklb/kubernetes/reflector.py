@@ -122,6 +122,10 @@ class Reflector:
     timeout is that plus ``read_timeout_margin``.  ``resync_period`` (seconds,
     None for never) re-lists everything; it is checked when a watch ends, so at
     most every ``watch_timeout`` to ``2 * watch_timeout`` seconds.
+    ``transform`` (like client-go's ``SetTransform``) is applied to every object
+    as it arrives, before it is stored or handed over: a way to keep only what
+    the handler needs.  It must keep ``metadata.name``, ``namespace`` and
+    ``resourceVersion``; if it raises, the object is kept as it came.
     """
 
     def __init__(
@@ -140,6 +144,7 @@ class Reflector:
         max_retry_after: float = 300.0,
         resync_period: Optional[float] = None,
         rand: Callable[[], float] = random.random,
+        transform: Optional[Callable[[Obj], Obj]] = None,
     ) -> None:
         if watch_timeout < 1:
             raise ValueError("watch_timeout must be at least 1 second")
@@ -158,9 +163,12 @@ class Reflector:
         self.max_retry_after = max_retry_after
         self.resync_period = resync_period
         self._rand = rand
+        self._transform = transform
         self.store: Dict[Key, Obj] = {}
         self.resource_version = ""
         self.synced = threading.Event()
+        self.listing = False
+        """True while a LIST is being read (before its events are handed over)."""
         self.stats = ReflectorStats()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -248,12 +256,16 @@ class Reflector:
         return self._list_func(**self._kwargs, **kwargs, _preload_content=False)
 
     def _relist(self) -> None:
+        self.listing = True
         try:
-            items, rv = self._list_all()
-        except _Gone:
-            # The continue token expired mid-list: start over without paging.
-            logger.info("%s: continue token expired: listing again in one request", self.name)
-            items, rv = self._list_all(paged=False)
+            try:
+                items, rv = self._list_all()
+            except _Gone:
+                # The continue token expired mid-list: start over without paging.
+                logger.info("%s: continue token expired: listing again in one request", self.name)
+                items, rv = self._list_all(paged=False)
+        finally:
+            self.listing = False
         self.stats.lists += 1
         old, new = self.store, {}
         for obj in items:
@@ -296,8 +308,9 @@ class Reflector:
                 _release(resp)
             self.stats.list_pages += 1
             page = body.get("items") or []
-            items.extend(o for o in page if isinstance(o, dict))
+            items.extend(self._slim(o) for o in page if isinstance(o, dict))
             meta = body.get("metadata") or {}
+            del body, page  # only the transformed objects stay
             token = meta.get("continue") or None
             if not token:
                 return items, str(meta.get("resourceVersion", ""))
@@ -357,6 +370,7 @@ class Reflector:
             logger.warning("%s: ignoring watch event %s without a name: %.200s", self.name, kind, line)
             return
         self.stats.events += 1
+        obj = self._slim(obj)
         with self._lock:
             old = self.store.get(key)
             if kind == "DELETED":
@@ -370,6 +384,15 @@ class Reflector:
             if rv:
                 self.resource_version = rv
         self._emit(Event(kind, key, obj, old))
+
+    def _slim(self, obj: Obj) -> Obj:
+        if self._transform is None:
+            return obj
+        try:
+            return self._transform(obj)
+        except Exception:
+            logger.exception("%s: the transform failed on %.200s: keeping the object as it is", self.name, obj)
+            return obj
 
     def _emit(self, event: Event) -> None:
         if self._handler is None:
