@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <linux/bpf.h>
@@ -1000,4 +1001,48 @@ uint32_t socklb_probe(void)
 	}
 	release();
 	return missing;
+}
+
+/* --- read-only inspection (socklb.inspect) ------------------------------ */
+
+int socklb_obj_get(const char *path, int read_only)
+{
+	union bpf_attr attr;
+	int fd;
+
+	/* bpf_obj_get_opts() is newer than Debian bookworm's libbpf 1.1. */
+	memset(&attr, 0, sizeof(attr));
+	attr.pathname = (__u64)(unsigned long)path;
+	attr.file_flags = read_only ? BPF_F_RDONLY : 0;
+	fd = syscall(__NR_bpf, BPF_OBJ_GET, &attr, sizeof(attr));
+	return fd < 0 ? -errno : fd;
+}
+
+int socklb_map_info(int fd, uint32_t *type, uint32_t *key_size, uint32_t *value_size, uint32_t *max_entries)
+{
+	struct bpf_map_info info = {};
+	__u32 len = sizeof(info);
+
+	if (bpf_obj_get_info_by_fd(fd, &info, &len))
+		return -errno;
+	*type = info.type;
+	*key_size = info.key_size;
+	*value_size = info.value_size;
+	*max_entries = info.max_entries;
+	return 0;
+}
+
+int socklb_link_info(int fd, uint32_t *prog_id, uint64_t *cgroup_id, uint32_t *attach_type)
+{
+	struct bpf_link_info info = {};
+	__u32 len = sizeof(info);
+
+	if (bpf_obj_get_info_by_fd(fd, &info, &len))
+		return -errno;
+	if (info.type != BPF_LINK_TYPE_CGROUP)
+		return -EPROTO;
+	*prog_id = info.prog_id;
+	*cgroup_id = info.cgroup.cgroup_id;
+	*attach_type = info.cgroup.attach_type;
+	return 0;
 }

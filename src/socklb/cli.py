@@ -100,7 +100,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     d.add_argument("--backends", type=int, default=3, help="backend pods (default 3)")
     d.add_argument("--connections", type=int, default=300, help="connections per address family (default 300)")
     sub.add_parser("cleanup", help="remove namespaces and cgroups left by a crashed lab")
+    from . import opscli
+
+    opscli.register(sub)
     args = ap.parse_args(argv)
+    rc = opscli.run(args)
+    if rc is not None:
+        return rc
     try:
         if args.cmd == "demo":
             if not 1 <= args.backends <= 32 or not 1 <= args.connections <= 100000:
