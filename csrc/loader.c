@@ -366,6 +366,7 @@ static int open_common(const struct socklb_config *cfg, const char *pin_dir, str
 	if ((err = size_map(lb->obj, "services", cfg->max_services)) ||
 	    (err = size_map(lb->obj, "slots", cfg->max_slots)) ||
 	    (err = size_map(lb->obj, "backends", cfg->max_backends)) ||
+	    (err = size_map(lb->obj, "selections", cfg->max_backends)) ||
 	    (err = size_map(lb->obj, "affinity", cfg->max_affinity)) ||
 	    (err = size_map(lb->obj, "maglev", cfg->max_maglev)))
 		goto fail;

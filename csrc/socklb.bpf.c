@@ -105,6 +105,17 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/* selections: backend id -> times the datapath chose it (per CPU).  Entries
+ * are made by the datapath the first time a backend is chosen and deleted by
+ * the control plane with the backend; sized like backends by the loader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1); /* sized by the loader (spec.py) */
+	__type(key, __u32);
+	__type(value, __u64);
+} selections SEC(".maps");
+
 /* Steps of the weighted binary search: enough for SOCKLB_MAX_SVC_BACKENDS slots. */
 #define WEIGHTED_STEPS (32 - __builtin_clz(SOCKLB_MAX_SVC_BACKENDS))
 
@@ -117,6 +128,25 @@ static __always_inline void count(__u32 which)
 
 	if (c)
 		*c += 1;
+}
+
+/* One more choice of backend id: a lookup on the hot path; the first choice
+ * of a backend inserts its entry (another CPU may insert it first: then the
+ * entry is there to count in). */
+static __always_inline void count_selection(__u32 id)
+{
+	__u64 *n = bpf_map_lookup_elem(&selections, &id);
+	__u64 one = 1;
+
+	if (n) {
+		*n += 1;
+		return;
+	}
+	if (bpf_map_update_elem(&selections, &id, &one, BPF_NOEXIST) == 0)
+		return;
+	n = bpf_map_lookup_elem(&selections, &id);
+	if (n)
+		*n += 1;
 }
 
 /* Refuse with ECONNREFUSED, what kube-proxy's REJECT gives for a service
@@ -276,6 +306,7 @@ static __always_inline bool choose(struct bpf_sock_addr *ctx, const struct sockl
 					out->be = *be;
 					out->backend_id = id;
 					count(SOCKLB_CNT_AFFINITY_HIT);
+					count_selection(id);
 					return true;
 				}
 			}
@@ -297,6 +328,7 @@ static __always_inline bool choose(struct bpf_sock_addr *ctx, const struct sockl
 
 					bpf_map_update_elem(&affinity, &ak, &nv, BPF_ANY);
 				}
+				count_selection(id);
 				return true;
 			}
 		}

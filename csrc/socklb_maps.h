@@ -15,7 +15,7 @@
 
 /* Bump whenever a struct below changes layout: pinned maps written with
  * another version are refused, never misread. */
-#define SOCKLB_LAYOUT_VERSION 4
+#define SOCKLB_LAYOUT_VERSION 5
 #define SOCKLB_META_MAGIC 1936484460
 
 #define SOCKLB_PROTO_TCP 6

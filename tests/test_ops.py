@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
@@ -141,6 +142,14 @@ def test_read_only_commands_against_another_owner(world: World) -> None:
         assert after == before, "a read-only command changed the pins, a map or the locks"
         assert pins_mod.holder_pid(pd) == owner.pid
 
+        # selection counts: every connect to the VIP, at the backend that served it
+        by_ip = {p.ipv4: name for name, p in world.backends.items()}
+        (vs,) = [s for s in services if key_of(s) == (VIP4, 80, "tcp")]
+        assert {by_ip[b["address"]]: b["selections"] for b in vs["backends"] if b["selections"]} == dict(
+            Counter(got["served"])
+        )
+        assert all(b["selections"] == 0 for s in services if key_of(s) != (VIP4, 80, "tcp") for b in s["backends"])
+
         # services: exactly what the owner programmed
         want = sorted(services_json(svcs), key=key_of)
         assert sorted(strip_ids(services), key=key_of) == want
@@ -173,6 +182,35 @@ def test_read_only_commands_against_another_owner(world: World) -> None:
             assert r.returncode == 0 and r.stdout.strip(), r.stderr
         assert "FRONTEND" in tables[1].stdout and f"{VIP4}:80/TCP" in tables[1].stdout
         assert yaml_out.returncode == 0 and f"address: {VIP4}" in yaml_out.stdout, yaml_out.stderr
+
+
+def test_selection_counters(world: World) -> None:
+    """Balancer.selections(): one per connect at the chosen backend, affinity
+    hits included; a removed backend's counter goes with it."""
+    from socklb import Balancer
+
+    b1, b2, b3 = world.pods("b1", "b2", "b3")
+    svc = Service(VIP4, 80, "tcp", [Backend(p.ipv4, TCP_PORT) for p in (b1, b2, b3)])
+    aff = Service(VIP6, 80, "tcp", [Backend(p.ipv6, TCP_PORT) for p in (b1, b2)], affinity=Affinity(600))
+    with Balancer(max_services=16, max_backends=64) as lb:
+        lb.upsert(svc)
+        lb.upsert(aff)
+        with lb.attach(world.client.cgroup):
+            got = dial(world.client, "tcp", VIP4, 80, 40)
+            sticky = dial(world.client, "tcp", VIP6, 80, 10)
+            sel = lb.selections()
+            names = {p.ipv4: n for n, p in world.backends.items()}
+            assert {names[a]: n for (a, _), n in sel[svc.key].items() if n} == dict(Counter(got["served"]))
+            assert sum(sel[aff.key].values()) == 10 and len(set(sticky["served"])) == 1
+            assert lb.counters()["affinity_hit"] == 9
+            used = sum(1 for per in sel.values() for n in per.values() if n)
+            assert lb.map_usage()["selections"] == (used, 2 * 64)
+            # b3 removed: its counter entry is deleted with it
+            lb.upsert(Service(VIP4, 80, "tcp", [Backend(p.ipv4, TCP_PORT) for p in (b1, b2)]))
+            gone = 1 if sel[svc.key][(b3.ipv4, TCP_PORT)] else 0
+            assert lb.map_usage()["selections"][0] == used - gone
+            after = lb.selections()[svc.key]
+            assert after == {k: v for k, v in sel[svc.key].items() if k[0] != b3.ipv4}
 
 
 def test_apply_dry_run_and_apply(world: World, tmp_path: Any) -> None:

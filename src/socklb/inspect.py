@@ -21,13 +21,12 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import adopt, features, pins, stats
-from ._core import check, ffi, lib, possible_cpus
-from .abi import ATTACH_INFO, U32, U64
+from ._core import check, ffi, lib
+from .abi import ATTACH_INFO, U64
 from .datapath import Map
 from .errors import InvalidValueError, KernelError, NotFoundError, PermissionDeniedError
 from .model import Service
@@ -221,15 +220,7 @@ class PinnedView:
         m = self.maps.get("selections")
         if m is None:
             return None
-        ncpu = possible_cpus()
-        out = {}
-        for k in m.keys(self.max_entries["selections"]):
-            raw = m.lookup(k, 8 * ncpu)
-            if raw is not None:
-                out[U32.unpack(k)[0]] = sum(
-                    int.from_bytes(raw[i : i + 8], sys.byteorder) for i in range(0, len(raw), 8)
-                )
-        return out
+        return stats.read_selections(m, self.max_entries["selections"])
 
     def service_views(self, frontend: Optional[Tuple[str, Optional[int]]] = None) -> List[ServiceView]:
         """Every service (or those of one ``(address, port)`` frontend) with
