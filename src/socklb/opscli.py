@@ -186,6 +186,36 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0 if rep["verdict"]["can_balance"] else 1
 
 
+# -- exporter ----------------------------------------------------------------------
+
+
+def _exporter(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    try:
+        from . import metrics
+    except ImportError as e:
+        raise CommandError(str(e)) from None
+    from .inspect import PinnedView
+
+    if not 0 < args.port < 65536:
+        raise CommandError(f"--port must be 1..65535, not {args.port}")
+    PinnedView(args.pin_dir).close()  # a clear error now rather than socklb_up 0 forever
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    metrics.start_http_server(args.pin_dir, args.port, args.address, per_backend=args.per_backend)
+    print(
+        f"socklb exporter: serving {args.pin_dir} on http://{args.address or '0.0.0.0'}:{args.port}/metrics", flush=True
+    )
+    try:
+        while not stop.wait(3600):
+            pass
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 # -- registration ------------------------------------------------------------------
 
 
@@ -217,6 +247,12 @@ def register(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="print what would change; write nothing, take no lock")
     out(p)
     p.set_defaults(ops_func=_apply)
+    p = sub.add_parser("exporter", help="serve a pinned balancer's Prometheus metrics on /metrics")
+    pin(p)
+    p.add_argument("--port", type=int, required=True, help="TCP port to listen on")
+    p.add_argument("--address", default="", help="address to listen on (default: all)")
+    p.add_argument("--per-backend", action="store_true", help="also export per-backend selection counts")
+    p.set_defaults(ops_func=_exporter)
     p = sub.add_parser("doctor", help="what this machine can do for socklb")
     out(p)
     p.set_defaults(ops_func=_doctor)
