@@ -130,3 +130,12 @@ int socklb_obj_get(const char *path, int read_only);
 int socklb_map_info(int fd, uint32_t *type, uint32_t *key_size, uint32_t *value_size, uint32_t *max_entries);
 /* A cgroup bpf_link's program id, cgroup id and attach type. */
 int socklb_link_info(int fd, uint32_t *prog_id, uint64_t *cgroup_id, uint32_t *attach_type);
+
+/* socklb trace: consume the trace_events ring buffer (an fd of the pinned
+ * map).  socklb_trace_poll waits up to timeout_ms and copies at most cap
+ * events (struct socklb_trace_event) into events; those past cap in one poll
+ * are counted in *lost.  Returns how many were copied. */
+struct socklb_trace;
+int socklb_trace_open(int ringbuf_fd, struct socklb_trace **out);
+int socklb_trace_poll(struct socklb_trace *t, void *events, uint32_t cap, int timeout_ms, uint64_t *lost);
+void socklb_trace_close(struct socklb_trace *t);

@@ -48,8 +48,8 @@ def snapshot(pd: str) -> Tuple[Dict[str, int], Dict[str, Dict[bytes, bytes]], Li
     the locks on the directory."""
     maps = {}
     for name in sorted(os.listdir(os.path.join(pd, "maps"))):
-        if name.startswith("sock_"):
-            continue  # socket-local storage: no keys to walk
+        if name.startswith("sock_") or name == "trace_events":
+            continue  # socket-local storage, a ring buffer: no keys to walk
         fd = obj_get(os.path.join(pd, "maps", name))
         try:
             info = _info(fd)

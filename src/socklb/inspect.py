@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -347,7 +348,23 @@ class PinnedView:
                 "selection_counters": "selections" in self.maps,
                 "missing": sorted(missing),
             },
+            "tracing": self.tracing(),
         }
+
+    def tracing(self) -> Optional[Dict[str, Any]]:
+        """Whether a ``socklb trace`` reader holds the lease, and events the
+        ring buffer had no room for; None if the pins cannot trace."""
+        m = self.maps.get("trace_ctl")
+        if m is None:
+            return None
+        from .trace import CTL
+
+        raw = m.lookup(b"\0\0\0\0")
+        if raw is None:
+            return None
+        c = CTL.unpack(raw)
+        left = (c.lease_until_ns - time.clock_gettime_ns(time.CLOCK_MONOTONIC)) / 1e9
+        return {"on": left > 0, "lease_left_s": round(max(left, 0.0), 3), "dropped": int(c.dropped)}
 
 
 def _fam(addr: str) -> int:

@@ -68,6 +68,15 @@ def _status_table(st: Dict[str, Any]) -> str:
         "Limits:           " + ", ".join(f"{k.replace('max_', '')} {v}" for k, v in lim.items()),
         f"Socket termination: {'available' if feats['socket_termination'] else 'unavailable (needs Linux 6.5)'}",
         f"Selection counters: {'yes' if feats['selection_counters'] else 'no (pins of an older datapath)'}",
+        "Tracing:          "
+        + (
+            "unavailable"
+            if st.get("tracing") is None
+            else (
+                f"on (a reader holds the lease for {st['tracing']['lease_left_s']} s)" if st["tracing"]["on"] else "off"
+            )
+            + (f", {st['tracing']['dropped']} events dropped" if st.get("tracing") and st["tracing"]["dropped"] else "")
+        ),
         "",
         table(
             ["MAP", "TYPE", "ENTRIES", "MAX", "USED"],
@@ -186,6 +195,64 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0 if rep["verdict"]["can_balance"] else 1
 
 
+# -- trace -------------------------------------------------------------------------
+
+_TRACE_COLS = ("TIME", "HOOK", "PID", "COMM", "CGROUP", "NETNS", "PROTO", "FRONTEND", "BACKEND", "OUTCOME")
+
+
+def _trace_row(ev: Any) -> List[object]:
+    import time as _time
+
+    t = _time.strftime("%H:%M:%S", _time.localtime(ev.time)) + f".{int(ev.time * 1e6) % 1000000:06d}"
+    backend = _hp(ev.backend, ev.backend_port) if ev.backend is not None else "-"
+    outcome = ev.outcome + (" (retried)" if ev.retried else "")
+    return [t, ev.hook, ev.pid, ev.comm, ev.cgroup_id, ev.netns_cookie, ev.protocol, ev.frontend, backend, outcome]
+
+
+def _trace(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from .inspect import parse_frontend
+    from .trace import Tracer
+
+    front = parse_frontend(args.service) if args.service else None
+    cgid = None
+    if args.cgroup:
+        try:
+            cgid = os.stat(args.cgroup).st_ino
+        except OSError as e:
+            raise CommandError(f"--cgroup {args.cgroup}: {e.strerror}") from None
+    if args.count is not None and args.count < 1:
+        raise CommandError("--count must be at least 1")
+    if args.output == "yaml":
+        render({}, "yaml", str)  # fails early, with the clear line, without PyYAML
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    widths = [15, 8, 7, 15, 8, 8, 5, 22, 22, 10]
+    with Tracer(args.pin_dir) as t:
+        print(f"socklb trace: tracing {t.pin_dir}; Ctrl-C stops", file=sys.stderr, flush=True)
+        if args.output == "table":
+            print("  ".join(c.ljust(w) for c, w in zip(_TRACE_COLS, widths)).rstrip(), flush=True)
+        try:
+            for ev in t.events(count=args.count, frontend=front, cgroup_id=cgid, timeout=args.timeout):
+                if args.output == "json":
+                    print(json.dumps(ev.to_json()), flush=True)
+                elif args.output == "yaml":
+                    print("---\n" + render(ev.to_json(), "yaml", str), flush=True)
+                else:
+                    row = [str(c) for c in _trace_row(ev)]
+                    print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), flush=True)
+        except KeyboardInterrupt:
+            pass
+        if t.dropped or t.lost:
+            print(f"socklb trace: {t.dropped + t.lost} events lost (the ring buffer was full)", file=sys.stderr)
+    return 0
+
+
 # -- exporter ----------------------------------------------------------------------
 
 
@@ -247,6 +314,14 @@ def register(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="print what would change; write nothing, take no lock")
     out(p)
     p.set_defaults(ops_func=_apply)
+    p = sub.add_parser("trace", help="live translation events of a pinned balancer")
+    pin(p)
+    out(p)
+    p.add_argument("--service", help="only this frontend: VIP or VIP:PORT ([V6]:PORT)")
+    p.add_argument("--cgroup", help="only processes of this cgroup (its directory)")
+    p.add_argument("--count", type=int, help="stop after N events")
+    p.add_argument("--timeout", type=float, help="stop after SECONDS")
+    p.set_defaults(ops_func=_trace)
     p = sub.add_parser("exporter", help="serve a pinned balancer's Prometheus metrics on /metrics")
     pin(p)
     p.add_argument("--port", type=int, required=True, help="TCP port to listen on")
