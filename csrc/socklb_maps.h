@@ -72,7 +72,10 @@
 #define SOCKLB_CNT_RETRY 5
 #define SOCKLB_CNT_AFFINITY_HIT 6
 #define SOCKLB_CNT_STICKY_HIT 7
-#define SOCKLB_CNT_MAX 8
+/* Written by the control plane only (CPU 0's slot): sockets it terminated
+ * because their backend went away, kept with the pins across owners. */
+#define SOCKLB_CNT_TERMINATED 8
+#define SOCKLB_CNT_MAX 9
 
 /* services: (VIP, port, protocol) -> how to pick a backend. */
 struct socklb_svc_key {

@@ -345,3 +345,31 @@ def test_doctests_of_the_ops_modules() -> None:
 
     for m in (servicefile, inspect, opscli, doctor):
         assert doctest.testmod(m, optionflags=doctest.ELLIPSIS).failed == 0, m.__name__
+
+
+def test_terminated_sockets_are_counted_in_the_pins(world: World) -> None:
+    """The owner records the sockets it terminates in the pinned counters:
+    ``socklb stats`` (another process) sees them."""
+    from test_udp import STREAM, read_events, udp_svc
+
+    from socklb import Balancer
+
+    svc = udp_svc(world)
+    with pinned_dir() as pd:
+        lb = Balancer(pin_dir=pd, max_services=8, max_backends=16)
+        try:
+            assert lb.terminates_sockets
+            lb.upsert(svc)
+            lb.attach(world.client.cgroup)
+            p = world.client.popen([sys.executable, "-c", STREAM, VIP4, "53"], stdout=subprocess.PIPE, text=True)
+            try:
+                first = read_events(p, lambda ev: len(ev) >= 2)[0]["served"]
+                names = [n for n in ("b1", "b2", "b3")]
+                lb.upsert(svc.with_backends([b for b, n in zip(svc.backends, names) if n != first]))
+            finally:
+                p.kill()
+                p.wait()
+            c = ok_json("stats", "--pin-dir", pd)["counters"]
+            assert c["terminated"] >= 1 and c["terminated"] == lb.counters()["terminated"], c
+        finally:
+            lb.destroy()

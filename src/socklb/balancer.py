@@ -154,7 +154,13 @@ class Balancer:
         self._record = m("attachments", U64.size, ATTACH_INFO.size)
         self._counters = m("counters", U32.size, 8)
         self._attachments = Attachments(dp, paths, self._record if paths else None)
-        self._terminator = Terminator(dp, self._attachments.cgroups, bool(terminate_sockets) and not dp.iter_error)
+        counters = self._counters
+        self._terminator = Terminator(
+            dp,
+            self._attachments.cgroups,
+            bool(terminate_sockets) and not dp.iter_error,
+            record=lambda n: stats.add_counter(counters, "terminated", n),
+        )
         self._state = planner.State()
         self.write_stats = stats.WriteStats()
         """Durations of this balancer's updates (socklb.metrics reads them)."""
@@ -411,7 +417,8 @@ class Balancer:
         """Datapath counters summed over CPUs: translations made, refusals, retries."""
         with self._lock:
             self._open()
-            return {"terminated": self._terminator.terminated, **stats.read_counters(self._counters)}
+            # "terminated" comes from the map: pinned, it counts across owners.
+            return stats.read_counters(self._counters)
 
     def selections(self) -> Dict[ServiceKey, Dict[Tuple[str, int], int]]:
         """How many times the datapath chose each backend, by service key and

@@ -148,6 +148,8 @@ class PinnedView:
         if not on_bpffs:
             raise InvalidValueError("pin_dir", f"{pin_dir} is not on a bpf filesystem: not a socklb pin directory")
         self.paths = PinPaths(real)
+        if not os.access(real, os.R_OK | os.X_OK):
+            raise PermissionDeniedError(f"reading {pin_dir} (pin directories are root's, mode 0700)", errno.EACCES)
         if not os.path.exists(self.paths.meta):
             raise InvalidValueError("pin_dir", f"{pin_dir} is not a socklb pin directory (no maps/meta)")
         try:

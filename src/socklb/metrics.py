@@ -25,8 +25,9 @@ name                                            type      labels / meaning
 ``socklb_owner_pid``                            gauge     pid holding the pin lock (0: none)
 ``socklb_backend_selections_total``             counter   ``service``, ``backend`` (opt-in: per_backend)
 ``socklb_update_duration_seconds``              histogram upsert/remove/sync duration (a Balancer only)
+``socklb_update_failures_total``                counter   updates that raised (a Balancer only)
 ``socklb_last_successful_update_timestamp_seconds`` gauge a Balancer only
-``socklb_sockets_terminated_total``             counter   a Balancer only
+``socklb_sockets_terminated_total``             counter   sockets terminated on removed backends
 ``socklb_socket_states``                        gauge     a Balancer only, when socket_states=True
 =============================================== ========= ================================================
 
@@ -151,12 +152,6 @@ class SocklbCollector(Collector):
         c = CounterMetricFamily("socklb_update_failures", "Updates that raised.")
         c.add_metric([], ws.failures)
         yield c
-        t = CounterMetricFamily(
-            "socklb_sockets_terminated",
-            "Sockets terminated because their backend was removed or left the active state.",
-        )
-        t.add_metric([], counters.get("terminated", 0))
-        yield t
         if self.socket_states:
             yield GaugeMetricFamily("socklb_socket_states", "Per-socket states socklb holds.", lb.socket_states())
 
@@ -182,6 +177,12 @@ class SocklbCollector(Collector):
             m = CounterMetricFamily(name, doc)
             m.add_metric([], counters.get(key, 0))
             yield m
+        t = CounterMetricFamily(
+            "socklb_sockets_terminated",
+            "Sockets terminated because their backend was removed or left the active state.",
+        )
+        t.add_metric([], counters.get("terminated", 0))
+        yield t
         sv = GaugeMetricFamily("socklb_services", "Services programmed.", labels=["protocol", "algorithm"])
         for (proto, algo), n in sorted(Counter((s.protocol.value, s.algorithm.value) for s in services).items()):
             sv.add_metric([proto, algo], n)

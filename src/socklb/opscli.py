@@ -66,7 +66,7 @@ def _status_table(st: Dict[str, Any]) -> str:
         f"Owner:            {'pid ' + str(st['owner_pid']) if st['owner_pid'] else 'none (no process holds the lock)'}",
         f"Kernel:           {st['kernel']}",
         "Limits:           " + ", ".join(f"{k.replace('max_', '')} {v}" for k, v in lim.items()),
-        f"Socket termination: {'available' if feats['socket_termination'] else 'unavailable (needs Linux 6.5)'}",
+        f"Socket termination: {'kernel has it' if feats['socket_termination'] else 'unavailable (Linux 6.5)'}",
         f"Selection counters: {'yes' if feats['selection_counters'] else 'no (pins of an older datapath)'}",
         "Tracing:          "
         + (
@@ -151,6 +151,7 @@ _STAT_HELP = {
     "retry": "retried: the list changed under a pick",
     "affinity_hit": "ClientIP affinity reused a backend",
     "sticky_hit": "unconnected UDP socket kept its backend",
+    "terminated": "sockets terminated: their backend was removed or left the active state",
 }
 
 
