@@ -143,6 +143,15 @@ static __always_inline void count(__u32 which)
 		*c += 1;
 }
 
+/* A translation by hook; the v6 programs count their share too (v6 is a
+ * constant in each program: nothing more for the v4 ones). */
+static __always_inline void count_hook(__u32 which, bool v6)
+{
+	count(which);
+	if (v6)
+		count(which + SOCKLB_CNT_V6);
+}
+
 /* One more choice of backend id: a lookup on the hot path; the first choice
  * of a backend inserts its entry (another CPU may insert it first: then the
  * entry is there to count in). */
@@ -611,7 +620,7 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, struct socklb_s
 		write_v6(ctx, &c.be);
 	else
 		write_v4(ctx, &c.be);
-	count(SOCKLB_CNT_CONNECT);
+	count_hook(SOCKLB_CNT_CONNECT, v6);
 	if (tracing())
 		trace(ctx, key, &c, TRACE_WHAT(SOCKLB_HOOK_CONNECT, SOCKLB_TRACE_TRANSLATED, v6));
 	return SYS_PROCEED;
@@ -699,7 +708,7 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 				write_v6(ctx, be);
 			else
 				write_v4(ctx, be);
-			count(SOCKLB_CNT_SENDMSG);
+			count_hook(SOCKLB_CNT_SENDMSG, v6);
 			if (tracing()) {
 				c.be = *be;
 				c.backend_id = id;
@@ -743,7 +752,7 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 		write_v6(ctx, &c.be);
 	else
 		write_v4(ctx, &c.be);
-	count(SOCKLB_CNT_SENDMSG);
+	count_hook(SOCKLB_CNT_SENDMSG, v6);
 	if (tracing())
 		trace(ctx, key, &c, TRACE_WHAT(SOCKLB_HOOK_SENDMSG, SOCKLB_TRACE_TRANSLATED, v6));
 	return SYS_PROCEED;
@@ -841,12 +850,12 @@ static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *ad
 	conn = bpf_sk_storage_get(&sock_conn, ctx->sk, 0, 0);
 	if (conn && !dgram && from_backend(conn, addr, port)) {
 		reverse(ctx, conn, v6);
-		count(counter);
+		count_hook(counter, v6);
 		return SYS_PROCEED;
 	}
 	if (!dgram) {
 		if (!conn && ctx->protocol == PROTO_MPTCP && reverse_mptcp(ctx, addr, port, v6))
-			count(counter);
+			count_hook(counter, v6);
 		return SYS_PROCEED;
 	}
 	/* recvmsg: the connect record speaks for replies only while the socket
@@ -857,7 +866,7 @@ static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *ad
 	}
 	if (conn && (conn->flags & SOCKLB_ENTRY_CURRENT) && from_backend(conn, addr, port)) {
 		reverse(ctx, conn, v6);
-		count(counter);
+		count_hook(counter, v6);
 		return SYS_PROCEED;
 	}
 	st = bpf_sk_storage_get(&sock_dgram, ctx->sk, 0, 0);
@@ -875,7 +884,7 @@ static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *ad
 	}
 	if (best >= 0 && best < SOCKLB_SOCK_ENTRIES) {
 		reverse(ctx, &st->dgram[best], v6);
-		count(counter);
+		count_hook(counter, v6);
 	}
 	return SYS_PROCEED;
 }

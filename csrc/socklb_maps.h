@@ -75,7 +75,14 @@
 /* Written by the control plane only (CPU 0's slot): sockets it terminated
  * because their backend went away, kept with the pins across owners. */
 #define SOCKLB_CNT_TERMINATED 8
-#define SOCKLB_CNT_MAX 9
+/* The IPv6 programs' share of CONNECT, SENDMSG, RECVMSG and GETPEERNAME (the
+ * hook's family: a v4-mapped destination counts here): counter + CNT_V6. */
+#define SOCKLB_CNT_V6 9
+#define SOCKLB_CNT_CONNECT6 9
+#define SOCKLB_CNT_SENDMSG6 10
+#define SOCKLB_CNT_RECVMSG6 11
+#define SOCKLB_CNT_GETPEERNAME6 12
+#define SOCKLB_CNT_MAX 13
 
 /* services: (VIP, port, protocol) -> how to pick a backend. */
 struct socklb_svc_key {

@@ -155,7 +155,7 @@ def test_exporter_scraped_by_prometheus(world: World, tmp_path: Any) -> None:
             assert "socklb_up 1.0" in text
             with prometheus_server(str(tmp_path), f"127.0.0.1:{port}") as p:
                 assert value(p.wait_for('up{job="socklb"} == 1')) == 1
-                assert value(p.wait_for('socklb_translations_total{hook="connect"}')) == 20
+                assert value(p.wait_for('socklb_translations_total{hook="connect",family="ipv4"}')) == 20
                 assert value(p.query('socklb_refusals_total{reason="no_backend"}')) == 0
                 assert value(p.query("socklb_up")) == 1
                 svc = {
@@ -207,8 +207,12 @@ def test_embedded_start_http_server(world: World) -> None:
     count = [s.value for s in hist.samples if s.name.endswith("_count")]
     assert count == [1.0]
     assert fams["socklb_last_successful_update_timestamp_seconds"].samples[0].value > time.time() - 600
-    tr = {s.labels["hook"]: s.value for s in fams["socklb_translations"].samples if s.name.endswith("_total")}
-    assert tr["connect"] == 3
+    tr = {
+        (s.labels["hook"], s.labels["family"]): s.value
+        for s in fams["socklb_translations"].samples
+        if s.name.endswith("_total")
+    }
+    assert tr[("connect", "ipv4")] == 3 and tr[("connect", "ipv6")] == 0
     sel = [s.value for s in fams["socklb_backend_selections"].samples if s.name.endswith("_total")]
     assert sel == [3.0]
     assert fams["socklb_map_capacity"].samples[0].value > 0

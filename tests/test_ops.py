@@ -176,7 +176,7 @@ def test_read_only_commands_against_another_owner(world: World) -> None:
 
         # stats: the connects made above
         c = stats["counters"]
-        assert c["connect"] >= 30 and c["no_backend"] >= 2, c
+        assert c["connect"] >= 30 and c["no_backend"] >= 2 and c["connect6"] == 0, c
 
         for r in tables:
             assert r.returncode == 0 and r.stdout.strip(), r.stderr
@@ -202,7 +202,9 @@ def test_selection_counters(world: World) -> None:
             names = {p.ipv4: n for n, p in world.backends.items()}
             assert {names[a]: n for (a, _), n in sel[svc.key].items() if n} == dict(Counter(got["served"]))
             assert sum(sel[aff.key].values()) == 10 and len(set(sticky["served"])) == 1
-            assert lb.counters()["affinity_hit"] == 9
+            c = lb.counters()
+            assert c["affinity_hit"] == 9
+            assert (c["connect"], c["connect6"], c["getpeername"], c["getpeername6"]) == (50, 10, 50, 10), c
             used = sum(1 for per in sel.values() for n in per.values() if n)
             assert lb.map_usage()["selections"] == (used, 2 * 64)
             # b3 removed: its counter entry is deleted with it

@@ -12,7 +12,7 @@ Metrics (prefix ``socklb_``):
 name                                            type      labels / meaning
 =============================================== ========= ================================================
 ``socklb_up``                                   gauge     the pinned balancer could be read (a pin directory)
-``socklb_translations_total``                   counter   ``hook``: connect, sendmsg, recvmsg, getpeername
+``socklb_translations_total``                   counter   ``hook``: connect, sendmsg, recvmsg, getpeername; ``family``
 ``socklb_refusals_total``                       counter   ``reason``: no_backend (ECONNREFUSED)
 ``socklb_retries_total``                        counter   picks retried because a list changed under them
 ``socklb_affinity_hits_total``                  counter   ClientIP affinity reused a backend
@@ -162,9 +162,15 @@ class SocklbCollector(Collector):
         usage: Dict[str, Tuple[Any, Any]],
         sel: Dict[Tuple[str, str], int],
     ) -> Iterator[Metric]:
-        tr = CounterMetricFamily("socklb_translations", "Translations made by the datapath, by hook.", labels=["hook"])
+        tr = CounterMetricFamily(
+            "socklb_translations",
+            "Translations made by the datapath, by hook and the socket's family.",
+            labels=["hook", "family"],
+        )
         for h in _HOOKS:
-            tr.add_metric([h], counters.get(h, 0))
+            v6 = counters.get(h + "6", 0)
+            tr.add_metric([h, "ipv4"], max(counters.get(h, 0) - v6, 0))
+            tr.add_metric([h, "ipv6"], v6)
         yield tr
         rf = CounterMetricFamily("socklb_refusals", "Connects and datagrams refused, by reason.", labels=["reason"])
         rf.add_metric(["no_backend"], counters.get("no_backend", 0))

@@ -152,6 +152,10 @@ _STAT_HELP = {
     "affinity_hit": "ClientIP affinity reused a backend",
     "sticky_hit": "unconnected UDP socket kept its backend",
     "terminated": "sockets terminated: their backend was removed or left the active state",
+    "connect6": "  of the connects: by IPv6 sockets (v4-mapped included)",
+    "sendmsg6": "  of the datagrams: by IPv6 sockets",
+    "recvmsg6": "  of the replies: to IPv6 sockets",
+    "getpeername6": "  of the getpeername() answers: IPv6 sockets",
 }
 
 
@@ -213,6 +217,7 @@ def _trace_row(ev: Any) -> List[object]:
 def _trace(args: argparse.Namespace) -> int:
     import os
     import signal
+    import threading
 
     from .inspect import parse_frontend
     from .trace import Tracer
@@ -229,17 +234,17 @@ def _trace(args: argparse.Namespace) -> int:
     if args.output == "yaml":
         render({}, "yaml", str)  # fails early, with the clear line, without PyYAML
 
-    def stop(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    # SIGTERM stops the loop between polls: the lease is always cleared.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     widths = [15, 8, 7, 15, 8, 8, 5, 22, 22, 10]
     with Tracer(args.pin_dir) as t:
-        print(f"socklb trace: tracing {t.pin_dir}; Ctrl-C stops", file=sys.stderr, flush=True)
-        if args.output == "table":
-            print("  ".join(c.ljust(w) for c, w in zip(_TRACE_COLS, widths)).rstrip(), flush=True)
         try:
-            for ev in t.events(count=args.count, frontend=front, cgroup_id=cgid, timeout=args.timeout):
+            print(f"socklb trace: tracing {t.pin_dir}; Ctrl-C stops", file=sys.stderr, flush=True)
+            if args.output == "table":
+                print("  ".join(c.ljust(w) for c, w in zip(_TRACE_COLS, widths)).rstrip(), flush=True)
+            events = t.events(count=args.count, frontend=front, cgroup_id=cgid, timeout=args.timeout, stop=stop)
+            for ev in events:
                 if args.output == "json":
                     print(json.dumps(ev.to_json()), flush=True)
                 elif args.output == "yaml":

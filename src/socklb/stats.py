@@ -37,6 +37,10 @@ COUNTERS: Dict[str, int] = {
         "AFFINITY_HIT",
         "STICKY_HIT",
         "TERMINATED",
+        "CONNECT6",
+        "SENDMSG6",
+        "RECVMSG6",
+        "GETPEERNAME6",
     )
 }
 """Counter name -> index in the per-CPU ``counters`` array (SOCKLB_CNT_*)."""

@@ -29,6 +29,7 @@ import errno
 import fcntl
 import os
 import socket
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -214,12 +215,14 @@ class Tracer:
         frontend: Optional[Tuple[str, Optional[int]]] = None,
         cgroup_id: Optional[int] = None,
         timeout: Optional[float] = None,
+        stop: Optional[threading.Event] = None,
     ) -> Iterator[TraceEvent]:
         """Events as they come, filtered by frontend ``(vip, port or None)``
-        and cgroup id; stops after ``count`` events or ``timeout`` seconds."""
+        and cgroup id; stops after ``count`` events, ``timeout`` seconds, or
+        once ``stop`` is set."""
         end = None if timeout is None else time.monotonic() + timeout
         seen = 0
-        while count is None or seen < count:
+        while (count is None or seen < count) and not (stop is not None and stop.is_set()):
             left = 0.1 if end is None else min(0.1, end - time.monotonic())
             if left <= 0:
                 return
