@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <linux/bpf.h>
@@ -365,6 +366,7 @@ static int open_common(const struct socklb_config *cfg, const char *pin_dir, str
 	if ((err = size_map(lb->obj, "services", cfg->max_services)) ||
 	    (err = size_map(lb->obj, "slots", cfg->max_slots)) ||
 	    (err = size_map(lb->obj, "backends", cfg->max_backends)) ||
+	    (err = size_map(lb->obj, "selections", cfg->max_backends)) ||
 	    (err = size_map(lb->obj, "affinity", cfg->max_affinity)) ||
 	    (err = size_map(lb->obj, "maglev", cfg->max_maglev)))
 		goto fail;
@@ -1000,4 +1002,110 @@ uint32_t socklb_probe(void)
 	}
 	release();
 	return missing;
+}
+
+/* --- read-only inspection (socklb.inspect) ------------------------------ */
+
+int socklb_obj_get(const char *path, int read_only)
+{
+	union bpf_attr attr;
+	int fd;
+
+	/* bpf_obj_get_opts() is newer than Debian bookworm's libbpf 1.1. */
+	memset(&attr, 0, sizeof(attr));
+	attr.pathname = (__u64)(unsigned long)path;
+	attr.file_flags = read_only ? BPF_F_RDONLY : 0;
+	fd = syscall(__NR_bpf, BPF_OBJ_GET, &attr, sizeof(attr));
+	return fd < 0 ? -errno : fd;
+}
+
+int socklb_map_info(int fd, uint32_t *type, uint32_t *key_size, uint32_t *value_size, uint32_t *max_entries)
+{
+	struct bpf_map_info info = {};
+	__u32 len = sizeof(info);
+
+	if (bpf_obj_get_info_by_fd(fd, &info, &len))
+		return -errno;
+	*type = info.type;
+	*key_size = info.key_size;
+	*value_size = info.value_size;
+	*max_entries = info.max_entries;
+	return 0;
+}
+
+int socklb_link_info(int fd, uint32_t *prog_id, uint64_t *cgroup_id, uint32_t *attach_type)
+{
+	struct bpf_link_info info = {};
+	__u32 len = sizeof(info);
+
+	if (bpf_obj_get_info_by_fd(fd, &info, &len))
+		return -errno;
+	if (info.type != BPF_LINK_TYPE_CGROUP)
+		return -EPROTO;
+	*prog_id = info.prog_id;
+	*cgroup_id = info.cgroup.cgroup_id;
+	*attach_type = info.cgroup.attach_type;
+	return 0;
+}
+
+/* --- trace ring buffer (socklb trace) ----------------------------------- */
+
+struct socklb_trace {
+	struct ring_buffer *rb;
+	char *events;
+	uint32_t cap, n;
+	uint64_t lost;
+};
+
+static int trace_sample(void *ctx, void *data, size_t len)
+{
+	struct socklb_trace *t = ctx;
+
+	if (len < sizeof(struct socklb_trace_event) || t->n >= t->cap) {
+		t->lost++;
+		return 0;
+	}
+	memcpy(t->events + (size_t)t->n * sizeof(struct socklb_trace_event), data, sizeof(struct socklb_trace_event));
+	t->n++;
+	return 0;
+}
+
+int socklb_trace_open(int ringbuf_fd, struct socklb_trace **out)
+{
+	struct socklb_trace *t = calloc(1, sizeof(*t));
+
+	if (!t)
+		return -ENOMEM;
+	t->rb = ring_buffer__new(ringbuf_fd, trace_sample, t, NULL);
+	if (!t->rb) {
+		int err = -errno;
+
+		free(t);
+		return err ? err : -EINVAL;
+	}
+	*out = t;
+	return 0;
+}
+
+int socklb_trace_poll(struct socklb_trace *t, void *events, uint32_t cap, int timeout_ms, uint64_t *lost)
+{
+	int err;
+
+	t->events = events;
+	t->cap = cap;
+	t->n = 0;
+	t->lost = 0;
+	err = ring_buffer__poll(t->rb, timeout_ms);
+	*lost = t->lost;
+	if (err < 0 && err != -EINTR)
+		return err;
+	return (int)t->n;
+}
+
+void socklb_trace_close(struct socklb_trace *t)
+{
+	if (!t)
+		return;
+	ring_buffer__free(t->rb);
+	free(t);
 }

@@ -121,3 +121,21 @@ int64_t socklb_count_states(struct socklb *lb, const int *netns_fds, uint32_t nn
 
 /* Kernel features this library needs that are missing (SOCKLB_MISSING_*). */
 uint32_t socklb_probe(void);
+
+/* Read-only inspection of a pinned balancer (socklb.inspect): open the object
+ * pinned at path with BPF_F_RDONLY (maps) or no flags (links, which have no
+ * read-only mode); returns the fd (the caller closes it) or -errno. */
+int socklb_obj_get(const char *path, int read_only);
+/* A map's type, key and value sizes and max_entries. */
+int socklb_map_info(int fd, uint32_t *type, uint32_t *key_size, uint32_t *value_size, uint32_t *max_entries);
+/* A cgroup bpf_link's program id, cgroup id and attach type. */
+int socklb_link_info(int fd, uint32_t *prog_id, uint64_t *cgroup_id, uint32_t *attach_type);
+
+/* socklb trace: consume the trace_events ring buffer (an fd of the pinned
+ * map).  socklb_trace_poll waits up to timeout_ms and copies at most cap
+ * events (struct socklb_trace_event) into events; those past cap in one poll
+ * are counted in *lost.  Returns how many were copied. */
+struct socklb_trace;
+int socklb_trace_open(int ringbuf_fd, struct socklb_trace **out);
+int socklb_trace_poll(struct socklb_trace *t, void *events, uint32_t cap, int timeout_ms, uint64_t *lost);
+void socklb_trace_close(struct socklb_trace *t);

@@ -99,6 +99,30 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/* selections: backend id -> times the datapath chose it (per CPU).  Entries
+ * are made by the datapath the first time a backend is chosen and deleted by
+ * the control plane with the backend; sized like backends by the loader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1); /* sized by the loader (spec.py) */
+	__type(key, __u32);
+	__type(value, __u64);
+} selections SEC(".maps");
+
+/* Tracing: see struct socklb_trace_ctl. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct socklb_trace_ctl);
+} trace_ctl SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, SOCKLB_TRACE_RING_BYTES);
+} trace_events SEC(".maps");
+
 /* Steps of the weighted binary search: enough for SOCKLB_MAX_SVC_BACKENDS slots. */
 #define WEIGHTED_STEPS (32 - __builtin_clz(SOCKLB_MAX_SVC_BACKENDS))
 
@@ -145,6 +169,34 @@ static __always_inline void count(__u32 which)
 
 	if (c)
 		*c += 1;
+}
+
+/* A translation by hook; the v6 programs count their share too (v6 is a
+ * constant in each program: nothing more for the v4 ones). */
+static __always_inline void count_hook(__u32 which, bool v6)
+{
+	count(which);
+	if (v6)
+		count(which + SOCKLB_CNT_V6);
+}
+
+/* One more choice of backend id: a lookup on the hot path; the first choice
+ * of a backend inserts its entry (another CPU may insert it first: then the
+ * entry is there to count in). */
+static __always_inline void count_selection(__u32 id)
+{
+	__u64 *n = bpf_map_lookup_elem(&selections, &id);
+	__u64 one = 1;
+
+	if (n) {
+		*n += 1;
+		return;
+	}
+	if (bpf_map_update_elem(&selections, &id, &one, BPF_NOEXIST) == 0)
+		return;
+	n = bpf_map_lookup_elem(&selections, &id);
+	if (n)
+		*n += 1;
 }
 
 /* Refuse with ECONNREFUSED, what kube-proxy's REJECT gives for a service
@@ -269,6 +321,7 @@ struct choice {
 	struct socklb_svc_val svc;
 	struct socklb_backend_val be;
 	__u32 backend_id;
+	__u8 retried;
 };
 
 /* Choose a backend for a socket: affinity first (if the service asks for it),
@@ -282,6 +335,7 @@ static __always_inline bool choose(struct bpf_sock_addr *ctx, const struct sockl
 	__u64 now = 0, cookie = 0;
 	__u32 id;
 
+	out->retried = 0;
 	/* Two rounds: a concurrent update may delete the list we read between
 	 * our lookups; the service we read again then points to the new one. */
 	for (int round = 0; round < 2; round++) {
@@ -304,6 +358,7 @@ static __always_inline bool choose(struct bpf_sock_addr *ctx, const struct sockl
 					out->be = *be;
 					out->backend_id = id;
 					count(SOCKLB_CNT_AFFINITY_HIT);
+					count_selection(id);
 					return true;
 				}
 			}
@@ -325,12 +380,14 @@ static __always_inline bool choose(struct bpf_sock_addr *ctx, const struct sockl
 
 					bpf_map_update_elem(&affinity, &ak, &nv, BPF_ANY);
 				}
+				count_selection(id);
 				return true;
 			}
 		}
 		if (out->svc.count == 0)
 			return false;
 		count(SOCKLB_CNT_RETRY);
+		out->retried = 1;
 	}
 	return false;
 }
@@ -490,6 +547,69 @@ static __always_inline void forget(struct bpf_sock_addr *ctx, const struct sockl
 		bpf_sk_storage_delete(&sock_dgram, ctx->sk);
 }
 
+/* --- tracing ------------------------------------------------------------ */
+
+/* Whether a reader holds the trace lease.  Off costs one array lookup and a
+ * compare with 0; an expired lease (its reader died) is cleared here. */
+static __always_inline bool tracing(void)
+{
+	__u32 zero = 0;
+	struct socklb_trace_ctl *t = bpf_map_lookup_elem(&trace_ctl, &zero);
+
+	if (!t || !t->lease_until_ns)
+		return false;
+	if (bpf_ktime_get_ns() > t->lease_until_ns) {
+		t->lease_until_ns = 0;
+		return false;
+	}
+	return true;
+}
+
+#define TRACE_WHAT(hook, outcome, v6) ((hook) | (outcome) << 8 | (__u32)(v6) << 16)
+
+/* A call, not inlined: the event code stays out of the hot path.  BPF calls
+ * take at most five arguments, so hook, outcome and family travel in
+ * "what" (TRACE_WHAT). */
+static __noinline void trace(struct bpf_sock_addr *ctx, const struct socklb_svc_key *key, const struct choice *c,
+			     __u32 what)
+{
+	struct socklb_trace_event *e = bpf_ringbuf_reserve(&trace_events, sizeof(*e), 0);
+
+	if (!e) {
+		__u32 zero = 0;
+		struct socklb_trace_ctl *t = bpf_map_lookup_elem(&trace_ctl, &zero);
+
+		if (t)
+			__sync_fetch_and_add(&t->dropped, 1);
+		return;
+	}
+	e->ts_ns = bpf_ktime_get_ns();
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->netns_cookie = bpf_get_netns_cookie(ctx);
+	e->cookie = bpf_get_socket_cookie(ctx);
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	__builtin_memcpy(e->vip, key->addr, sizeof(e->vip));
+	e->vip_port = key->port;
+	e->proto = key->proto;
+	e->hook = what & 0xff;
+	e->outcome = (what >> 8) & 0xff;
+	e->v6 = (what >> 16) & 1;
+	if (c) {
+		e->backend_id = c->backend_id;
+		__builtin_memcpy(e->backend, c->be.addr, sizeof(e->backend));
+		e->backend_port = c->be.port;
+		e->retried = c->retried;
+	} else {
+		e->backend_id = 0;
+		__builtin_memset(e->backend, 0, sizeof(e->backend));
+		e->backend_port = 0;
+		e->retried = 0;
+	}
+	__builtin_memset(e->pad, 0, sizeof(e->pad));
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_ringbuf_submit(e, 0);
+}
+
 /* --- connect ------------------------------------------------------------ */
 
 static __always_inline int do_connect(struct bpf_sock_addr *ctx, struct socklb_svc_key *key, bool v6)
@@ -519,8 +639,11 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, struct socklb_s
 		forget(ctx, key, v6, key->proto == SOCKLB_PROTO_UDP, m, true);
 		return SYS_PROCEED;
 	}
-	if (!choose(ctx, key, svc, &c))
+	if (!choose(ctx, key, svc, &c)) {
+		if (tracing())
+			trace(ctx, key, NULL, TRACE_WHAT(SOCKLB_HOOK_CONNECT, SOCKLB_TRACE_NO_BACKEND, v6));
 		return refuse();
+	}
 
 	/* Remember what was dialled for getpeername() and, on connected UDP
 	 * sockets, for the source of replies read with recvfrom(). */
@@ -530,7 +653,9 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, struct socklb_s
 	set_mark(ctx, key, &c.be, SOCKLB_HOOK_CONNECT, v6);
 
 	write_dst(ctx, &c.be, v6);
-	count(SOCKLB_CNT_CONNECT);
+	count_hook(SOCKLB_CNT_CONNECT, v6);
+	if (tracing())
+		trace(ctx, key, &c, TRACE_WHAT(SOCKLB_HOOK_CONNECT, SOCKLB_TRACE_TRANSLATED, v6));
 	return SYS_PROCEED;
 }
 
@@ -576,8 +701,11 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 		return SYS_PROCEED;
 
 	st = bpf_sk_storage_get(&sock_dgram, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!st)
+	if (!st) {
+		if (tracing())
+			trace(ctx, key, NULL, TRACE_WHAT(SOCKLB_HOOK_SENDMSG, SOCKLB_TRACE_REFUSED, v6));
 		return refuse();
+	}
 
 	/* A socket keeps its backend for a service while that backend stays
 	 * usable: no per-datagram hopping. */
@@ -594,7 +722,13 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 			count(SOCKLB_CNT_STICKY_HIT);
 			sent_to(ctx, key, be, v6);
 			write_dst(ctx, be, v6);
-			count(SOCKLB_CNT_SENDMSG);
+			count_hook(SOCKLB_CNT_SENDMSG, v6);
+			if (tracing()) {
+				c.be = *be;
+				c.backend_id = id;
+				c.retried = 0;
+				trace(ctx, key, &c, TRACE_WHAT(SOCKLB_HOOK_SENDMSG, SOCKLB_TRACE_TRANSLATED, v6));
+			}
 			return SYS_PROCEED;
 		}
 		/* Its backend went away: keep the entry so that late replies
@@ -603,8 +737,11 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 		break;
 	}
 
-	if (!choose(ctx, key, svc, &c))
+	if (!choose(ctx, key, svc, &c)) {
+		if (tracing())
+			trace(ctx, key, NULL, TRACE_WHAT(SOCKLB_HOOK_SENDMSG, SOCKLB_TRACE_NO_BACKEND, v6));
 		return refuse();
+	}
 
 	/* Reuse an entry for the same backend, else take the next one round
 	 * robin. */
@@ -626,7 +763,9 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 	sent_to(ctx, key, &c.be, v6);
 
 	write_dst(ctx, &c.be, v6);
-	count(SOCKLB_CNT_SENDMSG);
+	count_hook(SOCKLB_CNT_SENDMSG, v6);
+	if (tracing())
+		trace(ctx, key, &c, TRACE_WHAT(SOCKLB_HOOK_SENDMSG, SOCKLB_TRACE_TRANSLATED, v6));
 	return SYS_PROCEED;
 }
 
@@ -706,12 +845,12 @@ static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *ad
 	conn = bpf_sk_storage_get(&sock_conn, ctx->sk, 0, 0);
 	if (conn && !dgram && from_backend(conn, addr, port)) {
 		reverse(ctx, conn, v6);
-		count(counter);
+		count_hook(counter, v6);
 		return SYS_PROCEED;
 	}
 	if (!dgram) {
 		if (!conn && ctx->protocol == PROTO_MPTCP && reverse_mptcp(ctx, addr, port, v6))
-			count(counter);
+			count_hook(counter, v6);
 		return SYS_PROCEED;
 	}
 	/* recvmsg: the connect record speaks for replies only while the socket
@@ -722,7 +861,7 @@ static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *ad
 	}
 	if (conn && (conn->flags & SOCKLB_ENTRY_CURRENT) && from_backend(conn, addr, port)) {
 		reverse(ctx, conn, v6);
-		count(counter);
+		count_hook(counter, v6);
 		return SYS_PROCEED;
 	}
 	st = bpf_sk_storage_get(&sock_dgram, ctx->sk, 0, 0);
@@ -740,7 +879,7 @@ static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *ad
 	}
 	if (best >= 0 && best < SOCKLB_SOCK_ENTRIES) {
 		reverse(ctx, &st->dgram[best], v6);
-		count(counter);
+		count_hook(counter, v6);
 	}
 	return SYS_PROCEED;
 }

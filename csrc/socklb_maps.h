@@ -15,7 +15,7 @@
 
 /* Bump whenever a struct below changes layout: pinned maps written with
  * another version are refused, never misread. */
-#define SOCKLB_LAYOUT_VERSION 4
+#define SOCKLB_LAYOUT_VERSION 6
 #define SOCKLB_META_MAGIC 1936484460
 
 #define SOCKLB_PROTO_TCP 6
@@ -72,7 +72,17 @@
 #define SOCKLB_CNT_RETRY 5
 #define SOCKLB_CNT_AFFINITY_HIT 6
 #define SOCKLB_CNT_STICKY_HIT 7
-#define SOCKLB_CNT_MAX 8
+/* Written by the control plane only (CPU 0's slot): sockets it terminated
+ * because their backend went away, kept with the pins across owners. */
+#define SOCKLB_CNT_TERMINATED 8
+/* The IPv6 programs' share of CONNECT, SENDMSG, RECVMSG and GETPEERNAME (the
+ * hook's family: a v4-mapped destination counts here): counter + CNT_V6. */
+#define SOCKLB_CNT_V6 9
+#define SOCKLB_CNT_CONNECT6 9
+#define SOCKLB_CNT_SENDMSG6 10
+#define SOCKLB_CNT_RECVMSG6 11
+#define SOCKLB_CNT_GETPEERNAME6 12
+#define SOCKLB_CNT_MAX 13
 
 /* services: (VIP, port, protocol) -> how to pick a backend. */
 struct socklb_svc_key {
@@ -188,6 +198,41 @@ struct socklb_mark {
 	__u16 hook;		/* SOCKLB_HOOK_* */
 	__u32 src_port;		/* host order, the socket's local port before the call */
 	__u32 state;		/* the socket's state before the call */
+};
+
+/* Tracing (socklb trace): trace_ctl holds a lease, the bpf_ktime_get_ns()
+ * time until which translation events go to the trace_events ring buffer.
+ * A reader renews it while it reads; a reader that dies leaves a lease that
+ * expires, so tracing turns itself off.  When off, a translation pays one
+ * array lookup and a compare with 0 (the datapath clears an expired lease). */
+#define SOCKLB_TRACE_RING_BYTES 1048576
+#define SOCKLB_TRACE_TRANSLATED 1
+#define SOCKLB_TRACE_NO_BACKEND 2
+#define SOCKLB_TRACE_REFUSED 3
+
+struct socklb_trace_ctl {
+	__u64 lease_until_ns;	/* 0 = off */
+	__u64 dropped;		/* events the ring buffer had no room for */
+};
+
+struct socklb_trace_event {
+	__u64 ts_ns;		/* bpf_ktime_get_ns() */
+	__u64 cgroup_id;
+	__u64 netns_cookie;
+	__u64 cookie;		/* the socket's */
+	__u32 pid;		/* thread group id */
+	__u32 backend_id;	/* 0 when none was chosen */
+	__u32 vip[4];		/* what the application dialled */
+	__u32 backend[4];	/* where it goes */
+	__u16 vip_port;		/* network order */
+	__u16 backend_port;	/* network order */
+	__u8 hook;		/* SOCKLB_HOOK_* */
+	__u8 proto;		/* SOCKLB_PROTO_* */
+	__u8 outcome;		/* SOCKLB_TRACE_* */
+	__u8 v6;		/* the hook was connect6/sendmsg6 */
+	__u8 retried;		/* the pick was retried (the list changed under it) */
+	__u8 pad[3];
+	char comm[16];
 };
 
 /* meta: one entry describing pinned state. */

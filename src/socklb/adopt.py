@@ -30,7 +30,15 @@ from .planner import Programmed, State
 from .spec import MAX_ATTACHMENTS, DatapathSpec, PinPaths
 from .writer import Tables
 
-__all__ = ["read_meta", "no_meta_error", "adopt", "read_services", "check_adoptable", "adopt_attachments"]
+__all__ = [
+    "read_meta",
+    "no_meta_error",
+    "adopt",
+    "read_services",
+    "read_programmed",
+    "check_adoptable",
+    "adopt_attachments",
+]
 
 
 def no_meta_error(pin_dir: str) -> IncompatiblePinsError:
@@ -88,6 +96,25 @@ def read_services(t: Tables, spec: DatapathSpec) -> List[Service]:
             out.append(abi.decode(key, value, r.members(value), r.backends))
         except (InvalidValueError, KeyError):
             continue
+    return out
+
+
+def read_programmed(t: Tables, spec: DatapathSpec) -> List[Tuple[Service, Dict[Tuple[str, int], int]]]:
+    """Like :func:`read_services`, with each service's backend ids by
+    (address, port): what ``socklb services`` shows (read-only)."""
+    r = _Tables(t, spec)
+    out = []
+    for key, value in r.services:
+        try:
+            members = r.members(value)
+            svc = abi.decode(key, value, members, r.backends)
+        except (InvalidValueError, KeyError):
+            continue
+        ids = {}
+        for m in members:
+            b = BACKEND_VAL.unpack(r.backends[m.backend_id])
+            ids[(abi.addr_text(b.addr), socket.ntohs(b.port))] = m.backend_id
+        out.append((svc, ids))
     return out
 
 

@@ -15,6 +15,7 @@ See the README's "How the code is laid out" for the path of a ``sync()``.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple, Union
@@ -137,13 +138,22 @@ class Balancer:
             backends=m("backends", U32.size, BACKEND_VAL.size),
             maglev=m("maglev", U32.size, 4 * spec.maglev_size),
             affinity=m("affinity", AFFINITY_KEY.size, AFFINITY_VAL.size),
+            selections=m("selections", U32.size, 8),
         )
         self._meta = m("meta", U32.size, META.size)
         self._record = m("attachments", U64.size, ATTACH_INFO.size)
         self._counters = m("counters", U32.size, 8)
         self._attachments = Attachments(dp, paths, self._record if paths else None)
-        self._terminator = Terminator(dp, self._attachments.cgroups, bool(terminate_sockets) and not dp.iter_error)
+        counters = self._counters
+        self._terminator = Terminator(
+            dp,
+            self._attachments.cgroups,
+            bool(terminate_sockets) and not dp.iter_error,
+            record=lambda n: stats.add_counter(counters, "terminated", n),
+        )
         self._state = planner.State()
+        self.write_stats = stats.WriteStats()
+        """Durations of this balancer's updates (socklb.metrics reads them)."""
         if paths is not None:
             try:
                 if pinned is None:
@@ -303,9 +313,15 @@ class Balancer:
             return lv.service
 
     def _write(self, want: Dict[ServiceKey, Optional[Service]]) -> planner.Plan:
-        p = planner.plan(self._state, want, self.spec, terminate=self._terminator.enabled)
-        writer.apply(self._tables, self._state, p, self._terminator)
-        return p
+        t0 = time.monotonic()
+        ok = False
+        try:
+            p = planner.plan(self._state, want, self.spec, terminate=self._terminator.enabled)
+            writer.apply(self._tables, self._state, p, self._terminator)
+            ok = True
+            return p
+        finally:
+            self.write_stats.observe(time.monotonic() - t0, ok)
 
     def upsert(self, service: Service) -> bool:
         """Add the service or replace the one with the same key.  Returns whether
@@ -391,7 +407,22 @@ class Balancer:
         """Datapath counters summed over CPUs: translations made, refusals, retries."""
         with self._lock:
             self._open()
-            return {"terminated": self._terminator.terminated, **stats.read_counters(self._counters)}
+            # "terminated" comes from the map: pinned, it counts across owners.
+            return stats.read_counters(self._counters)
+
+    def selections(self) -> Dict[ServiceKey, Dict[Tuple[str, int], int]]:
+        """How many times the datapath chose each backend, by service key and
+        backend (address, port), summed over CPUs: every ``connect()`` and every
+        new unconnected-UDP flow it translated (ClientIP affinity hits
+        included; datagrams of a flow that keeps its backend are not choices).
+        A backend's count starts again from 0 if it is removed and added back."""
+        with self._lock:
+            self._open()
+            assert self._tables.selections is not None
+            sel = stats.read_selections(self._tables.selections, self.spec.map_entries()["selections"])
+            return {
+                k: {be: sel.get(bid, 0) for be, bid in lv.backend_ids.items()} for k, lv in self._state.services.items()
+            }
 
     def dump(self) -> Dict[str, Dict[bytes, bytes]]:
         """The raw contents of the service, slot, backend and Maglev maps, by map
@@ -410,6 +441,17 @@ class Balancer:
         with self._lock:
             self._open()
             return adopt.read_services(self._tables, self.spec)
+
+    def map_usage(self) -> Dict[str, Tuple[int, int]]:
+        """Entries in use and capacity (max_entries) of each sized map, by name."""
+        with self._lock:
+            self._open()
+            t, e = self._tables, self.spec.map_entries()
+            maps = {"services": t.services, "slots": t.slots, "backends": t.backends, "maglev": t.maglev}
+            maps["affinity"] = t.affinity
+            if t.selections is not None:
+                maps["selections"] = t.selections
+            return {name: (len(m.keys(e[name])), e[name]) for name, m in maps.items()}
 
     def map_memory(self) -> Dict[str, int]:
         """Kernel memory charged to each of the balancer's maps, in bytes."""

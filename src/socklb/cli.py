@@ -201,12 +201,20 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--connections", type=int, default=300, help="connections per address family (default 300)")
     sub.add_parser("cleanup", help="remove namespaces and cgroups left by a crashed lab")
     _add_kubernetes_parser(sub)
+    from . import opscli
+
+    opscli.register(sub)
     return ap
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from . import opscli
+
     ap = parser()
     args = ap.parse_args(argv)
+    rc = opscli.run(args)
+    if rc is not None:
+        return rc
     try:
         if args.cmd == "kubernetes":
             return kubernetes_agent(args)

@@ -74,6 +74,7 @@ class DatapathSpec:
         return {
             "services": HEADROOM * self.max_services,
             "backends": HEADROOM * self.max_backends,
+            "selections": HEADROOM * self.max_backends,
             "slots": HEADROOM * self.max_backends,
             "maglev": HEADROOM * self.max_maglev_services,
             "affinity": self.max_affinity,

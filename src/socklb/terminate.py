@@ -11,12 +11,15 @@ handed over in chunks of the iterators' map size.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from typing import Callable, Iterable, List, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence
 
 from ._core import lib
 from .datapath import Datapath
+
+log = logging.getLogger("socklb")
 
 __all__ = ["Terminator", "client_netns", "CHUNK"]
 
@@ -51,8 +54,15 @@ class Terminator:
     """Terminates the sockets connected to given backend ids, in the
     namespaces of the processes of ``cgroups()``; counts what it did."""
 
-    def __init__(self, datapath: Datapath, cgroups: Callable[[], Sequence[str]], enabled: bool) -> None:
+    def __init__(
+        self,
+        datapath: Datapath,
+        cgroups: Callable[[], Sequence[str]],
+        enabled: bool,
+        record: Optional[Callable[[int], None]] = None,
+    ) -> None:
         self._datapath = datapath
+        self._record = record
         self._cgroups = cgroups
         self.enabled = enabled
         self._lock = threading.Lock()
@@ -70,6 +80,11 @@ class Terminator:
                     done += self._datapath.terminate_sockets(backend_ids[i : i + CHUNK], fds, tcp)
             with self._lock:
                 self.terminated += done
+            if done and self._record is not None:
+                try:
+                    self._record(done)
+                except Exception as e:  # a statistic: never fails the clean-up
+                    log.warning("socklb: recording %d terminated sockets: %s", done, e)
             return done
         finally:
             for fd in fds:

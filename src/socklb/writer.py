@@ -46,6 +46,8 @@ class Tables:
     backends: Map
     maglev: Map
     affinity: Map
+    selections: Optional[Map] = None
+    """Per-backend selection counters (deleted with their backends)."""
 
 
 def apply(t: Tables, state: State, p: Plan, terminate: Terminate) -> None:
@@ -91,6 +93,10 @@ def collect(t: Tables, state: State, terminate: Terminate) -> None:
     g.services = _delete(t.services, g.services)
     g.slots = _delete(t.slots, g.slots)
     g.maglev = _delete_owned(t.maglev, g.maglev, None)
+    if t.selections is not None and g.backends:
+        # Best effort: a counter left behind is only a stale number; ids
+        # are not reused until the id counter wraps.
+        _delete(t.selections, [k for k, _ in g.backends])
     g.backends = _delete_owned(t.backends, g.backends, state.backend_ids.give)
     if not g.slots and not g.maglev:
         # A list id is free once its slots and its Maglev table are gone.
