@@ -167,7 +167,7 @@ static void close_iter(struct socklb *lb)
 
 /* Load the iterator object, sharing the datapath's sock_conn map.  Failure
  * is not fatal: the kernel may predate bpf_sock_destroy (6.5). */
-static int open_iter(struct socklb *lb)
+static int open_iter_fds(struct socklb *lb, int conn_fd, int dgram_fd)
 {
 #if SOCKLB_HAVE_ITER
 	LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = "socklb_iter");
@@ -182,12 +182,12 @@ static int open_iter(struct socklb *lb)
 		err = -ENOENT;
 		goto fail;
 	}
-	err = bpf_map__reuse_fd(shared, socklb_map_fd(lb, "sock_conn"));
+	err = bpf_map__reuse_fd(shared, conn_fd);
 	shared = bpf_object__find_map_by_name(lb->iter_obj, "sock_dgram");
 	if (!err && !shared)
 		err = -ENOENT;
 	if (!err)
-		err = bpf_map__reuse_fd(shared, socklb_map_fd(lb, "sock_dgram"));
+		err = bpf_map__reuse_fd(shared, dgram_fd);
 	if (!err)
 		err = bpf_object__load(lb->iter_obj);
 	if (err)
@@ -206,8 +206,15 @@ fail:
 	return err < 0 ? err : -EINVAL;
 #else
 	(void)lb;
+	(void)conn_fd;
+	(void)dgram_fd;
 	return -EOPNOTSUPP;
 #endif
+}
+
+static int open_iter(struct socklb *lb)
+{
+	return open_iter_fds(lb, socklb_map_fd(lb, "sock_conn"), socklb_map_fd(lb, "sock_dgram"));
 }
 
 static int open_common(const struct socklb_config *cfg, const char *pin_dir, struct socklb **out, char *log,
@@ -1108,4 +1115,23 @@ void socklb_trace_close(struct socklb_trace *t)
 		return;
 	ring_buffer__free(t->rb);
 	free(t);
+}
+
+int64_t socklb_count_pinned_states(int conn_fd, int dgram_fd, const int *netns_fds, uint32_t nns)
+{
+	/* Only the iterator object, over the given maps: nothing is attached
+	 * to a cgroup and nothing is written. */
+	struct socklb lb = {};
+	int64_t n;
+
+	capture(NULL, 0);
+	lb.iter_err = open_iter_fds(&lb, conn_fd, dgram_fd);
+	release();
+	if (lb.iter_err)
+		return lb.iter_err;
+	pthread_mutex_init(&lb.iter_lock, NULL);
+	n = socklb_count_states(&lb, netns_fds, nns);
+	pthread_mutex_destroy(&lb.iter_lock);
+	close_iter(&lb);
+	return n;
 }

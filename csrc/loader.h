@@ -118,6 +118,10 @@ int socklb_terminate(struct socklb *lb, const uint32_t *backend_ids, uint32_t n,
 /* Per-socket entries (sock_conn plus sock_dgram) held right now by the
  * sockets of the nns network namespaces (open /proc/PID/ns/net fds). */
 int64_t socklb_count_states(struct socklb *lb, const int *netns_fds, uint32_t nns);
+/* The same for the per-socket maps of a pinned balancer (fds of its
+ * sock_conn and sock_dgram, read-only is enough), with a short-lived copy of
+ * the iterators: for tools that read another process's balancer. */
+int64_t socklb_count_pinned_states(int conn_fd, int dgram_fd, const int *netns_fds, uint32_t nns);
 
 /* Kernel features this library needs that are missing (SOCKLB_MISSING_*). */
 uint32_t socklb_probe(void);

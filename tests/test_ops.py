@@ -375,3 +375,33 @@ def test_terminated_sockets_are_counted_in_the_pins(world: World) -> None:
             assert c["terminated"] >= 1 and c["terminated"] == lb.counters()["terminated"], c
         finally:
             lb.destroy()
+
+
+HOLD = r"""
+import socket, sys, time
+socks = []
+for _ in range(int(sys.argv[3])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    socks.append(s)
+print("held", flush=True)
+time.sleep(30)
+"""
+
+
+def test_stats_counts_live_socket_states_of_another_owner(world: World) -> None:
+    """`socklb stats` counts the per-socket states of the owner's attached
+    cgroups (read-only: a short-lived copy of the socket iterators)."""
+    svc = Service(VIP4, 80, "tcp", [Backend(p.ipv4, TCP_PORT) for p in world.pods("b1", "b2")])
+    with pinned_dir() as pd, holder(pd, [svc], cgroup=world.client.cgroup):
+        assert ok_json("stats", "--pin-dir", pd)["socket_states"] == 0
+        proc = world.client.popen([sys.executable, "-c", HOLD, VIP4, "80", "5"], stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+            before = snapshot(pd)
+            assert ok_json("stats", "--pin-dir", pd)["socket_states"] == 5
+            assert snapshot(pd) == before
+        finally:
+            proc.kill()
+            proc.wait()
+        assert ok_json("stats", "--pin-dir", pd)["socket_states"] == 0

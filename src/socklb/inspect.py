@@ -32,6 +32,7 @@ from .datapath import Map
 from .errors import InvalidValueError, KernelError, NotFoundError, PermissionDeniedError
 from .model import Service
 from .spec import MAX_ATTACHMENTS, DatapathSpec, PinPaths
+from .terminate import client_netns
 from .writer import Tables
 
 __all__ = ["PinnedView", "BackendView", "ServiceView", "LinkView", "parse_frontend"]
@@ -259,6 +260,23 @@ class PinnedView:
     def counters(self) -> Dict[str, int]:
         """Datapath counters (translations, refusals, retries, ...) summed over CPUs."""
         return stats.read_counters(self._map("counters"))
+
+    def socket_states(self) -> int:
+        """Live per-socket states (sockets socklb connected or translated), in the
+        network namespaces of the processes in the attached cgroups: the same
+        count as :meth:`Balancer.socket_states`, from another process."""
+        fds = client_netns([lv.cgroup for lv in self.links() if lv.cgroup])
+        try:
+            if not fds:
+                return 0
+            conn, dgram = self._map("sock_conn").fd, self._map("sock_dgram").fd
+            n = int(lib.socklb_count_pinned_states(conn, dgram, ffi.new("int[]", fds), len(fds)))
+            if n == -errno.EOPNOTSUPP:  # built without the iterators
+                raise features.SOCK_DESTROY.error(os.strerror(-n))
+            return check(n, "counting socket states")
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     # -- status ---------------------------------------------------------------
 

@@ -161,14 +161,23 @@ _STAT_HELP = {
 
 def _stats_table(st: Dict[str, Any]) -> str:
     rows = [[k, v, _STAT_HELP.get(k, "")] for k, v in st["counters"].items()]
+    states = st.get("socket_states")
+    rows.append(
+        ["socket_states", "-" if states is None else states, "live per-socket states (attached cgroups' namespaces)"]
+    )
     return table(["COUNTER", "VALUE", "MEANING"], rows)
 
 
 def _stats(args: argparse.Namespace) -> int:
+    from .errors import MissingFeatureError
     from .inspect import PinnedView
 
     with PinnedView(args.pin_dir) as v:
-        data = {"counters": v.counters()}
+        data: Dict[str, Any] = {"counters": v.counters()}
+        try:
+            data["socket_states"] = v.socket_states()
+        except MissingFeatureError:
+            data["socket_states"] = None  # no socket iterators here (Linux < 6.5 or a build without BTF)
     print(render(data, args.output, _stats_table))
     return 0
 
