@@ -16,30 +16,8 @@ See :mod:`socklb.kubernetes.translation` for the rules, and
 agent that keeps a :class:`socklb.Balancer` programmed from the API server.
 """
 
+from . import translation
 from .agent import Agent
-from .translation import (
-    LABEL_HEADLESS,
-    LABEL_SERVICE_NAME,
-    LABEL_SERVICE_PROXY_NAME,
-    LABEL_ZONE,
-    Node,
-    Note,
-    Translation,
-    as_dict,
-    translate,
-    translate_with_notes,
-)
+from .translation import *  # noqa: F403 - the translation's public names are the package's
 
-__all__ = [
-    "Agent",
-    "LABEL_HEADLESS",
-    "LABEL_SERVICE_NAME",
-    "LABEL_SERVICE_PROXY_NAME",
-    "LABEL_ZONE",
-    "Node",
-    "Note",
-    "Translation",
-    "as_dict",
-    "translate",
-    "translate_with_notes",
-]
+__all__ = ["Agent", *translation.__all__]

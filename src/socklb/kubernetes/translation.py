@@ -656,6 +656,22 @@ def _slice_owner(d: Mapping[str, Any], where: str, notes: _Collector) -> Optiona
     return (ns, owner)
 
 
+def _objects(items: Any, kind: str, notes: _Collector) -> Iterable[Tuple[Mapping[str, Any], str]]:
+    """(object as a dict, its namespace/name) of each item that is an API
+    object of ``kind``; the others are noted and skipped."""
+    for i, obj in enumerate(_items(items)):
+        d = as_dict(obj)
+        where = _fullname(*_meta_name(d, i, kind))
+        if d is None:
+            notes.note(kind, where, f"skipped: not an API object ({type(obj).__name__})")
+            continue
+        found = d.get("kind")
+        if found is not None and found != kind:
+            notes.note(kind, where, f"skipped: kind is {_describe(found)}, not {kind}")
+            continue
+        yield d, where
+
+
 def translate_with_notes(
     services: Iterable[Any],
     endpointslices: Iterable[Any],
@@ -682,17 +698,7 @@ def translate_with_notes(
     result = Translation(notes=notes.notes)
 
     specs: List[_Spec] = []
-    for i, obj in enumerate(_items(services)):
-        d = as_dict(obj)
-        ns, name = _meta_name(d, i, "Service")
-        where = _fullname(ns, name)
-        if d is None:
-            notes.note("Service", where, f"skipped: not an API object ({type(obj).__name__})")
-            continue
-        kind = d.get("kind")
-        if kind is not None and kind != "Service":
-            notes.note("Service", where, f"skipped: kind is {_describe(kind)}, not Service")
-            continue
+    for d, where in _objects(services, "Service", notes):
         try:
             spec = _read_service(d, where, proxy_name, notes)
         except _Malformed as e:
@@ -704,17 +710,7 @@ def translate_with_notes(
     wanted = {(s.ns, s.name) for s in specs}
 
     slices: List[Tuple[Tuple[str, str], str, Mapping[str, Any]]] = []
-    for i, obj in enumerate(_items(endpointslices)):
-        d = as_dict(obj)
-        ns, name = _meta_name(d, i, "EndpointSlice")
-        where = _fullname(ns, name)
-        if d is None:
-            notes.note("EndpointSlice", where, f"skipped: not an API object ({type(obj).__name__})")
-            continue
-        kind = d.get("kind")
-        if kind is not None and kind != "EndpointSlice":
-            notes.note("EndpointSlice", where, f"skipped: kind is {_describe(kind)}, not EndpointSlice")
-            continue
+    for d, where in _objects(endpointslices, "EndpointSlice", notes):
         try:
             owner = _slice_owner(d, where, notes)
         except _Malformed as e:
