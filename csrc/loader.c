@@ -770,7 +770,7 @@ static void *netns_thread(void *arg)
 			job->err = -errno;
 			break;
 		}
-		r = drain_iter(job->udp);
+		r = job->udp ? drain_iter(job->udp) : 0;
 		if (r >= 0)
 			job->bytes += r;
 		if (r >= 0 && job->tcp) {
@@ -809,16 +809,16 @@ static int read_destroyed(struct socklb *lb, uint64_t *out)
 }
 
 int socklb_terminate(struct socklb *lb, const uint32_t *backend_ids, uint32_t n, const int *netns_fds, uint32_t nns,
-		   int tcp, uint64_t *destroyed)
+		   int tcp, uint64_t *destroyed, uint64_t *destroyed_tcp)
 {
 	struct netns_job job = { .netns_fds = netns_fds, .nns = nns };
-	uint64_t before = 0, after = 0;
+	uint64_t before = 0, mid = 0, after = 0;
 	struct bpf_map *doomed;
 	uint8_t one = 1;
 	uint32_t i;
 	int err, fd;
 
-	*destroyed = 0;
+	*destroyed = *destroyed_tcp = 0;
 	if (lb->iter_err)
 		return lb->iter_err;
 	if (n == 0 || nns == 0)
@@ -834,12 +834,22 @@ int socklb_terminate(struct socklb *lb, const uint32_t *backend_ids, uint32_t n,
 			goto clear;
 		}
 	}
+	/* UDP in every namespace, then TCP: the count between them is UDP's. */
 	job.udp = lb->iter_udp;
-	job.tcp = tcp ? lb->iter_tcp : NULL;
 	err = run_in_netns(&job);
 	if (!err)
+		err = read_destroyed(lb, &mid);
+	if (!err && tcp) {
+		job.udp = NULL;
+		job.tcp = lb->iter_tcp;
+		err = run_in_netns(&job);
+	}
+	if (!err)
 		err = read_destroyed(lb, &after);
-	*destroyed = after > before ? after - before : 0;
+	if (!err) {
+		*destroyed = after > before ? after - before : 0;
+		*destroyed_tcp = after > mid ? after - mid : 0;
+	}
 clear:
 	for (uint32_t j = 0; j < i; j++)
 		bpf_map_delete_elem(fd, &backend_ids[j]);

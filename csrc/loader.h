@@ -111,9 +111,10 @@ int socklb_iter_status(struct socklb *lb);
 
 /* Terminate the sockets socklb connected to any of the n backend ids, in each
  * of the nns network namespaces (open /proc/PID/ns/net fds); TCP sockets only
- * when tcp != 0.  *destroyed counts the sockets terminated. */
+ * when tcp != 0.  *destroyed counts the sockets terminated, *destroyed_tcp the
+ * TCP ones among them. */
 int socklb_terminate(struct socklb *lb, const uint32_t *backend_ids, uint32_t n, const int *netns_fds, uint32_t nns,
-		   int tcp, uint64_t *destroyed);
+		   int tcp, uint64_t *destroyed, uint64_t *destroyed_tcp);
 
 /* Per-socket entries (sock_conn plus sock_dgram) held right now by the
  * sockets of the nns network namespaces (open /proc/PID/ns/net fds). */

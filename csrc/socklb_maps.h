@@ -15,7 +15,7 @@
 
 /* Bump whenever a struct below changes layout: pinned maps written with
  * another version are refused, never misread. */
-#define SOCKLB_LAYOUT_VERSION 6
+#define SOCKLB_LAYOUT_VERSION 7
 #define SOCKLB_META_MAGIC 1936484460
 
 #define SOCKLB_PROTO_TCP 6
@@ -82,7 +82,9 @@
 #define SOCKLB_CNT_SENDMSG6 10
 #define SOCKLB_CNT_RECVMSG6 11
 #define SOCKLB_CNT_GETPEERNAME6 12
-#define SOCKLB_CNT_MAX 13
+/* The TCP share of TERMINATED (control plane only, like it). */
+#define SOCKLB_CNT_TERMINATED_TCP 13
+#define SOCKLB_CNT_MAX 14
 
 /* services: (VIP, port, protocol) -> how to pick a backend. */
 struct socklb_svc_key {

@@ -373,6 +373,7 @@ def test_terminated_sockets_are_counted_in_the_pins(world: World) -> None:
                 p.wait()
             c = ok_json("stats", "--pin-dir", pd)["counters"]
             assert c["terminated"] >= 1 and c["terminated"] == lb.counters()["terminated"], c
+            assert c["terminated_tcp"] == 0, c  # a UDP service: every one of them was UDP
         finally:
             lb.destroy()
 

@@ -322,6 +322,8 @@ except OSError as e:
         balancer.remove(svc)
     # labserver answers "peer" on a live connection; a destroyed one errors.
     assert results == {False: "alive", True: "error"}, results
+    c = balancer.counters()
+    assert c["terminated_tcp"] >= 1 and c["terminated"] >= c["terminated_tcp"], c
 
 
 # --- per-socket state does not leak ------------------------------------------------------

@@ -149,7 +149,7 @@ class Balancer:
             dp,
             self._attachments.cgroups,
             bool(terminate_sockets) and not dp.iter_error,
-            record=lambda n: stats.add_counter(counters, "terminated", n),
+            record=lambda n, n_tcp: stats.add_counters(counters, terminated=n, terminated_tcp=n_tcp),
         )
         self._state = planner.State()
         self.write_stats = stats.WriteStats()

@@ -140,11 +140,12 @@ class Datapath:
                 out.append((name, int(st.id), int(st.run_cnt), int(st.run_time_ns)))
             return out
 
-    def terminate_sockets(self, backend_ids: Sequence[int], netns_fds: Sequence[int], tcp: bool) -> int:
-        """Run the socket iterators in each namespace; returns the sockets destroyed."""
+    def terminate_sockets(self, backend_ids: Sequence[int], netns_fds: Sequence[int], tcp: bool) -> Tuple[int, int]:
+        """Run the socket iterators in each namespace; returns the sockets
+        destroyed and how many of them were TCP."""
         with self.lock:
             lb = self.handle()
-            out = ffi.new("uint64_t *")
+            out, out_tcp = ffi.new("uint64_t *"), ffi.new("uint64_t *")
             check(
                 lib.socklb_terminate(
                     lb,
@@ -154,10 +155,11 @@ class Datapath:
                     len(netns_fds),
                     int(tcp),
                     out,
+                    out_tcp,
                 ),
                 "terminating sockets connected to removed backends",
             )
-            return int(out[0])
+            return int(out[0]), int(out_tcp[0])
 
     def count_states(self, netns_fds: Sequence[int]) -> int:
         """Per-socket entries held by the sockets of these network namespaces."""

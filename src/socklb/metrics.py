@@ -27,7 +27,7 @@ name                                            type      labels / meaning
 ``socklb_update_duration_seconds``              histogram upsert/remove/sync duration (a Balancer only)
 ``socklb_update_failures_total``                counter   updates that raised (a Balancer only)
 ``socklb_last_successful_update_timestamp_seconds`` gauge a Balancer only
-``socklb_sockets_terminated_total``             counter   sockets terminated on removed backends
+``socklb_sockets_terminated_total{protocol}``   counter   sockets terminated on removed backends
 ``socklb_socket_states``                        gauge     a Balancer only, when socket_states=True
 =============================================== ========= ================================================
 
@@ -186,8 +186,11 @@ class SocklbCollector(Collector):
         t = CounterMetricFamily(
             "socklb_sockets_terminated",
             "Sockets terminated because their backend was removed or left the active state.",
+            labels=["protocol"],
         )
-        t.add_metric([], counters.get("terminated", 0))
+        tcp = counters.get("terminated_tcp", 0)
+        t.add_metric(["udp"], counters.get("terminated", 0) - tcp)
+        t.add_metric(["tcp"], tcp)
         yield t
         sv = GaugeMetricFamily("socklb_services", "Services programmed.", labels=["protocol", "algorithm"])
         for (proto, algo), n in sorted(Counter((s.protocol.value, s.algorithm.value) for s in services).items()):

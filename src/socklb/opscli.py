@@ -152,6 +152,7 @@ _STAT_HELP = {
     "affinity_hit": "ClientIP affinity reused a backend",
     "sticky_hit": "unconnected UDP socket kept its backend",
     "terminated": "sockets terminated: their backend was removed or left the active state",
+    "terminated_tcp": "  of them: TCP (Service(terminate_tcp=True))",
     "connect6": "  of the connects: by IPv6 sockets (v4-mapped included)",
     "sendmsg6": "  of the datagrams: by IPv6 sockets",
     "recvmsg6": "  of the replies: to IPv6 sockets",

@@ -15,7 +15,7 @@ __all__ = [
     "COUNTERS",
     "ProgramStats",
     "WriteStats",
-    "add_counter",
+    "add_counters",
     "read_counters",
     "read_selections",
     "program_stats",
@@ -41,6 +41,7 @@ COUNTERS: Dict[str, int] = {
         "SENDMSG6",
         "RECVMSG6",
         "GETPEERNAME6",
+        "TERMINATED_TCP",
     )
 }
 """Counter name -> index in the per-CPU ``counters`` array (SOCKLB_CNT_*)."""
@@ -96,14 +97,17 @@ def read_counters(counters: Map) -> Dict[str, int]:
     return out
 
 
-def add_counter(counters: Map, name: str, n: int) -> None:
-    """Add ``n`` to a counter the control plane keeps (``terminated``): in
-    CPU 0's slot, which the datapath never writes for it."""
+def add_counters(counters: Map, **amounts: int) -> None:
+    """Add to the counters the control plane keeps (``terminated``,
+    ``terminated_tcp``), in CPU 0's slot, which the datapath never writes for them."""
     ncpu = possible_cpus()
-    key = U32.pack(COUNTERS[name])
-    raw = bytearray(counters.lookup(key, 8 * ncpu) or bytes(8 * ncpu))
-    raw[0:8] = (int.from_bytes(raw[0:8], sys.byteorder) + n).to_bytes(8, sys.byteorder)
-    counters.update(key, bytes(raw), 1)
+    for name, n in amounts.items():
+        if not n:
+            continue
+        key = U32.pack(COUNTERS[name])
+        raw = bytearray(counters.lookup(key, 8 * ncpu) or bytes(8 * ncpu))
+        raw[0:8] = (int.from_bytes(raw[0:8], sys.byteorder) + n).to_bytes(8, sys.byteorder)
+        counters.update(key, bytes(raw), 1)
 
 
 def read_selections(selections: Map, cap: int) -> Dict[int, int]:

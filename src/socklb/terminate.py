@@ -59,7 +59,7 @@ class Terminator:
         datapath: Datapath,
         cgroups: Callable[[], Sequence[str]],
         enabled: bool,
-        record: Optional[Callable[[int], None]] = None,
+        record: Optional[Callable[[int, int], None]] = None,
     ) -> None:
         self._datapath = datapath
         self._record = record
@@ -74,15 +74,16 @@ class Terminator:
             return 0
         fds = client_netns(self._cgroups())
         try:
-            done = 0
+            done = done_tcp = 0
             if fds:
                 for i in range(0, len(backend_ids), CHUNK):
-                    done += self._datapath.terminate_sockets(backend_ids[i : i + CHUNK], fds, tcp)
+                    n, n_tcp = self._datapath.terminate_sockets(backend_ids[i : i + CHUNK], fds, tcp)
+                    done, done_tcp = done + n, done_tcp + n_tcp
             with self._lock:
                 self.terminated += done
             if done and self._record is not None:
                 try:
-                    self._record(done)
+                    self._record(done, done_tcp)
                 except Exception as e:  # a statistic: never fails the clean-up
                     log.warning("socklb: recording %d terminated sockets: %s", done, e)
             return done
