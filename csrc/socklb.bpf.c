@@ -650,6 +650,8 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, struct socklb_s
 	conn = bpf_sk_storage_get(&sock_conn, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (conn)
 		remember(conn, key, &c, SOCKLB_ENTRY_CURRENT);
+	else
+		count(SOCKLB_CNT_NO_STATE);
 	set_mark(ctx, key, &c.be, SOCKLB_HOOK_CONNECT, v6);
 
 	write_dst(ctx, &c.be, v6);
@@ -702,9 +704,13 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 
 	st = bpf_sk_storage_get(&sock_dgram, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st) {
+		/* No memory for the socket's flows: refuse this datagram (the
+		 * application may retry) rather than send it untracked. */
 		if (tracing())
 			trace(ctx, key, NULL, TRACE_WHAT(SOCKLB_HOOK_SENDMSG, SOCKLB_TRACE_REFUSED, v6));
-		return refuse();
+		count(SOCKLB_CNT_NO_STATE);
+		bpf_set_retval(-ENOBUFS);
+		return SYS_REJECT;
 	}
 
 	/* A socket keeps its backend for a service while that backend stays

@@ -84,7 +84,11 @@
 #define SOCKLB_CNT_GETPEERNAME6 12
 /* The TCP share of TERMINATED (control plane only, like it). */
 #define SOCKLB_CNT_TERMINATED_TCP 13
-#define SOCKLB_CNT_MAX 14
+/* Socket-local storage could not be allocated (memory pressure): a connect()
+ * is still translated but getpeername() shows the backend; a datagram is
+ * refused with ENOBUFS. */
+#define SOCKLB_CNT_NO_STATE 14
+#define SOCKLB_CNT_MAX 15
 
 /* services: (VIP, port, protocol) -> how to pick a backend. */
 struct socklb_svc_key {

@@ -400,6 +400,8 @@ def test_sigkill_and_restart_converge_with_pinned_state(api: FakeApiServer, clus
         assert metrics["socklb_agent_upserts_total"] == 2, metrics
         assert metrics["socklb_agent_removes_total"] == 1, metrics
         assert metrics["socklb_agent_full_syncs_total"] >= 1
+        # the balancer's datapath metrics (socklb.metrics) on the same endpoint
+        assert metrics["socklb_attachments"] == 1, metrics
         assert all(k.startswith("error:") and k != "error:ECONNREFUSED" for k in served(client, deleted, n=3))
         res = _result(loop)
         loop = None

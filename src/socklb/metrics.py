@@ -13,7 +13,7 @@ name                                            type      labels / meaning
 =============================================== ========= ================================================
 ``socklb_up``                                   gauge     the pinned balancer could be read (a pin directory)
 ``socklb_translations_total``                   counter   ``hook``: connect, sendmsg, recvmsg, getpeername; ``family``
-``socklb_refusals_total``                       counter   ``reason``: no_backend (ECONNREFUSED)
+``socklb_refusals_total``                       counter   ``reason``: no_backend (ECONNREFUSED), no_socket_state
 ``socklb_retries_total``                        counter   picks retried because a list changed under them
 ``socklb_affinity_hits_total``                  counter   ClientIP affinity reused a backend
 ``socklb_sticky_hits_total``                    counter   unconnected UDP sockets that kept their backend
@@ -174,6 +174,7 @@ class SocklbCollector(Collector):
         yield tr
         rf = CounterMetricFamily("socklb_refusals", "Connects and datagrams refused, by reason.", labels=["reason"])
         rf.add_metric(["no_backend"], counters.get("no_backend", 0))
+        rf.add_metric(["no_socket_state"], counters.get("no_state", 0))
         yield rf
         for name, key, doc in (
             ("socklb_retries", "retry", "Backend picks retried because the service's list changed under them."),

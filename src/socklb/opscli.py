@@ -153,6 +153,7 @@ _STAT_HELP = {
     "sticky_hit": "unconnected UDP socket kept its backend",
     "terminated": "sockets terminated: their backend was removed or left the active state",
     "terminated_tcp": "  of them: TCP (Service(terminate_tcp=True))",
+    "no_state": "socket-local storage not allocated (memory): getpeername shows the backend, datagram refused",
     "connect6": "  of the connects: by IPv6 sockets (v4-mapped included)",
     "sendmsg6": "  of the datagrams: by IPv6 sockets",
     "recvmsg6": "  of the replies: to IPv6 sockets",

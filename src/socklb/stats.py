@@ -42,6 +42,7 @@ COUNTERS: Dict[str, int] = {
         "RECVMSG6",
         "GETPEERNAME6",
         "TERMINATED_TCP",
+        "NO_STATE",
     )
 }
 """Counter name -> index in the per-CPU ``counters`` array (SOCKLB_CNT_*)."""

@@ -811,7 +811,9 @@ class Agent:
         }
 
     def metrics(self) -> str:
-        """The statistics in the Prometheus text format (summaries with quantiles, counters)."""
+        """The statistics in the Prometheus text format (summaries with quantiles,
+        counters), followed by the balancer's own metrics (:mod:`socklb.metrics`)
+        when ``socklb[metrics]`` is installed."""
         st = self.stats()
         lines: List[str] = []
         for name, key in (
@@ -831,7 +833,19 @@ class Agent:
             lines += [f"# TYPE socklb_agent_{key} gauge", f"socklb_agent_{key} {st[key]}"]
         if st["last_apply_time"]:
             lines.append(f"socklb_sync_proxy_rules_last_timestamp_seconds {st['last_apply_time']:.3f}")
-        return "\n".join(lines) + "\n"
+        text = "\n".join(lines) + "\n"
+        from ..balancer import Balancer
+
+        if not isinstance(self.balancer, Balancer):
+            return text  # a stand-in (tests): no datapath to report
+        try:
+            from prometheus_client import generate_latest
+
+            from .. import metrics as balancer_metrics
+        except ImportError:  # without socklb[metrics]: the agent's own figures only
+            return text
+        # The balancer's datapath metrics (socklb.metrics) on the same endpoint.
+        return text + generate_latest(balancer_metrics.registry(self.balancer)).decode()
 
     @property
     def healthz_port(self) -> Optional[int]:
