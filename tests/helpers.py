@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import pytest
 
@@ -66,3 +67,30 @@ def raw_map(fd: int, name: str, key_size: int, value_size: int) -> Map:
     from socklb.datapath import Map
 
     return Map(None, name, fd, key_size, value_size)
+
+
+def child_env() -> Dict[str, str]:
+    """The environment of a helper Python process: sees socklb like this one."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+
+
+def socklb_cli(*args: str, stdin: Optional[str] = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the ``socklb`` command with ``args``."""
+    return subprocess.run(
+        [sys.executable, "-m", "socklb.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(),
+        input=stdin,
+    )
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """A command that failed as it should: non-zero, one line on stderr, no traceback."""
+    assert r.returncode != 0, r.stdout
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]

@@ -8,22 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import urllib.error
 import urllib.request
 from typing import Any, Callable, Iterator
 
 import pytest
+from helpers import in_ci
 from k8s_objects import RecordingBalancer, endpoint, eslice, node, service
 
 from socklb.kubernetes.agent import Agent, Samples, parse_trigger_time
 from socklb.kubernetes.testing import FakeApiServer
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
 
 try:
     import kubernetes

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import urllib.error
@@ -10,14 +9,10 @@ import urllib.request
 from typing import Any, Callable, Iterator, List, Tuple
 
 import pytest
+from helpers import in_ci
 
 from socklb.kubernetes.reflector import Event, Reflector, backoff_delay, retry_after
 from socklb.kubernetes.testing import FakeApiServer
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
 
 try:
     from kubernetes import client, watch

@@ -6,13 +6,13 @@ import copy
 import doctest
 import itertools
 import logging
-import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytest
+from helpers import in_ci
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,10 +21,6 @@ from socklb.kubernetes import Node, translate, translate_with_notes
 
 NODE = Node("node-a", zone="zone-a")
 Obj = Dict[str, Any]
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
 
 def require_kubernetes() -> Any:

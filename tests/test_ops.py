@@ -11,36 +11,34 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
-from helpers import TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial, raw_map, require_root
-from test_pins import child_env, holder, obj_get, pinned_dir, tree
+from helpers import (
+    TCP_PORT,
+    UDP_PORT,
+    VIP4,
+    VIP6,
+    World,
+    dial,
+    one_line_error,
+    raw_map,
+    require_root,
+    socklb_cli,
+)
+from test_pins import holder, obj_get, pinned_dir, tree
 
 from socklb import Affinity, Backend, BackendState, Service, servicefile
 from socklb import pins as pins_mod
 from socklb.errors import InvalidValueError
 
-SOCKLB = [sys.executable, "-m", "socklb.cli"]
-
-
-def socklb(*args: str, stdin: Optional[str] = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SOCKLB, *args], capture_output=True, text=True, timeout=60, env=child_env(), input=stdin)
+socklb = socklb_cli
 
 
 def ok_json(*args: str) -> Any:
     r = socklb(*args, "-o", "json")
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
-
-
-def one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert r.returncode != 0, r.stdout
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def snapshot(pd: str) -> Tuple[Dict[str, int], Dict[str, Dict[bytes, bytes]], List[str]]:

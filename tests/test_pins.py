@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
-from helpers import BACKENDS, TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial, in_ci, raw_map, require_root
+from helpers import BACKENDS, TCP_PORT, UDP_PORT, VIP4, VIP6, World, child_env, dial, in_ci, raw_map, require_root
 
 from socklb import (
     Affinity,
@@ -89,11 +89,6 @@ def pinned_dir() -> Iterator[str]:
 def pin_dir() -> Iterator[str]:
     with pinned_dir() as pd:
         yield pd
-
-
-def child_env() -> Dict[str, str]:
-    """The environment of a helper Python process: sees socklb like this one."""
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
 
 
 def bpftool() -> str:
