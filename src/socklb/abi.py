@@ -206,8 +206,9 @@ class Version(NamedTuple):
         return len(self.usable)
 
 
-def encode(svc: Service, ids: Mapping[Tuple[str, int], int]) -> Version:
-    """The list and selection parameters of ``svc``, its backends named by ``ids``."""
+def encode(svc: Service, ids: Sequence[int]) -> Version:
+    """The list and selection parameters of ``svc``, its backends named by
+    ``ids`` (the id of each of ``svc.backends``, in that order)."""
     usable, fallback = svc.selectable()
     flags = (lib.SOCKLB_SVC_F_FALLBACK if fallback else 0) | (lib.SOCKLB_SVC_F_AFFINITY if svc.affinity else 0)
     total = 0
@@ -222,10 +223,15 @@ def encode(svc: Service, ids: Mapping[Tuple[str, int], int]) -> Version:
         algo = lib.SOCKLB_ALGO_RANDOM
         cum = range(1, len(usable) + 1)
     code, new = STATE.code, tuple.__new__  # Member(...) without its Python-level constructor
-    members = [new(Member, (ids[b._key], c, b.weight, code[b.state])) for b, c in zip(usable, cum)]
-    if len(usable) < len(svc.backends):
+    bs = svc.backends
+    if len(usable) == len(bs):  # usable is bs, or its every member in the same order
+        members = [new(Member, (bid, c, b.weight, code[b.state])) for b, bid, c in zip(bs, ids, cum)]
+    else:
+        # usable is a subsequence of bs: walk both.
         chosen = {id(b) for b in usable}
-        members += [new(Member, (ids[b._key], 0, b.weight, code[b.state])) for b in svc.backends if id(b) not in chosen]
+        uids = [bid for b, bid in zip(bs, ids) if id(b) in chosen]
+        members = [new(Member, (bid, c, b.weight, code[b.state])) for b, bid, c in zip(usable, uids, cum)]
+        members += [new(Member, (bid, 0, b.weight, code[b.state])) for b, bid in zip(bs, ids) if id(b) not in chosen]
     return Version(usable, tuple(members), flags, algo, total)
 
 
@@ -263,6 +269,28 @@ def backend_value(
     # A drained backend (weight 0) keeps its entry but is never chosen, not
     # even through affinity or a UDP socket's remembered choice.
     return _pack(b._a16, _htons(b.port), _code[b.state] if b.weight else DRAINING, svc_id)
+
+
+def backend_values(
+    bs: Sequence[Backend],
+    svc_id: int,
+    _pack: Callable[..., bytes] = _pack_backend,
+    _code: Dict[BackendState, int] = STATE.code,
+    _htons: Callable[[int], int] = socket.htons,
+) -> bytes:
+    """:func:`backend_value` of each of ``bs``, concatenated (one loop, no call per backend)."""
+    return b"".join([_pack(b._a16, _htons(b.port), _code[b.state] if b.weight else DRAINING, svc_id) for b in bs])
+
+
+def u32s(ids: Sequence[int]) -> bytes:
+    """Ids packed as the u32 keys of the backend and Maglev maps, concatenated."""
+    return struct.pack(f"={len(ids)}I", *ids)
+
+
+def slot_rows(list_id: int, members: Sequence[Member]) -> Tuple[bytes, bytes]:
+    """The keys and the values of a list's slots, each concatenated."""
+    keys = b"".join(map(pack_slot_key, itertools.repeat(list_id, len(members)), range(len(members))))
+    return keys, b"".join(itertools.starmap(_pack_slot, members))
 
 
 def slot_value(m: Member, _pack: Callable[..., bytes] = _pack_slot) -> bytes:

@@ -312,11 +312,11 @@ class Balancer:
                 raise NotFoundError(f"no service {k}")
             return lv.service
 
-    def _write(self, want: Dict[ServiceKey, Optional[Service]]) -> planner.Plan:
+    def _write(self, want: Dict[ServiceKey, Optional[Service]], exclusive: bool = False) -> planner.Plan:
         t0 = time.monotonic()
         ok = False
         try:
-            p = planner.plan(self._state, want, self.spec, terminate=self._terminator.enabled)
+            p = planner.plan(self._state, want, self.spec, terminate=self._terminator.enabled, exclusive=exclusive)
             writer.apply(self._tables, self._state, p, self._terminator)
             ok = True
             return p
@@ -346,30 +346,34 @@ class Balancer:
         writes; unchanged services are not touched.  Returns what changed."""
         if services is None or isinstance(services, (str, bytes, Service)):
             raise InvalidValueError("services", f"must be an iterable of Service, not {services!r}")
-        want: Dict[ServiceKey, Optional[Service]] = {}
-        for i, s in enumerate(services):
-            if not isinstance(s, Service):
-                raise InvalidValueError(f"services[{i}]", f"must be a Service, not {type(s).__name__}")
-            if s.key in want:
-                raise InvalidValueError(f"services[{i}]", f"service {s} is listed twice")
-            want[s.key] = s
+        given = services if isinstance(services, (list, tuple)) else list(services)
+        # The checks and the index are C loops over the list; a service that is
+        # the one programmed (the same object) costs one identity test in plan().
+        if not set(map(type, given)) <= {Service}:
+            for i, s in enumerate(given):
+                if not isinstance(s, Service):
+                    raise InvalidValueError(f"services[{i}]", f"must be a Service, not {type(s).__name__}")
+        want: Dict[ServiceKey, Optional[Service]] = {s._skey: s for s in given}
+        if len(want) != len(given):
+            seen = set()
+            for i, s in enumerate(given):
+                if s.key in seen:
+                    raise InvalidValueError(f"services[{i}]", f"service {s} is listed twice")
+                seen.add(s.key)
         with self._lock:
             self._mutating("sync")
-            live = self._state.services
-            for k in live:
-                if k not in want:
-                    want[k] = None
-            before = set(live)
-            p = self._write(want)
+            p = self._write(want, exclusive=True)
             added, updated, removed = [], [], []
+            new_ids = set(p.new_svc_ids)
             for k, lv in p.live.items():
                 if lv is None:
                     removed.append(k)
-                elif k not in before:
+                elif lv.svc_id in new_ids:
                     added.append(k)
                 else:
                     updated.append(k)
-            return SyncResult(tuple(added), tuple(updated), tuple(removed), len(want) - len(p.live), p.writes)
+            unchanged = len(want) - len(added) - len(updated)
+            return SyncResult(tuple(added), tuple(updated), tuple(removed), unchanged, p.writes)
 
     def reconcile(self) -> int:
         """Retry the clean-up that an earlier update could not finish (it is
