@@ -152,7 +152,8 @@ def measure(
                 raise RuntimeError(f"{n} services: the maps hold {usage['services']} services, {usage['backends']}")
             log(
                 f"  {n:,} x {backends}: sync {out['sync_s']:.2f} s (cpu {out['sync_cpu_s']:.2f} s), "
-                f"kernel {total / 2**20:.1f} MiB ({total / n:,.0f} B/service), RSS {out['rss_mib']['after_sync']:.0f} MiB"
+                f"kernel {total / 2**20:.1f} MiB ({total / n:,.0f} B/service), "
+                f"RSS {out['rss_mib']['after_sync']:.0f} MiB"
             )
             lb.attach(client.cgroup)
 

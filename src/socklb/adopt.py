@@ -152,7 +152,9 @@ def adopt(t: Tables, spec: DatapathSpec) -> Tuple[State, List[Service]]:
                 == bytes(
                     ffi.buffer(
                         abi.maglev_entries(
-                            version.usable, [m.backend_id for m in version.members[: version.n_usable]], spec.maglev_size
+                            version.usable,
+                            [m.backend_id for m in version.members[: version.n_usable]],
+                            spec.maglev_size,
                         )
                     )
                 )

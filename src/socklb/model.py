@@ -237,9 +237,10 @@ def _slotted(*private: str, **computed: property) -> Callable[[Type[_T]], Type[_
         ns = {k: v for k, v in cls.__dict__.items() if k not in names and k not in ("__dict__", "__weakref__")}
         ns["__slots__"] = tuple(n for n in names if n not in computed) + private
         ns.update(computed)
-        new = type(cls)(cls.__name__, cls.__bases__, ns)
+        meta: Any = type(cls)
+        new: Type[_T] = meta(cls.__name__, cls.__bases__, ns)
         new.__qualname__ = cls.__qualname__
-        return cast("Type[_T]", new)
+        return new
 
     return make
 
@@ -293,9 +294,9 @@ class Backend:
     port: int
     weight: int = 1
     state: BackendState = BackendState.ACTIVE
-    if TYPE_CHECKING:
-        _a16: bytes  # the address, 16 bytes in network order (IPv4 as ::ffff:a.b.c.d)
-        _version: int  # 4 or 6
+    if TYPE_CHECKING:  # slots, not fields (mypy is told they have defaults)
+        _a16: bytes = dataclasses.field(default=b"", init=False)  # the address, 16 bytes in network order
+        _version: int = dataclasses.field(default=0, init=False)  # 4 or 6
 
     def __init__(
         self,
@@ -326,10 +327,8 @@ class Backend:
             return True
         if other.__class__ is not Backend:
             return NotImplemented
-        o = cast(Backend, other)
-        return (
-            self._a16 == o._a16 and self.port == o.port and self.weight == o.weight and self.state is o.state
-        )
+        o = other
+        return self._a16 == o._a16 and self.port == o.port and self.weight == o.weight and self.state is o.state
 
     def __hash__(self) -> int:
         # Not kept (8 bytes a backend): a Service keeps the hash of its backends.
@@ -410,10 +409,10 @@ class Service:
     terminate_tcp: bool = False
     """Also terminate TCP connections to a backend that is removed or leaves the
     active state (UDP sockets connected to one always are)."""
-    if TYPE_CHECKING:
-        _a16: bytes
-        _skey: ServiceKey  # .key, made once
-        _hash: int  # 0: not computed yet
+    if TYPE_CHECKING:  # slots, not fields (mypy is told they have defaults)
+        _a16: bytes = dataclasses.field(default=b"", init=False)
+        _skey: ServiceKey = dataclasses.field(default=("", 0, ""), init=False)  # .key, made once
+        _hash: int = dataclasses.field(default=0, init=False)  # 0: not computed yet
 
     def __init__(
         self,
@@ -427,8 +426,8 @@ class Service:
     ) -> None:
         text, a16, version = _address(address, "address")
         port = _port(port)
-        proto = cast(Protocol, protocol) if protocol.__class__ is Protocol else _enum(Protocol, protocol, "protocol")
-        algo = cast(Algorithm, algorithm) if algorithm.__class__ is Algorithm else _enum(Algorithm, algorithm, "algorithm")
+        proto = protocol if protocol.__class__ is Protocol else _enum(Protocol, protocol, "protocol")
+        algo = algorithm if algorithm.__class__ is Algorithm else _enum(Algorithm, algorithm, "algorithm")
         if isinstance(backends, (str, bytes)):
             raise InvalidValueError("backends", "must be an iterable of Backend")
         try:
@@ -492,7 +491,7 @@ class Service:
             return True
         if other.__class__ is not Service:
             return NotImplemented
-        o = cast(Service, other)
+        o = other
         return (
             self.__hash__() == o.__hash__()
             and self._skey == o._skey

@@ -25,16 +25,16 @@ read the old one just before its deletion, it reads the service again.
 from __future__ import annotations
 
 from array import array
+from dataclasses import dataclass, field
 from itertools import filterfalse
 from operator import attrgetter
-from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Sized, Tuple
 
 from . import abi
 from ._core import ffi
-from .abi import U32, Member
+from .abi import U32
 from .errors import CapacityError
-from .model import Algorithm, Backend, BackendState, Protocol, Service, ServiceKey
+from .model import Algorithm, BackendState, Protocol, Service, ServiceKey
 from .spec import DatapathSpec
 
 __all__ = ["Ids", "Programmed", "State", "Plan", "plan", "Garbage"]
@@ -86,7 +86,7 @@ class Reserved:
     5,000,000 backend ids of a large first sync are a few hundred thousand
     ``range`` objects, not 5,000,000 ints."""
 
-    __slots__ = ("_parts", "_ones", "_removed")
+    __slots__ = ("_ones", "_parts", "_removed")
 
     def __init__(self) -> None:
         self._parts: List[Sequence[int]] = []
@@ -205,7 +205,7 @@ class Programmed:
     or ``array``) on top of the :class:`Service` the caller gave.
     """
 
-    __slots__ = ("service", "svc_id", "list_id", "ids", "count", "n_members", "dirty")
+    __slots__ = ("count", "dirty", "ids", "list_id", "n_members", "service", "svc_id")
 
     def __init__(
         self,
@@ -394,7 +394,7 @@ def plan(
         # What a sync of the same list mostly finds is the very service that is
         # programmed: filtered out by C loops (a dict-items lookup compares the
         # values by identity first), so 50,000 of them cost a millisecond or two.
-        items = list(filterfalse(state.values.items().__contains__, items))  # type: ignore[arg-type]
+        items = list(filterfalse(state.values.items().__contains__, items))
     if exclusive:
         # Every wanted key is programmed but those of the new services: if as
         # many are programmed as there are, none is left to remove.

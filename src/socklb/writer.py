@@ -162,18 +162,18 @@ def _rollback(t: Tables, state: State, p: Plan, written: List[Tuple[Map, Rows]])
     only new keys are written (new backends, lists, tables): delete them; put
     back the service entries that a partial batch may have swapped or removed.
     What cannot be undone is marked so the next update repairs it."""
-    by_key = {lv.key: (k, lv) for k, lv in state.services.items()}
+    # The state is not committed yet: it holds what the plan's services were.
+    by_key = {lv.key: lv for lv in (state.services.get(k) for k in p.live) if lv is not None}
     for key in p.svc_upd.key_list() + p.svc_del:
         old = by_key.get(key)
         try:
             if old is not None:
-                t.services.update(old[1].key, old[1].value, 1)
+                t.services.update(key, old.value, 1)
             else:
                 t.services.delete([key])
         except Exception:  # the first error is what is raised
             if old is not None:
-                old[1].dirty = True
-                old[1].value = b""
+                old.dirty = True  # the next plan rewrites it all, its service entry too
             else:
                 state.garbage.services.append(key)
     for m, rows in reversed(written):

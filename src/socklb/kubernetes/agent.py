@@ -231,7 +231,7 @@ class Compact:
     a dict, a twentieth of the decoded JSON.  Read like a dict for
     ``"metadata"`` and ``"compact"``."""
 
-    __slots__ = ("rv", "data", "owner", "trigger")
+    __slots__ = ("data", "owner", "rv", "trigger")
 
     def __init__(self, rv: str, data: bytes, owner: Optional[SvcId], trigger: Optional[float]) -> None:
         self.rv = rv

@@ -145,7 +145,7 @@ class Reflector:
         max_retry_after: float = 300.0,
         resync_period: Optional[float] = None,
         rand: Callable[[], float] = random.random,
-        transform: Optional[Callable[[Obj], Obj]] = None,
+        transform: Optional[Callable[[Obj], Any]] = None,
     ) -> None:
         if watch_timeout < 1:
             raise ValueError("watch_timeout must be at least 1 second")
@@ -389,7 +389,8 @@ class Reflector:
         if self._transform is None:
             return obj
         try:
-            return self._transform(obj)
+            slim: Obj = self._transform(obj)  # or the transform's own object, read like one
+            return slim
         except Exception:
             logger.exception("%s: the transform failed on %.200s: keeping the object as it is", self.name, obj)
             return obj
