@@ -90,7 +90,9 @@ def test_encoding_uniform_costs_nothing_and_weights_make_a_table() -> None:
     assert v.algo == 0 and all(m.alias_id == m.backend_id and m.keep == KEEP_ALL for m in v.members)
     for algo in ("random", "weighted"):
         svc = Service(
-            VIP4, 80, backends=[Backend(f"10.1.0.{i}", 80, weight=w) for i, w in enumerate((1, 3, 6), 1)],
+            VIP4,
+            80,
+            backends=[Backend(f"10.1.0.{i}", 80, weight=w) for i, w in enumerate((1, 3, 6), 1)],
             algorithm=algo,
         )
         got = encoded_shares(svc)
@@ -135,7 +137,10 @@ def test_default_algorithm_splits_by_weight(
 ) -> None:
     names = ["b1", "b2", "b3"][: len(weights)]
     v6 = ":" in vip
-    bs = [Backend(world.backends[k].ipv6 if v6 else world.backends[k].ipv4, TCP_PORT, weight=w) for k, w in zip(names, weights)]
+    bs = [
+        Backend(world.backends[k].ipv6 if v6 else world.backends[k].ipv4, TCP_PORT, weight=w)
+        for k, w in zip(names, weights)
+    ]
     balancer.upsert(Service(vip, 80, "tcp", bs))  # the default algorithm
     balancer.attach(world.client.cgroup)
     c = served(world, n, vip)
