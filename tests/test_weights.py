@@ -275,3 +275,22 @@ def test_udp_flows_setting_evicts_and_counts(flow_servers: World) -> None:
     for bad in (0, MAX_UDP_FLOWS + 1, "8", True):
         with pytest.raises(InvalidValueError, match="udp_flows_per_socket"):
             Balancer(udp_flows_per_socket=bad)  # type: ignore[arg-type]
+
+
+def test_udp_flows_setting_is_kept_with_the_pins(flow_servers: World) -> None:
+    """The pinned maps fix the number: a restarted owner adopts it (the
+    sockets' storage was sized with it), and the datapath keeps using it."""
+    from test_pins import pinned_dir
+
+    world = flow_servers
+    b1 = world.backends["b1"].ipv4
+    with pinned_dir() as pd:
+        with Balancer(pin_dir=pd, udp_flows_per_socket=4) as lb:
+            lb.sync(flow_services(world, 5))
+            lb.attach(world.client.cgroup)
+        with Balancer.open(pd) as lb:
+            assert lb.udp_flows_per_socket == 4
+            vips = [s.address for s in lb.services()]
+            (seen,) = batch(world, 1, sorted(vips, key=lambda v: int(v.rsplit(".", 1)[1])))
+            assert f"{b1}:{FLOW_PORTS[0]}" in seen and lb.counters()["udp_evicted"] == 1, seen
+            lb.destroy()
