@@ -11,7 +11,7 @@ from fractions import Fraction
 from typing import Dict, Iterator, List, Sequence
 
 import pytest
-from helpers import TCP_PORT, VIP4, VIP6, World, dial
+from helpers import TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial
 from scipy.stats import chisquare
 
 from socklb import Affinity, Backend, BackendState, Balancer, Service
@@ -146,6 +146,16 @@ def test_default_algorithm_splits_by_weight(
     c = served(world, n, vip)
     assert sum(c.values()) == n
     assert split_ok([c[k] for k in names], weights), (weights, c)
+
+
+def test_unconnected_udp_sockets_split_by_weight(world: World, balancer: Balancer) -> None:
+    bs = [Backend(world.backends[k].ipv4, UDP_PORT, weight=w) for k, w in (("b1", 3), ("b2", 1))]
+    balancer.upsert(Service(VIP4, 53, "udp", bs))
+    balancer.attach(world.client.cgroup)
+    res = dial(world.client, "udp", VIP4, 53, 1, "--sockets", "400")
+    assert res["errors"] == [] and set(res["peers"]) == {f"{VIP4}:53"}
+    c = Counter(res["served"])
+    assert sum(c.values()) == 400 and split_ok([c["b1"], c["b2"]], [3, 1]), c
 
 
 def test_the_check_rejects_a_wrong_split(world: World, balancer: Balancer) -> None:
