@@ -169,6 +169,7 @@ def adopt(t: Tables, spec: DatapathSpec) -> Tuple[State, List[Service]]:
             used_backends.add(bid)
         if not consistent:
             dirty.append(svc)
+            state.dirty_hint = True
     g = state.garbage
     for lid, got in r.lists.items():
         if lid not in used_lists:

@@ -283,6 +283,8 @@ class State:
         self.services: Dict[ServiceKey, Programmed] = {}
         self.values: Dict[ServiceKey, Service] = {}
         """The service of each entry of ``services``: what plan() compares a wanted list with, in C."""
+        self.dirty_hint = False
+        """Set by whoever marks a Programmed dirty: has_dirty() then looks."""
         self.n_backends = 0
         self.n_maglev = 0
         self.svc_ids = Ids(self._svc_ids_in_use, id_limit)
@@ -316,6 +318,15 @@ class State:
             self.values[k] = p.service
             self.n_backends += len(p.ids)
             self.n_maglev += p.service.algorithm is Algorithm.MAGLEV
+
+    def has_dirty(self) -> bool:
+        """Whether a programmed service is marked dirty (looks only after a hint)."""
+        if not self.dirty_hint:
+            return False
+        if any(map(_is_dirty, self.services.values())):
+            return True
+        self.dirty_hint = False
+        return False
 
     def commit(self, p: Plan) -> None:
         """The plan's services are what the kernel serves now."""
@@ -390,7 +401,7 @@ def plan(
     n_services, n_backends, n_maglev = len(live), state.n_backends, state.n_maglev
     changed: List[Tuple[ServiceKey, Optional[Service], Optional[Programmed]]] = []
     items: Iterable[Tuple[ServiceKey, Optional[Service]]] = want.items()
-    if len(want) > 64 and not any(map(_is_dirty, live.values())):
+    if len(want) > 64 and not state.has_dirty():
         # What a sync of the same list mostly finds is the very service that is
         # programmed: filtered out by C loops (a dict-items lookup compares the
         # values by identity first), so 50,000 of them cost a millisecond or two.

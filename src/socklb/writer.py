@@ -72,7 +72,7 @@ def apply(t: Tables, state: State, p: Plan, terminate: Terminate) -> None:
         t.backends.update_rows(p.backend_post)
     except KernelError as e:
         log.warning("socklb: %s; the services concerned are rewritten on the next update", e)
-        _dirty_from(p, p.backend_post.key_list(_done(e)))
+        _dirty_from(state, p, p.backend_post.key_list(_done(e)))
     g = state.garbage
     g.slots += p.slot_del
     g.maglev += p.maglev_del
@@ -148,13 +148,14 @@ def _delete_owned(
     return entries[n_gone:]
 
 
-def _dirty_from(p: Plan, keys: Sequence[bytes]) -> None:
+def _dirty_from(state: State, p: Plan, keys: Sequence[bytes]) -> None:
     """Kept backends whose new state was not written: their services are
     rewritten by the next plan."""
     failed = {U32.unpack(k)[0] for k in keys}
     for lv in p.live.values():
-        if lv is not None and not failed.isdisjoint(lv.backend_ids.values()):
+        if lv is not None and not failed.isdisjoint(lv.ids):
             lv.dirty = True
+            state.dirty_hint = True
 
 
 def _rollback(t: Tables, state: State, p: Plan, written: List[Tuple[Map, Rows]]) -> None:
@@ -174,6 +175,7 @@ def _rollback(t: Tables, state: State, p: Plan, written: List[Tuple[Map, Rows]])
         except Exception:  # the first error is what is raised
             if old is not None:
                 old.dirty = True  # the next plan rewrites it all, its service entry too
+                state.dirty_hint = True
             else:
                 state.garbage.services.append(key)
     for m, rows in reversed(written):
