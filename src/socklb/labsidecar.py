@@ -43,9 +43,9 @@ def redirect_rules(port: int) -> List[List[str]]:
     """The iptables commands that send the pod's outgoing TCP to ``port``."""
     base = ["iptables", "-w", "-t", "nat", "-A", "OUTPUT", "-p", "tcp"]
     return [
-        base + ["-m", "mark", "--mark", str(SIDECAR_MARK), "-j", "RETURN"],
-        base + ["-o", "lo", "-j", "RETURN"],
-        base + ["-j", "REDIRECT", "--to-ports", str(port)],
+        [*base, "-m", "mark", "--mark", str(SIDECAR_MARK), "-j", "RETURN"],
+        [*base, "-o", "lo", "-j", "RETURN"],
+        [*base, "-j", "REDIRECT", "--to-ports", str(port)],
     ]
 
 
