@@ -229,7 +229,7 @@ def test_host_netns_only_translates_the_node_not_the_pods(site: Site) -> None:
 
 
 def test_scopes_and_exclusions_survive_a_restart(site: Site) -> None:
-    from socklb import Backend, Balancer, Service, node
+    from socklb import Backend, Balancer, Service, SocklbError, node
 
     lab = site.lab
     pin_dir = f"/sys/fs/bpf/socklb-test-fe-{uuid.uuid4().hex}"
@@ -244,6 +244,8 @@ def test_scopes_and_exclusions_survive_a_restart(site: Site) -> None:
         lb = Balancer.open(pin_dir)
         assert lb.node_addresses() == [site.client.gateway4]
         assert lb.node_netns_cookie == node.netns_cookie(lab.node.netns_path)
+        with pytest.raises(SocklbError, match="node_netns"):
+            lb.refresh_node_addresses()  # the pinned node is not this thread's namespace
         atts = {a.cgroup: a for a in lb.attachments()}
         assert atts[lab.cgroup].excluded == [site.side.cgroup] and atts[lab.cgroup].scope == "all"
         assert atts[site.b1.cgroup].scope == "host-netns-only"

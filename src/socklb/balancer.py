@@ -132,6 +132,7 @@ class Balancer:
         self._datapath: Optional[Datapath] = None
         self._lock_fd: Optional[int] = None
         self._node_fd: Optional[int] = None
+        self._node_fd_is_node = True
         netns_path = None if node_netns is None else node.check_netns_path(path_text(node_netns, "node_netns"))
         wanted_addrs = None if node_addresses is None else _node_address_arg(node_addresses)
         spec = DatapathSpec(max_services, max_backends, maglev_size, max_maglev_services, max_affinity)
@@ -217,18 +218,25 @@ class Balancer:
 
     @classmethod
     def open(
-        cls, pin_dir: Union[str, bytes, os.PathLike[str]], *, terminate_sockets: Union[bool, str] = "auto"
+        cls,
+        pin_dir: Union[str, bytes, os.PathLike[str]],
+        *,
+        terminate_sockets: Union[bool, str] = "auto",
+        node_netns: Union[str, bytes, os.PathLike[str], None] = None,
     ) -> Balancer:
         """Adopt the state pinned in ``pin_dir`` by an earlier balancer (this
         process or another, alive no more): its services, its attachments,
         with this version's programs swapped in atomically.
+
+        The node (``node_netns``, its addresses) is the pinned one unless
+        ``node_netns`` is given.
 
         Raises :class:`~socklb.errors.NotFoundError` if nothing is pinned there,
         :class:`~socklb.errors.IncompatiblePinsError` if the pins have another
         map layout and :class:`~socklb.errors.PinLockedError` if another
         process owns them.
         """
-        return cls(pin_dir=pin_dir, terminate_sockets=terminate_sockets, adopt_only=True)
+        return cls(pin_dir=pin_dir, terminate_sockets=terminate_sockets, adopt_only=True, node_netns=node_netns)
 
     # -- limits and properties ----------------------------------------------------
 
@@ -355,11 +363,15 @@ class Balancer:
 
     def _set_node_netns(self, keep_pinned: bool) -> None:
         assert self._node_fd is not None
+        cookie = node.netns_cookie(f"/proc/self/fd/{self._node_fd}")
+        self._node_fd_is_node = True
         if keep_pinned:
             raw = self._node_cfg.lookup(U32.pack(0))
-            if raw and int.from_bytes(raw, "little"):
+            pinned = int.from_bytes(raw or bytes(8), "little")
+            if pinned:
+                # Adopted without node_netns: the pinned node stays the node.
+                self._node_fd_is_node = pinned == cookie
                 return
-        cookie = node.netns_cookie(f"/proc/self/fd/{self._node_fd}")
         self._node_cfg.update(U32.pack(0), cookie.to_bytes(8, "little"), 1)
 
     @property
@@ -402,6 +414,11 @@ class Balancer:
         with self._lock:
             self._mutating("refresh_node_addresses")
             assert self._node_fd is not None
+            if not self._node_fd_is_node:
+                raise SocklbError(
+                    "refresh_node_addresses: the pinned balancer's node is another network namespace than this "
+                    "thread's; open it with Balancer.open(pin_dir, node_netns=...) to read the node's addresses"
+                )
             found = node.discover_addresses(f"/proc/self/fd/{self._node_fd}")
             self.set_node_addresses(found)
             return found
