@@ -282,6 +282,15 @@ def test_scope_and_exclusion_errors(site: Site) -> None:
             att.include(site.client.cgroup)
         with pytest.raises(InvalidValueError, match="excluded from"):
             lb.attach(site.side.cgroup)
+        # A pod that went away: its exclusion is removed by the path it had.
+        gone = os.path.join(lab.cgroup, "gone-pod")
+        os.mkdir(gone)
+        try:
+            att.exclude(gone)
+        finally:
+            os.rmdir(gone)
+        att.include(gone)
+        assert att.excluded == [site.side.cgroup]
 
 
 def test_frontend_values_are_validated() -> None:

@@ -413,8 +413,13 @@ class Attachment:
         self._registry.exclude(self._entry, cgroup_path(cgroup))
 
     def include(self, cgroup: Union[str, bytes, os.PathLike[str]]) -> None:
-        """Undo :meth:`exclude`: the cgroup's new sockets are balanced again."""
-        self._registry.include(self._entry, cgroup_path(cgroup))
+        """Undo :meth:`exclude`: the cgroup's new sockets are balanced again.
+        Works for a cgroup removed since (a pod that went away), by the path
+        it was excluded with."""
+        text = path_text(cgroup, "cgroup_path")
+        with self._registry._lock:
+            known = text in self._entry.exclusions
+        self._registry.include(self._entry, text if known else cgroup_path(text))
 
     def program_ids(self) -> List[int]:
         """Ids of the programs the links run now (they change on an upgrade)."""
