@@ -54,7 +54,7 @@ from socklb.kubernetes.testing import FakeApiServer
 from socklb.lab import Lab
 
 VIP, PORT, TARGET = "10.96.0.30", 80, 8080
-STEP_SECONDS = 0.8  # and at least 50 connections
+STEP_SECONDS = 0.6  # and at least 50 connections
 
 # The client pod's load: connect, ask, read the name, close, pause; one line per
 # connection, "start connected served-by" (or "error:ERRNO" for who), with times

@@ -47,7 +47,7 @@ from socklb import Backend, Balancer, Service
 from socklb.lab import Lab
 
 VIP, PORT, TARGET = "10.96.0.20", 80, 8080
-PHASE_SECONDS = 1.0  # and at least 50 connections
+PHASE_SECONDS = 0.8  # and at least 50 connections
 
 # The client pod's load: connect, ask, read the name, close, pause; one line per
 # connection, "start connected served-by" (or "error:ERRNO" for who), with times

@@ -21,12 +21,14 @@ Then pod B alone is moved to version 1 with one ``upsert`` on its Balancer;
 pod A and pod C see no change.
 
 Everything runs in a throwaway lab (socklb.lab: network namespaces and cgroups
-that are removed at the end); each pod makes 150 short connections per step.
+that are removed at the end); in each step the three pods make 150 short
+connections each, at the same time.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections import Counter
 from typing import Any
@@ -38,18 +40,23 @@ VIP, PORT, TARGET = "10.96.0.10", 80, 8080
 N = 150  # connections per pod and step
 
 
-def dial(pod: Any) -> Counter[str]:
-    """N connections from inside ``pod`` to the VIP: which backend answered each one."""
+def dial(pods: dict[str, Any]) -> dict[str, Counter[str]]:
+    """N connections from inside each pod to the VIP, the pods at the same time:
+    which backend answered each one."""
     argv = [sys.executable, "-m", "socklb.labclient", "tcp", VIP, str(PORT), "-n", str(N)]
-    res = json.loads(pod.run(argv).stdout)
-    assert set(res["peers"]) <= {f"{VIP}:{PORT}"}, "getpeername() shows the VIP"
-    return Counter(res["served"] + [f"error:{e}" for e in res["errors"]])
+    procs = {name: pod.popen(argv, stdout=subprocess.PIPE, text=True) for name, pod in pods.items()}
+    seen = {}
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=120)
+        res = json.loads(out)
+        assert set(res["peers"]) <= {f"{VIP}:{PORT}"}, "getpeername() shows the VIP"
+        seen[name] = Counter(res["served"] + [f"error:{e}" for e in res["errors"]])
+    return seen
 
 
 def report(step: str, pods: dict[str, Any]) -> None:
     print(f"{step}; each dials {VIP}:{PORT}")
-    for name, pod in pods.items():
-        seen = dial(pod)
+    for name, seen in dial(pods).items():
         total = sum(seen.values())
         share = {v: 100 * sum(c for b, c in seen.items() if b.startswith(v)) / total for v in ("v1", "v2")}
         shares = "  ".join(f"{v} {pct:5.1f}%" for v, pct in share.items())
