@@ -257,12 +257,13 @@ def main() -> None:
             s.terminate()
 
         placed = 0
+        print(f"{'step':30}  {'applied':>8}  {'programmed':20}  connections made meanwhile")
         for title, backends, latency, begin, end in windows:
             got = load.between(begin, end)
             placed += sum(got.values())
-            took = f"applied in {1000 * latency:5.1f} ms" if latency is not None else " " * 19
+            took = f"{1000 * latency:.1f} ms" if latency is not None else "-"
             detail = ", ".join(f"{who} {c}" for who, c in sorted(got.items()))
-            print(f"{title:30} {took}  programmed: {backends:34}  connections: {detail}")
+            print(f"{title:30}  {took:>8}  {backends:20}  {detail}")
         failed = [who for _, _, who in log if who.startswith("error:")]
         print(
             f"failed connections: {len(failed)} of {len(log)}"
