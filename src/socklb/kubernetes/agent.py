@@ -844,8 +844,10 @@ class Agent:
             # Too many services, a kernel error: program what fits one by one.
             logger.warning("full sync failed (%s: %s): programming the services one by one", type(e).__name__, e)
             self.counts["writes_failed"] += 1
-            programmed = {s.key for s in self.balancer.services()}
-            failed = self._write(set(self._claims) | programmed, dict.fromkeys(programmed), force=set())
+            # Against what is programmed: unchanged services are not rewritten, and the
+            # ones nobody wants any more are removed.
+            programmed: Dict[ServiceKey, Optional[Service]] = {s.key: s for s in self.balancer.services()}
+            failed = self._write(set(self._claims) | set(programmed), programmed, force=set())
         self.counts["full_syncs"] += 1
         self._after_apply(t0, triggers, failed, full=True)
         if self.freeze_gc:
