@@ -9,7 +9,7 @@
  * place (socklb._core.check).
  */
 
-#define SOCKLB_NPROGS 8
+#define SOCKLB_NPROGS 9
 #define SOCKLB_LOG_SIZE 262144
 
 /* Feature bits reported by socklb_probe(): set when the kernel LACKS it. */
@@ -21,6 +21,8 @@
 #define SOCKLB_MISSING_SK_STORAGE 32
 #define SOCKLB_MISSING_NETNS_COOKIE 64
 #define SOCKLB_MISSING_SOCK_DESTROY 128
+#define SOCKLB_MISSING_SOCK_RELEASE 256
+#define SOCKLB_MISSING_MPTCP_CAST 512
 
 struct socklb_config {
 	uint32_t max_services;
@@ -120,9 +122,13 @@ int socklb_terminate(struct socklb *lb, const uint32_t *backend_ids, uint32_t n,
  * sockets of the nns network namespaces (open /proc/PID/ns/net fds). */
 int64_t socklb_count_states(struct socklb *lb, const int *netns_fds, uint32_t nns);
 /* The same for the per-socket maps of a pinned balancer (fds of its
- * sock_conn and sock_dgram, read-only is enough), with a short-lived copy of
- * the iterators: for tools that read another process's balancer. */
-int64_t socklb_count_pinned_states(int conn_fd, int dgram_fd, const int *netns_fds, uint32_t nns);
+ * sock_conn, sock_dgram and sock_tcp, read-only is enough), with a
+ * short-lived copy of the iterators: for tools that read another process's
+ * balancer. */
+int64_t socklb_count_pinned_states(int conn_fd, int dgram_fd, int tcp_fd, const int *netns_fds, uint32_t nns);
+/* Whether this balancer keeps TCP records by socket cookie (sock_tcp) rather
+ * than in socket-local storage (see tcp_by_cookie in socklb.bpf.c). */
+int socklb_tcp_by_cookie(struct socklb *lb);
 
 /* Kernel features this library needs that are missing (SOCKLB_MISSING_*). */
 uint32_t socklb_probe(void);

@@ -269,8 +269,8 @@ class PinnedView:
         try:
             if not fds:
                 return 0
-            conn, dgram = self._map("sock_conn").fd, self._map("sock_dgram").fd
-            n = int(lib.socklb_count_pinned_states(conn, dgram, ffi.new("int[]", fds), len(fds)))
+            conn, dgram, tcp = self._map("sock_conn").fd, self._map("sock_dgram").fd, self._map("sock_tcp").fd
+            n = int(lib.socklb_count_pinned_states(conn, dgram, tcp, ffi.new("int[]", fds), len(fds)))
             if n == -errno.EOPNOTSUPP:  # built without the iterators
                 raise features.SOCK_DESTROY.error(os.strerror(-n))
             return check(n, "counting socket states")
