@@ -1090,6 +1090,30 @@ int socklb_tcp_by_cookie(struct socklb *lb)
 	return lb->tcp_by_cookie;
 }
 
+int64_t socklb_tcp_slots_used(int fd)
+{
+	enum { CHUNK = 4096 };
+	static __thread struct socklb_sock_slot vals[CHUNK];
+	uint32_t keys[CHUNK], in = 0, out = 0, i;
+	int64_t used = 0;
+	bool first = true;
+
+	for (;;) {
+		__u32 count = CHUNK;
+		int err;
+
+		err = bpf_map_lookup_batch(fd, first ? NULL : &in, &out, keys, vals, &count, NULL);
+		if (err && errno != ENOENT)
+			return -errno;
+		for (i = 0; i < count; i++)
+			used += vals[i].cookie != 0;
+		if (err) /* ENOENT: that was the last batch */
+			return used;
+		in = out;
+		first = false;
+	}
+}
+
 /* --- read-only inspection (socklb.inspect) ------------------------------ */
 
 int socklb_obj_get(const char *path, int read_only)

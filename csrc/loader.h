@@ -129,6 +129,9 @@ int64_t socklb_count_pinned_states(int conn_fd, int dgram_fd, int tcp_fd, const 
 /* Whether this balancer keeps TCP records by socket cookie (sock_tcp) rather
  * than in socket-local storage (see tcp_by_cookie in socklb.bpf.c). */
 int socklb_tcp_by_cookie(struct socklb *lb);
+/* Slots of a sock_tcp map (an fd) held by a socket: how many TCP records it
+ * holds. */
+int64_t socklb_tcp_slots_used(int fd);
 
 /* Kernel features this library needs that are missing (SOCKLB_MISSING_*). */
 uint32_t socklb_probe(void);

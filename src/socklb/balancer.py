@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 from . import adopt, features, pins, planner, stats, writer
+from ._core import lib
 from .abi import (
     AFFINITY_KEY,
     AFFINITY_VAL,
@@ -451,7 +452,9 @@ class Balancer:
             maps["affinity"] = t.affinity
             if t.selections is not None:
                 maps["selections"] = t.selections
-            return {name: (len(m.keys(e[name])), e[name]) for name, m in maps.items()}
+            out = {name: (len(m.keys(e[name])), e[name]) for name, m in maps.items()}
+            out["sock_tcp"] = (self._open().tcp_records(), int(lib.SOCKLB_SOCK_TCP_SLOTS))
+            return out
 
     def map_memory(self) -> Dict[str, int]:
         """Kernel memory charged to each of the balancer's maps, in bytes."""
