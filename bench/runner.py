@@ -16,6 +16,7 @@ from bench import report, rules
 from bench.build import build
 from bench.modes import (
     MODES,
+    DetachedLab,
     IptablesLab,
     Modes,
     NftablesLab,
@@ -114,8 +115,15 @@ def run(cfg: Config, log: Optional[Log] = None) -> Dict[str, Any]:
     results["pinning"] = {"client_cpus": pin[0], "server_cpus": pin[1]} if pin else None
     modes = Modes()
     try:
-        for name in cfg.modes:
+        if "detached" in cfg.modes and "socklb" not in cfg.modes:
+            raise ValueError("the detached mode needs the socklb mode (it runs in the socklb lab)")
+        for name in sorted(cfg.modes, key=lambda m: m == "detached"):
             say(f"[bench] building the {name} lab")
+            if name == "detached":
+                sl = modes.labs["socklb"]
+                assert isinstance(sl, SocklbLab)
+                modes.labs[name] = DetachedLab(sl)
+                continue
             lab_ = make_mode(name, cfg.backends, bins, cfg.server_threads, pin)
             if isinstance(lab_, NftablesLab):
                 lab_.chunk = cfg.nft_chunk
@@ -209,6 +217,7 @@ def run(cfg: Config, log: Optional[Log] = None) -> Dict[str, Any]:
             results.setdefault("cleanup_problems", problems)
     results["wall_s"] = round(_now() - t_start, 1)
     report.write_all(results, cfg.out_dir, plots=cfg.plots)
+    say(report.summary(results))
     say(f"[bench] done in {results['wall_s']:.0f} s; results in {cfg.out_dir}")
     return results
 
@@ -311,7 +320,7 @@ def _scale_summary(
             s["raw"] = [{k: v for k, v in r.items() if k != "hist"} for r in raw[m][w.proto]]
             per[m] = s
         for m in order:
-            for base in ("direct", "iptables", "nftables"):
+            for base in ("direct", "detached", "iptables", "nftables"):
                 if base in per and base != m:
                     rr = paired_ratios(raw[m][w.proto], raw[base][w.proto], "rps")
                     pr = paired_ratios(raw[m][w.proto], raw[base][w.proto], "p99")
