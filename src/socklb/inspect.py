@@ -290,7 +290,9 @@ class PinnedView:
         for name, m in sorted(self.maps.items()):
             t, cap = self.map_types[name], self.max_entries[name]
             n: Optional[int]
-            if t in (_BPF_MAP_TYPE_ARRAY, _BPF_MAP_TYPE_PERCPU_ARRAY):
+            if name == "sock_tcp":  # slots held by a socket
+                n = check(int(lib.socklb_tcp_slots_used(m.fd)), "reading sock_tcp")
+            elif t in (_BPF_MAP_TYPE_ARRAY, _BPF_MAP_TYPE_PERCPU_ARRAY):
                 n = cap
             elif t in _MAP_TYPES and t not in (_BPF_MAP_TYPE_SK_STORAGE, 27):
                 n = len(m.keys(cap))
