@@ -69,14 +69,14 @@ FEATURES: Tuple[Feature, ...] = (
     ),
     Feature(
         "sock_release",
-        "cgroup/sock_release programs that read the socket cookie (TCP records by cookie)",
+        "cgroup/sock_release programs that read the socket cookie",
         "5.10",
         lib.SOCKLB_MISSING_SOCK_RELEASE,
         required=False,
     ),
     Feature(
         "mptcp_cast",
-        "the bpf_skc_to_mptcp_sock() helper in sock_addr programs (TCP records by cookie)",
+        "the bpf_skc_to_mptcp_sock() helper in sock_addr programs",
         "5.19",
         lib.SOCKLB_MISSING_MPTCP_CAST,
         required=False,
