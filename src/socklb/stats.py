@@ -43,6 +43,7 @@ COUNTERS: Dict[str, int] = {
         "GETPEERNAME6",
         "TERMINATED_TCP",
         "NO_STATE",
+        "UDP_EVICTED",
         "SOCK_TCP_FULL",
     )
 }
