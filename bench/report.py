@@ -141,7 +141,13 @@ def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
         if not ok_tcp:
             out[-1]["why_not_judged"] = out[-2]["why_not_judged"] = why_tcp
         r = _get(tcp, "vs_detached", RATIO)
-        add(f"TCP CRR socklb >= 0.97x detached, same lab ({int(s):,} svc)", r, None if r is None else r >= 0.97)
+        add(
+            f"TCP CRR socklb >= 0.97x detached, same lab ({int(s):,} svc)",
+            r,
+            None if r is None or not ok_tcp else r >= 0.97,
+        )
+        if not ok_tcp:
+            out[-1]["why_not_judged"] = why_tcp
         r = _get(tcp, "vs_nftables", RATIO)
         add(f"TCP CRR socklb ahead of nftables ({int(s):,} svc)", r, None if r is None else r > 1.0)
         udp = _get(results, "scales", s, "udp", "socklb", "vs_direct", RATIO)
