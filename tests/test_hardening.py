@@ -24,7 +24,7 @@ def svc_for(world: World) -> Service:
 HAMMER = r"""
 import sys, threading, time
 from socklb import Balancer, ClosedError
-from socklb._core import lib
+from socklb.datapath import PROGRAMS
 cg = sys.argv[1]
 lb = Balancer()
 stop = time.monotonic() + 3
@@ -38,7 +38,7 @@ def read():
     n = 0
     while time.monotonic() < stop:
         try:
-            assert len(current[0].program_ids()) == lib.SOCKLB_NPROGS
+            assert len(current[0].program_ids()) == len(PROGRAMS)
             n += 1
         except ClosedError:
             pass
