@@ -47,6 +47,7 @@ static int prog_names_err;
 struct socklb {
 	struct bpf_object *obj;
 	struct bpf_program *progs[SOCKLB_NPROGS];
+	int tcp_by_cookie;
 	struct bpf_program *gates[SOCKLB_NGROUPS][SOCKLB_NGATE];
 	/* Socket iterators: optional, see socklb_iter_status(). */
 	struct bpf_object *iter_obj;
@@ -259,7 +260,7 @@ static void close_iter(struct socklb *lb)
 
 /* Load the iterator object, sharing the datapath's sock_conn map.  Failure
  * is not fatal: the kernel may predate bpf_sock_destroy (6.5). */
-static int open_iter_fds(struct socklb *lb, int conn_fd, int dgram_fd)
+static int open_iter_fds(struct socklb *lb, int conn_fd, int dgram_fd, int tcp_fd)
 {
 #if SOCKLB_HAVE_ITER
 	LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = "socklb_iter");
@@ -280,6 +281,11 @@ static int open_iter_fds(struct socklb *lb, int conn_fd, int dgram_fd)
 		err = -ENOENT;
 	if (!err)
 		err = bpf_map__reuse_fd(shared, dgram_fd);
+	shared = bpf_object__find_map_by_name(lb->iter_obj, "sock_tcp");
+	if (!err && !shared)
+		err = -ENOENT;
+	if (!err)
+		err = bpf_map__reuse_fd(shared, tcp_fd);
 	if (!err)
 		err = bpf_object__load(lb->iter_obj);
 	if (err)
@@ -300,13 +306,15 @@ fail:
 	(void)lb;
 	(void)conn_fd;
 	(void)dgram_fd;
+	(void)tcp_fd;
 	return -EOPNOTSUPP;
 #endif
 }
 
 static int open_iter(struct socklb *lb)
 {
-	return open_iter_fds(lb, socklb_map_fd(lb, "sock_conn"), socklb_map_fd(lb, "sock_dgram"));
+	return open_iter_fds(lb, socklb_map_fd(lb, "sock_conn"), socklb_map_fd(lb, "sock_dgram"),
+			     socklb_map_fd(lb, "sock_tcp"));
 }
 
 static int open_common(const struct socklb_config *cfg, const char *pin_dir, struct socklb **out, char *log,
@@ -447,6 +455,8 @@ static int open_common(const struct socklb_config *cfg, const char *pin_dir, str
 	lb = calloc(1, sizeof(*lb));
 	if (!lb)
 		return -ENOMEM;
+	/* TCP records by cookie where the kernel has what it takes. */
+	lb->tcp_by_cookie = !(socklb_probe() & (SOCKLB_MISSING_SOCK_RELEASE | SOCKLB_MISSING_MPTCP_CAST));
 	capture(log, log_size);
 
 	lb->obj = bpf_object__open_mem(socklb_bpf_obj, socklb_bpf_obj_len, &opts);
@@ -501,6 +511,7 @@ static int open_common(const struct socklb_config *cfg, const char *pin_dir, str
 		goto fail;
 	}
 	if ((err = set_rodata_u32(lb->obj, rodata, "maglev_size", cfg->maglev_size)) ||
+	    (err = set_rodata_u32(lb->obj, rodata, "tcp_by_cookie", (uint32_t)lb->tcp_by_cookie)) ||
 	    (err = set_rodata_u32(lb->obj, rodata, "udp_flows", cfg->udp_flows)) ||
 	    (err = size_sock_dgram(lb->obj, cfg->udp_flows)))
 		goto fail;
@@ -1109,6 +1120,22 @@ static int probe_helper(enum bpf_func_id id)
 	return libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, id, NULL) == 1;
 }
 
+/* cgroup/sock_release programs that may read the socket cookie. */
+static int probe_sock_release(void)
+{
+	const struct bpf_insn insns[] = {
+		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 1 },
+		{ .code = BPF_JMP | BPF_EXIT },
+	};
+	LIBBPF_OPTS(bpf_prog_load_opts, opts, .expected_attach_type = BPF_CGROUP_INET_SOCK_RELEASE);
+	int fd = bpf_prog_load(BPF_PROG_TYPE_CGROUP_SOCK, NULL, "GPL", insns, 2, &opts);
+
+	if (fd < 0)
+		return 0;
+	close(fd);
+	return libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK, BPF_FUNC_get_socket_cookie, NULL) == 1;
+}
+
 /* A kfunc is present when the kernel's BTF has a function of that name. */
 static int probe_kfunc(const char *name)
 {
@@ -1122,7 +1149,10 @@ static int probe_kfunc(const char *name)
 	return found;
 }
 
-uint32_t socklb_probe(void)
+static uint32_t probed_missing;
+static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
+
+static void probe_init(void)
 {
 	/* One row per feature bit; Python's feature table names them and
 	 * gives the first kernel that has each. */
@@ -1130,7 +1160,8 @@ uint32_t socklb_probe(void)
 		enum bpf_attach_type attach; /* probed as a sock_addr program, or */
 		enum bpf_func_id helper;     /* as a helper of one, or */
 		const char *kfunc;	     /* as a kernel function in the BTF, or */
-		enum bpf_attach_type sock_attach; /* as a cgroup sock program */
+		enum bpf_attach_type sock_attach; /* as a cgroup sock program, or */
+		int (*probe)(void);	     /* by a function of its own */
 		uint32_t bit;
 	} probes[] = {
 		{ .attach = BPF_CGROUP_INET4_CONNECT, .bit = SOCKLB_MISSING_CONNECT },
@@ -1142,12 +1173,14 @@ uint32_t socklb_probe(void)
 		{ .helper = BPF_FUNC_get_netns_cookie, .bit = SOCKLB_MISSING_NETNS_COOKIE },
 		{ .kfunc = "bpf_sock_destroy", .bit = SOCKLB_MISSING_SOCK_DESTROY },
 		{ .sock_attach = BPF_CGROUP_INET4_POST_BIND, .bit = SOCKLB_MISSING_POST_BIND },
+		{ .probe = probe_sock_release, .bit = SOCKLB_MISSING_SOCK_RELEASE },
+		{ .helper = BPF_FUNC_skc_to_mptcp_sock, .bit = SOCKLB_MISSING_MPTCP_CAST },
 	};
 	uint32_t missing = 0;
 
-	capture(NULL, 0);
 	for (size_t i = 0; i < sizeof(probes) / sizeof(probes[0]); i++) {
-		int ok = probes[i].sock_attach ? probe_sock_attach_type(probes[i].sock_attach)
+		int ok = probes[i].probe ? probes[i].probe()
+			 : probes[i].sock_attach ? probe_sock_attach_type(probes[i].sock_attach)
 			 : probes[i].kfunc ? probe_kfunc(probes[i].kfunc)
 			 : probes[i].helper ? probe_helper(probes[i].helper)
 					    : probe_attach_type(probes[i].attach);
@@ -1155,8 +1188,45 @@ uint32_t socklb_probe(void)
 		if (!ok)
 			missing |= probes[i].bit;
 	}
+	probed_missing = missing;
+}
+
+/* Probed once per process: a kernel does not gain features at run time. */
+uint32_t socklb_probe(void)
+{
+	capture(NULL, 0);
+	pthread_once(&probe_once, probe_init);
 	release();
-	return missing;
+	return probed_missing;
+}
+
+int socklb_tcp_by_cookie(struct socklb *lb)
+{
+	return lb->tcp_by_cookie;
+}
+
+int64_t socklb_tcp_slots_used(int fd)
+{
+	enum { CHUNK = 4096 };
+	static __thread struct socklb_sock_slot vals[CHUNK];
+	uint32_t keys[CHUNK], in = 0, out = 0, i;
+	int64_t used = 0;
+	bool first = true;
+
+	for (;;) {
+		__u32 count = CHUNK;
+		int err;
+
+		err = bpf_map_lookup_batch(fd, first ? NULL : &in, &out, keys, vals, &count, NULL);
+		if (err && errno != ENOENT)
+			return -errno;
+		for (i = 0; i < count; i++)
+			used += vals[i].cookie != 0;
+		if (err) /* ENOENT: that was the last batch */
+			return used;
+		in = out;
+		first = false;
+	}
 }
 
 /* --- read-only inspection (socklb.inspect) ------------------------------ */
@@ -1265,7 +1335,7 @@ void socklb_trace_close(struct socklb_trace *t)
 	free(t);
 }
 
-int64_t socklb_count_pinned_states(int conn_fd, int dgram_fd, const int *netns_fds, uint32_t nns)
+int64_t socklb_count_pinned_states(int conn_fd, int dgram_fd, int tcp_fd, const int *netns_fds, uint32_t nns)
 {
 	/* Only the iterator object, over the given maps: nothing is attached
 	 * to a cgroup and nothing is written. */
@@ -1273,7 +1343,7 @@ int64_t socklb_count_pinned_states(int conn_fd, int dgram_fd, const int *netns_f
 	int64_t n;
 
 	capture(NULL, 0);
-	lb.iter_err = open_iter_fds(&lb, conn_fd, dgram_fd);
+	lb.iter_err = open_iter_fds(&lb, conn_fd, dgram_fd, tcp_fd);
 	release();
 	if (lb.iter_err)
 		return lb.iter_err;

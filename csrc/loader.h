@@ -10,7 +10,7 @@
  */
 
 /* The balancer's programs (named socklb_*), attached together by socklb_attach. */
-#define SOCKLB_NPROGS 10
+#define SOCKLB_NPROGS 11
 /* The programs of a scope group, attached on their own (socklb_attach_group):
  * connect4, connect6, sendmsg4, sendmsg6. */
 #define SOCKLB_NGATE 4
@@ -32,6 +32,8 @@
 #define SOCKLB_MISSING_NETNS_COOKIE 64
 #define SOCKLB_MISSING_SOCK_DESTROY 128
 #define SOCKLB_MISSING_POST_BIND 256
+#define SOCKLB_MISSING_SOCK_RELEASE 512
+#define SOCKLB_MISSING_MPTCP_CAST 1024
 
 struct socklb_config {
 	uint32_t max_services;
@@ -139,9 +141,16 @@ int socklb_terminate(struct socklb *lb, const uint32_t *backend_ids, uint32_t n,
  * sockets of the nns network namespaces (open /proc/PID/ns/net fds). */
 int64_t socklb_count_states(struct socklb *lb, const int *netns_fds, uint32_t nns);
 /* The same for the per-socket maps of a pinned balancer (fds of its
- * sock_conn and sock_dgram, read-only is enough), with a short-lived copy of
- * the iterators: for tools that read another process's balancer. */
-int64_t socklb_count_pinned_states(int conn_fd, int dgram_fd, const int *netns_fds, uint32_t nns);
+ * sock_conn, sock_dgram and sock_tcp, read-only is enough), with a
+ * short-lived copy of the iterators: for tools that read another process's
+ * balancer. */
+int64_t socklb_count_pinned_states(int conn_fd, int dgram_fd, int tcp_fd, const int *netns_fds, uint32_t nns);
+/* Whether this balancer keeps TCP records by socket cookie (sock_tcp) rather
+ * than in socket-local storage (see tcp_by_cookie in socklb.bpf.c). */
+int socklb_tcp_by_cookie(struct socklb *lb);
+/* Slots of a sock_tcp map (an fd) held by a socket: how many TCP records it
+ * holds. */
+int64_t socklb_tcp_slots_used(int fd);
 
 /* Kernel features this library needs that are missing (SOCKLB_MISSING_*). */
 uint32_t socklb_probe(void);

@@ -35,9 +35,25 @@ struct {
 /* Number of sockets destroyed, read back by the loader. */
 __u64 destroyed = 0;
 
-static __always_inline bool is_doomed(struct sock *sk)
+/* The record of a socket socklb connected: sock_tcp by cookie for TCP (see
+ * socklb_sock_conn.bpf.h), else socket-local storage. */
+static __always_inline struct socklb_sock_entry *record(struct sock *sk, bool tcp)
 {
-	struct socklb_sock_entry *conn = bpf_sk_storage_get(&sock_conn, sk, 0, 0);
+	struct socklb_sock_entry *conn = NULL;
+
+	if (tcp) {
+		__u64 cookie = bpf_get_socket_cookie(sk);
+		struct socklb_sock_slot *slot = tcp_slot(cookie);
+
+		if (slot && slot->cookie == cookie)
+			conn = &slot->e;
+	}
+	return conn ? conn : bpf_sk_storage_get(&sock_conn, sk, 0, 0);
+}
+
+static __always_inline bool is_doomed(struct sock *sk, bool tcp)
+{
+	struct socklb_sock_entry *conn = record(sk, tcp);
 	__u32 id;
 
 	if (!conn || !conn->vip_port)
@@ -51,7 +67,7 @@ int socklb_destroy_udp(struct bpf_iter__udp *ctx)
 {
 	struct sock *sk = (struct sock *)ctx->udp_sk;
 
-	if (sk && is_doomed(sk) && bpf_sock_destroy((struct sock_common *)sk) == 0)
+	if (sk && is_doomed(sk, false) && bpf_sock_destroy((struct sock_common *)sk) == 0)
 		__sync_fetch_and_add(&destroyed, 1);
 	return 0;
 }
@@ -72,7 +88,7 @@ int socklb_destroy_tcp(struct bpf_iter__tcp *ctx)
 	struct sock *sk = full_tcp_sock(ctx);
 
 	/* bpf_sock_destroy() takes the iterator's own (trusted) pointer. */
-	if (skc && sk && is_doomed(sk) && bpf_sock_destroy(skc) == 0)
+	if (skc && sk && is_doomed(sk, true) && bpf_sock_destroy(skc) == 0)
 		__sync_fetch_and_add(&destroyed, 1);
 	return 0;
 }
@@ -80,10 +96,17 @@ int socklb_destroy_tcp(struct bpf_iter__tcp *ctx)
 /* Counting: one byte of output per per-socket entry, the reader counts
  * bytes.  Socket iterators rather than iter/bpf_sk_storage_map, which some
  * kernels refuse to load. */
-static __always_inline void count_entries(struct bpf_iter_meta *meta, struct sock *sk)
+static __always_inline void count_entries(struct bpf_iter_meta *meta, struct sock *sk, bool tcp)
 {
 	char one = 1;
 
+	if (tcp) {
+		__u64 cookie = bpf_get_socket_cookie(sk);
+		struct socklb_sock_slot *slot = tcp_slot(cookie);
+
+		if (slot && slot->cookie == cookie)
+			bpf_seq_write(meta->seq, &one, 1);
+	}
 	if (bpf_sk_storage_get(&sock_conn, sk, 0, 0))
 		bpf_seq_write(meta->seq, &one, 1);
 	if (bpf_sk_storage_get(&sock_dgram, sk, 0, 0))
@@ -96,7 +119,7 @@ int socklb_count_udp(struct bpf_iter__udp *ctx)
 	struct sock *sk = (struct sock *)ctx->udp_sk;
 
 	if (sk)
-		count_entries(ctx->meta, sk);
+		count_entries(ctx->meta, sk, false);
 	return 0;
 }
 
@@ -106,7 +129,7 @@ int socklb_count_tcp(struct bpf_iter__tcp *ctx)
 	struct sock *sk = full_tcp_sock(ctx);
 
 	if (sk)
-		count_entries(ctx->meta, sk);
+		count_entries(ctx->meta, sk, true);
 	return 0;
 }
 

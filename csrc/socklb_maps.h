@@ -15,7 +15,7 @@
 
 /* Bump whenever a struct below changes layout: pinned maps written with
  * another version are refused, never misread. */
-#define SOCKLB_LAYOUT_VERSION 9
+#define SOCKLB_LAYOUT_VERSION 10
 #define SOCKLB_META_MAGIC 1936484460
 
 #define SOCKLB_PROTO_TCP 6
@@ -105,7 +105,14 @@
 /* An unconnected UDP socket sent to one flow more than it remembers: the
  * oldest flow's entry was reused, its late replies show the backend. */
 #define SOCKLB_CNT_UDP_EVICTED 15
-#define SOCKLB_CNT_MAX 16
+/* A TCP socket's slot in sock_tcp was held by another open socket: the
+ * connect() was translated and its record went to socket-local storage (the
+ * slower path, see socklb_sock_slot). */
+#define SOCKLB_CNT_SOCK_TCP_FULL 16
+#define SOCKLB_CNT_MAX 17
+
+/* Slots of sock_tcp (a power of two). */
+#define SOCKLB_SOCK_TCP_SLOTS 131072
 
 /* services: (VIP, port, protocol) -> how to pick a backend. */
 struct socklb_svc_key {
@@ -202,6 +209,20 @@ struct socklb_sock_dgram {
 	__u32 next;			/* round-robin cursor into dgram */
 	__u32 clock;			/* counts datagrams sent through dgram entries */
 	struct socklb_sock_entry dgram[SOCKLB_MAX_UDP_FLOWS];	/* last: resized */
+};
+
+/* sock_tcp: the record of a TCP socket socklb connected, in slot (cookie mod
+ * SOCKLB_SOCK_TCP_SLOTS) of an array, where the kernel has cgroup/sock_release
+ * and bpf_skc_to_mptcp_sock (tcp_by_cookie in socklb.bpf.c): connect() claims
+ * a free slot (cookie 0) with one compare-and-swap and writes the record,
+ * the socket's release frees it, getpeername() and the iterators find it by
+ * cookie.  No allocation and no lock on the connect path.  A slot held by
+ * another open socket (its cookie is SOCKLB_SOCK_TCP_SLOTS away), an MPTCP
+ * subflow (a kernel socket: no release program runs for it) and kernels
+ * without those features use socket-local storage (sock_conn) instead. */
+struct socklb_sock_slot {
+	__u64 cookie;		/* the owner's socket cookie; 0 = free */
+	struct socklb_sock_entry e;
 };
 
 /* socklb_mark: the last translation a socklb program made on this CPU.  One

@@ -673,7 +673,9 @@ class Balancer:
             maps["affinity"] = t.affinity
             if t.selections is not None:
                 maps["selections"] = t.selections
-            return {name: (len(m.keys(e[name])), e[name]) for name, m in maps.items()}
+            out = {name: (len(m.keys(e[name])), e[name]) for name, m in maps.items()}
+            out["sock_tcp"] = (self._open().tcp_records(), int(lib.SOCKLB_SOCK_TCP_SLOTS))
+            return out
 
     def map_memory(self) -> Dict[str, int]:
         """Kernel memory charged to each of the balancer's maps, in bytes."""

@@ -179,6 +179,12 @@ class Datapath:
             )
             return int(out[0]), int(out_tcp[0])
 
+    def tcp_records(self) -> int:
+        """TCP translations held in sock_tcp (slots in use)."""
+        with self.lock:
+            fd = lib.socklb_map_fd(self.handle(), b"sock_tcp")
+            return check(int(lib.socklb_tcp_slots_used(check(int(fd), "sock_tcp"))), "reading sock_tcp")
+
     def count_states(self, netns_fds: Sequence[int]) -> int:
         """Per-socket entries held by the sockets of these network namespaces."""
         with self.lock:

@@ -73,6 +73,20 @@ FEATURES: Tuple[Feature, ...] = (
         lib.SOCKLB_MISSING_SOCK_DESTROY,
         required=False,
     ),
+    Feature(
+        "sock_release",
+        "cgroup/sock_release programs that read the socket cookie",
+        "5.10",
+        lib.SOCKLB_MISSING_SOCK_RELEASE,
+        required=False,
+    ),
+    Feature(
+        "mptcp_cast",
+        "the bpf_skc_to_mptcp_sock() helper in sock_addr programs",
+        "5.19",
+        lib.SOCKLB_MISSING_MPTCP_CAST,
+        required=False,
+    ),
 )
 REQUIRED = tuple(f for f in FEATURES if f.required)
 SOCK_DESTROY = next(f for f in FEATURES if f.name == "sock_destroy")
