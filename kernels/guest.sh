@@ -17,7 +17,7 @@ mkdir -p /run/netns "$R"
 ip link set lo up
 hostname socklb-guest
 echo "socklb-guest: up $(uname -r)" | tee /dev/console "$R/up"
-if [ -e /socklb-kernels-probe ]; then echo o > /proc/sysrq-trigger; fi
+if [ -e /socklb-kernels-probe ]; then echo o > /proc/sysrq-trigger; sleep 30; fi
 cd /socklb
 PY=/socklb/.venv/bin/python
 step() { echo "socklb-guest: $*" > /dev/console; }

@@ -204,18 +204,22 @@ def prepare_kernel(cache: str, root: str, series: str, deb: str, package: str) -
     """Extract the kernel, give the root filesystem its modules, make an initramfs."""
     release = package[len("linux-image-") :]
     kdir = os.path.join(cache, "kernels", release)
+    # Merged /usr (trixie): the modules are under usr/lib/modules.
+    base = os.path.join(kdir, "usr") if os.path.isdir(os.path.join(kdir, "usr/lib/modules")) else kdir
     if not os.path.exists(os.path.join(kdir, ".complete")):
         shutil.rmtree(kdir, ignore_errors=True)
         os.makedirs(kdir)
         run(["dpkg-deb", "-x", deb, kdir])
-        run(["depmod", "-b", kdir, release])
+        base = os.path.join(kdir, "usr") if os.path.isdir(os.path.join(kdir, "usr/lib/modules")) else kdir
+        run(["depmod", "-b", base, release])
         open(os.path.join(kdir, ".complete"), "w").close()
     mods = os.path.join(root, "lib/modules", release)
     if not os.path.isdir(mods):
-        shutil.copytree(os.path.join(kdir, "lib/modules", release), mods, symlinks=True)
+        shutil.copytree(os.path.join(base, "lib/modules", release), mods, symlinks=True)
+        run(["depmod", "-b", root, release])
     initrd = os.path.join(kdir, "initrd.cpio")
     if not os.path.exists(initrd):
-        make_initrd(kdir, release, initrd)
+        make_initrd(base, release, initrd)
     return Kernel(series, package, release, os.path.join(kdir, "boot", f"vmlinuz-{release}"), initrd)
 
 
@@ -226,7 +230,8 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in $(cat /modules.order); do insmod /$m || echo "initrd: insmod $m failed"; done
 mkdir -p /newroot
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose rootfs /newroot || { echo "initrd: no 9p root"; sleep 2; poweroff -f; }
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose rootfs /newroot ||
+  { echo "initrd: no 9p root"; sleep 2; poweroff -f; }
 umount /proc /sys
 mount --move /dev /newroot/dev
 exec switch_root /newroot /socklb/kernels/guest.sh
@@ -274,7 +279,9 @@ def make_initrd(kdir: str, release: str, out: str) -> None:
     os.chmod(os.path.join(work, "init"), 0o755)
     files = run(["find", ".", "-print0"], cwd=work, capture_output=True).stdout
     with open(out, "wb") as f:
-        subprocess.run(["cpio", "--null", "-o", "-H", "newc", "--quiet"], cwd=work, input=files.encode(), stdout=f, check=True)
+        subprocess.run(
+            ["cpio", "--null", "-o", "-H", "newc", "--quiet"], cwd=work, input=files.encode(), stdout=f, check=True
+        )
     shutil.rmtree(work)
 
 
@@ -299,7 +306,7 @@ def qemu_cmd(k: Kernel, root: str, accel: str, console: str, memory: str) -> Lis
         "-serial", f"file:{console}", "-monitor", "none",
         "-kernel", k.vmlinuz, "-initrd", k.initrd,
         "-append", "console=ttyS0 panic=-1 rdinit=/init quiet loglevel=4",
-        "-virtfs", f"local,path={root},mount_tag=rootfs,security_model=passthrough,id=rootfs",
+        "-virtfs", f"local,path={root},mount_tag=rootfs,security_model=passthrough,multidevs=remap,id=rootfs",
     ]  # fmt: skip
 
 
@@ -342,7 +349,11 @@ def choose_accel(k: Kernel, root: str, out: str, memory: str) -> str:
     finally:
         os.unlink(os.path.join(root, "socklb-kernels-probe"))
     log(f"kvm boot check: {'passed' if ok else 'failed, using tcg'}")
-    return "kvm" if ok and "socklb-guest: up" in open(os.path.join(out, "console-kvm.log"), errors="replace").read() else "tcg"
+    return (
+        "kvm"
+        if ok and "socklb-guest: up" in open(os.path.join(out, "console-kvm.log"), errors="replace").read()
+        else "tcg"
+    )
 
 
 def collect(k: Kernel, res_dir: str, res: Result) -> None:
@@ -382,15 +393,22 @@ def table(rows: List[Result]) -> str:
         + ([r.note] if r.note else [])
         for r in rows
     ]
-    widths = [max(len(x[i]) for x in [head] + body if i < len(x)) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(widths[i]) if i < len(widths) else c for i, c in enumerate(row)).rstrip() for row in [head] + body)
+    widths = [max(len(x[i]) for x in [head, *body] if i < len(x)) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(c.ljust(widths[i]) if i < len(widths) else c for i, c in enumerate(row)).rstrip()
+        for row in [head, *body]
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="./run kernels", description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("series", nargs="*", default=list(SUITES), help=f"kernel series (default: {' '.join(SUITES)})")
     ap.add_argument("--cache", default=os.environ.get("SOCKLB_KERNELS_CACHE", "/var/cache/socklb-kernels"))
-    ap.add_argument("--tests", default=" ".join(FAST_TESTS), help="pytest arguments in the guest (default: a fast subset; 'tests' for all)")
+    ap.add_argument(
+        "--tests",
+        default=" ".join(FAST_TESTS),
+        help="pytest arguments in the guest (default: a fast subset; 'tests' for all)",
+    )
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per boot (default 3600)")
     ap.add_argument("--memory", default="3072", help="guest memory in MiB (default 3072)")
     ap.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")

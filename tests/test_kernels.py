@@ -124,5 +124,5 @@ def test_without_any_termination_it_is_off_with_the_reason() -> None:
             assert lb.socket_states() == 0  # counting still works
         finally:
             lb.close()
-        with pytest.raises(MissingFeatureError, match="6.5"):
+        with pytest.raises(MissingFeatureError, match=r"6\.5"):
             Balancer(max_services=8, max_backends=16, terminate_sockets=True)
