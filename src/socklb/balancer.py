@@ -202,10 +202,11 @@ class Balancer:
         """How sockets on removed backends are terminated: ``"bpf_sock_destroy"``
         (socket iterators in the kernel), ``"sock_diag"`` (SOCK_DESTROY from
         user space, kernels before 6.5), or ``"off: <reason>"``."""
-        dp = self._open()
-        if not self._terminator.enabled:
-            return "off: " + (dp.termination_reason or "terminate_sockets=False")
-        return dp.termination
+        with self._lock:
+            dp = self._open()
+            if not self._terminator.enabled:
+                return "off: " + (dp.termination_reason or "terminate_sockets=False")
+            return dp.termination
 
     @property
     def closed(self) -> bool:
