@@ -90,3 +90,41 @@ def test_the_dockerfile_builds_with_clang_and_runs_on_the_system_libbpf() -> Non
     assert "libbpf1" in run and "clang" not in run and "-dev" not in run
     assert "COPY --from=build" in run
     assert 'ENTRYPOINT ["socklb", "kubernetes"]' in run
+
+
+def test_the_image_check_passes_on_this_checkout(tmp_path: Any) -> None:
+    """``./run image`` runs deploy/image_check.py inside the built image (too slow
+    for the suite); here the same script runs against this checkout's agent, so it
+    cannot rot: the agent starts, serves /healthz, programs and updates a Service."""
+    import os
+    import secrets
+    import subprocess
+    import sys
+
+    from helpers import child_env, require_root
+
+    from socklb.cgroup import cgroup2_mount
+    from socklb.kubernetes import testing  # noqa: F401  (the script needs the extra)
+
+    require_root()
+    cgroup = os.path.join(cgroup2_mount(), f"socklb-test-image-{secrets.token_hex(4)}")
+    pin_dir = f"/sys/fs/bpf/socklb-test-image-{secrets.token_hex(4)}"
+    os.mkdir(cgroup)
+    env = dict(child_env(), PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    try:
+        r = subprocess.run(
+            [sys.executable, str(DEPLOY / "image_check.py"), "--cgroup", cgroup, "--pin-dir", pin_dir],
+            capture_output=True, text=True, timeout=120, env=env,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        lines = r.stdout.splitlines()
+        assert "image check: /healthz 200" in lines
+        assert "image check: 10.96.0.10:80 -> ['10.244.1.2:8080']" in lines
+        assert lines[-1] == "image check: ok"
+        assert not os.path.exists(pin_dir)
+    finally:
+        os.rmdir(cgroup)
+        if os.path.exists(pin_dir):
+            from socklb import pins
+
+            pins.remove(pin_dir)
