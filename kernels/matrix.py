@@ -358,7 +358,7 @@ def choose_accel(k: Kernel, root: str, out: str, memory: str) -> str:
     )
 
 
-def collect(k: Kernel, res_dir: str, res: Result) -> None:
+def collect(res_dir: str, res: Result) -> None:
     def read(name: str) -> str:
         try:
             return open(os.path.join(res_dir, name), encoding="utf-8", errors="replace").read()
@@ -369,8 +369,12 @@ def collect(k: Kernel, res_dir: str, res: Result) -> None:
         res.boots = "yes"
     demo, rc = read("demo.out"), read("demo.rc").strip()
     if rc:
-        m = re.search(r"(\d+)/(\d+) connections", demo)
-        res.demo = ("ok" if rc == "0" else f"failed ({rc})") + (f" {m.group(1)}/{m.group(2)}" if m else "")
+        runs = [
+            (int(n), int(f)) for n, f in re.findall(r"^(\d+) connections to \S+ in [\d.]+ s, (\d+) failed", demo, re.M)
+        ]
+        total = sum(n for n, _ in runs)
+        shown = f" {total - sum(f for _, f in runs)}/{total}" if runs else ""
+        res.demo = ("ok" if rc == "0" else f"failed ({rc})") + shown
     try:
         suite = ET.parse(os.path.join(res_dir, "junit.xml")).getroot()
         ts = suite if suite.tag == "testsuite" else suite.find("testsuite")
@@ -402,6 +406,20 @@ def table(rows: List[Result]) -> str:
     )
 
 
+def report(cache: str, series: Sequence[str]) -> int:
+    """The table of the results kept from the last run of each series."""
+    rows = []
+    runs = os.path.join(cache, "runs")
+    for s in series:
+        for release in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
+            if release.startswith(s + ".") and re.match(rf"{re.escape(s)}\.\d+[-+]", release):
+                res = Result(release)
+                collect(os.path.join(runs, release, "results"), res)
+                rows.append(res)
+    print(table(rows))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="./run kernels", description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("series", nargs="*", default=list(SUITES), help=f"kernel series (default: {' '.join(SUITES)})")
@@ -415,6 +433,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--memory", default="3072", help="guest memory in MiB (default 3072)")
     ap.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
     ap.add_argument("--no-build", action="store_true", help="reuse the socklb already built in the root filesystem")
+    ap.add_argument("--report", action="store_true", help="only print the table of the last run's results")
     args = ap.parse_args(argv)
     # SIGTERM unwinds like an exception: the chroot's mounts and qemu go too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -424,6 +443,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if s not in SUITES:
             raise SystemExit(f"kernels: unknown series {s} (known: {', '.join(SUITES)})")
     os.makedirs(args.cache, exist_ok=True)
+    if args.report:
+        return report(args.cache, args.series)
     apt = Apt(args.cache)
     apt.update()
     root = make_rootfs(args.cache, mirrors()["archive"])
@@ -453,7 +474,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         finished = boot(k, root, accel, out, args.timeout, args.memory)
         if not finished:
             res.note = f"timed out after {args.timeout:.0f}s"
-        collect(k, res_dir, res)
+        collect(res_dir, res)
         res.note = (res.note + f" {time.monotonic() - t0:.0f}s {accel}").strip()
         if os.path.isdir(res_dir):
             shutil.copytree(res_dir, os.path.join(out, "results"), dirs_exist_ok=True)
