@@ -244,6 +244,11 @@ static void open_iter(struct socklb *lb, uint32_t missing)
 	int conn = socklb_map_fd(lb, "sock_conn"), dgram = socklb_map_fd(lb, "sock_dgram");
 
 	lb->destroy_err = -EOPNOTSUPP;
+	/* Both objects read socket-local storage (5.11 in iterators). */
+	if (missing & SOCKLB_MISSING_ITER_STORAGE) {
+		lb->iter_err = -EOPNOTSUPP;
+		return;
+	}
 	if (!(missing & SOCKLB_MISSING_SOCK_DESTROY)) {
 		lb->iter_err = lb->destroy_err = open_iter_fds(lb, conn, dgram, false);
 		if (!lb->iter_err)
@@ -1246,6 +1251,27 @@ static int probe_kfunc(const char *name)
 	return found;
 }
 
+/* Socket iterators that read socket-local storage (bpf_sk_storage_get in
+ * tracing programs, Linux 5.11): the counting-only object loads, with maps
+ * of its own (the doomed map at one entry). */
+static int probe_iter_storage(void)
+{
+#if SOCKLB_HAVE_ITER
+	struct bpf_object *obj = bpf_object__open_mem(socklb_iter_count_obj, socklb_iter_count_obj_len, NULL);
+	struct bpf_map *doomed;
+	int ok;
+
+	if (!obj)
+		return 0;
+	doomed = bpf_object__find_map_by_name(obj, "doomed");
+	ok = doomed && !bpf_map__set_max_entries(doomed, 1) && !bpf_object__load(obj);
+	bpf_object__close(obj);
+	return ok;
+#else
+	return 0;
+#endif
+}
+
 uint32_t socklb_probe(void)
 {
 	/* One row per feature bit; Python's feature table names them and
@@ -1254,7 +1280,8 @@ uint32_t socklb_probe(void)
 		enum bpf_attach_type attach; /* probed as a sock_addr program, or */
 		enum bpf_func_id helper;     /* as a helper of one, or */
 		const char *kfunc;	     /* as a kernel function in the BTF, or */
-		bool diag;		     /* as sock_diag's SOCK_DESTROY */
+		bool diag;		     /* as sock_diag's SOCK_DESTROY, or */
+		bool iter_storage;	     /* as the counting-only iterators */
 		uint32_t bit;
 	} probes[] = {
 		{ .attach = BPF_CGROUP_INET4_CONNECT, .bit = SOCKLB_MISSING_CONNECT },
@@ -1266,12 +1293,14 @@ uint32_t socklb_probe(void)
 		{ .helper = BPF_FUNC_get_netns_cookie, .bit = SOCKLB_MISSING_NETNS_COOKIE },
 		{ .kfunc = "bpf_sock_destroy", .bit = SOCKLB_MISSING_SOCK_DESTROY },
 		{ .diag = true, .bit = SOCKLB_MISSING_DIAG_DESTROY },
+		{ .iter_storage = true, .bit = SOCKLB_MISSING_ITER_STORAGE },
 	};
 	uint32_t missing = 0;
 
 	capture(NULL, 0);
 	for (size_t i = 0; i < sizeof(probes) / sizeof(probes[0]); i++) {
-		int ok = probes[i].diag	   ? probe_diag_destroy()
+		int ok = probes[i].iter_storage ? probe_iter_storage()
+			 : probes[i].diag	? probe_diag_destroy()
 			 : probes[i].kfunc ? probe_kfunc(probes[i].kfunc)
 			 : probes[i].helper ? probe_helper(probes[i].helper)
 					    : probe_attach_type(probes[i].attach);

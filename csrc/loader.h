@@ -22,6 +22,7 @@
 #define SOCKLB_MISSING_NETNS_COOKIE 64
 #define SOCKLB_MISSING_SOCK_DESTROY 128
 #define SOCKLB_MISSING_DIAG_DESTROY 256
+#define SOCKLB_MISSING_ITER_STORAGE 512
 
 struct socklb_config {
 	uint32_t max_services;

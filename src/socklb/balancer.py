@@ -407,7 +407,8 @@ class Balancer:
         with self._lock:
             dp = self._open()
             if dp.iter_error:
-                raise features.SOCK_DESTROY.error(os.strerror(dp.iter_error))
+                f = features.ITER_STORAGE if features.ITER_STORAGE in dp.missing else features.SOCK_DESTROY
+                raise f.error(os.strerror(dp.iter_error))
             fds = client_netns(self._attachments.cgroups())
             try:
                 return dp.count_states(fds) if fds else 0

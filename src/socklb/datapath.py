@@ -98,10 +98,16 @@ class Datapath:
         if not self.destroy_error:
             return "bpf_sock_destroy"
         if features.DIAG_DESTROY not in self.missing and not self.iter_error:
-            return "sock_diag"
+            return "sock_diag"  # needs the listing iterator of the counting-only object
         return ""
 
     def _no_termination_reason(self) -> str:
+        if features.DIAG_DESTROY not in self.missing and features.ITER_STORAGE in self.missing:
+            f = features.ITER_STORAGE
+            return (
+                f"missing {features.SOCK_DESTROY.description} (Linux {features.SOCK_DESTROY.kernel}), "
+                f"and sock_diag's way needs {f.description} (Linux {f.kernel})"
+            )
         why = (
             f"missing {features.SOCK_DESTROY.description} (Linux {features.SOCK_DESTROY.kernel})"
             if features.SOCK_DESTROY in self.missing

@@ -41,6 +41,7 @@ __all__ = [
     "SET_RETVAL",
     "SOCK_DESTROY",
     "DIAG_DESTROY",
+    "ITER_STORAGE",
     "FORCE_ENV",
     "missing",
     "missing_bits",
@@ -100,6 +101,14 @@ FEATURES: Tuple[Feature, ...] = (
         fallback="sockets on removed backends are terminated from user space (sock_diag SOCK_DESTROY)",
     ),
     Feature(
+        "iter_storage",
+        "socket-local storage in socket iterators (bpf_sk_storage_get in tracing programs)",
+        "5.11",
+        lib.SOCKLB_MISSING_ITER_STORAGE,
+        required=False,
+        fallback="socket_states() raises; without bpf_sock_destroy, sockets on removed backends are not terminated",
+    ),
+    Feature(
         "diag_destroy",
         "sock_diag SOCK_DESTROY (CONFIG_INET_DIAG_DESTROY)",
         "4.5",
@@ -112,6 +121,7 @@ REQUIRED = tuple(f for f in FEATURES if f.required)
 SET_RETVAL = next(f for f in FEATURES if f.name == "set_retval")
 SOCK_DESTROY = next(f for f in FEATURES if f.name == "sock_destroy")
 DIAG_DESTROY = next(f for f in FEATURES if f.name == "diag_destroy")
+ITER_STORAGE = next(f for f in FEATURES if f.name == "iter_storage")
 FORCE_ENV = "SOCKLB_FORCE_MISSING"
 """Names of features to treat as missing whatever the kernel has (tests)."""
 

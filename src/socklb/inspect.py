@@ -271,6 +271,8 @@ class PinnedView:
                 return 0
             conn, dgram = self._map("sock_conn").fd, self._map("sock_dgram").fd
             n = int(lib.socklb_count_pinned_states(conn, dgram, ffi.new("int[]", fds), len(fds)))
+            if n < 0 and features.lacks(features.ITER_STORAGE):
+                raise features.ITER_STORAGE.error(os.strerror(-n))
             if n == -errno.EOPNOTSUPP:  # built without the iterators
                 raise features.SOCK_DESTROY.error(os.strerror(-n))
             return check(n, "counting socket states")
