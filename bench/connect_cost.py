@@ -11,6 +11,12 @@ With ``--to-service`` the connects go to the services instead (the
 translating path); with ``--reuse`` one UDP socket connects ``n`` times, so
 no socket-local storage is allocated after the first and what is left is the
 lookup, the choice and the rewrite (the figure to compare builds with).
+With ``--weights 3,1`` the services get one backend per weight, all of
+weight 1, and a twin of each service gets them with the weights given (an
+alias-table pick); both are dialled in every round, so ``<proto>-weighted``
+compares with ``<proto>`` in the same run:
+
+    .venv/bin/python -m bench.connect_cost --to-service --reuse --weights 3,1
 """
 
 from __future__ import annotations
@@ -47,30 +53,43 @@ def _connect4(lb: Balancer) -> tuple[int, int]:
     return st.run_cnt, st.run_time_ns
 
 
-def measure(n: int, rounds: int, to_service: bool = False, reuse: bool = False) -> Dict[str, List[float]]:
-    out: Dict[str, List[float]] = {"tcp": [], "udp": []}
-    if reuse:
-        out = {"udp-reuse": []}
+def measure(
+    n: int, rounds: int, to_service: bool = False, reuse: bool = False, weights: Sequence[int] = ()
+) -> Dict[str, List[float]]:
     with Lab() as lab, Balancer() as lb:
         client, web = lab.add_pod("client"), lab.add_pod("web")
-        web.serve("web", tcp=[8080], udp=[5353])
-        lb.upsert(Service("10.96.0.10", 80, "tcp", [Backend(web.ipv4, 8080)]))
-        lb.upsert(Service("10.96.0.53", 53, "udp", [Backend(web.ipv4, 5353)]))
+        k = max(len(weights), 1)
+        web.serve("web", tcp=[8080 + i for i in range(k)], udp=[5353 + i for i in range(k)])
+
+        def backends(port: int, ws: Sequence[int]) -> List[Backend]:
+            return [Backend(web.ipv4, port + i, weight=w) for i, w in enumerate(ws)]
+
+        lb.upsert(Service("10.96.0.10", 80, "tcp", backends(8080, [1] * k)))
+        lb.upsert(Service("10.96.0.53", 53, "udp", backends(5353, [1] * k)))
+        if weights:
+            lb.upsert(Service("10.96.0.11", 80, "tcp", backends(8080, weights)))
+            lb.upsert(Service("10.96.0.54", 53, "udp", backends(5353, weights)))
         lb.attach(client.cgroup)
         targets = {"tcp": (web.ipv4, 8080), "udp": (web.ipv4, 5353)}
         if to_service:
             targets = {"tcp": ("10.96.0.10", 80), "udp": ("10.96.0.53", 53)}
+            if weights:
+                targets.update({"tcp-weighted": ("10.96.0.11", 80), "udp-weighted": ("10.96.0.54", 53)})
         if reuse:
             targets = {"udp-reuse": ("10.96.0.53", 53) if to_service else (web.ipv4, 5353)}
+            if weights and to_service:
+                targets["udp-reuse-weighted"] = ("10.96.0.54", 53)
+        out: Dict[str, List[float]] = {t: [] for t in targets}
         for _ in range(rounds):
-            for proto, (host, port) in targets.items():
+            for name, (host, port) in targets.items():
+                proto = name.replace("-weighted", "")
                 with bpf_stats():
                     c0, t0 = _connect4(lb)
                     client.python(CLIENT, host, str(port), str(n), proto, timeout=300)
                     c1, t1 = _connect4(lb)
                 if c1 - c0 < n:
                     raise SystemExit(f"connect4 ran {c1 - c0} times for {n} connects")
-                out[proto].append((t1 - t0) / (c1 - c0))
+                out[name].append((t1 - t0) / (c1 - c0))
         translated = lb.counters()["connect"]
         assert translated == (len(targets) * n * rounds if to_service else 0), f"{translated} connects translated"
     return out
@@ -86,8 +105,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         action="store_true",
         help="one UDP socket connected n times: the translation without allocating socket storage (low noise)",
     )
+    ap.add_argument(
+        "--weights",
+        type=lambda s: [int(w) for w in s.split(",")],
+        default=[],
+        help="e.g. 3,1: also dial a twin service whose backends have these weights (with --to-service)",
+    )
     a = ap.parse_args(argv)
-    res = measure(a.n, a.rounds, a.to_service, a.reuse)
+    res = measure(a.n, a.rounds, a.to_service, a.reuse, a.weights)
     summary = {
         p: {"median_ns": round(statistics.median(v), 1), "rounds_ns": [round(x, 1) for x in v]} for p, v in res.items()
     }

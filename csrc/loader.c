@@ -161,6 +161,71 @@ static int size_map(struct bpf_object *obj, const char *name, uint32_t entries)
 	return bpf_map__set_max_entries(map, entries ? entries : 1);
 }
 
+/* Set the const volatile __u32 called name in the object's .rodata, found
+ * by name in the section's BTF (so other variables may come and go). */
+static int set_rodata_u32(struct bpf_object *obj, struct bpf_map *rodata, const char *name, uint32_t value)
+{
+	struct btf *btf = bpf_object__btf(obj);
+	const struct btf_type *sec;
+	const struct btf_var_secinfo *vs;
+	size_t size = 0;
+	char *data = bpf_map__initial_value(rodata, &size);
+	int id, i;
+
+	if (!btf || !data)
+		return -ENOENT;
+	id = btf__find_by_name_kind(btf, ".rodata", BTF_KIND_DATASEC);
+	if (id < 0)
+		return -ENOENT;
+	sec = btf__type_by_id(btf, id);
+	vs = btf_var_secinfos(sec);
+	for (i = 0; i < btf_vlen(sec); i++, vs++) {
+		const struct btf_type *var = btf__type_by_id(btf, vs->type);
+
+		if (strcmp(btf__name_by_offset(btf, var->name_off), name) != 0)
+			continue;
+		if (vs->size != sizeof(value) || vs->offset + sizeof(value) > size)
+			return -EPROTO;
+		memcpy(data + vs->offset, &value, sizeof(value));
+		return 0;
+	}
+	return -ENOENT;
+}
+
+/* Make sock_dgram's value hold n entries: its last member, the entry array,
+ * shrinks in the object's BTF (the kernel checks that the value type's size
+ * is the map's value size) and the map's value size with it.  Done between
+ * open and load; libbpf loads the BTF as modified here. */
+static int size_sock_dgram(struct bpf_object *obj, uint32_t n)
+{
+	struct btf *btf = bpf_object__btf(obj);
+	struct bpf_map *map = bpf_object__find_map_by_name(obj, "sock_dgram");
+	struct btf_type *st, *arr;
+	const struct btf_member *last;
+	struct btf_array *a;
+	uint32_t size;
+	int id;
+
+	if (!btf || !map || n < 1 || n > SOCKLB_MAX_UDP_FLOWS)
+		return btf && map ? -EINVAL : -ENOENT;
+	id = btf__find_by_name_kind(btf, "socklb_sock_dgram", BTF_KIND_STRUCT);
+	if (id < 0)
+		return -ENOENT;
+	st = (struct btf_type *)btf__type_by_id(btf, id);
+	last = btf_members(st) + btf_vlen(st) - 1;
+	arr = (struct btf_type *)btf__type_by_id(btf, last->type);
+	if (!arr || !btf_is_array(arr))
+		return -EPROTO;
+	a = btf_array(arr);
+	if (a->nelems != SOCKLB_MAX_UDP_FLOWS || btf__resolve_size(btf, a->type) != sizeof(struct socklb_sock_entry) ||
+	    btf_member_bit_offset(st, btf_vlen(st) - 1) != 8 * offsetof(struct socklb_sock_dgram, dgram))
+		return -EPROTO;
+	size = offsetof(struct socklb_sock_dgram, dgram) + n * sizeof(struct socklb_sock_entry);
+	a->nelems = n;
+	st->size = size;
+	return bpf_map__set_value_size(map, size);
+}
+
 static void close_iter(struct socklb *lb)
 {
 	bpf_link__destroy(lb->iter_udp);
@@ -442,17 +507,11 @@ static int open_common(const struct socklb_config *cfg, const char *pin_dir, str
 	if (!rodata) {
 		err = -ENOENT;
 		goto fail;
-	} else {
-		/* maglev_size is the only .rodata variable. */
-		uint32_t ro = cfg->maglev_size;
-
-		if (bpf_map__value_size(rodata) != sizeof(ro)) {
-			err = -EPROTO;
-			goto fail;
-		}
-		if ((err = bpf_map__set_initial_value(rodata, &ro, sizeof(ro))))
-			goto fail;
 	}
+	if ((err = set_rodata_u32(lb->obj, rodata, "maglev_size", cfg->maglev_size)) ||
+	    (err = set_rodata_u32(lb->obj, rodata, "udp_flows", cfg->udp_flows)) ||
+	    (err = size_sock_dgram(lb->obj, cfg->udp_flows)))
+		goto fail;
 
 	lock = mark_lock();
 	err = share_mark_map(lb->obj);

@@ -31,6 +31,7 @@ struct socklb_config {
 	uint32_t max_affinity;
 	uint32_t maglev_size;	/* entries per maglev table (a prime) */
 	uint32_t max_maglev;	/* maglev tables, live + being replaced */
+	uint32_t udp_flows;	/* unconnected-UDP flows per socket, 1..SOCKLB_MAX_UDP_FLOWS */
 	/* SOCKLB_MISSING_* bits to load for (the probe's, or forced by tests):
 	 * SET_RETVAL picks the datapath built without bpf_set_retval,
 	 * SOCK_DESTROY the counting-only socket iterators. */

@@ -30,6 +30,18 @@
 
 /* Set by the loader before load. */
 const volatile __u32 maglev_size = 1;
+/* Entries of each socket's sock_dgram value (the loader sizes the map to it). */
+const volatile __u32 udp_flows = SOCKLB_DEFAULT_UDP_FLOWS;
+
+/* udp_flows as the loops and indexes use it: read-only data, so the
+ * verifier knows the value and checks every entry access against the map's
+ * value size. */
+static __always_inline __u32 flows(void)
+{
+	__u32 n = udp_flows;
+
+	return n < SOCKLB_MAX_UDP_FLOWS ? n : SOCKLB_MAX_UDP_FLOWS;
+}
 
 /* A hash map whose entries are allocated as used and whose size the loader
  * sets from the limits (spec.py); max_entries here is a placeholder. */
@@ -122,9 +134,6 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, SOCKLB_TRACE_RING_BYTES);
 } trace_events SEC(".maps");
-
-/* Steps of the weighted binary search: enough for SOCKLB_MAX_SVC_BACKENDS slots. */
-#define WEIGHTED_STEPS (32 - __builtin_clz(SOCKLB_MAX_SVC_BACKENDS))
 
 /* The IPv4 and IPv6 programs of a hook differ only in how they read the
  * destination: one definition for both. */
@@ -303,28 +312,19 @@ static __always_inline __u32 pick_from_list(const struct socklb_svc_val *svc, __
 		return table[i];
 	}
 
-	if (svc->algo == SOCKLB_ALGO_WEIGHTED && svc->total_weight) {
-		__u32 r = scale(bpf_get_prandom_u32(), svc->total_weight);
-		__u32 lo = 0, hi = n - 1;
+	if (svc->algo == SOCKLB_ALGO_WEIGHTED) {
+		/* The alias table: one draw picks the slot (high half of r * n)
+		 * and, from the low half, the slot's backend or its alias; the
+		 * low half is uniform over [0, 2^32) to within n / 2^32. */
+		__u64 x = (__u64)bpf_get_prandom_u32() * n;
 
-		/* Binary search for the first slot whose cumulative weight
-		 * exceeds r: log2 of the per-service backend limit, plus one. */
-		for (int step = 0; step < WEIGHTED_STEPS && lo < hi; step++) {
-			__u32 mid = lo + (hi - lo) / 2;
-
-			sk.index = mid;
-			slot = bpf_map_lookup_elem(&slots, &sk);
-			if (!slot)
-				return 0;
-			if (slot->cum_weight > r)
-				hi = mid;
-			else
-				lo = mid + 1;
-		}
-		sk.index = lo;
-	} else {
-		sk.index = scale(bpf_get_prandom_u32(), n);
+		sk.index = (__u32)(x >> 32);
+		slot = bpf_map_lookup_elem(&slots, &sk);
+		if (!slot)
+			return 0;
+		return (__u32)x < slot->keep ? slot->backend_id : slot->alias_id;
 	}
+	sk.index = scale(bpf_get_prandom_u32(), n);
 	slot = bpf_map_lookup_elem(&slots, &sk);
 	return slot ? slot->backend_id : 0;
 }
@@ -700,6 +700,7 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 	struct socklb_sock_entry *e;
 	struct socklb_svc_val *svc;
 	struct choice c;
+	__u32 nflows = flows();
 	int i;
 
 	key->proto = sock_proto(ctx);
@@ -727,7 +728,9 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 
 	/* A socket keeps its backend for a service while that backend stays
 	 * usable: no per-datagram hopping. */
-	for (i = 0; i < SOCKLB_SOCK_ENTRIES; i++) {
+	for (i = 0; i < SOCKLB_MAX_UDP_FLOWS; i++) {
+		if (i >= nflows)
+			break;
 		e = &st->dgram[i];
 		if (!(e->flags & SOCKLB_ENTRY_CURRENT) || e->vip_port != key->port ||
 		    !same_addr(e->vip, key->addr))
@@ -762,9 +765,12 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 	}
 
 	/* Reuse an entry for the same backend, else take the next one round
-	 * robin. */
-	__u32 slot = st->next % SOCKLB_SOCK_ENTRIES;
-	for (i = 0; i < SOCKLB_SOCK_ENTRIES; i++) {
+	 * robin: the oldest flow's, once every entry is taken (an eviction:
+	 * that flow's late replies are no longer shown as from its VIP). */
+	__u32 slot = nflows;
+	for (i = 0; i < SOCKLB_MAX_UDP_FLOWS; i++) {
+		if (i >= nflows)
+			break;
 		e = &st->dgram[i];
 		if (e->vip_port == key->port && e->backend_port == c.be.port && same_addr(e->vip, key->addr) &&
 		    same_addr(e->backend, c.be.addr)) {
@@ -772,9 +778,15 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 			break;
 		}
 	}
-	if (slot == st->next % SOCKLB_SOCK_ENTRIES)
+	if (slot >= nflows && nflows) {
+		slot = st->next % nflows;
 		st->next++;
-	if (slot < SOCKLB_SOCK_ENTRIES) {
+		/* the verifier does not derive slot < nflows from the modulo */
+		asm volatile("" : "+r"(slot));
+		if (slot < nflows && st->dgram[slot].vip_port)
+			count(SOCKLB_CNT_UDP_EVICTED);
+	}
+	if (slot < nflows) {
 		remember(&st->dgram[slot], key, &c, SOCKLB_ENTRY_CURRENT);
 		st->dgram[slot].last_used = ++st->clock;
 	}
@@ -855,7 +867,7 @@ static __always_inline bool reverse_mptcp(struct bpf_sock_addr *ctx, const __u32
 static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *addr, bool v6, bool dgram,
 				      __u32 counter)
 {
-	struct socklb_sock_entry *conn;
+	struct socklb_sock_entry *conn, *e;
 	struct socklb_sock_dgram *st;
 	__u16 port = (__u16)ctx->user_port;
 	int i;
@@ -886,17 +898,24 @@ static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *ad
 	if (!st)
 		return SYS_PROCEED;
 	/* Several services of one socket may share a backend address: the
-	 * reply belongs to the one this socket sent to most recently. */
-	int best = -1;
-	__u32 best_used = 0;
-	for (i = 0; i < SOCKLB_SOCK_ENTRIES; i++) {
-		if (from_backend(&st->dgram[i], addr, port) && (best < 0 || st->dgram[i].last_used - best_used < 0x80000000u)) {
-			best = i;
-			best_used = st->dgram[i].last_used;
+	 * reply belongs to the one this socket sent to most recently.  The
+	 * winner is copied rather than indexed afterwards: an index would be a
+	 * value the verifier tracks per path, one more path per entry. */
+	struct socklb_sock_entry best = {};
+	__u32 nflows = flows();
+	bool found = false;
+
+	for (i = 0; i < SOCKLB_MAX_UDP_FLOWS; i++) {
+		if (i >= nflows)
+			break;
+		e = &st->dgram[i];
+		if (from_backend(e, addr, port) && (!found || e->last_used - best.last_used < 0x80000000u)) {
+			best = *e;
+			found = true;
 		}
 	}
-	if (best >= 0 && best < SOCKLB_SOCK_ENTRIES) {
-		reverse(ctx, &st->dgram[best], v6);
+	if (found) {
+		reverse(ctx, &best, v6);
 		count_hook(counter, v6);
 	}
 	return SYS_PROCEED;

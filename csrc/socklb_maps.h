@@ -15,13 +15,18 @@
 
 /* Bump whenever a struct below changes layout: pinned maps written with
  * another version are refused, never misread. */
-#define SOCKLB_LAYOUT_VERSION 7
+#define SOCKLB_LAYOUT_VERSION 8
 #define SOCKLB_META_MAGIC 1936484460
 
 #define SOCKLB_PROTO_TCP 6
 #define SOCKLB_PROTO_UDP 17
 
-/* Backend selection, per service. */
+/* Backend selection, per service.  In socklb_svc_val.algo (what the datapath
+ * runs): RANDOM picks a slot uniformly (all weights equal), WEIGHTED picks a
+ * slot uniformly and then its backend or its alias (the list is an alias
+ * table, see socklb_slot_val), MAGLEV reads the service's Maglev table.  In
+ * requested_algo, WEIGHTED is what the user asked for ("weighted", now an
+ * alias of "random": both honour weights). */
 #define SOCKLB_ALGO_RANDOM 0
 #define SOCKLB_ALGO_WEIGHTED 1
 #define SOCKLB_ALGO_MAGLEV 2
@@ -50,8 +55,11 @@
  * shares the backend is made on the connected socket: the later one wins). */
 #define SOCKLB_ENTRY_CURRENT 1
 
-/* Unconnected-UDP flows remembered per socket (see socklb_sock_dgram). */
-#define SOCKLB_SOCK_ENTRIES 8
+/* Unconnected-UDP flows (service, backend) remembered per socket (see
+ * socklb_sock_dgram): a load-time setting (udp_flows_per_socket), at most
+ * SOCKLB_MAX_UDP_FLOWS; one more evicts the oldest (SOCKLB_CNT_UDP_EVICTED). */
+#define SOCKLB_DEFAULT_UDP_FLOWS 16
+#define SOCKLB_MAX_UDP_FLOWS 64
 
 /* Backends of one service at most (model.MAX_BACKENDS_PER_SERVICE). */
 #define SOCKLB_MAX_SVC_BACKENDS 65536
@@ -88,7 +96,10 @@
  * is still translated but getpeername() shows the backend; a datagram is
  * refused with ENOBUFS. */
 #define SOCKLB_CNT_NO_STATE 14
-#define SOCKLB_CNT_MAX 15
+/* An unconnected UDP socket sent to one flow more than it remembers: the
+ * oldest flow's entry was reused, its late replies show the backend. */
+#define SOCKLB_CNT_UDP_EVICTED 15
+#define SOCKLB_CNT_MAX 16
 
 /* services: (VIP, port, protocol) -> how to pick a backend. */
 struct socklb_svc_key {
@@ -102,7 +113,7 @@ struct socklb_svc_val {
 	__u32 svc_id;		/* stable for the service's lifetime */
 	__u32 list_id;		/* current selectable list (slots, maglev) */
 	__u32 count;		/* selectable slots, 0..count-1 of the list; 0 = refuse */
-	__u32 total_weight;	/* sum of weights in the list (weighted) */
+	__u32 total_weight;	/* sum of the selectable slots' weights (control plane) */
 	__u32 members;		/* every backend of this version: slots 0..members-1 */
 	__u32 affinity_timeout;	/* seconds (SOCKLB_SVC_F_AFFINITY) */
 	__u8 algo;		/* SOCKLB_ALGO_* the datapath runs */
@@ -125,9 +136,14 @@ struct socklb_slot_key {
 	__u32 index;
 };
 
+/* A list's selectable slots are an alias table (Vose): a weighted pick draws
+ * one 32-bit number r, takes slot i = (r * count) >> 32 and then backend_id if
+ * the low 32 bits of r * count are below keep, else alias_id; one lookup.
+ * Uniform lists and slots kept with certainty have alias_id == backend_id. */
 struct socklb_slot_val {
 	__u32 backend_id;
-	__u32 cum_weight;	/* weights of slots 0..index inclusive (selectable slots) */
+	__u32 alias_id;		/* selectable slots: the backend taken otherwise */
+	__u32 keep;		/* selectable slots: P(backend_id | slot) * 2^32, saturated */
 	__u32 weight;		/* control plane only: the backend's weight in this version */
 	__u8 user_state;	/* control plane only: its SOCKLB_STATE_* in this version */
 	__u8 pad[3];
@@ -172,11 +188,14 @@ struct socklb_sock_entry {
  * two maps so that a TCP connect() allocates only what it needs:
  *   sock_conn:  struct socklb_sock_entry, from connect(): getpeername() and
  *               replies on a connected UDP socket;
- *   sock_dgram: struct socklb_sock_dgram, the flows of an unconnected UDP socket. */
+ *   sock_dgram: struct socklb_sock_dgram, the flows of an unconnected UDP socket.
+ * sock_dgram's value holds udp_flows_per_socket entries, not the maximum
+ * declared here: the loader shrinks the array (its BTF and the map's value
+ * size) before load, so a socket pays only for the flows it may remember. */
 struct socklb_sock_dgram {
-	struct socklb_sock_entry dgram[SOCKLB_SOCK_ENTRIES];
 	__u32 next;			/* round-robin cursor into dgram */
 	__u32 clock;			/* counts datagrams sent through dgram entries */
+	struct socklb_sock_entry dgram[SOCKLB_MAX_UDP_FLOWS];	/* last: resized */
 };
 
 /* socklb_mark: the last translation a socklb program made on this CPU.  One
@@ -251,6 +270,8 @@ struct socklb_meta {
 	__u32 max_affinity;
 	__u32 maglev_size;
 	__u32 max_maglev;
+	__u32 udp_flows;	/* entries of each socket's sock_dgram value */
+	__u32 pad;
 };
 
 /* attachments: cgroup id -> the cgroup's path, for pinned links. */

@@ -27,7 +27,7 @@ def main() -> None:
         with Balancer() as lb:
             lb.attach(client.cgroup)
             weighted = [Backend(p.ipv4, 8080, weight=w) for p, w in zip(pods, (1, 2, 7))]
-            lb.upsert(Service("10.96.0.10", 80, "tcp", weighted, algorithm="weighted"))
+            lb.upsert(Service("10.96.0.10", 80, "tcp", weighted))  # every algorithm honours weights
             print("weights 1:2:7      ", dict(dial(300)))
 
             plain = [Backend(p.ipv4, 8080) for p in pods]

@@ -130,7 +130,7 @@ def check_tables(tables: Dict[str, Dict[bytes, bytes]], model: Dict[ServiceKey, 
         assert bool(flags & lib.SOCKLB_SVC_F_FALLBACK) == fallback, svc
         assert count == len(use), (key, count, use)
         if svc.algorithm is Algorithm.MAGLEV:
-            assert (algo, total) == (lib.SOCKLB_ALGO_MAGLEV, 0), svc
+            assert (algo, total) == (lib.SOCKLB_ALGO_MAGLEV, sum(b.weight for b in use)), svc
             if maglev is not None:
                 table = maglev.get(U32.pack(list_id))
                 if use:
@@ -141,16 +141,24 @@ def check_tables(tables: Dict[str, Dict[bytes, bytes]], model: Dict[ServiceKey, 
                 else:
                     assert table is None
         else:
-            weights = [b.weight if svc.algorithm is Algorithm.WEIGHTED else 1 for b in use]
+            # Every algorithm but maglev picks by weight from the slots' alias table.
+            weights = [b.weight for b in use]
             uniform = len(set(weights)) <= 1
             assert algo == (lib.SOCKLB_ALGO_RANDOM if uniform else lib.SOCKLB_ALGO_WEIGHTED), svc
-            assert total == (0 if uniform else sum(weights)), svc
-            rows = [(r.backend_id, r.cum_weight) for r in rows_all[:count]]
-            if uniform:  # picked uniformly: the cumulative weights do not matter
-                assert sorted(bid for bid, _ in rows) == sorted(ids), f"{key}: slots {rows} are not {svc}'s"
+            assert total == sum(weights), svc
+            rows = [(r.backend_id, r.alias_id, r.keep) for r in rows_all[:count]]
+            assert sorted(bid for bid, _, _ in rows) == sorted(ids), f"{key}: slots {rows} are not {svc}'s"
+            if uniform:
+                assert all(a == bid for bid, a, _ in rows), f"{key}: a uniform list has no aliases: {rows}"
             else:
-                got = sorted((bid, cum - (rows[i - 1][1] if i else 0)) for i, (bid, cum) in enumerate(rows))
-                assert got == sorted(zip(ids, weights)), f"{key}: slots {rows} are not {svc}'s"
+                # What the datapath's draw gives each backend: its weight's share.
+                share: Dict[int, float] = {}
+                for bid, alias, keep in rows:
+                    p = 1.0 if alias == bid else keep / 2**32
+                    share[bid] = share.get(bid, 0.0) + p / count
+                    share[alias] = share.get(alias, 0.0) + (1 - p) / count
+                for bid, w in zip(ids, weights):
+                    assert abs(share.get(bid, 0.0) - w / total) < 1e-6, f"{key}: slots {rows} are not {svc}'s"
         assert sorted(r.backend_id for r in rows_all[:count]) == sorted(ids), f"{key}: usable members first"
     assert owned == {}, f"backends of no service: {owned}"
     assert len(backends) == sum(len(s.backends) for s in model.values())

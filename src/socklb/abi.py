@@ -13,13 +13,12 @@ decoding (:func:`decode`) are written here and nowhere else.
 
 >>> SVC_KEY.fields
 ('addr', 'port', 'proto')
->>> SLOT_VAL.unpack(SLOT_VAL.pack(backend_id=7, cum_weight=3, weight=3, user_state=0)).backend_id
+>>> SLOT_VAL.unpack(SLOT_VAL.pack(backend_id=7, alias_id=7, keep=KEEP_ALL, weight=3, user_state=0)).backend_id
 7
 """
 
 from __future__ import annotations
 
-import itertools
 import socket
 import struct
 from collections import namedtuple
@@ -56,6 +55,8 @@ __all__ = [
     "decode",
     "addr_text",
     "maglev_table",
+    "alias_table",
+    "KEEP_ALL",
     "DEFAULT_MAGLEV_SIZE",
     "MAX_MAGLEV_SIZE",
     "is_prime",
@@ -181,12 +182,58 @@ def addr_text(addr16: bytes) -> str:
 
 
 class Member(NamedTuple):
-    """One slot of a list: a backend of one version of a service."""
+    """One slot of a list: a backend of one version of a service.  A
+    selectable slot is also a cell of the list's alias table: the datapath
+    takes ``backend_id`` with probability ``keep / 2**32``, else ``alias_id``."""
 
     backend_id: int
-    cum_weight: int
+    alias_id: int
+    keep: int
     weight: int
     user_state: int
+
+
+KEEP_ALL = 0xFFFFFFFF
+"""``keep`` of a slot that always gives its own backend (its alias is itself)."""
+
+MAX_TOTAL_WEIGHT = 0xFFFFFFFF
+"""The sum of a service's selectable weights must fit socklb_svc_val.total_weight."""
+
+
+def alias_table(weights: Sequence[int]) -> List[Tuple[int, int]]:
+    """The alias table (Vose's method, in exact integer arithmetic) of
+    ``weights``: for each slot i, ``(keep, alias)`` where a pick of slot i
+    (each with probability 1/n) yields i with probability ``keep / total``
+    and slot ``alias`` otherwise, ``total`` being ``sum(weights)``.  So
+    backend j is chosen with probability exactly ``weights[j] / total``.
+
+    >>> alias_table([3, 1])
+    [(4, 0), (2, 0)]
+    >>> alias_table([0, 0])
+    Traceback (most recent call last):
+    ...
+    socklb.errors.InvalidValueError: weights: must be non-negative integers with a positive sum, not [0, 0]
+    """
+    n, total = len(weights), sum(weights)
+    if n == 0 or total <= 0 or any(w < 0 for w in weights):
+        raise InvalidValueError("weights", f"must be non-negative integers with a positive sum, not {list(weights)!r}")
+    # Slot i holds n * w_i units of "probability" against a cell of total.
+    scaled = [w * n for w in weights]
+    out = [(total, i) for i in range(n)]
+    small = [i for i, s in enumerate(scaled) if s < total]
+    large = [i for i, s in enumerate(scaled) if s >= total]
+    while small and large:
+        lo, hi = small.pop(), large.pop()
+        out[lo] = (scaled[lo], hi)
+        scaled[hi] -= total - scaled[lo]
+        (small if scaled[hi] < total else large).append(hi)
+    # What is left is full (exactly: integer arithmetic leaves no rounding).
+    return out
+
+
+def _keep32(keep: int, total: int) -> int:
+    """keep/total as the datapath's 32-bit threshold (KEEP_ALL when certain)."""
+    return KEEP_ALL if keep >= total else (keep << 32) // total
 
 
 class Version(NamedTuple):
@@ -198,7 +245,7 @@ class Version(NamedTuple):
     """The list: usable backends first, with cumulative weights, then the rest."""
     flags: int
     algo: int
-    """The algorithm the datapath runs (equal weights need no search)."""
+    """The algorithm the datapath runs (equal weights need no alias table)."""
     total_weight: int
 
     @property
@@ -210,22 +257,32 @@ def encode(svc: Service, ids: Mapping[Tuple[str, int], int]) -> Version:
     """The list and selection parameters of ``svc``, its backends named by ``ids``."""
     usable, fallback = svc.selectable()
     flags = (lib.SOCKLB_SVC_F_FALLBACK if fallback else 0) | (lib.SOCKLB_SVC_F_AFFINITY if svc.affinity else 0)
-    total = 0
-    if svc.algorithm is Algorithm.MAGLEV:
-        algo = lib.SOCKLB_ALGO_MAGLEV
-        cum: Sequence[int] = range(1, len(usable) + 1)
-    elif svc.algorithm is Algorithm.WEIGHTED and len({b.weight for b in usable}) > 1:
-        algo = lib.SOCKLB_ALGO_WEIGHTED
-        cum = list(itertools.accumulate(b.weight for b in usable))
-        total = cum[-1]
-    else:
-        algo = lib.SOCKLB_ALGO_RANDOM
-        cum = range(1, len(usable) + 1)
+    total = sum(b.weight for b in usable)
+    if total > MAX_TOTAL_WEIGHT:  # checked before any id is taken or map written
+        raise InvalidValueError("backends", f"total weight {total} of {svc} exceeds {MAX_TOTAL_WEIGHT}")
     code, new = STATE.code, tuple.__new__  # Member(...) without its Python-level constructor
-    members = [new(Member, (ids[b._key], c, b.weight, code[b.state])) for b, c in zip(usable, cum)]
+    if svc.algorithm is Algorithm.MAGLEV or len({b.weight for b in usable}) <= 1:
+        # Maglev weighs in its table; equal weights need no alias table.
+        algo = lib.SOCKLB_ALGO_MAGLEV if svc.algorithm is Algorithm.MAGLEV else lib.SOCKLB_ALGO_RANDOM
+        members = [
+            new(Member, (bid, bid, KEEP_ALL, b.weight, code[b.state]))
+            for b, bid in zip(usable, [ids[b._key] for b in usable])
+        ]
+    else:
+        # Every other algorithm ("random", "weighted") honours weights.
+        algo = lib.SOCKLB_ALGO_WEIGHTED
+        uids = [ids[b._key] for b in usable]
+        members = [
+            new(Member, (uids[i], uids[alias], _keep32(keep, total), b.weight, code[b.state]))
+            for i, (b, (keep, alias)) in enumerate(zip(usable, alias_table([b.weight for b in usable])))
+        ]
     if len(usable) < len(svc.backends):
         chosen = {id(b) for b in usable}
-        members += [new(Member, (ids[b._key], 0, b.weight, code[b.state])) for b in svc.backends if id(b) not in chosen]
+        members += [
+            new(Member, (ids[b._key], ids[b._key], 0, b.weight, code[b.state]))
+            for b in svc.backends
+            if id(b) not in chosen
+        ]
     return Version(usable, tuple(members), flags, algo, total)
 
 

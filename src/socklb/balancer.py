@@ -40,7 +40,7 @@ from .attachment import Attachment, Attachments, cgroup_path
 from .datapath import Datapath
 from .errors import InvalidValueError, NotFoundError, SocklbError
 from .model import Service, ServiceKey, normalize_key, path_text
-from .spec import DatapathSpec, PinPaths
+from .spec import DEFAULT_UDP_FLOWS, DatapathSpec, PinPaths
 from .stats import ProgramStats
 from .terminate import Terminator, client_netns
 
@@ -75,6 +75,10 @@ class Balancer:
     :param max_maglev_services: services that use ``Algorithm.MAGLEV`` at once
         (each table takes ``4 * maglev_size`` bytes of kernel memory).
     :param max_affinity: (client pod, service) affinity entries kept (LRU).
+    :param udp_flows_per_socket: (service, backend) flows an unconnected UDP
+        socket remembers (default 16, at most 64); a socket that sends to one
+        more evicts its oldest flow, whose late replies then show the backend
+        (counted: ``counters()["udp_evicted"]``).
     :param terminate_sockets: terminate sockets connected to removed backends
         (True, False or "auto": when the kernel can).
     :param pin_dir: keep the state pinned there (bpffs); see :meth:`open`.
@@ -88,13 +92,16 @@ class Balancer:
         maglev_size: int = DEFAULT_MAGLEV_SIZE,
         max_maglev_services: int = 1024,
         max_affinity: int = 65536,
+        udp_flows_per_socket: int = DEFAULT_UDP_FLOWS,
         terminate_sockets: Union[bool, str] = "auto",
         pin_dir: Union[str, bytes, os.PathLike[str], None] = None,
         adopt_only: bool = False,
     ) -> None:
         self._datapath: Optional[Datapath] = None
         self._lock_fd: Optional[int] = None
-        spec = DatapathSpec(max_services, max_backends, maglev_size, max_maglev_services, max_affinity)
+        spec = DatapathSpec(
+            max_services, max_backends, maglev_size, max_maglev_services, max_affinity, udp_flows_per_socket
+        )
         if not (terminate_sockets is True or terminate_sockets is False or terminate_sockets == "auto"):
             raise InvalidValueError("terminate_sockets", f"must be True, False or 'auto', not {terminate_sockets!r}")
         if not isinstance(adopt_only, bool):
@@ -185,6 +192,9 @@ class Balancer:
     max_backends = property(lambda self: self.spec.max_backends, doc="Backends at once, over all services.")
     maglev_size = property(lambda self: self.spec.maglev_size, doc="Entries of each Maglev table.")
     max_maglev_services = property(lambda self: self.spec.max_maglev_services, doc="Maglev services at once.")
+    udp_flows_per_socket = property(
+        lambda self: self.spec.udp_flows_per_socket, doc="Unconnected-UDP flows each socket remembers."
+    )
 
     @property
     def pin_dir(self) -> Optional[str]:

@@ -352,6 +352,7 @@ class PinnedView:
                 "maglev_size": sp.maglev_size,
                 "max_maglev_services": sp.max_maglev_services,
                 "max_affinity": sp.max_affinity,
+                "udp_flows_per_socket": sp.udp_flows_per_socket,
             },
             "maps": [
                 {

@@ -180,6 +180,11 @@ class SocklbCollector(Collector):
             ("socklb_retries", "retry", "Backend picks retried because the service's list changed under them."),
             ("socklb_affinity_hits", "affinity_hit", "Choices made by ClientIP session affinity."),
             ("socklb_sticky_hits", "sticky_hit", "Unconnected UDP datagrams that kept their socket's backend."),
+            (
+                "socklb_udp_flow_evictions",
+                "udp_evicted",
+                "Unconnected UDP flows a socket forgot for a newer one (more than udp_flows_per_socket).",
+            ),
         ):
             m = CounterMetricFamily(name, doc)
             m.add_metric([], counters.get(key, 0))

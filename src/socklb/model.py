@@ -53,8 +53,11 @@ class Protocol(str, enum.Enum):
 class Algorithm(str, enum.Enum):
     """How a service picks a backend for a new socket.
 
-    ``random``: uniform over the usable backends (weight 0 drains one);
-    ``weighted``: random in proportion to each backend's weight;
+    ``random`` (the default): random in proportion to each backend's weight
+    (an alias table: one draw and one map lookup; uniform at today's cost when
+    all weights are equal; weight 0 drains a backend);
+    ``weighted``: an alias of ``random``, kept so that existing callers work
+    (both honour weights; the service remembers which name it was given);
     ``maglev``: Maglev consistent hashing of the socket, weighted, so a flow's
     choice survives changes to the backend set (about 1/N of flows move when one
     of N backends comes or goes).

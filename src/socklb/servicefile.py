@@ -7,7 +7,7 @@ A file is a list of services, or a mapping with one key ``services``::
       - address: 10.96.0.10
         port: 80
         protocol: tcp              # default tcp
-        algorithm: weighted        # random (default), weighted, maglev
+        algorithm: random          # random (default; by weight), weighted (= random), maglev
         affinity: {timeout: 600}   # or a number of seconds, or null
         terminate_tcp: false
         backends:

@@ -26,14 +26,24 @@ from . import abi
 from ._core import ffi, lib
 from .errors import CapacityError, InvalidValueError
 
-__all__ = ["DatapathSpec", "PinPaths", "HEADROOM", "MAX_ATTACHMENTS"]
+__all__ = ["DatapathSpec", "PinPaths", "HEADROOM", "MAX_ATTACHMENTS", "DEFAULT_UDP_FLOWS", "MAX_UDP_FLOWS"]
 
 HEADROOM = 2
 """Map entries per unit of limit (see the module docstring)."""
 MAX_ATTACHMENTS: int = lib.SOCKLB_MAX_ATTACHMENTS
 """Pinned attachments recorded per balancer (the attachments map)."""
 
-_BOUNDS = {"max_services": 1 << 24, "max_backends": 1 << 26, "max_maglev_services": 1 << 20, "max_affinity": 1 << 26}
+_BOUNDS = {
+    "max_services": 1 << 24,
+    "max_backends": 1 << 26,
+    "max_maglev_services": 1 << 20,
+    "max_affinity": 1 << 26,
+    "udp_flows_per_socket": lib.SOCKLB_MAX_UDP_FLOWS,
+}
+DEFAULT_UDP_FLOWS: int = lib.SOCKLB_DEFAULT_UDP_FLOWS
+"""(service, backend) flows an unconnected UDP socket remembers by default."""
+MAX_UDP_FLOWS: int = lib.SOCKLB_MAX_UDP_FLOWS
+"""The most ``udp_flows_per_socket`` may be."""
 
 
 def _limit(name: str, value: object) -> int:
@@ -56,6 +66,9 @@ class DatapathSpec:
     :param maglev_size: entries of each Maglev table, a prime.
     :param max_maglev_services: services that use Maglev at once.
     :param max_affinity: (client pod, service) affinity entries kept (LRU).
+    :param udp_flows_per_socket: (service, backend) flows an unconnected UDP
+        socket remembers, 1..MAX_UDP_FLOWS; each takes 52 bytes of the
+        socket's storage, allocated when it first sends to a service.
     """
 
     max_services: int = 65536
@@ -63,6 +76,7 @@ class DatapathSpec:
     maglev_size: int = abi.DEFAULT_MAGLEV_SIZE
     max_maglev_services: int = 1024
     max_affinity: int = 65536
+    udp_flows_per_socket: int = DEFAULT_UDP_FLOWS
 
     def __post_init__(self) -> None:
         for name in _BOUNDS:
@@ -86,6 +100,7 @@ class DatapathSpec:
         cfg = ffi.new("struct socklb_config *")
         cfg.max_services, cfg.max_backends, cfg.max_slots = e["services"], e["backends"], e["slots"]
         cfg.max_affinity, cfg.max_maglev, cfg.maglev_size = e["affinity"], e["maglev"], self.maglev_size
+        cfg.udp_flows = self.udp_flows_per_socket
         return cfg
 
     def meta(self) -> bytes:
@@ -100,6 +115,7 @@ class DatapathSpec:
             max_affinity=e["affinity"],
             maglev_size=self.maglev_size,
             max_maglev=e["maglev"],
+            udp_flows=self.udp_flows_per_socket,
         )
 
     @classmethod
@@ -111,6 +127,7 @@ class DatapathSpec:
             maglev_size=meta.maglev_size,
             max_maglev_services=meta.max_maglev // HEADROOM,
             max_affinity=meta.max_affinity,
+            udp_flows_per_socket=meta.udp_flows,
         )
 
     def check_capacity(self, services: int, backends: int, maglev: int) -> None:

@@ -43,6 +43,7 @@ COUNTERS: Dict[str, int] = {
         "GETPEERNAME6",
         "TERMINATED_TCP",
         "NO_STATE",
+        "UDP_EVICTED",
     )
 }
 """Counter name -> index in the per-CPU ``counters`` array (SOCKLB_CNT_*)."""

@@ -1,0 +1,306 @@
+"""Weights under every algorithm (the alias table) and the unconnected-UDP
+flows a socket remembers (udp_flows_per_socket, the eviction counter)."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from collections import Counter
+from fractions import Fraction
+from typing import Dict, Iterator, List, Sequence
+
+import pytest
+from helpers import TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial
+from scipy.stats import chisquare
+
+from socklb import Affinity, Backend, BackendState, Balancer, Service
+from socklb.abi import KEEP_ALL, alias_table, encode
+from socklb.errors import InvalidValueError
+from socklb.model import MAX_BACKENDS_PER_SERVICE, MAX_WEIGHT
+from socklb.spec import DEFAULT_UDP_FLOWS, MAX_UDP_FLOWS
+
+# A correct split fails this check once in a thousand runs; the sample sizes
+# below make a clearly wrong split (1:1 for 3:1, see the test) fail it always.
+P_MIN = 1e-3
+
+
+def split_ok(counts: Sequence[int], weights: Sequence[int]) -> bool:
+    """The chi-square check every split test uses: are these counts drawn in
+    proportion to these weights?"""
+    n, total = sum(counts), sum(weights)
+    return bool(chisquare(list(counts), [n * w / total for w in weights]).pvalue > P_MIN)
+
+
+# --- the table builder ---------------------------------------------------------
+
+
+def table_shares(weights: Sequence[int]) -> List[Fraction]:
+    """What the alias table of ``weights`` gives each slot, exactly."""
+    n, total = len(weights), sum(weights)
+    share = [Fraction(0)] * n
+    for i, (keep, alias) in enumerate(alias_table(weights)):
+        assert 0 <= keep <= total and 0 <= alias < n
+        share[i] += Fraction(keep, total * n)
+        share[alias] += Fraction(total - keep, total * n)
+    return share
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [[1], [3, 1], [1, 3], [1, 3, 6], [1, 99], [2, 2, 2], [0, 5, 0, 1], [7, 11, 13, 17, 19], [MAX_WEIGHT, 1, 2]],
+)
+def test_alias_table_is_exact(weights: List[int]) -> None:
+    total = sum(weights)
+    assert table_shares(weights) == [Fraction(w, total) for w in weights]
+
+
+def test_alias_table_is_exact_for_random_weights() -> None:
+    rng = random.Random(13)
+    for _ in range(200):
+        weights = [rng.randint(0, 50) for _ in range(rng.randint(1, 40))]
+        weights[rng.randrange(len(weights))] += 1  # a positive sum
+        total = sum(weights)
+        assert table_shares(weights) == [Fraction(w, total) for w in weights], weights
+
+
+def test_alias_table_rejects_what_has_no_distribution() -> None:
+    for bad in ([], [0, 0], [3, -1]):
+        with pytest.raises(InvalidValueError, match="weights"):
+            alias_table(bad)
+
+
+def encoded_shares(svc: Service) -> Dict[int, float]:
+    """What the datapath's draw (slot from the high half of r * n, keep from
+    the low half) gives each backend id of the encoded service."""
+    ids = {b._key: i + 1 for i, b in enumerate(svc.backends)}
+    v = encode(svc, ids)
+    n = v.n_usable
+    share: Dict[int, float] = Counter()
+    for m in v.members[:n]:
+        p = 1.0 if m.alias_id == m.backend_id else m.keep / 2**32
+        share[m.backend_id] += p / n
+        share[m.alias_id] += (1 - p) / n
+    return share
+
+
+def test_encoding_uniform_costs_nothing_and_weights_make_a_table() -> None:
+    same = Service(VIP4, 80, backends=[Backend(f"10.1.0.{i}", 80, weight=5) for i in range(1, 4)])
+    v = encode(same, {b._key: i + 1 for i, b in enumerate(same.backends)})
+    assert v.algo == 0 and all(m.alias_id == m.backend_id and m.keep == KEEP_ALL for m in v.members)
+    for algo in ("random", "weighted"):
+        svc = Service(
+            VIP4,
+            80,
+            backends=[Backend(f"10.1.0.{i}", 80, weight=w) for i, w in enumerate((1, 3, 6), 1)],
+            algorithm=algo,
+        )
+        got = encoded_shares(svc)
+        assert [round(got[i], 9) for i in (1, 2, 3)] == [0.1, 0.3, 0.6], (algo, got)
+
+
+def test_the_largest_service_encodes() -> None:
+    """65536 backends of the largest weight: the total fits the 32-bit field."""
+    n = MAX_BACKENDS_PER_SERVICE
+    bs = [Backend(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 80, weight=MAX_WEIGHT - (i == 0)) for i in range(n)]
+    svc = Service("10.96.0.1", 80, backends=bs)
+    v = encode(svc, {b._key: i + 1 for i, b in enumerate(svc.backends)})
+    assert v.total_weight == n * MAX_WEIGHT - 1 < 2**32 and v.algo == 1
+    with pytest.raises(InvalidValueError, match="weight"):
+        Backend("10.1.0.1", 80, weight=MAX_WEIGHT + 1)
+
+
+def test_bad_weights_change_nothing(balancer: Balancer) -> None:
+    good = Service(VIP4, 80, backends=[Backend("10.1.0.1", 80, weight=3), Backend("10.1.0.2", 80, weight=1)])
+    balancer.upsert(good)
+    with pytest.raises(InvalidValueError):
+        balancer.sync([good, Service(VIP6, 80, backends=[Backend("fd00::1", 80, weight=2**32)])])
+    assert balancer.services() == [good]
+
+
+# --- splits through real connects ------------------------------------------------
+
+
+def served(world: World, n: int, host: str = VIP4) -> Counter[str]:
+    res = dial(world.client, "tcp", host, 80, n)
+    assert res["errors"] == []
+    return Counter(res["served"])
+
+
+@pytest.mark.parametrize(
+    ("weights", "n", "vip"),
+    [((3, 1), 600, VIP4), ((1, 3, 6), 800, VIP6), ((1, 99), 1000, VIP4)],
+    ids=["3:1", "1:3:6", "1:99"],
+)
+def test_default_algorithm_splits_by_weight(
+    world: World, balancer: Balancer, weights: Sequence[int], n: int, vip: str
+) -> None:
+    names = ["b1", "b2", "b3"][: len(weights)]
+    v6 = ":" in vip
+    bs = [
+        Backend(world.backends[k].ipv6 if v6 else world.backends[k].ipv4, TCP_PORT, weight=w)
+        for k, w in zip(names, weights)
+    ]
+    balancer.upsert(Service(vip, 80, "tcp", bs))  # the default algorithm
+    balancer.attach(world.client.cgroup)
+    c = served(world, n, vip)
+    assert sum(c.values()) == n
+    assert split_ok([c[k] for k in names], weights), (weights, c)
+
+
+def test_unconnected_udp_sockets_split_by_weight(world: World, balancer: Balancer) -> None:
+    bs = [Backend(world.backends[k].ipv4, UDP_PORT, weight=w) for k, w in (("b1", 3), ("b2", 1))]
+    balancer.upsert(Service(VIP4, 53, "udp", bs))
+    balancer.attach(world.client.cgroup)
+    res = dial(world.client, "udp", VIP4, 53, 1, "--sockets", "400")
+    assert res["errors"] == [] and set(res["peers"]) == {f"{VIP4}:53"}
+    c = Counter(res["served"])
+    assert sum(c.values()) == 400 and split_ok([c["b1"], c["b2"]], [3, 1]), c
+
+
+def test_the_check_rejects_a_wrong_split(world: World, balancer: Balancer) -> None:
+    """Equal weights, measured through the hook, checked against 3:1: the
+    check that passes the splits above fails this one."""
+    bs = [Backend(world.backends[k].ipv4, TCP_PORT, weight=2) for k in ("b1", "b2")]
+    balancer.upsert(Service(VIP4, 80, "tcp", bs))
+    balancer.attach(world.client.cgroup)
+    c = served(world, 600)
+    assert split_ok([c["b1"], c["b2"]], [1, 1]), c
+    assert not split_ok([c["b1"], c["b2"]], [3, 1]), c
+
+
+def test_weights_with_fallback_drain_and_affinity(world: World, balancer: Balancer) -> None:
+    ip = {k: p.ipv4 for k, p in world.backends.items()}
+    balancer.attach(world.client.cgroup)
+    # Only terminating backends left: they are chosen, by weight; a drained
+    # (weight 0) one never.
+    term = [
+        Backend(ip["b1"], TCP_PORT, weight=3, state=BackendState.TERMINATING),
+        Backend(ip["b2"], TCP_PORT, weight=1, state=BackendState.TERMINATING),
+        Backend(ip["b3"], TCP_PORT, weight=0),
+    ]
+    balancer.upsert(Service(VIP4, 80, "tcp", term))
+    c = served(world, 400)
+    assert set(c) <= {"b1", "b2"} and split_ok([c["b1"], c["b2"]], [3, 1]), c
+    # Affinity keeps one pod on one backend whatever the weights.
+    bs = [Backend(ip["b1"], TCP_PORT, weight=1), Backend(ip["b2"], TCP_PORT, weight=99)]
+    balancer.upsert(Service(VIP4, 80, "tcp", bs, affinity=Affinity(60)))
+    c = served(world, 30)
+    assert len(c) == 1, c
+    assert balancer.counters()["affinity_hit"] == 29
+
+
+# --- unconnected UDP: flows per socket ---------------------------------------------
+
+# One socket sends a datagram to each VIP given, then (batch) reads every
+# reply, so each reply arrives after every send: a flow forgotten meanwhile
+# shows the backend's address.  Prints the sources seen, per round.
+BATCH = r"""
+import json, socket, sys
+rounds, vips = int(sys.argv[1]), sys.argv[2:]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+for _ in range(rounds):
+    for v in vips:
+        s.sendto(b"peer\n", (v, 53))
+    seen = []
+    for _ in vips:
+        data, src = s.recvfrom(200)
+        seen.append("%s:%d" % src[:2])
+    print(json.dumps(sorted(seen)), flush=True)
+"""
+
+FLOW_PORTS = list(range(6001, 6018))  # one backend port per service: 17 distinct flows
+
+
+@pytest.fixture(scope="module")
+def flow_servers(world: World) -> Iterator[World]:
+    srv = world.backends["b1"].serve("b1", udp=FLOW_PORTS)
+    try:
+        yield world
+    finally:
+        srv.terminate()
+        srv.wait(5)
+
+
+def flow_services(world: World, n: int) -> List[Service]:
+    b1 = world.backends["b1"].ipv4
+    return [Service(f"10.96.1.{i + 1}", 53, "udp", [Backend(b1, FLOW_PORTS[i])]) for i in range(n)]
+
+
+def batch(world: World, rounds: int, vips: Sequence[str]) -> List[List[str]]:
+    out = world.client.run([sys.executable, "-c", BATCH, str(rounds), *vips], timeout=60).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_udp_flows_default(flow_servers: World, balancer: Balancer) -> None:
+    world = flow_servers
+    assert balancer.udp_flows_per_socket == DEFAULT_UDP_FLOWS == 16 and MAX_UDP_FLOWS == 64
+    svcs = flow_services(world, 17)
+    balancer.sync(svcs)
+    balancer.attach(world.client.cgroup)
+    vips = [s.address for s in svcs]
+    # 16 flows at once, twice: every reply shows its VIP, the second round
+    # keeps every flow (sticky), nothing is evicted.
+    rounds = batch(world, 2, vips[:16])
+    assert rounds == [sorted(f"{v}:53" for v in vips[:16])] * 2
+    c = balancer.counters()
+    assert (c["udp_evicted"], c["sticky_hit"]) == (0, 16), c
+    # All 17 from one socket, each reply read before the next send: all VIPs.
+    for v in vips:
+        assert batch(world, 1, [v]) == [[f"{v}:53"]]
+    res = world.client.run([sys.executable, "-c", SEQUENTIAL, *vips], timeout=60).stdout
+    assert json.loads(res) == [f"{v}:53" for v in vips]
+    assert balancer.counters()["udp_evicted"] == 1  # the 17th flow of that socket
+
+
+SEQUENTIAL = r"""
+import json, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+seen = []
+for v in sys.argv[1:]:
+    s.sendto(b"peer\n", (v, 53))
+    data, src = s.recvfrom(200)
+    seen.append("%s:%d" % src[:2])
+print(json.dumps(seen))
+"""
+
+
+def test_udp_flows_setting_evicts_and_counts(flow_servers: World) -> None:
+    world = flow_servers
+    b1 = world.backends["b1"].ipv4
+    with Balancer(udp_flows_per_socket=4) as lb:
+        svcs = flow_services(world, 5)
+        lb.sync(svcs)
+        lb.attach(world.client.cgroup)
+        vips = [s.address for s in svcs]
+        # Four flows fit.
+        assert batch(world, 1, vips[:4]) == [sorted(f"{v}:53" for v in vips[:4])]
+        assert lb.counters()["udp_evicted"] == 0
+        # A fifth evicts the first: its reply shows the backend.
+        (seen,) = batch(world, 1, vips)
+        assert seen == sorted([f"{v}:53" for v in vips[1:]] + [f"{b1}:{FLOW_PORTS[0]}"]), seen
+        assert lb.counters()["udp_evicted"] == 1
+    for bad in (0, MAX_UDP_FLOWS + 1, "8", True):
+        with pytest.raises(InvalidValueError, match="udp_flows_per_socket"):
+            Balancer(udp_flows_per_socket=bad)  # type: ignore[arg-type]
+
+
+def test_udp_flows_setting_is_kept_with_the_pins(flow_servers: World) -> None:
+    """The pinned maps fix the number: a restarted owner adopts it (the
+    sockets' storage was sized with it), and the datapath keeps using it."""
+    from test_pins import pinned_dir
+
+    world = flow_servers
+    b1 = world.backends["b1"].ipv4
+    with pinned_dir() as pd:
+        with Balancer(pin_dir=pd, udp_flows_per_socket=4) as lb:
+            lb.sync(flow_services(world, 5))
+            lb.attach(world.client.cgroup)
+        with Balancer.open(pd) as lb:
+            assert lb.udp_flows_per_socket == 4
+            vips = [s.address for s in lb.services()]
+            (seen,) = batch(world, 1, sorted(vips, key=lambda v: int(v.rsplit(".", 1)[1])))
+            assert f"{b1}:{FLOW_PORTS[0]}" in seen and lb.counters()["udp_evicted"] == 1, seen
+            lb.destroy()
