@@ -99,7 +99,8 @@ def report() -> Dict[str, Any]:
         notes.append("no kernel BTF (/sys/kernel/btf/vmlinux): socket termination is unavailable")
     # Both ways of terminating run socket iterators, which load against the
     # kernel's BTF: bpf_sock_destroy in them, else sock_diag's SOCK_DESTROY.
-    term = bool(probed and btf and ("sock_destroy" not in missing or "diag_destroy" not in missing))
+    sock_diag = "diag_destroy" not in missing and "iter_storage" not in missing
+    term = bool(probed and btf and ("sock_destroy" not in missing or sock_diag))
     return {
         "kernel": os.uname().release,
         "cgroup": {"cgroup2_mount": m["cgroup2"], "layout": m["layout"], "cgroup_v1_mounts": m["cgroup_v1"]},
