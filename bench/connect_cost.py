@@ -11,12 +11,22 @@ With ``--to-service`` the connects go to the services instead (the
 translating path); with ``--reuse`` one UDP socket connects ``n`` times, so
 no socket-local storage is allocated after the first and what is left is the
 lookup, the choice and the rewrite (the figure to compare builds with).
+
 With ``--weights 3,1`` the services get one backend per weight, all of
 weight 1, and a twin of each service gets them with the weights given (an
 alias-table pick); both are dialled in every round, so ``<proto>-weighted``
 compares with ``<proto>`` in the same run:
 
     .venv/bin/python -m bench.connect_cost --to-service --reuse --weights 3,1
+
+With ``--frontends`` it measures what wildcard frontends (NodePorts) cost the
+other connects, in one lab and interleaved rounds (TCP, new socket each):
+``miss`` and ``service`` (a connect to a pod, to a ClusterIP) without any
+NodePort programmed, ``miss+np`` and ``service+np`` with NodePorts and the
+node's addresses programmed, ``miss-node-addr`` (a connect to a node address
+on a port that is no NodePort: the port bitmap stops it) and ``nodeport`` (a
+connect to a NodePort on a node address: the exact lookup misses, then the
+wildcard one).
 """
 
 from __future__ import annotations
@@ -43,7 +53,10 @@ if proto == "udp-reuse":  # one UDP socket connected n times: no storage allocat
     sys.exit(0)
 for _ in range(n):
     s = socket.socket(socket.AF_INET, kind)
-    s.connect((host, port))
+    try:
+        s.connect((host, port))
+    except ConnectionRefusedError:  # --frontends: a node port nothing listens on
+        pass
     s.close()
 """
 
@@ -95,6 +108,44 @@ def measure(
     return out
 
 
+def measure_frontends(n: int, rounds: int) -> Dict[str, List[float]]:
+    """See the module docstring (``--frontends``)."""
+    out: Dict[str, List[float]] = {}
+    with Lab() as lab, Balancer(node_netns=lab.node.netns_path) as lb:
+        client, web = lab.add_pod("client"), lab.add_pod("web")
+        web.serve("web", tcp=[8080, 8081])
+        lb.upsert(Service("10.96.0.10", 80, "tcp", [Backend(web.ipv4, 8080)]))
+        lb.attach(client.cgroup)
+        nodeports = [Service.node_port(30000 + i, backends=[Backend(web.ipv4, 8080)]) for i in range(8)]
+
+        def run(name: str, host: str, port: int) -> None:
+            with bpf_stats():
+                c0, t0 = _connect4(lb)
+                client.python(CLIENT, host, str(port), str(n), "tcp", timeout=300)
+                c1, t1 = _connect4(lb)
+            if c1 - c0 < n:
+                raise SystemExit(f"connect4 ran {c1 - c0} times for {n} connects")
+            out.setdefault(name, []).append((t1 - t0) / (c1 - c0))
+
+        for _ in range(rounds):
+            for s in nodeports:
+                if s.key in {x.key for x in lb.services()}:
+                    lb.remove(s)
+            lb.set_node_addresses([])
+            run("miss", web.ipv4, 8081)
+            run("service", "10.96.0.10", 80)
+            for s in nodeports:
+                lb.upsert(s)
+            lb.set_node_addresses([client.gateway4, web.gateway4])
+            run("miss+np", web.ipv4, 8081)
+            run("service+np", "10.96.0.10", 80)
+            run("nodeport", client.gateway4, 30000)
+            # A node address, a port without NodePort (nothing listens: refused
+            # by the node after the hook ran).
+            run("miss-node-addr", client.gateway4, 30999)
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.connect_cost")
     ap.add_argument("-n", type=int, default=20000)
@@ -111,8 +162,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         default=[],
         help="e.g. 3,1: also dial a twin service whose backends have these weights (with --to-service)",
     )
+    ap.add_argument("--frontends", action="store_true", help="what NodePorts cost the other connects (see above)")
     a = ap.parse_args(argv)
-    res = measure(a.n, a.rounds, a.to_service, a.reuse, a.weights)
+    if a.frontends:
+        res = measure_frontends(a.n, a.rounds)
+    else:
+        res = measure(a.n, a.rounds, a.to_service, a.reuse, a.weights)
     summary = {
         p: {"median_ns": round(statistics.median(v), 1), "rounds_ns": [round(x, 1) for x in v]} for p, v in res.items()
     }

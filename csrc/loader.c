@@ -38,6 +38,10 @@
 /* Program names, in the object's order: read from the embedded object itself
  * (once, see prog_names_init), never written out by hand. */
 static char prog_names[SOCKLB_NPROGS][64];
+/* The scope groups' programs (SOCKLB_GROUP_EXCLUDE, SOCKLB_GROUP_HOSTONLY). */
+static char gate_names[SOCKLB_NGROUPS][SOCKLB_NGATE][64];
+static const char *const group_prefix[SOCKLB_NGROUPS] = { "socklb_", "exclude_", "hostonly_" };
+static const int group_size[SOCKLB_NGROUPS] = { SOCKLB_NPROGS, SOCKLB_NGATE, SOCKLB_NGATE };
 /* Likewise the names of its maps (internal ones such as .rodata left out). */
 #define MAX_MAPS 32
 static char map_names[MAX_MAPS][64];
@@ -48,6 +52,7 @@ static int prog_names_err;
 struct socklb {
 	struct bpf_object *obj;
 	struct bpf_program *progs[SOCKLB_NPROGS];
+	struct bpf_program *gates[SOCKLB_NGROUPS][SOCKLB_NGATE];
 	/* Socket iterators: optional, see socklb_iter_status(). */
 	struct bpf_object *iter_obj;
 	struct bpf_link *iter_udp, *iter_tcp, *iter_count_udp, *iter_count_tcp;
@@ -58,8 +63,19 @@ struct socklb {
 };
 
 struct socklb_links {
+	int group;	/* SOCKLB_GROUP_* */
 	struct bpf_link *links[SOCKLB_NPROGS];
 };
+
+static const char *group_name(int group, int i)
+{
+	return group == SOCKLB_GROUP_MAIN ? prog_names[i] : gate_names[group][i];
+}
+
+static struct bpf_program *group_prog(struct socklb *lb, int group, int i)
+{
+	return group == SOCKLB_GROUP_MAIN ? lb->progs[i] : lb->gates[group][i];
+}
 
 /* libbpf's messages go to the buffer of the call in progress on this thread
  * (cffi releases the GIL, so calls from several threads may overlap), and
@@ -108,16 +124,26 @@ static void prog_names_init(void)
 	struct bpf_object *obj = bpf_object__open_mem(socklb_bpf_obj, socklb_bpf_obj_len, NULL);
 	struct bpf_program *prog;
 	struct bpf_map *map;
-	int n = 0;
+	int n[SOCKLB_NGROUPS] = { 0 };
+	int g;
 
 	if (!obj) {
 		prog_names_err = -errno;
 		return;
 	}
 	bpf_object__for_each_program(prog, obj) {
-		if (n < SOCKLB_NPROGS)
-			snprintf(prog_names[n], sizeof(prog_names[n]), "%s", bpf_program__name(prog));
-		n++;
+		const char *name = bpf_program__name(prog);
+
+		for (g = 0; g < SOCKLB_NGROUPS; g++)
+			if (strncmp(name, group_prefix[g], strlen(group_prefix[g])) == 0)
+				break;
+		if (g == SOCKLB_NGROUPS) {
+			prog_names_err = -EPROTO;
+			continue;
+		}
+		if (n[g] < group_size[g])
+			snprintf(g ? gate_names[g][n[g]] : prog_names[n[g]], 64, "%s", name);
+		n[g]++;
 	}
 	bpf_object__for_each_map(map, obj) {
 		if (pinned_map(map) && n_maps < MAX_MAPS)
@@ -125,8 +151,9 @@ static void prog_names_init(void)
 	}
 	bpf_object__close(obj);
 	/* SOCKLB_NPROGS is the size of the link and stats arrays. */
-	if (n != SOCKLB_NPROGS)
-		prog_names_err = -EPROTO;
+	for (g = 0; g < SOCKLB_NGROUPS; g++)
+		if (n[g] != group_size[g])
+			prog_names_err = -EPROTO;
 }
 
 static int load_prog_names(void)
@@ -478,6 +505,15 @@ static int open_common(const struct socklb_config *cfg, const char *pin_dir, str
 			goto fail;
 		}
 	}
+	for (int g = 1; g < SOCKLB_NGROUPS; g++) {
+		for (i = 0; i < SOCKLB_NGATE; i++) {
+			lb->gates[g][i] = bpf_object__find_program_by_name(lb->obj, gate_names[g][i]);
+			if (!lb->gates[g][i]) {
+				err = -ENOENT;
+				goto fail;
+			}
+		}
+	}
 
 	if ((err = size_map(lb->obj, "services", cfg->max_services)) ||
 	    (err = size_map(lb->obj, "slots", cfg->max_slots)) ||
@@ -592,18 +628,33 @@ int socklb_prog_stats(struct socklb *lb, int i, struct socklb_prog_stats *out)
 	return 0;
 }
 
+const char *socklb_group_prog_name(int group, int i)
+{
+	if (load_prog_names() || group < 0 || group >= SOCKLB_NGROUPS || i < 0 || i >= group_size[group])
+		return NULL;
+	return group_name(group, i);
+}
+
 int socklb_attach(struct socklb *lb, int cgroup_fd, struct socklb_links **out)
+{
+	return socklb_attach_group(lb, SOCKLB_GROUP_MAIN, cgroup_fd, out);
+}
+
+int socklb_attach_group(struct socklb *lb, int group, int cgroup_fd, struct socklb_links **out)
 {
 	struct socklb_links *ls;
 	int i, err;
 
 	*out = NULL;
+	if (group < 0 || group >= SOCKLB_NGROUPS)
+		return -EINVAL;
 	ls = calloc(1, sizeof(*ls));
 	if (!ls)
 		return -ENOMEM;
+	ls->group = group;
 	capture(NULL, 0);
-	for (i = 0; i < SOCKLB_NPROGS; i++) {
-		ls->links[i] = bpf_program__attach_cgroup(lb->progs[i], cgroup_fd);
+	for (i = 0; i < group_size[group]; i++) {
+		ls->links[i] = bpf_program__attach_cgroup(group_prog(lb, group, i), cgroup_fd);
 		if (!ls->links[i]) {
 			err = -errno;
 			socklb_links_close(ls);
@@ -621,8 +672,8 @@ int socklb_links_pin(struct socklb_links *ls, const char *dir)
 	char path[4096];
 	int i, err;
 
-	for (i = 0; i < SOCKLB_NPROGS; i++) {
-		snprintf(path, sizeof(path), "%s/%s", dir, prog_names[i]);
+	for (i = 0; i < group_size[ls->group]; i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, group_name(ls->group, i));
 		if ((err = bpf_link__pin(ls->links[i], path))) {
 			while (--i >= 0)
 				bpf_link__unpin(ls->links[i]);
@@ -641,24 +692,33 @@ void socklb_links_unpin(struct socklb_links *ls)
 
 int socklb_links_adopt(struct socklb *lb, int cgroup_fd, const char *dir, struct socklb_links **out)
 {
+	return socklb_links_adopt_group(lb, SOCKLB_GROUP_MAIN, cgroup_fd, dir, out);
+}
+
+int socklb_links_adopt_group(struct socklb *lb, int group, int cgroup_fd, const char *dir,
+			     struct socklb_links **out)
+{
 	struct socklb_links *ls;
 	char path[4096];
 	int i, err = 0;
 
 	*out = NULL;
+	if (group < 0 || group >= SOCKLB_NGROUPS)
+		return -EINVAL;
 	ls = calloc(1, sizeof(*ls));
 	if (!ls)
 		return -ENOMEM;
+	ls->group = group;
 	capture(NULL, 0);
-	for (i = 0; i < SOCKLB_NPROGS; i++) {
-		snprintf(path, sizeof(path), "%s/%s", dir, prog_names[i]);
+	for (i = 0; i < group_size[group]; i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, group_name(group, i));
 		ls->links[i] = bpf_link__open(path);
 		if (ls->links[i]) {
 			/* Atomic: the hook runs the old program or the new one. */
-			err = bpf_link__update_program(ls->links[i], lb->progs[i]);
+			err = bpf_link__update_program(ls->links[i], group_prog(lb, group, i));
 		} else if (errno == ENOENT) {
 			/* Killed between attaching two programs: finish the job. */
-			ls->links[i] = bpf_program__attach_cgroup(lb->progs[i], cgroup_fd);
+			ls->links[i] = bpf_program__attach_cgroup(group_prog(lb, group, i), cgroup_fd);
 			err = ls->links[i] ? bpf_link__pin(ls->links[i], path) : -errno;
 		} else {
 			err = -errno;
@@ -682,7 +742,7 @@ int socklb_links_prog_id(struct socklb_links *ls, int i, uint32_t *id)
 	struct bpf_link_info info = {};
 	__u32 len = sizeof(info);
 
-	if (i < 0 || i >= SOCKLB_NPROGS || !ls->links[i])
+	if (i < 0 || i >= group_size[ls->group] || !ls->links[i])
 		return -EINVAL;
 	if (bpf_obj_get_info_by_fd(bpf_link__fd(ls->links[i]), &info, &len))
 		return -errno;
@@ -1292,6 +1352,22 @@ static int probe_attach_type(enum bpf_attach_type type)
 	return 1;
 }
 
+/* Load "r0 = 1; exit" as a cgroup sock program for the given attach type. */
+static int probe_sock_attach_type(enum bpf_attach_type type)
+{
+	const struct bpf_insn insns[] = {
+		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 1 },
+		{ .code = BPF_JMP | BPF_EXIT },
+	};
+	LIBBPF_OPTS(bpf_prog_load_opts, opts, .expected_attach_type = type);
+	int fd = bpf_prog_load(BPF_PROG_TYPE_CGROUP_SOCK, NULL, "GPL", insns, 2, &opts);
+
+	if (fd < 0)
+		return 0;
+	close(fd);
+	return 1;
+}
+
 static int probe_helper(enum bpf_func_id id)
 {
 	return libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, id, NULL) == 1;
@@ -1339,6 +1415,7 @@ uint32_t socklb_probe(void)
 		enum bpf_attach_type attach; /* probed as a sock_addr program, or */
 		enum bpf_func_id helper;     /* as a helper of one, or */
 		const char *kfunc;	     /* as a kernel function in the BTF, or */
+		enum bpf_attach_type sock_attach; /* as a cgroup sock program, or */
 		bool diag;		     /* as sock_diag's SOCK_DESTROY, or */
 		bool iter_storage;	     /* as the counting-only iterators */
 		uint32_t bit;
@@ -1351,6 +1428,7 @@ uint32_t socklb_probe(void)
 		{ .helper = BPF_FUNC_sk_storage_get, .bit = SOCKLB_MISSING_SK_STORAGE },
 		{ .helper = BPF_FUNC_get_netns_cookie, .bit = SOCKLB_MISSING_NETNS_COOKIE },
 		{ .kfunc = "bpf_sock_destroy", .bit = SOCKLB_MISSING_SOCK_DESTROY },
+		{ .sock_attach = BPF_CGROUP_INET4_POST_BIND, .bit = SOCKLB_MISSING_POST_BIND },
 		{ .diag = true, .bit = SOCKLB_MISSING_DIAG_DESTROY },
 		{ .iter_storage = true, .bit = SOCKLB_MISSING_ITER_STORAGE },
 	};
@@ -1360,6 +1438,7 @@ uint32_t socklb_probe(void)
 	for (size_t i = 0; i < sizeof(probes) / sizeof(probes[0]); i++) {
 		int ok = probes[i].iter_storage ? probe_iter_storage()
 			 : probes[i].diag	? probe_diag_destroy()
+			 : probes[i].sock_attach ? probe_sock_attach_type(probes[i].sock_attach)
 			 : probes[i].kfunc ? probe_kfunc(probes[i].kfunc)
 			 : probes[i].helper ? probe_helper(probes[i].helper)
 					    : probe_attach_type(probes[i].attach);

@@ -9,7 +9,17 @@
  * place (socklb._core.check).
  */
 
-#define SOCKLB_NPROGS 8
+/* The balancer's programs (named socklb_*), attached together by socklb_attach. */
+#define SOCKLB_NPROGS 10
+/* The programs of a scope group, attached on their own (socklb_attach_group):
+ * connect4, connect6, sendmsg4, sendmsg6. */
+#define SOCKLB_NGATE 4
+/* exclude_*: leave a cgroup's sockets alone; hostonly_*: translate only the
+ * sockets of the node's network namespace. */
+#define SOCKLB_GROUP_MAIN 0
+#define SOCKLB_GROUP_EXCLUDE 1
+#define SOCKLB_GROUP_HOSTONLY 2
+#define SOCKLB_NGROUPS 3
 #define SOCKLB_LOG_SIZE 262144
 
 /* Feature bits reported by socklb_probe(): set when the kernel LACKS it. */
@@ -21,8 +31,9 @@
 #define SOCKLB_MISSING_SK_STORAGE 32
 #define SOCKLB_MISSING_NETNS_COOKIE 64
 #define SOCKLB_MISSING_SOCK_DESTROY 128
-#define SOCKLB_MISSING_DIAG_DESTROY 256
-#define SOCKLB_MISSING_ITER_STORAGE 512
+#define SOCKLB_MISSING_POST_BIND 256
+#define SOCKLB_MISSING_DIAG_DESTROY 512
+#define SOCKLB_MISSING_ITER_STORAGE 1024
 
 struct socklb_config {
 	uint32_t max_services;
@@ -72,11 +83,15 @@ int socklb_map_fd(struct socklb *lb, const char *name);
 const char *socklb_map_name(int i);
 /* Name of program i (0 <= i < SOCKLB_NPROGS), e.g. "socklb_connect4". */
 const char *socklb_prog_name(int i);
+/* Name of program i of a group (SOCKLB_GROUP_*), or NULL past its last. */
+const char *socklb_group_prog_name(int group, int i);
 int socklb_prog_stats(struct socklb *lb, int i, struct socklb_prog_stats *out);
 
 /* Attach every program to the cgroup (bpf_link each); detach with
  * socklb_links_close(). */
 int socklb_attach(struct socklb *lb, int cgroup_fd, struct socklb_links **out);
+/* The same for the programs of one group (SOCKLB_GROUP_*). */
+int socklb_attach_group(struct socklb *lb, int group, int cgroup_fd, struct socklb_links **out);
 /* Detach (the links' last reference goes) and free. */
 void socklb_links_close(struct socklb_links *links);
 /* Pin every link as dir/<program name>; dir must exist. */
@@ -87,6 +102,9 @@ void socklb_links_unpin(struct socklb_links *links);
  * balancer's program (bpf_link update, no moment without a program); a link
  * missing from dir is attached anew to cgroup_fd and pinned. */
 int socklb_links_adopt(struct socklb *lb, int cgroup_fd, const char *dir, struct socklb_links **out);
+/* The same for the links of one group. */
+int socklb_links_adopt_group(struct socklb *lb, int group, int cgroup_fd, const char *dir,
+			     struct socklb_links **out);
 /* Id of the program a link runs now (for tests of upgrades). */
 int socklb_links_prog_id(struct socklb_links *links, int i, uint32_t *id);
 

@@ -135,6 +135,29 @@ struct {
 	__uint(max_entries, SOCKLB_TRACE_RING_BYTES);
 } trace_events SEC(".maps");
 
+/* Wildcard frontends (NodePort, HostPort on every address): see
+ * SOCKLB_SVC_O_NODE_PORT. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SOCKLB_MAX_NODE_ADDRS);
+	__uint(key_size, 16);
+	__type(value, __u32);
+} node_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SOCKLB_WILD_PORT_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} wild_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct socklb_node_cfg);
+} node_cfg SEC(".maps");
+
 /* The IPv4 and IPv6 programs of a hook differ only in how they read the
  * destination: one definition for both. */
 #define TRANSLATING_HOOKS(hook)                                        \
@@ -256,6 +279,87 @@ static __always_inline void key_from_v6(struct socklb_svc_key *key, const struct
 	key->addr[3] = ctx->user_ip6[3];
 }
 
+/* --- frontends: the exact key, then the wildcard one ------------------- */
+
+static __always_inline bool is_v4_mapped(const __u32 *addr)
+{
+	return addr[0] == 0 && addr[1] == 0 && addr[2] == bpf_htonl(0xffff);
+}
+
+static __always_inline bool is_loopback(const __u32 *addr)
+{
+	if (is_v4_mapped(addr))
+		return (bpf_ntohl(addr[3]) >> 24) == 127;
+	return addr[0] == 0 && addr[1] == 0 && addr[2] == 0 && addr[3] == bpf_htonl(1);
+}
+
+/* Whether some wildcard frontend has this port (network order): an inlined
+ * array lookup, so that a destination that is no service stays cheap. */
+static __always_inline bool wild_port(__u16 port)
+{
+	__u32 p = bpf_ntohs(port);
+	__u32 word = p >> 6;
+	__u64 *bits = bpf_map_lookup_elem(&wild_ports, &word);
+
+	return bits && (*bits >> (p & 63)) & 1;
+}
+
+/* The node's network namespace, as the balancer was told (0: unknown). */
+static __always_inline __u64 node_netns(void)
+{
+	__u32 zero = 0;
+	struct socklb_node_cfg *cfg = bpf_map_lookup_elem(&node_cfg, &zero);
+
+	return cfg ? cfg->netns_cookie : 0;
+}
+
+/* The wildcard key of key's family and port. */
+static __always_inline void wildcard_key(struct socklb_svc_key *wk, const struct socklb_svc_key *key)
+{
+	wk->addr[0] = 0;
+	wk->addr[1] = 0;
+	wk->addr[2] = is_v4_mapped(key->addr) ? bpf_htonl(0xffff) : 0;
+	wk->addr[3] = 0;
+	wk->port = key->port;
+	wk->proto = key->proto;
+	wk->pad = 0;
+}
+
+/* A destination that is not a service itself: the wildcard frontend of its
+ * port when it is one of the node's addresses, or loopback dialled from the
+ * node's own network namespace.  Only reached after the exact lookup missed. */
+static __noinline struct socklb_svc_val *lookup_wildcard(struct bpf_sock_addr *ctx, const struct socklb_svc_key *key)
+{
+	struct socklb_svc_key wk;
+	struct socklb_svc_val *svc;
+	__u64 node;
+
+	wildcard_key(&wk, key);
+	svc = bpf_map_lookup_elem(&services, &wk);
+	if (!svc)
+		return NULL;
+	if (bpf_map_lookup_elem(&node_addrs, key->addr))
+		return svc;
+	if (is_loopback(key->addr)) {
+		node = node_netns();
+		if (node && bpf_get_netns_cookie(ctx) == node)
+			return svc;
+	}
+	return NULL;
+}
+
+/* The service a destination reaches: its exact key, else (NodePort,
+ * HostPort) the wildcard frontend of its port. */
+static __always_inline struct socklb_svc_val *lookup_service(struct bpf_sock_addr *ctx,
+							     const struct socklb_svc_key *key)
+{
+	struct socklb_svc_val *svc = bpf_map_lookup_elem(&services, key);
+
+	if (svc || !wild_port(key->port))
+		return svc;
+	return lookup_wildcard(ctx, key);
+}
+
 static __always_inline bool usable(const struct socklb_svc_val *svc, const struct socklb_backend_val *be)
 {
 	if (be->svc_id != svc->svc_id)
@@ -352,7 +456,7 @@ static __always_inline bool choose(struct bpf_sock_addr *ctx, const struct sockl
 	 * our lookups; the service we read again then points to the new one. */
 	for (int round = 0; round < 2; round++) {
 		if (round)
-			svc = bpf_map_lookup_elem(&services, key);
+			svc = lookup_service(ctx, key);
 		if (!svc)
 			return false;
 		out->svc = *svc;
@@ -636,7 +740,7 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, struct socklb_s
 	if (!key->proto)
 		return SYS_PROCEED;
 	key->port = (__u16)ctx->user_port;
-	svc = bpf_map_lookup_elem(&services, key);
+	svc = lookup_service(ctx, key);
 	if (!svc) {
 		/* TCP connects once: nothing to forget, the hot path stays one
 		 * lookup.  A UDP socket may have connected through a VIP before. */
@@ -707,7 +811,7 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 	if (key->proto != SOCKLB_PROTO_UDP)
 		return SYS_PROCEED;
 	key->port = (__u16)ctx->user_port;
-	svc = bpf_map_lookup_elem(&services, key);
+	svc = lookup_service(ctx, key);
 	if (!svc)
 		return SYS_PROCEED;
 	/* A VIP -> VIP chain: an earlier socklb program of this call
@@ -924,5 +1028,127 @@ static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *ad
 REVERSING_HOOKS(recvmsg, true, SOCKLB_CNT_RECVMSG)
 
 REVERSING_HOOKS(getpeername, false, SOCKLB_CNT_GETPEERNAME)
+
+/* --- post_bind: nothing squats a NodePort ------------------------------- */
+
+/* A bind() in the node's network namespace to a NodePort on an address that
+ * the NodePort answers on (any of the node's, loopback, or the wildcard
+ * address) fails with EADDRINUSE.  An IPv6 socket bound to [::] may also take
+ * IPv4 connections (unless IPV6_V6ONLY, which a program cannot read), so it
+ * is refused for an IPv4 NodePort as well. */
+static __always_inline int do_post_bind(struct bpf_sock *sk, struct socklb_svc_key *key, bool v6)
+{
+	struct socklb_svc_key wk;
+	struct socklb_svc_val *svc;
+	__u64 node;
+	bool any;
+
+	if (sk->type == 1 /* SOCK_STREAM */ && sk->protocol == IPPROTO_TCP)
+		key->proto = SOCKLB_PROTO_TCP;
+	else if (sk->type == 2 /* SOCK_DGRAM */ && sk->protocol == IPPROTO_UDP)
+		key->proto = SOCKLB_PROTO_UDP;
+	else
+		return SYS_PROCEED;
+	key->port = bpf_htons((__u16)sk->src_port);
+	if (!wild_port(key->port))
+		return SYS_PROCEED;
+	node = node_netns();
+	if (!node || bpf_get_netns_cookie(sk) != node)
+		return SYS_PROCEED;
+	any = key->addr[0] == 0 && key->addr[1] == 0 && key->addr[3] == 0 &&
+	      (key->addr[2] == 0 || key->addr[2] == bpf_htonl(0xffff));
+	if (!any && !is_loopback(key->addr) && !bpf_map_lookup_elem(&node_addrs, key->addr))
+		return SYS_PROCEED;
+	wildcard_key(&wk, key);
+	svc = bpf_map_lookup_elem(&services, &wk);
+	if (!(svc && (svc->opts & SOCKLB_SVC_O_NODE_PORT)) && v6 && any) {
+		wk.addr[2] = bpf_htonl(0xffff);
+		svc = bpf_map_lookup_elem(&services, &wk);
+	}
+	if (!svc || !(svc->opts & SOCKLB_SVC_O_NODE_PORT))
+		return SYS_PROCEED;
+	bpf_set_retval(-EADDRINUSE);
+	return SYS_REJECT;
+}
+
+SEC("cgroup/post_bind4")
+int socklb_post_bind4(struct bpf_sock *sk)
+{
+	struct socklb_svc_key key = {};
+
+	key_from_v4(&key, sk->src_ip4);
+	return do_post_bind(sk, &key, false);
+}
+
+SEC("cgroup/post_bind6")
+int socklb_post_bind6(struct bpf_sock *sk)
+{
+	struct socklb_svc_key key = {};
+
+	key.addr[0] = sk->src_ip6[0];
+	key.addr[1] = sk->src_ip6[1];
+	key.addr[2] = sk->src_ip6[2];
+	key.addr[3] = sk->src_ip6[3];
+	return do_post_bind(sk, &key, true);
+}
+
+/* --- scopes: sockets socklb leaves alone -------------------------------- */
+
+/* Programs attached on their own, not with the set above (the loader keeps
+ * them apart by name prefix):
+ *
+ *   exclude_*   on a cgroup excluded from an attachment above it: every
+ *               connect()/sendmsg() of its sockets is left untranslated;
+ *   hostonly_*  on an attachment of scope "host-netns-only", attached before
+ *               the balancer's programs there: the sockets of other network
+ *               namespaces than the node's are left untranslated.
+ *
+ * With several programs on a hook (bpf_links are always multi-attach) a
+ * program cannot stop the next one from running, so they leave a mark
+ * instead, as if they had translated the destination to itself: the socklb
+ * programs that run later in this system call (the child cgroup's first, then
+ * its ancestors') find the mark (fresh_mark) and let the socket be. */
+static __always_inline int leave_alone(struct bpf_sock_addr *ctx, struct socklb_svc_key *key, __u16 hook, bool v6)
+{
+	struct socklb_backend_val self = {};
+
+	if (!sock_proto(ctx))
+		return SYS_PROCEED;
+	key->port = (__u16)ctx->user_port;
+	__builtin_memcpy(self.addr, key->addr, sizeof(self.addr));
+	self.port = key->port;
+	set_mark(ctx, key, &self, hook, v6);
+	return SYS_PROCEED;
+}
+
+static __always_inline int host_only(struct bpf_sock_addr *ctx, struct socklb_svc_key *key, __u16 hook, bool v6)
+{
+	__u64 node = node_netns();
+
+	if (node && bpf_get_netns_cookie(ctx) == node)
+		return SYS_PROCEED;
+	return leave_alone(ctx, key, hook, v6);
+}
+
+#define GATE_HOOKS(prefix, hook, HOOK, fn)                               \
+	SEC("cgroup/" #hook "4")                                        \
+	int prefix##_##hook##4(struct bpf_sock_addr *ctx)                 \
+	{                                                                \
+		struct socklb_svc_key key = {};                          \
+		key_from_v4(&key, ctx->user_ip4);                        \
+		return fn(ctx, &key, HOOK, false);                       \
+	}                                                                \
+	SEC("cgroup/" #hook "6")                                        \
+	int prefix##_##hook##6(struct bpf_sock_addr *ctx)                 \
+	{                                                                \
+		struct socklb_svc_key key = {};                          \
+		key_from_v6(&key, ctx);                                  \
+		return fn(ctx, &key, HOOK, true);                        \
+	}
+
+GATE_HOOKS(exclude, connect, SOCKLB_HOOK_CONNECT, leave_alone)
+GATE_HOOKS(exclude, sendmsg, SOCKLB_HOOK_SENDMSG, leave_alone)
+GATE_HOOKS(hostonly, connect, SOCKLB_HOOK_CONNECT, host_only)
+GATE_HOOKS(hostonly, sendmsg, SOCKLB_HOOK_SENDMSG, host_only)
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -15,7 +15,7 @@
 
 /* Bump whenever a struct below changes layout: pinned maps written with
  * another version are refused, never misread. */
-#define SOCKLB_LAYOUT_VERSION 8
+#define SOCKLB_LAYOUT_VERSION 9
 #define SOCKLB_META_MAGIC 1936484460
 
 #define SOCKLB_PROTO_TCP 6
@@ -48,6 +48,12 @@
 
 /* socklb_svc_val.opts */
 #define SOCKLB_SVC_O_TERMINATE_TCP 1
+/* A wildcard frontend: the key's address is 0 (::ffff:0.0.0.0 or ::) and the
+ * service answers on every address of the node (node_addrs) and, from the
+ * node's own network namespace, on loopback.  NODE_PORT ones are also
+ * protected from bind() in the node's namespace (post_bind). */
+#define SOCKLB_SVC_O_NODE_PORT 2
+#define SOCKLB_SVC_O_HOST_PORT 4
 
 /* socklb_sock_entry.flags.  In sock_dgram: the entry is the socket's current
  * choice for its service.  In sock_conn: replies from the backend are shown
@@ -258,6 +264,21 @@ struct socklb_trace_event {
 	__u8 retried;		/* the pick was retried (the list changed under it) */
 	__u8 pad[3];
 	char comm[16];
+};
+
+/* node_addrs: the node's addresses (key: 16 bytes, IPv4 v4-mapped) -> 1.
+ * A connect()/sendmsg() to one of them whose exact (address, port) is not a
+ * service finds the wildcard frontend of the port, if any. */
+#define SOCKLB_MAX_NODE_ADDRS 1024
+
+/* wild_ports: one bit per port (host order) that has a wildcard frontend,
+ * 64 ports per entry: a destination that is not a service pays one inlined
+ * array lookup before the wildcard lookup is tried. */
+#define SOCKLB_WILD_PORT_WORDS 1024
+
+/* node_cfg: the node, as the datapath needs it. */
+struct socklb_node_cfg {
+	__u64 netns_cookie;	/* the node's network namespace; 0 = not known */
 };
 
 /* meta: one entry describing pinned state. */

@@ -89,11 +89,13 @@ def eslice(
     }
 
 
-def node(name: str, zone: Optional[str] = None) -> Obj:
+def node(name: str, zone: Optional[str] = None, addresses: Sequence[Tuple[str, str]] = ()) -> Obj:
+    """A Node; ``addresses`` are (type, address) pairs such as ("InternalIP", "192.0.2.4")."""
     meta: Obj = {"name": name}
     if zone is not None:
         meta["labels"] = {"topology.kubernetes.io/zone": zone}
-    return {"kind": "Node", "metadata": meta, "status": {"addresses": []}}
+    addrs = [{"type": t, "address": a} for t, a in addresses]
+    return {"kind": "Node", "metadata": meta, "status": {"addresses": addrs}}
 
 
 @dataclass
@@ -118,6 +120,11 @@ class RecordingBalancer:
         self.calls: List[Call] = []
         self.fail = set(fail)
         self.lock = threading.Lock()
+        self.node_addresses: List[List[str]] = []  # every set_node_addresses call
+
+    def set_node_addresses(self, addresses: Iterable[str]) -> None:
+        with self.lock:
+            self.node_addresses.append(list(addresses))
 
     def _check(self, key: ServiceKey) -> None:
         if key in self.fail:

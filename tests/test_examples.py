@@ -14,6 +14,21 @@ from helpers import require_root
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
 
+# The lines examples/sidecar_coexistence.py must print (regular expressions).
+SIDECAR_LINES = [
+    r"^plain:  balanced at the socket over web-1, web-2$",
+    r"^meshed before exclusion: the sidecar saw 10\.244\.\d+\.2:8080 \(a backend, not the VIP\)$",
+    r"^meshed after exclusion:  the sidecar saw 10\.96\.0\.10:80 \(the VIP\) 12 of 12 times$",
+    r"^plain after exclusion:   balanced at the socket over web-1, web-2$",
+    r'^\{"excluded": \["meshed"\]\}$',
+]
+
+
+def check_sidecar(out: str) -> None:
+    """The excluded pod's sidecar saw the VIP, the other pod was balanced at the socket."""
+    for pattern in SIDECAR_LINES:
+        assert re.search(pattern, out, re.M), f"did not print {pattern!r}:\n{out}"
+
 
 def check_canary(out: str) -> None:
     """Each step's measured v2 share is its weight's, within 0.06 (four
@@ -28,7 +43,7 @@ def check_canary(out: str) -> None:
 
 
 # What an example must print, beyond running to completion.
-CHECKS: Dict[str, Callable[[str], None]] = {"canary": check_canary}
+CHECKS: Dict[str, Callable[[str], None]] = {"canary": check_canary, "sidecar_coexistence": check_sidecar}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])

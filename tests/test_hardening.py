@@ -24,6 +24,7 @@ def svc_for(world: World) -> Service:
 HAMMER = r"""
 import sys, threading, time
 from socklb import Balancer, ClosedError
+from socklb.datapath import PROGRAMS
 cg = sys.argv[1]
 lb = Balancer()
 stop = time.monotonic() + 3
@@ -37,7 +38,7 @@ def read():
     n = 0
     while time.monotonic() < stop:
         try:
-            assert len(current[0].program_ids()) == 8
+            assert len(current[0].program_ids()) == len(PROGRAMS)
             n += 1
         except ClosedError:
             pass

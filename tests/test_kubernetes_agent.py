@@ -437,3 +437,33 @@ def test_an_unreadable_node_delays_the_first_sync_only_so_long(api: FakeApiServe
     agent = running(lb, node_timeout=0.5)
     assert len(lb.backends(K80)) == 2 and agent.node.zone is None
     assert agent.node_reflector.stats.errors >= 1
+
+
+def test_the_node_objects_addresses_go_to_the_balancer_and_node_ports_are_programmed(
+    api: FakeApiServer, running: Any
+) -> None:
+    svc = service("web", "10.96.0.10", type="NodePort")
+    svc["spec"]["ports"][0]["nodePort"] = 30080
+    api.apply(svc)
+    api.apply(eslice("web-a", "web", [endpoint("10.244.1.2")]))
+    api.apply(
+        node("node-a", addresses=[("InternalIP", "192.0.2.4"), ("Hostname", "node-a"), ("ExternalIP", "fe80::1")])
+    )
+    lb = RecordingBalancer()
+    agent = running(lb)
+    until(lambda: ("0.0.0.0", 30080, "tcp") in lb.programmed, what="the NodePort")
+    assert lb.programmed[("0.0.0.0", 30080, "tcp")].frontend.value == "node_port"
+    # Link-local addresses need a zone: not a NodePort address.
+    assert lb.node_addresses == [["192.0.2.4"]]
+    api.apply(node("node-a", addresses=[("InternalIP", "192.0.2.4"), ("InternalIP", "2001:db8::4")]))
+    until(lambda: lb.node_addresses[-1] == ["192.0.2.4", "2001:db8::4"], what="the new node address")
+    assert agent.wait_idle()
+    n = len(lb.node_addresses)
+    api.apply(node("node-a", zone="z1", addresses=[("InternalIP", "192.0.2.4"), ("InternalIP", "2001:db8::4")]))
+    until(lambda: agent.node.zone == "z1", what="the zone")
+    assert agent.wait_idle() and len(lb.node_addresses) == n  # unchanged addresses are not written again
+
+
+def test_node_addresses_mode_is_checked(api: FakeApiServer) -> None:
+    with pytest.raises(ValueError, match="node_addresses"):
+        make_agent(api, RecordingBalancer(), node_addresses="guess")

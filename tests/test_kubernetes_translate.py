@@ -570,6 +570,122 @@ CASES: List[Case] = [
         {WEB: [f"{A1}:8080"], "192.0.2.10:80/tcp": [f"{A1}:8080"]},
         apply_etp=True,
     ),
+    # --- NodePorts ---------------------------------------------------------
+    Case(
+        "nodePort: type NodePort gets a NodePort frontend on the node's addresses, with the cluster endpoints",
+        [svc(type="NodePort", ports=[{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080}])],
+        [ready_slice(A1, A2)],
+        {WEB: [f"{A1}:8080", f"{A2}:8080"], "0.0.0.0:30080/tcp": [f"{A1}:8080", f"{A2}:8080"]},
+    ),
+    Case(
+        "nodePort: type LoadBalancer's nodePorts too, beside its load-balancer IPs",
+        [
+            svc(
+                type="LoadBalancer",
+                ports=[{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 31000}],
+                status={"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}},
+            )
+        ],
+        [ready_slice(A1)],
+        {WEB: [f"{A1}:8080"], "198.51.100.1:80/tcp": [f"{A1}:8080"], "0.0.0.0:31000/tcp": [f"{A1}:8080"]},
+    ),
+    Case(
+        "nodePort: one NodePort per family of a dual-stack Service, each with its family's endpoints",
+        [
+            svc(
+                type="NodePort",
+                cluster_ips=["10.96.0.20", "fd00:96::20"],
+                ports=[{"name": "http", "port": 80, "protocol": "UDP", "nodePort": 30053}],
+            )
+        ],
+        [
+            ready_slice(A1, ports=[{"name": "http", "port": 8080, "protocol": "UDP"}]),
+            eps(
+                "web-v6",
+                "web",
+                ep("fd00:244:1::1"),
+                address_type="IPv6",
+                ports=[{"name": "http", "port": 8080, "protocol": "UDP"}],
+            ),
+        ],
+        {
+            "10.96.0.20:80/udp": [f"{A1}:8080"],
+            "[fd00:96::20]:80/udp": ["[fd00:244:1::1]:8080"],
+            "0.0.0.0:30053/udp": [f"{A1}:8080"],
+            "[::]:30053/udp": ["[fd00:244:1::1]:8080"],
+        },
+    ),
+    Case(
+        "nodePort: ignored on a ClusterIP Service, as by kube-proxy",
+        [svc(ports=[{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080}])],
+        [ready_slice(A1)],
+        {WEB: [f"{A1}:8080"]},
+    ),
+    Case(
+        "nodePort: allocateLoadBalancerNodePorts false: none allocated, none served",
+        [svc(type="LoadBalancer", allocateLoadBalancerNodePorts=False)],
+        [ready_slice(A1)],
+        {WEB: [f"{A1}:8080"]},
+    ),
+    Case(
+        "nodePort: allocateLoadBalancerNodePorts false but a nodePort asked for explicitly: kept by the API, served",
+        [
+            svc(
+                type="LoadBalancer",
+                allocateLoadBalancerNodePorts=False,
+                ports=[{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30090}],
+            )
+        ],
+        [ready_slice(A1)],
+        {WEB: [f"{A1}:8080"], "0.0.0.0:30090/tcp": [f"{A1}:8080"]},
+    ),
+    Case(
+        "nodePort: malformed nodePort: that NodePort is skipped, the port's other frontends stay",
+        [svc(type="NodePort", ports=[{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 70000}])],
+        [ready_slice(A1)],
+        {WEB: [f"{A1}:8080"]},
+        logged=["nodePort must be an integer in 1..65535, not 70000: no NodePort for port 80"],
+    ),
+    Case(
+        "nodePort: externalTrafficPolicy Local applies to it like an external IP (apply_external_traffic_policy)",
+        [
+            svc(
+                type="NodePort",
+                externalTrafficPolicy="Local",
+                ports=[{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080}],
+            )
+        ],
+        [eps("web-1", "web", ep(A1, "node-a"), ep(A2, "node-b"))],
+        {WEB: [f"{A1}:8080", f"{A2}:8080"], "0.0.0.0:30080/tcp": [f"{A1}:8080"]},
+        apply_etp=True,
+    ),
+    Case(
+        "nodePort: externalTrafficPolicy Local, by default: node-originated traffic uses the cluster endpoints",
+        [
+            svc(
+                type="NodePort",
+                externalTrafficPolicy="Local",
+                ports=[{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080}],
+            )
+        ],
+        [eps("web-1", "web", ep(A1, "node-a"), ep(A2, "node-b"))],
+        {WEB: [f"{A1}:8080", f"{A2}:8080"], "0.0.0.0:30080/tcp": [f"{A1}:8080", f"{A2}:8080"]},
+    ),
+    Case(
+        "nodePort: the same nodePort claimed by two Services goes to the first by namespace/name",
+        [
+            svc("a", type="NodePort", ports=[{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080}]),
+            svc(
+                "b",
+                cluster_ip="10.96.0.21",
+                type="NodePort",
+                ports=[{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080}],
+            ),
+        ],
+        [eps("a-1", "a", ep(A1)), eps("b-1", "b", ep(A2))],
+        {WEB: [f"{A1}:8080"], "10.96.0.21:80/tcp": [f"{A2}:8080"], "0.0.0.0:30080/tcp": [f"{A1}:8080"]},
+        logged=["frontend 0.0.0.0:30080/tcp is already default/a's: skipped"],
+    ),
     # --- Topology ---------------------------------------------------------
     Case(
         "topology: node hints used when every ready endpoint has one and one names this node",

@@ -30,6 +30,7 @@ from test_pins import holder, obj_get, pinned_dir, tree
 
 from socklb import Affinity, Backend, BackendState, Service, servicefile
 from socklb import pins as pins_mod
+from socklb.datapath import PROGRAMS
 from socklb.errors import InvalidValueError
 
 socklb = socklb_cli
@@ -85,6 +86,7 @@ def services_json(svcs: List[Service]) -> List[Dict[str, Any]]:
             "algorithm": s.algorithm.value,
             "affinity": {"timeout": s.affinity.timeout} if s.affinity else None,
             "terminate_tcp": s.terminate_tcp,
+            "frontend": s.frontend.value,
             "backends": sorted((b.address, b.port, b.weight, b.state.value) for b in s.backends),
         }
         for s in svcs
@@ -169,7 +171,7 @@ def test_read_only_commands_against_another_owner(world: World) -> None:
         (att,) = status["attachments"]
         assert att["cgroup"] == os.path.realpath(world.client.cgroup)
         assert att["cgroup_id"] == os.stat(world.client.cgroup).st_ino
-        assert set(att["programs"]) == set(pins_mod.PROG_NAMES)
+        assert set(att["programs"]) == set(PROGRAMS)
         assert all(pid > 0 for pid in att["programs"].values())
 
         # stats: the connects made above

@@ -33,7 +33,13 @@ from socklb.abi import META, U32
 from socklb.cgroup import cgroup2_mount
 from socklb.errors import IncompatiblePinsError, InvalidValueError, PinLockedError
 
-PROG_NAMES = [ffi.string(lib.socklb_prog_name(i)).decode() for i in range(lib.SOCKLB_NPROGS)]
+MAIN_PROGS = [ffi.string(lib.socklb_prog_name(i)).decode() for i in range(lib.SOCKLB_NPROGS)]
+# And the scope programs (exclude_*, hostonly_*), pinned by exclusions and host-netns-only attachments.
+PROG_NAMES = MAIN_PROGS + [
+    ffi.string(lib.socklb_group_prog_name(g, i)).decode()
+    for g in (lib.SOCKLB_GROUP_EXCLUDE, lib.SOCKLB_GROUP_HOSTONLY)
+    for i in range(lib.SOCKLB_NGATE)
+]
 SVC = Service("10.96.0.10", 80, "tcp", [Backend("10.0.0.1", 8080), Backend("10.0.0.2", 8080)])
 BPF_MAP_TYPE_ARRAY = 2
 
@@ -422,5 +428,9 @@ def test_layout_names_match_what_is_pinned(pin_dir: str, cgroup: str) -> None:
     with Balancer(pin_dir=pin_dir) as lb:
         att = lb.attach(cgroup)
         assert sorted(os.listdir(os.path.join(pin_dir, "maps"))) == sorted(pins_mod.MAP_NAMES)
-        assert sorted(os.listdir(os.path.join(pin_dir, "links", str(att.cgroup_id)))) == sorted(pins_mod.PROG_NAMES)
+        assert sorted(os.listdir(os.path.join(pin_dir, "links", str(att.cgroup_id)))) == sorted(MAIN_PROGS)
         assert list(pins_mod.PROG_NAMES) == PROG_NAMES
+        att.detach()
+        att = lb.attach(cgroup, scope="host-netns-only")
+        hostonly = [n for n in PROG_NAMES if n.startswith("hostonly_")]
+        assert sorted(os.listdir(os.path.join(pin_dir, "links", str(att.cgroup_id)))) == sorted(MAIN_PROGS + hostonly)

@@ -25,7 +25,7 @@ from .errors import (
     SocklbError,
     VerifierError,
 )
-from .model import Affinity, Algorithm, Backend, BackendState, Protocol, Service, ServiceKey
+from .model import Affinity, Algorithm, Backend, BackendState, Frontend, Protocol, Service, ServiceKey
 
 __version__ = "0.1.0"
 
@@ -36,6 +36,7 @@ __all__ = [
     "Backend",
     "BackendState",
     "Balancer",
+    "Frontend",
     "CapacityError",
     "ClosedError",
     "IncompatiblePinsError",

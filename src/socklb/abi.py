@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Generic, List, Mapping, NamedTuple, Sequ
 
 from ._core import check, ffi, lib
 from .errors import InvalidValueError
-from .model import MAX_BACKENDS_PER_SERVICE, Affinity, Algorithm, Backend, BackendState, Protocol, Service
+from .model import MAX_BACKENDS_PER_SERVICE, Affinity, Algorithm, Backend, BackendState, Frontend, Protocol, Service
 
 __all__ = [
     "Record",
@@ -301,8 +301,23 @@ def service_value(svc: Service, svc_id: int, list_id: int, version: Version) -> 
         algo=version.algo,
         flags=version.flags,
         requested_algo=ALGO.code[svc.algorithm],
-        opts=lib.SOCKLB_SVC_O_TERMINATE_TCP if svc.terminate_tcp else 0,
+        opts=(lib.SOCKLB_SVC_O_TERMINATE_TCP if svc.terminate_tcp else 0) | _FRONTEND_OPTS[svc.frontend],
     )
+
+
+_FRONTEND_OPTS = {
+    Frontend.ADDRESS: 0,
+    Frontend.NODE_PORT: lib.SOCKLB_SVC_O_NODE_PORT,
+    Frontend.HOST_PORT: lib.SOCKLB_SVC_O_HOST_PORT,
+}
+
+
+def _frontend(opts: int) -> Frontend:
+    if opts & lib.SOCKLB_SVC_O_NODE_PORT:
+        return Frontend.NODE_PORT
+    if opts & lib.SOCKLB_SVC_O_HOST_PORT:
+        return Frontend.HOST_PORT
+    return Frontend.ADDRESS
 
 
 pack_slot_key = SLOT_KEY.positional("list_id", "index")
@@ -346,6 +361,7 @@ def decode(key: bytes, value: bytes, members: Sequence[Member], backends: Mappin
         ALGO.member.get(v.requested_algo, Algorithm.RANDOM),
         Affinity(v.affinity_timeout) if v.flags & lib.SOCKLB_SVC_F_AFFINITY else None,
         bool(v.opts & lib.SOCKLB_SVC_O_TERMINATE_TCP),
+        _frontend(v.opts),
     )
 
 

@@ -23,7 +23,7 @@ from ._core import check, ffi, lib
 from .abi import ATTACH_INFO, BACKEND_VAL, META, SLOT_KEY, SLOT_VAL, U32, U64, Member
 from .attachment import Attachments
 from .cgroup import cgroup2_mount
-from .datapath import Map
+from .datapath import GROUP_EXCLUDE, GROUP_PROGRAMS, Map
 from .errors import IncompatiblePinsError, InvalidValueError, NotFoundError, PermissionDeniedError
 from .model import Algorithm, Service
 from .planner import Programmed, State
@@ -203,9 +203,11 @@ def adopt_attachments(registry: Attachments, record: Map, paths: PinPaths) -> No
         U64.unpack(k)[0]: os.fsdecode(ATTACH_INFO.unpack(v).path.rstrip(b"\0"))
         for k, v in record.items(MAX_ATTACHMENTS)
     }
-    for name in sorted(os.listdir(paths.links)):
-        if not name.isdigit():
-            continue  # not a cgroup id: not socklb's, left alone
+    names = [n for n in os.listdir(paths.links) if n.isdigit()]  # others are not socklb's: left alone
+    # Attachments first, then the exclusions below them.
+    excl = GROUP_PROGRAMS[GROUP_EXCLUDE][0]
+    is_excl = {n: os.path.exists(os.path.join(paths.links, n, excl)) for n in names}
+    for name in sorted(names, key=lambda n: (is_excl[n], int(n))):
         cgid = int(name)
         path = recorded.pop(cgid, None) or _find_cgroup(cgid)
         try:
@@ -221,7 +223,12 @@ def adopt_attachments(registry: Attachments, record: Map, paths: PinPaths) -> No
             continue
         try:
             assert path is not None
-            registry.adopt(path, fd, cgid)
+            if not is_excl[name]:
+                registry.adopt(path, fd, cgid)
+            elif not registry.adopt_exclusion(path, fd, cgid):
+                # Its attachment is gone: the exclusion means nothing.
+                pins.remove_links(os.path.join(paths.links, name))
+                record.delete([U64.pack(cgid)])
         finally:
             os.close(fd)
     # Recorded, but no links were pinned.

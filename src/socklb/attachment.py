@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import os
 import weakref
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
 
 from . import pins
 from .abi import ATTACH_INFO, U64
 from .cgroup import check_cgroup2_dir
-from .datapath import Datapath, LinkSet, Map
+from .datapath import GROUP_EXCLUDE, GROUP_HOSTONLY, GROUP_PROGRAMS, Datapath, LinkSet, Map
 from .errors import ClosedError, InvalidValueError, SocklbError
 from .model import path_text
 from .spec import MAX_ATTACHMENTS, PinPaths
@@ -43,12 +43,32 @@ def cgroup_path(path: object) -> str:
     return check_cgroup2_dir(path_text(path, "cgroup_path"))
 
 
+SCOPES = ("all", "host-netns-only")
+
+
+@dataclass
+class _Exclusion:
+    cgroup: str
+    cgroup_id: int
+    links: LinkSet  # the exclude_* programs on the excluded cgroup
+    pin: Optional[str]
+
+
 @dataclass
 class _Entry:
     cgroup: str
     cgroup_id: int
     links: LinkSet
     pin: Optional[str]
+    gate: Optional[LinkSet] = None  # hostonly_* programs (scope host-netns-only), attached first
+    exclusions: Dict[str, _Exclusion] = field(default_factory=dict)
+
+    @property
+    def scope(self) -> str:
+        return "host-netns-only" if self.gate is not None else "all"
+
+    def link_sets(self) -> List[LinkSet]:
+        return ([self.gate] if self.gate is not None else []) + [self.links]
 
 
 class Attachments:
@@ -92,65 +112,204 @@ class Attachments:
         if os.getpid() != self._pid:
             raise SocklbError(f"{what}: this balancer belongs to process {self._pid}; a forked child may not change it")
 
-    def attach(self, path: str) -> str:
+    def _records(self) -> int:
+        return len(self._entries) + sum(len(e.exclusions) for e in self._entries.values())
+
+    def _excluded_by(self, path: str) -> Optional[_Entry]:
+        for e in self._entries.values():
+            if path in e.exclusions:
+                return e
+        return None
+
+    def attach(self, path: str, scope: str = "all", exclude: Sequence[str] = ()) -> str:
         with self._lock:
             self._mutating("attach")
             self._datapath.handle()
+            if scope not in SCOPES:
+                raise InvalidValueError("scope", f"must be one of {', '.join(SCOPES)}, not {scope!r}")
             if path in self._entries:
                 raise InvalidValueError("cgroup_path", f"{path} is already attached by this balancer")
-            if self._paths is not None and len(self._entries) >= MAX_ATTACHMENTS:
+            if self._excluded_by(path) is not None:
+                raise InvalidValueError("cgroup_path", f"{path} is excluded from an attachment of this balancer")
+            if self._paths is not None and self._records() + 1 + len(exclude) > MAX_ATTACHMENTS:
                 raise InvalidValueError("cgroup_path", f"a pinned balancer records at most {MAX_ATTACHMENTS} cgroups")
+            for i, x in enumerate(exclude):
+                self._check_exclusion(path, x, f"exclude[{i}]")
+            if len(set(exclude)) != len(exclude):
+                raise InvalidValueError("exclude", "a cgroup is listed twice")
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            gate: Optional[LinkSet] = None
             try:
                 cgid = os.fstat(fd).st_ino
-                links = self._datapath.attach(fd, path)
+                # The gate first: programs of one cgroup run in the order attached.
+                if scope == "host-netns-only":
+                    gate = self._datapath.attach(fd, path, GROUP_HOSTONLY)
+                try:
+                    links = self._datapath.attach(fd, path)
+                except BaseException:
+                    if gate is not None:
+                        gate.close()
+                    raise
             finally:
                 os.close(fd)
-            entry = _Entry(path, cgid, links, None)
-            if self._paths is not None:
-                try:
+            entry = _Entry(path, cgid, links, None, gate)
+            try:
+                if self._paths is not None:
                     self._pin(entry)
-                except BaseException:
-                    links.close()
-                    raise
+                for x in exclude:
+                    self._exclude(entry, x)
+            except BaseException:
+                for done in list(entry.exclusions.values()):
+                    self._unexclude(entry, done)
+                self._unpin(entry)
+                for ls in entry.link_sets():
+                    ls.close()
+                raise
             self._entries[path] = entry
             return path
+
+    def _check_exclusion(self, attached: str, path: str, name: str) -> None:
+        if not path.startswith(attached.rstrip("/") + "/"):
+            raise InvalidValueError(
+                name, f"{path} is not below the attached cgroup {attached}: only a part of an attachment is excluded"
+            )
+        if path in self._entries:
+            raise InvalidValueError(name, f"{path} is attached by this balancer itself; detach it instead")
+        if self._excluded_by(path) is not None:
+            raise InvalidValueError(name, f"{path} is excluded already")
+
+    def _exclude(self, e: _Entry, path: str) -> _Exclusion:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            cgid = os.fstat(fd).st_ino
+            links = self._datapath.attach(fd, path, GROUP_EXCLUDE)
+        finally:
+            os.close(fd)
+        x = _Exclusion(path, cgid, links, None)
+        if e.pin is not None:
+            try:
+                x.pin = self._pin_links([links], x.cgroup_id, x.cgroup)
+            except BaseException:
+                links.close()
+                raise
+        e.exclusions[path] = x
+        return x
+
+    def _unexclude(self, e: _Entry, x: _Exclusion) -> None:
+        if x.pin is not None:
+            x.links.unpin()
+            if self._record is not None and not self._datapath.closed:
+                self._record.delete([U64.pack(x.cgroup_id)])
+            pins.remove_links(x.pin)
+            x.pin = None
+        x.links.close()
+        e.exclusions.pop(x.cgroup, None)
+
+    def exclude(self, e: _Entry, path: str) -> None:
+        with self._lock:
+            self._mutating("exclude")
+            self._live(e)
+            self._check_exclusion(e.cgroup, path, "cgroup_path")
+            if self._paths is not None and self._records() >= MAX_ATTACHMENTS:
+                raise InvalidValueError("cgroup_path", f"a pinned balancer records at most {MAX_ATTACHMENTS} cgroups")
+            self._exclude(e, path)
+
+    def include(self, e: _Entry, path: str) -> None:
+        with self._lock:
+            self._mutating("include")
+            self._live(e)
+            x = e.exclusions.get(path)
+            if x is None:
+                raise InvalidValueError("cgroup_path", f"{path} is not excluded from {e.cgroup}")
+            self._unexclude(e, x)
 
     def adopt(self, path: str, cgroup_fd: int, cgroup_id: int) -> None:
         """Take over the links pinned for a cgroup (switched to this datapath's programs)."""
         assert self._paths is not None
         with self._lock:
             pin = self._paths.link_dir(cgroup_id)
+            gate = None
+            if os.path.exists(os.path.join(pin, GROUP_PROGRAMS[GROUP_HOSTONLY][0])):
+                gate = self._datapath.adopt_links(cgroup_fd, pin, path, GROUP_HOSTONLY)
             links = self._datapath.adopt_links(cgroup_fd, pin, path)
-            self._entries[path] = _Entry(path, cgroup_id, links, pin)
+            self._entries[path] = _Entry(path, cgroup_id, links, pin, gate)
             self._write_record(cgroup_id, path)
+
+    def adopt_exclusion(self, path: str, cgroup_fd: int, cgroup_id: int) -> bool:
+        """Take over the exclusion pinned for a cgroup; False (nothing taken)
+        if no attachment of this balancer is above it any more."""
+        assert self._paths is not None
+        with self._lock:
+            owner = None
+            for e in self._entries.values():
+                if path.startswith(e.cgroup.rstrip("/") + "/") and (owner is None or len(e.cgroup) > len(owner.cgroup)):
+                    owner = e
+            if owner is None:
+                return False
+            pin = self._paths.link_dir(cgroup_id)
+            links = self._datapath.adopt_links(cgroup_fd, pin, path, GROUP_EXCLUDE)
+            owner.exclusions[path] = _Exclusion(path, cgroup_id, links, pin)
+            self._write_record(cgroup_id, path)
+            return True
 
     def _write_record(self, cgroup_id: int, path: str) -> None:
         assert self._record is not None
         self._record.update(U64.pack(cgroup_id), ATTACH_INFO.pack(path=os.fsencode(path)), 1)
 
-    def _pin(self, e: _Entry) -> None:
+    def _pin_links(self, sets: List[LinkSet], cgroup_id: int, cgroup: str) -> str:
         if self._paths is None:
             raise InvalidValueError("pin", "the balancer has no pin_dir")
-        pin = self._paths.link_dir(e.cgroup_id)
+        pin = self._paths.link_dir(cgroup_id)
         pins.make_dir(pin)
         try:
-            e.links.pin(pin, e.cgroup)
-            self._write_record(e.cgroup_id, e.cgroup)
+            for ls in sets:
+                ls.pin(pin, cgroup)
+            self._write_record(cgroup_id, cgroup)
         except BaseException:
-            e.links.unpin()
+            for ls in sets:
+                ls.unpin()
             pins.remove_links(pin)
             raise
+        return pin
+
+    def _pin(self, e: _Entry) -> None:
+        pin = self._pin_links(e.link_sets(), e.cgroup_id, e.cgroup)
         e.pin = pin
+        done: List[_Exclusion] = []
+        try:
+            for x in e.exclusions.values():
+                if x.pin is None:
+                    x.pin = self._pin_links([x.links], x.cgroup_id, x.cgroup)
+                    done.append(x)
+        except BaseException:
+            for x in done:
+                x.links.unpin()
+                pins.remove_links(x.pin or "")
+                x.pin = None
+            raise
 
     def _unpin(self, e: _Entry) -> None:
+        for x in e.exclusions.values():
+            if x.pin is not None:
+                x.links.unpin()
+                if self._record is not None and not self._datapath.closed:
+                    self._record.delete([U64.pack(x.cgroup_id)])
+                pins.remove_links(x.pin)
+                x.pin = None
         if e.pin is None:
             return
-        e.links.unpin()
+        for ls in e.link_sets():
+            ls.unpin()
         if self._record is not None and not self._datapath.closed:
             self._record.delete([U64.pack(e.cgroup_id)])
         pins.remove_links(e.pin)
         e.pin = None
+
+    def _close_links(self, e: _Entry) -> None:
+        for x in e.exclusions.values():
+            x.links.close()
+        for ls in e.link_sets():
+            ls.close()
 
     def pin(self, e: _Entry) -> None:
         with self._lock:
@@ -171,7 +330,7 @@ class Attachments:
                 return  # detached already
             self._mutating("detach")
             self._unpin(e)
-            e.links.close()
+            self._close_links(e)
             del self._entries[e.cgroup]
 
     def release(self, e: _Entry) -> None:
@@ -182,7 +341,7 @@ class Attachments:
             if e.pin is None:
                 self.detach(e)
             else:
-                e.links.close()
+                self._close_links(e)
                 del self._entries[e.cgroup]
 
     def program_ids(self, e: _Entry) -> List[int]:
@@ -201,10 +360,10 @@ class Attachments:
             child = os.getpid() != self._pid
             for e in list(self._entries.values()):
                 if child or (e.pin is not None and not detach_pinned):
-                    e.links.close()  # leaves pinned (or the parent's) links attached
+                    self._close_links(e)  # leaves pinned (or the parent's) links attached
                 else:
                     self._unpin(e)
-                    e.links.close()
+                    self._close_links(e)
             self._entries.clear()
 
 
@@ -233,6 +392,34 @@ class Attachment:
     @property
     def pinned(self) -> bool:
         return self._entry.pin is not None
+
+    @property
+    def scope(self) -> str:
+        """``"all"``: every socket below the cgroup is balanced;
+        ``"host-netns-only"``: only those of the node's network namespace."""
+        return self._entry.scope
+
+    @property
+    def excluded(self) -> List[str]:
+        """The cgroups below this one whose sockets are left alone."""
+        with self._registry._lock:
+            return sorted(self._entry.exclusions)
+
+    def exclude(self, cgroup: Union[str, bytes, os.PathLike[str]]) -> None:
+        """Leave the sockets of ``cgroup`` (a cgroup below this one) and of its
+        descendants untranslated, from now on: their ``connect()`` and
+        ``sendmsg()`` reach the address dialled (a sidecar sees the VIP).
+        Sockets already connected keep their backend."""
+        self._registry.exclude(self._entry, cgroup_path(cgroup))
+
+    def include(self, cgroup: Union[str, bytes, os.PathLike[str]]) -> None:
+        """Undo :meth:`exclude`: the cgroup's new sockets are balanced again.
+        Works for a cgroup removed since (a pod that went away), by the path
+        it was excluded with."""
+        text = path_text(cgroup, "cgroup_path")
+        with self._registry._lock:
+            known = text in self._entry.exclusions
+        self._registry.include(self._entry, text if known else cgroup_path(text))
 
     def program_ids(self) -> List[int]:
         """Ids of the programs the links run now (they change on an upgrade)."""
@@ -264,4 +451,5 @@ class Attachment:
 
     def __repr__(self) -> str:
         state = "attached" if self.attached else "detached"
-        return f"<Attachment {self.cgroup} {state}{' pinned' if self.pinned else ''}>"
+        scope = "" if self.scope == "all" else f" scope={self.scope}"
+        return f"<Attachment {self.cgroup} {state}{' pinned' if self.pinned else ''}{scope}>"

@@ -20,7 +20,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
-from . import adopt, features, pins, planner, stats, writer
+from . import abi, adopt, features, node, pins, planner, stats, writer
+from ._core import lib
 from .abi import (
     AFFINITY_KEY,
     AFFINITY_VAL,
@@ -40,11 +41,36 @@ from .attachment import Attachment, Attachments, cgroup_path
 from .datapath import Datapath
 from .errors import InvalidValueError, NotFoundError, SocklbError
 from .model import Service, ServiceKey, normalize_key, path_text
+from .model import _address as model_address
 from .spec import DEFAULT_UDP_FLOWS, DatapathSpec, PinPaths
 from .stats import ProgramStats
 from .terminate import Terminator, client_netns
 
 __all__ = ["Balancer", "Attachment", "SyncResult", "ProgramStats", "DEFAULT_MAGLEV_SIZE", "maglev_table"]
+
+
+NODE_ADDRS_MAX = int(lib.SOCKLB_MAX_NODE_ADDRS)
+
+
+def _node_address_arg(value: object) -> Union[str, Dict[bytes, str]]:
+    """ "discover", or the addresses as {16-byte key: text}, validated."""
+    if value == "discover":
+        return "discover"
+    if isinstance(value, (str, bytes)) or value is None:
+        raise InvalidValueError("node_addresses", f"must be an iterable of addresses or 'discover', not {value!r}")
+    try:
+        items = list(value)  # type: ignore[call-overload]
+    except TypeError:
+        raise InvalidValueError("node_addresses", f"must be an iterable of addresses, not {value!r}") from None
+    out: Dict[bytes, str] = {}
+    for i, a in enumerate(items):
+        text, a16, version = model_address(a, f"node_addresses[{i}]", backend=True)
+        if (version == 4 and a16[12] == 127) or (version == 6 and a16 == bytes(15) + b"\1"):
+            raise InvalidValueError(
+                f"node_addresses[{i}]", f"{text} is loopback, which reaches NodePorts from the node's namespace anyway"
+            )
+        out[a16] = text
+    return out
 
 
 @dataclass(frozen=True)
@@ -82,6 +108,15 @@ class Balancer:
     :param terminate_sockets: terminate sockets connected to removed backends
         (True, False or "auto": when the kernel can).
     :param pin_dir: keep the state pinned there (bpffs); see :meth:`open`.
+    :param node_netns: the node's network namespace (a path such as
+        ``/proc/PID/ns/net`` or ``/run/netns/NAME``); default: the one of the
+        thread that makes the balancer.  Loopback reaches NodePorts from
+        there, ``bind()`` of a NodePort is refused there, and the
+        ``host-netns-only`` scope translates the sockets of that namespace only.
+    :param node_addresses: the node's addresses, on which wildcard frontends
+        (NodePort, HostPort) answer; ``"discover"`` reads them from
+        ``node_netns`` (see :meth:`refresh_node_addresses`); default: none
+        (or, adopting, the pinned ones).
     """
 
     def __init__(
@@ -96,9 +131,15 @@ class Balancer:
         terminate_sockets: Union[bool, str] = "auto",
         pin_dir: Union[str, bytes, os.PathLike[str], None] = None,
         adopt_only: bool = False,
+        node_netns: Union[str, bytes, os.PathLike[str], None] = None,
+        node_addresses: Union[Iterable[str], str, None] = None,
     ) -> None:
         self._datapath: Optional[Datapath] = None
         self._lock_fd: Optional[int] = None
+        self._node_fd: Optional[int] = None
+        self._node_fd_is_node = True
+        netns_path = None if node_netns is None else node.check_netns_path(path_text(node_netns, "node_netns"))
+        wanted_addrs = None if node_addresses is None else _node_address_arg(node_addresses)
         spec = DatapathSpec(
             max_services, max_backends, maglev_size, max_maglev_services, max_affinity, udp_flows_per_socket
         )
@@ -147,6 +188,11 @@ class Balancer:
             affinity=m("affinity", AFFINITY_KEY.size, AFFINITY_VAL.size),
             selections=m("selections", U32.size, 8),
         )
+        self._node_cfg = m("node_cfg", U32.size, 8)
+        self._node_addrs = m("node_addrs", 16, 4)
+        self._wild_ports = m("wild_ports", U32.size, 8)
+        self._wild_words: Dict[int, int] = {}
+        self._node_set: Dict[bytes, str] = {}
         self._meta = m("meta", U32.size, META.size)
         self._record = m("attachments", U64.size, ATTACH_INFO.size)
         self._counters = m("counters", U32.size, 8)
@@ -161,30 +207,43 @@ class Balancer:
         self._state = planner.State()
         self.write_stats = stats.WriteStats()
         """Durations of this balancer's updates (socklb.metrics reads them)."""
-        if paths is not None:
-            try:
+        try:
+            self._node_fd = os.open(netns_path or "/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            self._set_node_netns(pinned is not None and node_netns is None)
+            if paths is not None:
                 if pinned is None:
                     self._meta.update(U32.pack(0), spec.meta(), 1)
                 else:
                     self._adopt(paths)
-            except BaseException:
-                self.close()
-                raise
+            if wanted_addrs == "discover":
+                self.refresh_node_addresses()
+            elif isinstance(wanted_addrs, dict):
+                self.set_node_addresses(list(wanted_addrs.values()))
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def open(
-        cls, pin_dir: Union[str, bytes, os.PathLike[str]], *, terminate_sockets: Union[bool, str] = "auto"
+        cls,
+        pin_dir: Union[str, bytes, os.PathLike[str]],
+        *,
+        terminate_sockets: Union[bool, str] = "auto",
+        node_netns: Union[str, bytes, os.PathLike[str], None] = None,
     ) -> Balancer:
         """Adopt the state pinned in ``pin_dir`` by an earlier balancer (this
         process or another, alive no more): its services, its attachments,
         with this version's programs swapped in atomically.
+
+        The node (``node_netns``, its addresses) is the pinned one unless
+        ``node_netns`` is given.
 
         Raises :class:`~socklb.errors.NotFoundError` if nothing is pinned there,
         :class:`~socklb.errors.IncompatiblePinsError` if the pins have another
         map layout and :class:`~socklb.errors.PinLockedError` if another
         process owns them.
         """
-        return cls(pin_dir=pin_dir, terminate_sockets=terminate_sockets, adopt_only=True)
+        return cls(pin_dir=pin_dir, terminate_sockets=terminate_sockets, adopt_only=True, node_netns=node_netns)
 
     # -- limits and properties ----------------------------------------------------
 
@@ -258,6 +317,9 @@ class Balancer:
             self._attachments.close_all(detach_pinned=False)
             dp.close()
             self._state.clear()
+            fd, self._node_fd = self._node_fd, None
+            if fd is not None:
+                os.close(fd)
             if os.getpid() == self._pid:
                 self._unlock()
 
@@ -294,15 +356,107 @@ class Balancer:
 
     # -- attachments ---------------------------------------------------------------
 
-    def attach(self, cgroup_path_: Union[str, bytes, os.PathLike[str]]) -> Attachment:
+    def attach(
+        self,
+        cgroup_path_: Union[str, bytes, os.PathLike[str]],
+        scope: str = "all",
+        exclude: Iterable[Union[str, bytes, os.PathLike[str]]] = (),
+    ) -> Attachment:
         """Balance the sockets of every process in ``cgroup_path`` (a cgroup v2
         directory) and its descendants.  Returns the :class:`Attachment` that owns it.
+
+        :param scope: ``"all"``, or ``"host-netns-only"``: translate only the
+            sockets of the node's network namespace (``node_netns``), so that
+            pods below the cgroup dial what they dial (a sidecar mesh sees
+            the VIP as the original destination).
+        :param exclude: cgroups below ``cgroup_path`` whose sockets are left
+            untranslated (pods with a sidecar); see :meth:`Attachment.exclude`.
         """
         path = cgroup_path(cgroup_path_)
+        if isinstance(exclude, (str, bytes)):
+            raise InvalidValueError("exclude", "must be a list of cgroup paths, not one path")
+        excluded = [cgroup_path(x) for x in exclude]
         with self._lock:
             self._mutating("attach")
-            self._attachments.attach(path)
+            self._attachments.attach(path, scope, excluded)
             return self._attachments.handle(self, path)
+
+    # -- the node ------------------------------------------------------------------
+
+    def _set_node_netns(self, keep_pinned: bool) -> None:
+        assert self._node_fd is not None
+        cookie = node.netns_cookie(f"/proc/self/fd/{self._node_fd}")
+        self._node_fd_is_node = True
+        if keep_pinned:
+            raw = self._node_cfg.lookup(U32.pack(0))
+            pinned = int.from_bytes(raw or bytes(8), "little")
+            if pinned:
+                # Adopted without node_netns: the pinned node stays the node.
+                self._node_fd_is_node = pinned == cookie
+                return
+        self._node_cfg.update(U32.pack(0), cookie.to_bytes(8, "little"), 1)
+
+    @property
+    def node_netns_cookie(self) -> int:
+        """The cookie of the node's network namespace, as the datapath holds it."""
+        with self._lock:
+            self._open()
+            raw = self._node_cfg.lookup(U32.pack(0))
+            return int.from_bytes(raw or bytes(8), "little")
+
+    def node_addresses(self) -> List[str]:
+        """The node's addresses the wildcard frontends answer on."""
+        with self._lock:
+            self._open()
+            return list(self._node_set.values())
+
+    def set_node_addresses(self, addresses: Iterable[str]) -> None:
+        """Make the node's addresses exactly ``addresses`` (unicast IPv4 or
+        IPv6; IPv6 link-local is refused, it needs a zone).  NodePorts and
+        HostPorts without an address are reached on them from any client,
+        and on loopback from the node's network namespace."""
+        want = _node_address_arg(addresses)
+        assert not isinstance(want, str)
+        with self._lock:
+            self._mutating("set_node_addresses")
+            if len(want) > NODE_ADDRS_MAX:
+                raise InvalidValueError("addresses", f"{len(want)} addresses; a node has at most {NODE_ADDRS_MAX}")
+            add = {a16: text for a16, text in want.items() if a16 not in self._node_set}
+            gone = [a16 for a16 in self._node_set if a16 not in want]
+            if add:
+                self._node_addrs.update(b"".join(add), U32.pack(1) * len(add), len(add))
+            self._node_addrs.delete(gone)
+            self._node_set = dict(want)
+
+    def refresh_node_addresses(self) -> List[str]:
+        """Read the node's addresses again from its network namespace (with
+        pyroute2: every interface's, but loopback and IPv6 link-local) and make
+        them the node's addresses; returns them.  Call it when the node's
+        addresses change (an agent does on a timer or a netlink event)."""
+        with self._lock:
+            self._mutating("refresh_node_addresses")
+            assert self._node_fd is not None
+            if not self._node_fd_is_node:
+                raise SocklbError(
+                    "refresh_node_addresses: the pinned balancer's node is another network namespace than this "
+                    "thread's; open it with Balancer.open(pin_dir, node_netns=...) to read the node's addresses"
+                )
+            found = node.discover_addresses(f"/proc/self/fd/{self._node_fd}")
+            self.set_node_addresses(found)
+            return found
+
+    def _sync_wild_ports(self) -> None:
+        """Set the bit of every port that has a wildcard frontend (wild_ports)."""
+        words: Dict[int, int] = {}
+        for k in self._state.services:
+            if k[0] in ("0.0.0.0", "::"):
+                words[k[1] >> 6] = words.get(k[1] >> 6, 0) | 1 << (k[1] & 63)
+        changed = [w for w in set(words) | set(self._wild_words) if words.get(w, 0) != self._wild_words.get(w, 0)]
+        if changed:
+            keys = b"".join(U32.pack(w) for w in changed)
+            vals = b"".join(words.get(w, 0).to_bytes(8, "little") for w in changed)
+            self._wild_ports.update(keys, vals, len(changed))
+        self._wild_words = words
 
     def attachments(self) -> List[Attachment]:
         """The attachments this balancer made that are still attached."""
@@ -312,8 +466,14 @@ class Balancer:
     def _adopt(self, paths: PinPaths) -> None:
         self._state, dirty = adopt.adopt(self._tables, self.spec)
         writer.collect(self._tables, self._state, self._terminator)
+        # What the pinned bitmap says, so that _sync_wild_ports rewrites what differs.
+        for k, v in self._wild_ports.items(lib.SOCKLB_WILD_PORT_WORDS):
+            if int.from_bytes(v, "little"):
+                self._wild_words[U32.unpack(k)[0]] = int.from_bytes(v, "little")
         if dirty:
             self._write({s.key: s for s in dirty})
+        self._sync_wild_ports()
+        self._node_set = {k: abi.addr_text(k) for k in self._node_addrs.keys(NODE_ADDRS_MAX)}
         adopt.adopt_attachments(self._attachments, self._record, paths)
 
     # -- services ------------------------------------------------------------------
@@ -339,7 +499,10 @@ class Balancer:
         ok = False
         try:
             p = planner.plan(self._state, want, self.spec, terminate=self._terminator.enabled)
-            writer.apply(self._tables, self._state, p, self._terminator)
+            try:
+                writer.apply(self._tables, self._state, p, self._terminator)
+            finally:
+                self._sync_wild_ports()
             ok = True
             return p
         finally:

@@ -22,7 +22,7 @@ from ._core import check, ffi, lib
 from .errors import ClosedError, KernelError, PermissionDeniedError, VerifierError
 from .spec import DatapathSpec
 
-__all__ = ["Datapath", "Map", "LinkSet", "PROGRAMS", "MAPS", "raise_for_load"]
+__all__ = ["Datapath", "Map", "LinkSet", "PROGRAMS", "GROUP_PROGRAMS", "MAPS", "raise_for_load"]
 
 
 def _program_names() -> Tuple[str, ...]:
@@ -34,6 +34,21 @@ def _program_names() -> Tuple[str, ...]:
 
 PROGRAMS: Tuple[str, ...] = _program_names()
 """The datapath's programs, in the loader's order (named from the object)."""
+
+GROUP_MAIN, GROUP_EXCLUDE, GROUP_HOSTONLY = lib.SOCKLB_GROUP_MAIN, lib.SOCKLB_GROUP_EXCLUDE, lib.SOCKLB_GROUP_HOSTONLY
+
+
+def _group_names(group: int) -> Tuple[str, ...]:
+    return tuple(ffi.string(lib.socklb_group_prog_name(group, i)).decode() for i in range(lib.SOCKLB_NGATE))
+
+
+GROUP_PROGRAMS: Dict[int, Tuple[str, ...]] = {
+    GROUP_MAIN: PROGRAMS,
+    GROUP_EXCLUDE: _group_names(GROUP_EXCLUDE),
+    GROUP_HOSTONLY: _group_names(GROUP_HOSTONLY),
+}
+"""The programs of each attachment group: the balancer's, an exclusion's
+(``exclude_*``) and a host-netns-only scope's (``hostonly_*``)."""
 
 
 def _map_names() -> Tuple[str, ...]:
@@ -150,18 +165,21 @@ class Datapath:
             fd = check(lib.socklb_map_fd(self.handle(), name.encode()), f"map {name}")
         return Map(self, name, fd, key_size, value_size)
 
-    def attach(self, cgroup_fd: int, what: str) -> LinkSet:
+    def attach(self, cgroup_fd: int, what: str, group: int = GROUP_MAIN) -> LinkSet:
         with self.lock:
             out = ffi.new("struct socklb_links **")
-            check(lib.socklb_attach(self.handle(), cgroup_fd, out), f"attaching to cgroup {what}")
-            return LinkSet(self, out[0])
+            check(lib.socklb_attach_group(self.handle(), group, cgroup_fd, out), f"attaching to cgroup {what}")
+            return LinkSet(self, out[0], group)
 
-    def adopt_links(self, cgroup_fd: int, pin: str, what: str) -> LinkSet:
+    def adopt_links(self, cgroup_fd: int, pin: str, what: str, group: int = GROUP_MAIN) -> LinkSet:
         """The links pinned in ``pin``, switched to this datapath's programs."""
         with self.lock:
             out = ffi.new("struct socklb_links **")
-            check(lib.socklb_links_adopt(self.handle(), cgroup_fd, pin.encode(), out), f"adopting the links of {what}")
-            return LinkSet(self, out[0])
+            check(
+                lib.socklb_links_adopt_group(self.handle(), group, cgroup_fd, pin.encode(), out),
+                f"adopting the links of {what}",
+            )
+            return LinkSet(self, out[0], group)
 
     def program_stats(self) -> List[Tuple[str, int, int, int]]:
         """(name, id, run_cnt, run_time_ns) of each program."""
@@ -283,9 +301,10 @@ class LinkSet:
     owner's lock guards every call, so a concurrent close never frees
     what another call reads."""
 
-    def __init__(self, owner: Datapath, links: Any) -> None:
+    def __init__(self, owner: Datapath, links: Any, group: int = GROUP_MAIN) -> None:
         self._owner = owner
         self._links: Optional[Any] = links
+        self.group = group
 
     @property
     def alive(self) -> bool:
@@ -301,7 +320,7 @@ class LinkSet:
         with self._owner.lock:
             links = self._handle(what)
             ids = []
-            for i in range(len(PROGRAMS)):
+            for i in range(len(GROUP_PROGRAMS[self.group])):
                 check(lib.socklb_links_prog_id(links, i, out), "link info")
                 ids.append(int(out[0]))
             return ids

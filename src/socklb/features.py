@@ -93,6 +93,12 @@ FEATURES: Tuple[Feature, ...] = (
         fallback="connect() and sendmsg() to a service without usable backends fail with EPERM, not ECONNREFUSED",
     ),
     Feature(
+        "post_bind",
+        "cgroup/post_bind4 and cgroup/post_bind6 programs (NodePort bind protection)",
+        "4.17",
+        lib.SOCKLB_MISSING_POST_BIND,
+    ),
+    Feature(
         "sock_destroy",
         "the bpf_sock_destroy kfunc with tcp/udp socket iterators",
         "6.5",

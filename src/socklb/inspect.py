@@ -71,6 +71,7 @@ class ServiceView:
             "algorithm": s.algorithm.value,
             "affinity": {"timeout": s.affinity.timeout} if s.affinity else None,
             "terminate_tcp": s.terminate_tcp,
+            "frontend": s.frontend.value,
             "backends": [
                 {
                     "id": b.id,

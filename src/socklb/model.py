@@ -29,6 +29,7 @@ __all__ = [
     "Algorithm",
     "Backend",
     "BackendState",
+    "Frontend",
     "Protocol",
     "Service",
     "ServiceKey",
@@ -68,6 +69,25 @@ class Algorithm(str, enum.Enum):
     MAGLEV = "maglev"
 
 
+class Frontend(str, enum.Enum):
+    """Where a service is reached.
+
+    ``address``: at its own address and port (a ClusterIP, an external IP, a
+    load balancer's IP): the default.
+    ``node_port``: at its port on every address of the node, and on loopback
+    from the node's own network namespace (a Kubernetes NodePort): its address
+    is the unspecified one of its family (``0.0.0.0`` or ``::``), and a
+    ``bind()`` of its port on the node is refused with ``EADDRINUSE``.
+    ``host_port``: one port of the node to a pod (a Kubernetes hostPort): on
+    every address of the node like a NodePort when its address is unspecified,
+    else on that one address; binds are not refused.
+    """
+
+    ADDRESS = "address"
+    NODE_PORT = "node_port"
+    HOST_PORT = "host_port"
+
+
 class BackendState(str, enum.Enum):
     """Kubernetes endpoint conditions, as socklb uses them.
 
@@ -92,7 +112,10 @@ def _pton(family: int, text: str) -> Optional[bytes]:
         return None
 
 
-def _address(value: object, name: str, backend: bool = False) -> Tuple[str, bytes, int]:
+_WILDCARDS = {"0.0.0.0", "::"}
+
+
+def _address(value: object, name: str, backend: bool = False, wildcard: bool = False) -> Tuple[str, bytes, int]:
     """Validate an address: (normalized text, 16 bytes in network order with
     IPv4 as ::ffff:a.b.c.d, IP version).  inet_pton, not ipaddress: a
     controller builds hundreds of thousands of these, so the usual addresses
@@ -108,6 +131,8 @@ def _address(value: object, name: str, backend: bool = False) -> Tuple[str, byte
         value = str(value)
     if not isinstance(value, str):
         raise InvalidValueError(name, f"must be an IP address string, not {type(value).__name__}")
+    if wildcard and value in _WILDCARDS:
+        return (value, _V4_MAPPED + bytes(4), 4) if value == "0.0.0.0" else (value, bytes(16), 6)
     raw = _pton(socket.AF_INET, value)
     if raw is not None:
         text, a16 = socket.inet_ntop(socket.AF_INET, raw), _V4_MAPPED + raw
@@ -325,6 +350,9 @@ class Service:
     terminate_tcp: bool = False
     """Also terminate TCP connections to a backend that is removed or leaves the
     active state (UDP sockets connected to one always are)."""
+    frontend: Frontend = Frontend.ADDRESS
+    """Where the service is reached: see :class:`Frontend` and
+    :meth:`node_port`, :meth:`host_port`."""
     _a16: bytes = field(default=b"", repr=False, compare=False)
     _skey: ServiceKey = field(default=("", 0, ""), repr=False, compare=False)  # .key, made once
 
@@ -337,8 +365,23 @@ class Service:
         algorithm: Union[str, Algorithm] = Algorithm.RANDOM,
         affinity: Optional[Affinity] = None,
         terminate_tcp: bool = False,
+        frontend: Union[str, Frontend] = Frontend.ADDRESS,
     ) -> None:
-        text, a16, version = _address(address, "address")
+        kind = frontend if frontend.__class__ is Frontend else _enum(Frontend, frontend, "frontend")
+        wild = address in _WILDCARDS
+        if wild and kind is Frontend.ADDRESS:
+            raise InvalidValueError(
+                "address",
+                f"{address} is the unspecified address, not a host's: give the service's own unicast address, "
+                "or make a frontend on every node address with Service.node_port() or Service.host_port()",
+            )
+        if kind is Frontend.NODE_PORT and not wild:
+            raise InvalidValueError(
+                "address",
+                f"a NodePort is reached on every node address: its address is 0.0.0.0 or ::, not {address!r} "
+                "(Service.node_port() makes one)",
+            )
+        text, a16, version = _address(address, "address", wildcard=wild)
         port = _port(port)
         proto = _enum(Protocol, protocol, "protocol")
         algo = _enum(Algorithm, algorithm, "algorithm")
@@ -382,7 +425,61 @@ class Service:
             raise InvalidValueError("terminate_tcp", f"must be a bool, not {type(terminate_tcp).__name__}")
         object.__setattr__(self, "affinity", affinity)
         object.__setattr__(self, "terminate_tcp", terminate_tcp)
+        object.__setattr__(self, "frontend", kind)
         object.__setattr__(self, "_skey", (text, self.port, proto.value))
+
+    @classmethod
+    def node_port(
+        cls,
+        port: SupportsIndex,
+        protocol: Union[str, Protocol] = Protocol.TCP,
+        backends: Iterable[Backend] = (),
+        *,
+        family: int = 4,
+        algorithm: Union[str, Algorithm] = Algorithm.RANDOM,
+        affinity: Optional[Affinity] = None,
+        terminate_tcp: bool = False,
+    ) -> Service:
+        """A NodePort: the service reached at ``port`` on every address of the
+        node (:meth:`Balancer.set_node_addresses <socklb.Balancer.set_node_addresses>`)
+        and on loopback from the node's network namespace.  One family per
+        Service, like every Service: ``family=6`` for IPv6 backends.
+
+        >>> svc = Service.node_port(30080, backends=[Backend("10.244.2.2", 8080)])
+        >>> svc.key, svc.frontend.value
+        (('0.0.0.0', 30080, 'tcp'), 'node_port')
+        """
+        return cls(
+            _any_address(family), port, protocol, backends, algorithm, affinity, terminate_tcp, Frontend.NODE_PORT
+        )
+
+    @classmethod
+    def host_port(
+        cls,
+        port: SupportsIndex,
+        protocol: Union[str, Protocol] = Protocol.TCP,
+        backends: Iterable[Backend] = (),
+        *,
+        address: Optional[str] = None,
+        family: int = 4,
+        algorithm: Union[str, Algorithm] = Algorithm.RANDOM,
+        affinity: Optional[Affinity] = None,
+        terminate_tcp: bool = False,
+    ) -> Service:
+        """A hostPort: ``port`` of the node to a pod, on every node address
+        (like a NodePort, without the bind protection) or, given ``address``,
+        on that node address only.
+
+        >>> Service.host_port(8443, backends=[Backend("10.244.3.2", 443)], address="192.0.2.10").key
+        ('192.0.2.10', 8443, 'tcp')
+        """
+        where = _any_address(family) if address is None else address
+        return cls(where, port, protocol, backends, algorithm, affinity, terminate_tcp, Frontend.HOST_PORT)
+
+    @property
+    def wildcard(self) -> bool:
+        """Whether the service is reached on every node address (its address is unspecified)."""
+        return self.address in _WILDCARDS
 
     @property
     def key(self) -> ServiceKey:
@@ -412,11 +509,26 @@ class Service:
     def with_backends(self, backends: Iterable[Backend]) -> Service:
         """A copy with other backends."""
         return Service(
-            self.address, self.port, self.protocol, backends, self.algorithm, self.affinity, self.terminate_tcp
+            self.address,
+            self.port,
+            self.protocol,
+            backends,
+            self.algorithm,
+            self.affinity,
+            self.terminate_tcp,
+            self.frontend,
         )
 
     def __str__(self) -> str:
         return f"{_hostport(self.address, self.port)}/{self.protocol.value}"
+
+
+def _any_address(family: object) -> str:
+    if family == 4:
+        return "0.0.0.0"
+    if family == 6:
+        return "::"
+    raise InvalidValueError("family", f"must be 4 or 6, not {family!r}")
 
 
 def _family_hint(b: Backend, vip: str, version: int) -> str:
@@ -457,7 +569,7 @@ def normalize_key(key: Union[Service, Tuple[str, SupportsIndex], Tuple[str, Supp
         return key.key
     if not isinstance(key, tuple) or len(key) not in (2, 3):
         raise InvalidValueError("service", f"must be a Service or (address, port, protocol), not {key!r}")
-    address = _address(key[0], "address")[0]
+    address = _address(key[0], "address", wildcard=True)[0]
     port = _port(key[1])
     proto = _enum(Protocol, key[2] if len(key) == 3 else "tcp", "protocol")
     return (address, port, proto.value)

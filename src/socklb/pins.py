@@ -57,7 +57,7 @@ import stat
 from typing import List, Optional, Tuple
 
 from ._core import ffi, lib
-from .datapath import MAPS, PROGRAMS
+from .datapath import GROUP_PROGRAMS, MAPS, PROGRAMS
 from .errors import InvalidValueError, KernelError, PermissionDeniedError, PinLockedError
 
 __all__ = [
@@ -80,7 +80,7 @@ DEFAULT_BPFFS = "/sys/fs/bpf"
 # What socklb pins: maps/<one of its maps> and links/<cgroup id>/<one of its
 # programs>, both named from the embedded BPF object.
 MAP_NAMES: Tuple[str, ...] = MAPS
-PROG_NAMES: Tuple[str, ...] = PROGRAMS
+PROG_NAMES: Tuple[str, ...] = PROGRAMS + tuple(n for g, ns in sorted(GROUP_PROGRAMS.items()) if g for n in ns)
 _TOP = ("maps", "links")
 
 

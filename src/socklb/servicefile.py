@@ -13,6 +13,10 @@ A file is a list of services, or a mapping with one key ``services``::
         backends:
           - {address: 10.244.1.2, port: 8080, weight: 3}
           - {address: 10.244.2.2, port: 8080, state: terminating}
+      - address: 0.0.0.0           # a NodePort: every node address
+        port: 30080
+        frontend: node_port        # address (default), node_port, host_port
+        backends: [{address: 10.244.1.2, port: 8080}]
 
 JSON is read with the standard library; YAML needs PyYAML (``socklb[yaml]``).
 Unknown fields are errors that name them (a typo never passes silently).  The
@@ -39,7 +43,7 @@ from .model import Affinity, Backend, Service
 
 __all__ = ["load", "parse", "diff", "diff_pinned", "apply", "diff_text", "result_text"]
 
-_SVC_FIELDS = ("address", "port", "protocol", "backends", "algorithm", "affinity", "terminate_tcp")
+_SVC_FIELDS = ("address", "port", "protocol", "backends", "algorithm", "affinity", "terminate_tcp", "frontend")
 _BE_FIELDS = ("address", "port", "weight", "state")
 _READ_ONLY = ("id", "selections")
 
@@ -169,7 +173,7 @@ def diff(have: List[Service], want: List[Service]) -> Dict[str, Any]:
         ob = {(b.address, b.port): b for b in old.backends}
         nb = {(b.address, b.port): b for b in s.backends}
         what = []
-        for attr in ("algorithm", "affinity", "terminate_tcp"):
+        for attr in ("algorithm", "affinity", "terminate_tcp", "frontend"):
             a, b = getattr(old, attr), getattr(s, attr)
             if a != b:
                 what.append(f"{attr} {_v(a)} -> {_v(b)}")

@@ -62,6 +62,7 @@ from typing import Any, Deque, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from ..errors import NotFoundError
 from ..model import Algorithm, Service, ServiceKey
+from ..node import usable_node_address
 from .reflector import Event, Reflector
 from .translation import LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, Node, translate_with_notes
 
@@ -172,7 +173,7 @@ _SERVICE_SCHEMA: Dict[str, Any] = {
         "sessionAffinityConfig": None,
         "internalTrafficPolicy": None,
         "externalTrafficPolicy": None,
-        "ports": {"name": None, "protocol": None, "port": None},
+        "ports": {"name": None, "protocol": None, "port": None, "nodePort": None},
     },
     "status": {"loadBalancer": {"ingress": {"ip": None, "ipMode": None}}},
 }
@@ -188,6 +189,15 @@ _SLICE_SCHEMA: Dict[str, Any] = {
     },
 }
 _CONDITION_DEFAULTS = (("ready", True), ("serving", True), ("terminating", False))
+
+
+def _node_address(text: str) -> bool:
+    """Whether a Node object's address is one NodePorts can answer on."""
+    try:
+        return usable_node_address(text)
+    except ValueError:
+        logger.warning("node address %r is not an IP address: ignored", text)
+        return False
 
 
 def _prune(value: Any, schema: _Schema) -> Any:
@@ -310,6 +320,13 @@ class Agent:
     :param compact_objects: keep Services and EndpointSlices as :func:`compact`
         makes them (what the translation reads, as compact JSON: a tenth of the
         memory of the decoded objects); the reflectors' stores then hold that form.
+    :param node_addresses: where the balancer's node addresses (on which
+        NodePorts answer) come from: ``"node"`` (default), the Node object's
+        InternalIP and ExternalIP addresses, given to
+        ``balancer.set_node_addresses`` when they change; ``"discover"``, the
+        interfaces of the balancer's node network namespace, read again
+        (``balancer.refresh_node_addresses``) at every full sync; ``"none"``:
+        left to the caller.
     :param freeze_gc: after each full sync, collect and then ``gc.freeze()``
         everything alive, so that Python's cyclic collector does not walk the
         agent's (and the balancer's) long-lived state on every full collection.
@@ -336,7 +353,12 @@ class Agent:
         node_timeout: float = 10.0,
         compact_objects: bool = True,
         freeze_gc: bool = False,
+        node_addresses: str = "node",
     ) -> None:
+        if node_addresses not in ("node", "discover", "none"):
+            raise ValueError(f"node_addresses must be 'node', 'discover' or 'none', not {node_addresses!r}")
+        self.node_addresses = node_addresses
+        self._node_addrs_given: Optional[List[str]] = None
         if not isinstance(node_name, str) or not node_name:
             raise ValueError("node_name must be a non-empty string")
         if min_sync_period < 0:
@@ -722,8 +744,24 @@ class Agent:
                 logger.warning("programming %s failed: %s: %s (will retry)", new or k, type(e).__name__, e)
         return failed
 
+    def _program_node(self, node: Node) -> None:
+        """Give the balancer the node's addresses (see ``node_addresses``);
+        a failure is logged, the services are programmed anyway."""
+        try:
+            if self.node_addresses == "discover":
+                self.balancer.refresh_node_addresses()
+            elif self.node_addresses == "node":
+                addrs = sorted({a for a in node.addresses if _node_address(a)})
+                if addrs != self._node_addrs_given:
+                    self.balancer.set_node_addresses(addrs)
+                    self._node_addrs_given = addrs
+                    logger.info("node %s: NodePorts on %s", node.name, ", ".join(addrs) or "loopback only")
+        except Exception as e:
+            logger.warning("node %s: cannot give the balancer its addresses (%s: %s)", node.name, type(e).__name__, e)
+
     def _apply_full(self, node: Node, triggers: Dict[SvcId, List[float]]) -> None:
         t0 = time.monotonic()
+        self._program_node(node)
         with self._cond:
             slices_of = {s: set(v) for s, v in self._slices_of.items()}
         sids = [(k[0] or "default", k[1]) for k in self.services_reflector.snapshot()]

@@ -53,6 +53,14 @@ topology), each with a test in ``tests/test_kubernetes_translate.py``:
   ``connect()`` fails at once with ECONNREFUSED.  This differs from kube-proxy on
   purpose: kube-proxy drops such packets and the client hangs until its timeout.
   These frontends are listed in :attr:`Translation.no_local_endpoints`.
+- NodePorts: a ``type: NodePort`` or ``LoadBalancer`` Service's ``ports[].nodePort``
+  is a :meth:`socklb.Service.node_port` frontend (reached on every address of the
+  node, and on loopback from the node's network namespace) for each address family
+  of its cluster IPs, with the endpoints of that family.  Only a nodePort present
+  in the object counts: ``allocateLoadBalancerNodePorts: false`` means the API
+  server allocated none (a nodePort the user asked for explicitly is kept by the
+  API, and served, as kube-proxy does).  The other Service types' nodePorts are
+  ignored.  A nodePort is an external frontend for the traffic policy (next rule).
 - ``externalTrafficPolicy`` does not restrict external frontends by default: a
   socket load balancer only ever sees connections made on this node (by its pods
   or the host), and kube-proxy sends exactly that traffic, pod- or
@@ -544,7 +552,7 @@ class _Spec:
     name: str
     cluster_ips: List[str]
     external_ips: List[str]  # externalIPs then load-balancer ingress IPs
-    ports: List[Tuple[PortKey, int, str]]  # (join key, service port, "tcp"/"udp")
+    ports: List[Tuple[PortKey, int, str, int]]  # (join key, service port, "tcp"/"udp", nodePort or 0)
     affinity: Optional[Affinity]
     internal_local: bool
     external_local: bool
@@ -618,7 +626,8 @@ def _read_service(d: Mapping[str, Any], where: str, proxy_name: Optional[str], n
     # Services; kube-proxy ignores it on the others (apiservice.ExternalPolicyLocal).
     external_local = policy("externalTrafficPolicy") and svc_type in ("NodePort", "LoadBalancer")
 
-    ports: List[Tuple[PortKey, int, str]] = []
+    takes_node_ports = svc_type in ("NodePort", "LoadBalancer")
+    ports: List[Tuple[PortKey, int, str, int]] = []
     for i, p in enumerate(_list(spec.get("ports"), "spec.ports")):
         try:
             p = _mapping(p, f"spec.ports[{i}]")
@@ -628,13 +637,19 @@ def _read_service(d: Mapping[str, Any], where: str, proxy_name: Optional[str], n
         except _Malformed as e:
             notes.note("Service", where, f"{e}: that port is skipped")
             continue
+        node_port = 0
+        if takes_node_ports and p.get("nodePort") not in (None, 0):
+            try:
+                node_port = _port_number(p.get("nodePort"), f"spec.ports[{i}].nodePort")
+            except _Malformed as e:
+                notes.note("Service", where, f"{e}: no NodePort for port {number}")
         if proto == "SCTP":
             notes.note("Service", where, f"port {number}/SCTP skipped: socklb balances TCP and UDP", logging.INFO)
             continue
         if proto not in ("TCP", "UDP"):
             notes.note("Service", where, f"spec.ports[{i}].protocol {proto!r} is not TCP, UDP or SCTP: skipped")
             continue
-        ports.append(((pname, proto), number, proto.lower()))
+        ports.append(((pname, proto), number, proto.lower(), node_port))
     return _Spec(ns, name, cluster_ips, external, ports, affinity, internal_local, external_local)
 
 
@@ -733,10 +748,13 @@ def translate_with_notes(
         where = _fullname(spec.ns, spec.name)
         by_port = endpoints.get((spec.ns, spec.name), {})
         frontends = [(ip, False) for ip in spec.cluster_ips] + [(ip, True) for ip in spec.external_ips]
-        for key, number, proto in spec.ports:
+        # One NodePort per family of the Service (its cluster IPs'), on the node's addresses.
+        families = sorted({6 if ":" in ip else 4 for ip in spec.cluster_ips})
+        for key, number, proto, node_port in spec.ports:
             eps_all = list(by_port.get(key, {}).values())
             cache: Dict[Tuple[int, bool], Tuple[List[Backend], bool]] = {}
-            for address, external in frontends:
+            fronts = frontends + ([("0.0.0.0" if v == 4 else "::", True) for v in families] if node_port else [])
+            for address, external in fronts:
                 if external:
                     local = spec.external_local and apply_external_traffic_policy
                 else:
@@ -748,9 +766,14 @@ def translate_with_notes(
                     cache[(version, local)] = got
                 backends, refused = got
                 try:
-                    svc = Service(
-                        address, number, protocol=proto, backends=backends, algorithm=algo, affinity=spec.affinity
-                    )
+                    if address in ("0.0.0.0", "::"):
+                        svc = Service.node_port(
+                            node_port, proto, backends, family=version, algorithm=algo, affinity=spec.affinity
+                        )
+                    else:
+                        svc = Service(
+                            address, number, protocol=proto, backends=backends, algorithm=algo, affinity=spec.affinity
+                        )
                 except InvalidValueError as e:
                     notes.note("Service", where, f"frontend {address!r} port {number}/{proto}: {e}: skipped")
                     continue
