@@ -1067,7 +1067,8 @@ static __always_inline int do_post_bind(struct bpf_sock *sk, struct socklb_svc_k
 	}
 	if (!svc || !(svc->opts & SOCKLB_SVC_O_NODE_PORT))
 		return SYS_PROCEED;
-	bpf_set_retval(-EADDRINUSE);
+	/* EPERM where the kernel lacks bpf_set_retval (SET_RETVAL). */
+	SET_RETVAL(-EADDRINUSE);
 	return SYS_REJECT;
 }
 
