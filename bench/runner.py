@@ -203,6 +203,9 @@ def run(cfg: Config, log: Optional[Log] = None) -> Dict[str, Any]:
                 say(f"[bench] socklb control plane: {n} services x 10 backends")
                 results["control_plane"]["socklb"][str(n)] = _cp_socklb(n, cfg.changes)
                 save()
+            say("[bench] socklb control plane against issue 14's targets:")
+            for line in report.control_summary(results):
+                say(f"[bench] {line}")
     finally:
         problems = modes.close()
         if problems:

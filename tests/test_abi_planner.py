@@ -70,11 +70,11 @@ def test_encode_decode_round_trip() -> None:
         affinity=Affinity(60),
         terminate_tcp=True,
     )
-    ids = {x._key: 10 + i for i, x in enumerate(s.backends)}
+    ids = [10 + i for i in range(len(s.backends))]  # the id of each backend, in order
     v = abi.encode(s, ids)
     assert v.n_usable == 1 and len(v.members) == 2 and v.algo == lib.SOCKLB_ALGO_MAGLEV
     key, value = abi.service_key(s), abi.service_value(s, 7, 9, v)
-    backends = {ids[x._key]: abi.backend_value(x, 7) for x in s.backends}
+    backends = {bid: abi.backend_value(x, 7) for x, bid in zip(s.backends, ids)}
     assert abi.decode(key, value, v.members, backends) == s
 
 

@@ -114,7 +114,10 @@ def test_the_image_check_passes_on_this_checkout(tmp_path: Any) -> None:
     try:
         r = subprocess.run(
             [sys.executable, str(DEPLOY / "image_check.py"), "--cgroup", cgroup, "--pin-dir", pin_dir],
-            capture_output=True, text=True, timeout=120, env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
         )
         assert r.returncode == 0, r.stdout + r.stderr
         lines = r.stdout.splitlines()

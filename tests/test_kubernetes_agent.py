@@ -295,6 +295,31 @@ def test_healthz_follows_the_age_of_pending_changes(api: FakeApiServer) -> None:
         agent.stop()
 
 
+def test_a_full_sync_that_fails_programs_one_by_one_and_removes_what_is_gone(api: FakeApiServer) -> None:
+    from socklb import Backend, Service
+
+    web(api)
+    web(api, name="refused", ip="10.96.0.77")
+    lb = RecordingBalancer(fail=[("10.96.0.77", 80, "tcp")])  # makes the full sync raise
+    # What an earlier agent left programmed (adopted pins): one Service deleted since, one unchanged.
+    gone = Service("10.96.0.99", 80, "tcp", [Backend("10.244.9.2", 8080)])
+    same = Service("10.96.0.10", 80, "tcp", [Backend("10.244.1.2", 8080), Backend("10.244.2.2", 8080)])
+    lb.programmed = {gone.key: gone, same.key: same}
+    agent = make_agent(api, lb, retry_initial=0.05, retry_max=0.1)
+    agent.start()
+    try:
+        assert agent.wait_synced(15), agent.stats()
+        assert gone.key not in lb.programmed  # removed one by one
+        assert lb.programmed[K80] == same
+        writes = {(c.op, c.arg if c.op == "remove" else c.arg.key) for c in lb.ops("upsert", "remove")}
+        # the refused one tried (and retried), the deleted one removed, the unchanged one not rewritten
+        assert writes == {("upsert", ("10.96.0.77", 80, "tcp")), ("remove", gone.key)}, writes
+        st = agent.stats()
+        assert st["removes"] == 1 and st["upserts"] == 0 and st["retrying"] == 1, st
+    finally:
+        agent.stop()
+
+
 def test_the_node_zone_label_selects_zone_hints(api: FakeApiServer, running: Any) -> None:
     api.apply(service("web", "10.96.0.10"))
     eps = [endpoint("10.244.1.2", zones=["z1"]), endpoint("10.244.2.2", zones=["z2"])]

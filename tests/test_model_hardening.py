@@ -233,7 +233,7 @@ def test_numpy_integers() -> None:
 
 
 def test_backend_has_no_abi_encoding_fields() -> None:
-    names = {f.name for f in dataclasses.fields(Backend)}
+    names = {f.name for f in dataclasses.fields(Backend)} | set(Backend.__slots__)
     assert "_nport" not in names and "_state_idx" not in names
     b = Backend("10.244.1.2", 8080)
     assert not hasattr(b, "_nport") and not hasattr(b, "_state_idx")

@@ -73,7 +73,7 @@ def test_alias_table_rejects_what_has_no_distribution() -> None:
 def encoded_shares(svc: Service) -> Dict[int, float]:
     """What the datapath's draw (slot from the high half of r * n, keep from
     the low half) gives each backend id of the encoded service."""
-    ids = {b._key: i + 1 for i, b in enumerate(svc.backends)}
+    ids = [i + 1 for i in range(len(svc.backends))]  # the id of each backend, in order
     v = encode(svc, ids)
     n = v.n_usable
     share: Dict[int, float] = Counter()
@@ -86,7 +86,7 @@ def encoded_shares(svc: Service) -> Dict[int, float]:
 
 def test_encoding_uniform_costs_nothing_and_weights_make_a_table() -> None:
     same = Service(VIP4, 80, backends=[Backend(f"10.1.0.{i}", 80, weight=5) for i in range(1, 4)])
-    v = encode(same, {b._key: i + 1 for i, b in enumerate(same.backends)})
+    v = encode(same, [i + 1 for i in range(len(same.backends))])
     assert v.algo == 0 and all(m.alias_id == m.backend_id and m.keep == KEEP_ALL for m in v.members)
     for algo in ("random", "weighted"):
         svc = Service(
@@ -104,7 +104,7 @@ def test_the_largest_service_encodes() -> None:
     n = MAX_BACKENDS_PER_SERVICE
     bs = [Backend(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 80, weight=MAX_WEIGHT - (i == 0)) for i in range(n)]
     svc = Service("10.96.0.1", 80, backends=bs)
-    v = encode(svc, {b._key: i + 1 for i, b in enumerate(svc.backends)})
+    v = encode(svc, [i + 1 for i in range(len(svc.backends))])
     assert v.total_weight == n * MAX_WEIGHT - 1 < 2**32 and v.algo == 1
     with pytest.raises(InvalidValueError, match="weight"):
         Backend("10.1.0.1", 80, weight=MAX_WEIGHT + 1)

@@ -19,6 +19,7 @@ decoding (:func:`decode`) are written here and nowhere else.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import struct
 from collections import namedtuple
@@ -253,36 +254,35 @@ class Version(NamedTuple):
         return len(self.usable)
 
 
-def encode(svc: Service, ids: Mapping[Tuple[str, int], int]) -> Version:
-    """The list and selection parameters of ``svc``, its backends named by ``ids``."""
+def encode(svc: Service, ids: Sequence[int]) -> Version:
+    """The list and selection parameters of ``svc``, its backends named by
+    ``ids`` (the id of each of ``svc.backends``, in that order)."""
     usable, fallback = svc.selectable()
     flags = (lib.SOCKLB_SVC_F_FALLBACK if fallback else 0) | (lib.SOCKLB_SVC_F_AFFINITY if svc.affinity else 0)
     total = sum(b.weight for b in usable)
     if total > MAX_TOTAL_WEIGHT:  # checked before any id is taken or map written
         raise InvalidValueError("backends", f"total weight {total} of {svc} exceeds {MAX_TOTAL_WEIGHT}")
     code, new = STATE.code, tuple.__new__  # Member(...) without its Python-level constructor
+    bs = svc.backends
+    if len(usable) == len(bs):  # usable is bs, or its every member in the same order
+        uids: Sequence[int] = ids
+        rest: List[Tuple[Backend, int]] = []
+    else:  # usable is a subsequence of bs
+        chosen = {id(b) for b in usable}
+        uids = [bid for b, bid in zip(bs, ids) if id(b) in chosen]
+        rest = [(b, bid) for b, bid in zip(bs, ids) if id(b) not in chosen]
     if svc.algorithm is Algorithm.MAGLEV or len({b.weight for b in usable}) <= 1:
         # Maglev weighs in its table; equal weights need no alias table.
         algo = lib.SOCKLB_ALGO_MAGLEV if svc.algorithm is Algorithm.MAGLEV else lib.SOCKLB_ALGO_RANDOM
-        members = [
-            new(Member, (bid, bid, KEEP_ALL, b.weight, code[b.state]))
-            for b, bid in zip(usable, [ids[b._key] for b in usable])
-        ]
+        members = [new(Member, (bid, bid, KEEP_ALL, b.weight, code[b.state])) for b, bid in zip(usable, uids)]
     else:
         # Every other algorithm ("random", "weighted") honours weights.
         algo = lib.SOCKLB_ALGO_WEIGHTED
-        uids = [ids[b._key] for b in usable]
         members = [
             new(Member, (uids[i], uids[alias], _keep32(keep, total), b.weight, code[b.state]))
             for i, (b, (keep, alias)) in enumerate(zip(usable, alias_table([b.weight for b in usable])))
         ]
-    if len(usable) < len(svc.backends):
-        chosen = {id(b) for b in usable}
-        members += [
-            new(Member, (ids[b._key], ids[b._key], 0, b.weight, code[b.state]))
-            for b in svc.backends
-            if id(b) not in chosen
-        ]
+    members += [new(Member, (bid, bid, 0, b.weight, code[b.state])) for b, bid in rest]
     return Version(usable, tuple(members), flags, algo, total)
 
 
@@ -335,6 +335,28 @@ def backend_value(
     # A drained backend (weight 0) keeps its entry but is never chosen, not
     # even through affinity or a UDP socket's remembered choice.
     return _pack(b._a16, _htons(b.port), _code[b.state] if b.weight else DRAINING, svc_id)
+
+
+def backend_values(
+    bs: Sequence[Backend],
+    svc_id: int,
+    _pack: Callable[..., bytes] = _pack_backend,
+    _code: Dict[BackendState, int] = STATE.code,
+    _htons: Callable[[int], int] = socket.htons,
+) -> bytes:
+    """:func:`backend_value` of each of ``bs``, concatenated (one loop, no call per backend)."""
+    return b"".join([_pack(b._a16, _htons(b.port), _code[b.state] if b.weight else DRAINING, svc_id) for b in bs])
+
+
+def u32s(ids: Sequence[int]) -> bytes:
+    """Ids packed as the u32 keys of the backend and Maglev maps, concatenated."""
+    return struct.pack(f"={len(ids)}I", *ids)
+
+
+def slot_rows(list_id: int, members: Sequence[Member]) -> Tuple[bytes, bytes]:
+    """The keys and the values of a list's slots, each concatenated."""
+    keys = b"".join(map(pack_slot_key, itertools.repeat(list_id, len(members)), range(len(members))))
+    return keys, b"".join(itertools.starmap(_pack_slot, members))
 
 
 def slot_value(m: Member, _pack: Callable[..., bytes] = _pack_slot) -> bytes:

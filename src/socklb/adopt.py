@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from array import array
 from typing import Dict, List, Optional, Tuple
 
 from . import abi, pins
@@ -133,12 +134,13 @@ def adopt(t: Tables, spec: DatapathSpec) -> Tuple[State, List[Service]]:
             # Not something socklb writes, even when killed: drop it rather than guess.
             state.garbage.services.append(key)
             continue
-        ids = {}
+        by_key = {}
         for m in members:
             b = BACKEND_VAL.unpack(r.backends[m.backend_id])
-            ids[(abi.addr_text(b.addr), socket.ntohs(b.port))] = m.backend_id
+            by_key[(abi.addr_text(b.addr), socket.ntohs(b.port))] = m.backend_id
+        ids = array("I", [by_key[(b.address, b.port)] for b in svc.backends])
         version = abi.encode(svc, ids)
-        vals = {bid: abi.backend_value(b, v.svc_id) for b, bid in ((b, ids[b._key]) for b in svc.backends)}
+        vals = {bid: abi.backend_value(b, v.svc_id) for b, bid in zip(svc.backends, ids)}
         consistent = (
             version.members == members
             and value == abi.service_value(svc, v.svc_id, v.list_id, version)
@@ -149,21 +151,25 @@ def adopt(t: Tables, spec: DatapathSpec) -> Tuple[State, List[Service]]:
                 or t.maglev.lookup(U32.pack(v.list_id))
                 == bytes(
                     ffi.buffer(
-                        abi.maglev_entries(version.usable, [ids[b._key] for b in version.usable], spec.maglev_size)
+                        abi.maglev_entries(
+                            version.usable,
+                            [m.backend_id for m in version.members[: version.n_usable]],
+                            spec.maglev_size,
+                        )
                     )
                 )
             )
         )
-        slots = b"".join(abi.slot_value(m) for m in members)
-        state.put(svc.key, Programmed(svc, v.svc_id, key, value, v.list_id, slots, v.count, ids, dirty=not consistent))
+        state.put(svc.key, Programmed(svc, v.svc_id, v.list_id, ids, v.count, len(members), dirty=not consistent))
         state.svc_ids.mark(v.svc_id)
         state.list_ids.mark(v.list_id)
         used_lists.add(v.list_id)
-        for bid in ids.values():
+        for bid in ids:
             state.backend_ids.mark(bid)
             used_backends.add(bid)
         if not consistent:
             dirty.append(svc)
+            state.dirty_hint = True
     g = state.garbage
     for lid, got in r.lists.items():
         if lid not in used_lists:

@@ -18,7 +18,9 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from itertools import compress, count
+from operator import is_not
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import abi, adopt, features, node, pins, planner, stats, writer
 from ._core import lib
@@ -494,11 +496,11 @@ class Balancer:
                 raise NotFoundError(f"no service {k}")
             return lv.service
 
-    def _write(self, want: Dict[ServiceKey, Optional[Service]]) -> planner.Plan:
+    def _write(self, want: Dict[ServiceKey, Optional[Service]], exclusive: bool = False) -> planner.Plan:
         t0 = time.monotonic()
         ok = False
         try:
-            p = planner.plan(self._state, want, self.spec, terminate=self._terminator.enabled)
+            p = planner.plan(self._state, want, self.spec, terminate=self._terminator.enabled, exclusive=exclusive)
             try:
                 writer.apply(self._tables, self._state, p, self._terminator)
             finally:
@@ -531,30 +533,77 @@ class Balancer:
         writes; unchanged services are not touched.  Returns what changed."""
         if services is None or isinstance(services, (str, bytes, Service)):
             raise InvalidValueError("services", f"must be an iterable of Service, not {services!r}")
-        want: Dict[ServiceKey, Optional[Service]] = {}
-        for i, s in enumerate(services):
-            if not isinstance(s, Service):
-                raise InvalidValueError(f"services[{i}]", f"must be a Service, not {type(s).__name__}")
-            if s.key in want:
-                raise InvalidValueError(f"services[{i}]", f"service {s} is listed twice")
-            want[s.key] = s
+        given = services if isinstance(services, (list, tuple)) else list(services)
         with self._lock:
             self._mutating("sync")
-            live = self._state.services
-            for k in live:
-                if k not in want:
-                    want[k] = None
-            before = set(live)
-            p = self._write(want)
+            want = self._positional_changes(given)
+            exclusive = want is None
+            if want is None:
+                want = self._wanted(given)
+            p = self._write(want, exclusive=exclusive)
             added, updated, removed = [], [], []
+            new_ids = set(p.new_svc_ids)
             for k, lv in p.live.items():
                 if lv is None:
                     removed.append(k)
-                elif k not in before:
+                elif lv.svc_id in new_ids:
                     added.append(k)
                 else:
                     updated.append(k)
-            return SyncResult(tuple(added), tuple(updated), tuple(removed), len(want) - len(p.live), p.writes)
+            unchanged = len(given) - len(added) - len(updated)
+            return SyncResult(tuple(added), tuple(updated), tuple(removed), unchanged, p.writes)
+
+    @staticmethod
+    def _wanted(given: Sequence[Service]) -> Dict[ServiceKey, Optional[Service]]:
+        """The services by key; InvalidValueError naming the first one that is
+        not a Service or is listed twice.  The checks and the index are C loops."""
+        if not set(map(type, given)) <= {Service}:
+            for i, s in enumerate(given):
+                if not isinstance(s, Service):
+                    raise InvalidValueError(f"services[{i}]", f"must be a Service, not {type(s).__name__}")
+        want: Dict[ServiceKey, Optional[Service]] = {s._skey: s for s in given}
+        if len(want) != len(given):
+            seen = set()
+            for i, s in enumerate(given):
+                if s.key in seen:
+                    raise InvalidValueError(f"services[{i}]", f"service {s} is listed twice")
+                seen.add(s.key)
+        return want
+
+    def _positional_changes(self, given: Sequence[Service]) -> Optional[Dict[ServiceKey, Optional[Service]]]:
+        """What a controller that passes the same list again, a few entries
+        replaced, asks for: the services that are not the very objects
+        programmed at their position (in the order first programmed), and the
+        keys they replaced that are gone.  One C loop over pointers finds them
+        (no hashing, no attribute read).  None when the list is not such a
+        list (reordered, many changes, a duplicate, not a Service): then the
+        general path decides, and raises for what is invalid."""
+        st = self._state
+        if len(given) < 1024 or not st.values:
+            return None
+        cur = list(st.values.values())
+        diff = list(compress(count(), map(is_not, given, cur)))
+        if len(diff) + abs(len(given) - len(cur)) > max(64, len(given) >> 6):
+            return None
+        new = [given[i] for i in diff] + list(given[len(cur) :])
+        replaced = {cur[i]._skey for i in diff} | {s._skey for s in cur[len(given) :]}
+        want: Dict[ServiceKey, Optional[Service]] = {}
+        live = st.values
+        for s in new:
+            if s.__class__ is not Service:
+                return None
+            k = s._skey
+            if k in want or (k in live and k not in replaced):
+                return None  # listed twice: the general path names it
+            want[k] = s
+        for k in replaced:
+            if k not in want:
+                want[k] = None
+        if st.has_dirty():
+            for k, lv in st.services.items():
+                if lv.dirty and k not in want:
+                    want[k] = lv.service
+        return want
 
     def reconcile(self) -> int:
         """Retry the clean-up that an earlier update could not finish (it is

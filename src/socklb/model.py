@@ -14,13 +14,27 @@ socklb.errors.InvalidValueError: port: must be an integer in 1..65535, not 0
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 import operator
 import os
 import socket
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Optional, SupportsIndex, Tuple, Type, TypeVar, Union, cast
+from dataclasses import dataclass
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Optional,
+    SupportsIndex,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+    cast,
+)
 
 from .errors import InvalidValueError
 
@@ -236,7 +250,55 @@ def _enum(cls: Type[E], value: object, name: str) -> E:
         raise InvalidValueError(name, f"{value!r} is not one of {allowed}") from None
 
 
-@dataclass(frozen=True)
+_T = TypeVar("_T")
+
+
+def _slotted(*private: str, **computed: property) -> Callable[[Type[_T]], Type[_T]]:
+    """Give a dataclass ``__slots__`` (its fields plus ``private``), as
+    ``dataclass(slots=True)`` does on Python 3.10+: a value then has no
+    ``__dict__`` (a Backend takes ~80 bytes instead of ~400).  A field named
+    in ``computed`` is not stored but computed by that property.  The class
+    stays a dataclass (``dataclasses.fields``, ``replace`` and ``asdict`` work)."""
+
+    def make(cls: Type[_T]) -> Type[_T]:
+        names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        ns = {k: v for k, v in cls.__dict__.items() if k not in names and k not in ("__dict__", "__weakref__")}
+        ns["__slots__"] = tuple(n for n in names if n not in computed) + private
+        ns.update(computed)
+        meta: Any = type(cls)
+        new: Type[_T] = meta(cls.__name__, cls.__bases__, ns)
+        new.__qualname__ = cls.__qualname__
+        return new
+
+    return make
+
+
+def _frozen(self: object, name: str, value: object = None) -> None:
+    raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+
+def _frozen_del(self: object, name: str) -> None:
+    raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+# Ports and weights are interned: 500,000 backends on port 8080 share one int
+# (an int above 256 is otherwise 32 bytes each).  At most 65,536 of each.
+_INTS: Dict[int, int] = {}
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _backend_address(b: Backend) -> str:
+    """A backend's address text, made from its 16 bytes when asked for: not
+    kept, as 500,000 backends would keep 30 MiB of strings."""
+    a16 = b._a16
+    if b._version == 4:
+        return socket.inet_ntop(socket.AF_INET, a16[12:])
+    return socket.inet_ntop(socket.AF_INET6, a16)
+
+
+@_slotted("_a16", "_version", address=property(_backend_address, doc="The address, normalized (``inet_ntop``)."))
+@dataclass(frozen=False, eq=False, init=False)
 class Backend:
     """One endpoint of a service: an address and port, a weight and a state.
 
@@ -252,42 +314,62 @@ class Backend:
     Traceback (most recent call last):
     ...
     socklb.errors.InvalidValueError: address: fe80::2 is IPv6 link-local: ...
+
+    Immutable, hashable and picklable, without a ``__dict__`` (``__slots__``).
     """
 
     address: str
     port: int
     weight: int = 1
     state: BackendState = BackendState.ACTIVE
-    _a16: bytes = field(default=b"", init=False, repr=False, compare=False)
-    _version: int = field(default=0, init=False, repr=False, compare=False)
-    _key: Tuple[str, int] = field(default=("", 0), init=False, repr=False, compare=False)  # (address, port)
+    if TYPE_CHECKING:  # slots, not fields (mypy is told they have defaults)
+        _a16: bytes = dataclasses.field(default=b"", init=False)  # the address, 16 bytes in network order
+        _version: int = dataclasses.field(default=0, init=False)  # 4 or 6
 
-    if TYPE_CHECKING:  # what the generated __init__ accepts: port and weight of any integer type
+    def __init__(
+        self,
+        address: str,
+        port: SupportsIndex,
+        weight: SupportsIndex = 1,
+        state: Union[str, BackendState] = BackendState.ACTIVE,
+    ) -> None:
+        _, a16, version = _address(address, "address", backend=True)
+        p = _port(port)
+        w = _int(weight, 0, MAX_WEIGHT)
+        if w is None:
+            raise InvalidValueError("weight", f"must be an integer in 0..{MAX_WEIGHT}, not {weight!r}")
+        if state.__class__ is not BackendState:
+            state = _enum(BackendState, state, "state")
+        ints = _INTS
+        _set(self, "port", ints.setdefault(p, p))
+        _set(self, "weight", ints.setdefault(w, w))
+        _set(self, "state", state)
+        _set(self, "_a16", a16)
+        _set(self, "_version", version)
 
-        def __init__(
-            self,
-            address: str,
-            port: SupportsIndex,
-            weight: SupportsIndex = 1,
-            state: Union[str, BackendState] = BackendState.ACTIVE,
-        ) -> None: ...
+    __setattr__ = _frozen
+    __delattr__ = _frozen_del
 
-    def __post_init__(self) -> None:
-        text, a16, version = _address(self.address, "address", backend=True)
-        object.__setattr__(self, "address", text)
-        object.__setattr__(self, "_a16", a16)
-        object.__setattr__(self, "_version", version)
-        port = _port(self.port)
-        if port is not self.port:
-            object.__setattr__(self, "port", port)
-        weight = _int(self.weight, 0, MAX_WEIGHT)
-        if weight is None:
-            raise InvalidValueError("weight", f"must be an integer in 0..{MAX_WEIGHT}, not {self.weight!r}")
-        if weight is not self.weight:
-            object.__setattr__(self, "weight", weight)
-        if self.state.__class__ is not BackendState:
-            object.__setattr__(self, "state", _enum(BackendState, self.state, "state"))
-        object.__setattr__(self, "_key", (text, port))
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if other.__class__ is not Backend:
+            return NotImplemented
+        o = other
+        return self._a16 == o._a16 and self.port == o.port and self.weight == o.weight and self.state is o.state
+
+    def __hash__(self) -> int:
+        # Not kept (8 bytes a backend): a Service keeps the hash of its backends.
+        # id(state): the states are singletons, and ``is`` is what __eq__ compares.
+        return hash((self._a16, self.port, self.weight, id(self.state)))
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (Backend, (self.address, self.port, self.weight, self.state))
+
+    @property
+    def _key(self) -> Tuple[str, int]:
+        """(address, port): what identifies a backend within a service."""
+        return (self.address, self.port)
 
     @property
     def ip(self) -> IPAddress:
@@ -325,7 +407,8 @@ class Affinity:
             object.__setattr__(self, "timeout", t)
 
 
-@dataclass(frozen=True, init=False)
+@_slotted("_a16", "_skey", "_hash")
+@dataclass(frozen=False, eq=False, init=False)
 class Service:
     """A service address (VIP, port, protocol) and its backends.
 
@@ -339,12 +422,16 @@ class Service:
     Traceback (most recent call last):
     ...
     socklb.errors.InvalidValueError: backends[1]: 10.96.0.10 is the service's own address: ...
+
+    Immutable, hashable and picklable, without a ``__dict__``; its hash is
+    computed once and kept, so comparing two services that differ usually
+    costs one integer comparison (``Balancer.sync()`` relies on it).
     """
 
     address: str
     port: int
     protocol: Protocol = Protocol.TCP
-    backends: Tuple[Backend, ...] = field(default=())
+    backends: Tuple[Backend, ...] = ()
     algorithm: Algorithm = Algorithm.RANDOM
     affinity: Optional[Affinity] = None
     terminate_tcp: bool = False
@@ -353,8 +440,10 @@ class Service:
     frontend: Frontend = Frontend.ADDRESS
     """Where the service is reached: see :class:`Frontend` and
     :meth:`node_port`, :meth:`host_port`."""
-    _a16: bytes = field(default=b"", repr=False, compare=False)
-    _skey: ServiceKey = field(default=("", 0, ""), repr=False, compare=False)  # .key, made once
+    if TYPE_CHECKING:  # slots, not fields (mypy is told they have defaults)
+        _a16: bytes = dataclasses.field(default=b"", init=False)
+        _skey: ServiceKey = dataclasses.field(default=("", 0, ""), init=False)  # .key, made once
+        _hash: int = dataclasses.field(default=0, init=False)  # 0: not computed yet
 
     def __init__(
         self,
@@ -383,50 +472,109 @@ class Service:
             )
         text, a16, version = _address(address, "address", wildcard=wild)
         port = _port(port)
-        proto = _enum(Protocol, protocol, "protocol")
-        algo = _enum(Algorithm, algorithm, "algorithm")
+        proto = protocol if protocol.__class__ is Protocol else _enum(Protocol, protocol, "protocol")
+        algo = algorithm if algorithm.__class__ is Algorithm else _enum(Algorithm, algorithm, "algorithm")
         if isinstance(backends, (str, bytes)):
             raise InvalidValueError("backends", "must be an iterable of Backend")
         try:
-            bs = tuple(backends)
+            bs = backends if backends.__class__ is tuple else tuple(backends)
         except TypeError:
             raise InvalidValueError(
                 "backends", f"must be an iterable of Backend, not {type(backends).__name__}"
             ) from None
+        bs = cast(Tuple[Backend, ...], bs)
         if len(bs) > MAX_BACKENDS_PER_SERVICE:
             raise InvalidValueError("backends", f"{len(bs)} backends; a service has at most {MAX_BACKENDS_PER_SERVICE}")
-        seen = set()
         for i, b in enumerate(bs):
-            if not isinstance(b, Backend):
+            if b.__class__ is not Backend and not isinstance(b, Backend):
+                _duplicate(bs[:i])  # the first error as given is the one named
                 raise InvalidValueError(f"backends[{i}]", f"must be a Backend, not {type(b).__name__}")
             if b._version != version:
+                _duplicate(bs[:i])
                 raise InvalidValueError(f"backends[{i}]", _family_hint(b, text, version))
             if b._a16 == a16:
+                _duplicate(bs[:i])
                 raise InvalidValueError(
                     f"backends[{i}]",
                     f"{b.address} is the service's own address: a socket translated to it is not translated "
                     f"again and reaches no server; give the address of a pod or host that serves {text}",
                 )
-            if (b.address, b.port) in seen:
-                raise InvalidValueError(f"backends[{i}]", f"{_hostport(b.address, b.port)} is listed twice")
-            seen.add((b.address, b.port))
-        if affinity is not None and not isinstance(affinity, Affinity):
-            raise InvalidValueError("affinity", f"must be an Affinity or None, not {type(affinity).__name__}")
-        object.__setattr__(self, "address", text)
-        object.__setattr__(self, "_a16", a16)
-        object.__setattr__(self, "port", port)
-        object.__setattr__(self, "protocol", proto)
         # Backends are a set: keep them in one canonical order, so that equal
         # sets compare equal and a restarted controller sees what it wrote.
-        bs = tuple(sorted(bs, key=_backend_order))
-        object.__setattr__(self, "backends", bs)
-        object.__setattr__(self, "algorithm", algo)
+        if len(bs) > 1:
+            given, bs = bs, tuple(sorted(bs, key=_backend_order))
+            for i in range(1, len(bs)):
+                if bs[i]._a16 == bs[i - 1]._a16 and bs[i].port == bs[i - 1].port:
+                    _duplicate(given)
+        if affinity is not None and not isinstance(affinity, Affinity):
+            raise InvalidValueError("affinity", f"must be an Affinity or None, not {type(affinity).__name__}")
         if not isinstance(terminate_tcp, bool):
             raise InvalidValueError("terminate_tcp", f"must be a bool, not {type(terminate_tcp).__name__}")
-        object.__setattr__(self, "affinity", affinity)
-        object.__setattr__(self, "terminate_tcp", terminate_tcp)
-        object.__setattr__(self, "frontend", kind)
-        object.__setattr__(self, "_skey", (text, self.port, proto.value))
+        _set(self, "address", address if text == address else text)
+        _set(self, "port", port)
+        _set(self, "protocol", proto)
+        _set(self, "backends", bs)
+        _set(self, "algorithm", algo)
+        _set(self, "affinity", affinity)
+        _set(self, "terminate_tcp", terminate_tcp)
+        _set(self, "frontend", kind)
+        _set(self, "_a16", a16)
+        _set(self, "_skey", (self.address, port, proto.value))
+        _set(self, "_hash", 0)
+
+    __setattr__ = _frozen
+    __delattr__ = _frozen_del
+
+    def __hash__(self) -> int:
+        h = self._hash
+        if not h:
+            # id() of the enum members: they are singletons, and ``is`` is what __eq__ compares.
+            h = (
+                hash(
+                    (
+                        self._skey,
+                        self.backends,
+                        id(self.algorithm),
+                        self.affinity,
+                        self.terminate_tcp,
+                        id(self.frontend),
+                    )
+                )
+                or 1
+            )
+            _set(self, "_hash", h)  # a benign race: every thread computes the same value
+        return h
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if other.__class__ is not Service:
+            return NotImplemented
+        o = other
+        return (
+            self.__hash__() == o.__hash__()
+            and self._skey == o._skey
+            and self.algorithm is o.algorithm
+            and self.terminate_tcp == o.terminate_tcp
+            and self.frontend is o.frontend
+            and self.affinity == o.affinity
+            and self.backends == o.backends
+        )
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (
+            Service,
+            (
+                self.address,
+                self.port,
+                self.protocol,
+                self.backends,
+                self.algorithm,
+                self.affinity,
+                self.terminate_tcp,
+                self.frontend,
+            ),
+        )
 
     @classmethod
     def node_port(
@@ -500,7 +648,10 @@ class Service:
         >>> [b.address for b in s.selectable()[0]], s.selectable()[1]
         (['10.1.0.1'], True)
         """
-        usable = tuple(b for b in self.backends if b.usable_when_active)
+        bs, active = self.backends, BackendState.ACTIVE
+        usable = tuple([b for b in bs if b.state is active and b.weight])
+        if len(usable) == len(bs) and bs:
+            return bs, False
         if usable:
             return usable, False
         fallback = tuple(b for b in self.backends if b.state is BackendState.TERMINATING and b.weight > 0)
@@ -545,6 +696,15 @@ def _family_hint(b: Backend, vip: str, version: int) -> str:
 
 def _backend_order(b: Backend) -> Tuple[bytes, int]:
     return (b._a16, b.port)
+
+
+def _duplicate(backends: Iterable[Backend]) -> None:
+    """Raise for the first backend listed twice, named by its position as given."""
+    seen = set()
+    for i, b in enumerate(backends):
+        if (b._a16, b.port) in seen:
+            raise InvalidValueError(f"backends[{i}]", f"{_hostport(b.address, b.port)} is listed twice")
+        seen.add((b._a16, b.port))
 
 
 def _hostport(address: str, port: int) -> str:

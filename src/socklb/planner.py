@@ -24,14 +24,17 @@ read the old one just before its deletion, it reads the service again.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Sized, Tuple
+from itertools import filterfalse
+from operator import attrgetter
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Sized, Tuple
 
 from . import abi
 from ._core import ffi
-from .abi import U32, Member
+from .abi import U32
 from .errors import CapacityError
-from .model import Algorithm, Backend, BackendState, Protocol, Service, ServiceKey
+from .model import Algorithm, BackendState, Protocol, Service, ServiceKey
 from .spec import DatapathSpec
 
 __all__ = ["Ids", "Programmed", "State", "Plan", "plan", "Garbage"]
@@ -55,6 +58,12 @@ class Rows:
         self.values += value
         self.n += 1
 
+    def extend(self, keys: bytes, values: bytes, n: int) -> None:
+        """``n`` rows at once, their keys and values each concatenated."""
+        self.keys += keys
+        self.values += values
+        self.n += n
+
     def __len__(self) -> int:
         return self.n
 
@@ -72,6 +81,51 @@ def _total(*parts: Sized) -> int:
     return sum(map(len, parts))
 
 
+class Reserved:
+    """Ids a plan reserved, kept as the ranges they were taken in: the
+    5,000,000 backend ids of a large first sync are a few hundred thousand
+    ``range`` objects, not 5,000,000 ints."""
+
+    __slots__ = ("_ones", "_parts", "_removed")
+
+    def __init__(self) -> None:
+        self._parts: List[Sequence[int]] = []
+        self._ones: List[int] = []
+        self._removed: Set[int] = set()
+
+    def append(self, i: int) -> None:
+        self._ones.append(i)
+        self._removed.discard(i)
+
+    def extend(self, ids: Sequence[int]) -> None:
+        self._parts.append(ids)
+        if self._removed:
+            self._removed.difference_update(ids)
+
+    def remove(self, i: int) -> None:
+        if i not in self:
+            raise ValueError(f"id {i} is not reserved")
+        self._removed.add(i)
+
+    def __contains__(self, i: object) -> bool:
+        if i in self._removed:
+            return False
+        return i in self._ones or any(i in part for part in self._parts)
+
+    def __iter__(self) -> Iterator[int]:
+        removed = self._removed
+        for part in self._parts:
+            for i in part:
+                if i not in removed:
+                    yield i
+        for i in self._ones:
+            if i not in removed:
+                yield i
+
+    def __len__(self) -> int:
+        return sum(map(len, self._parts)) + len(self._ones) - len(self._removed)
+
+
 class Ids:
     """Allocator of non-zero ids (u32) that are not reused until the counter wraps.
 
@@ -87,16 +141,19 @@ class Ids:
         self._limit = limit
         self._next = 1
         self._used: Optional[Set[int]] = None  # recorded only once the counter wrapped
-        self._recent: List[Iterable[int]] = []  # taken since the last settle()
+        self._recent: List[Iterable[int]] = []  # ranges taken since the last settle()
+        self._recent_ones: List[int] = []  # single ids taken since then
 
     def settle(self) -> None:
         """What was taken is now in the state (committed) or given back (aborted)."""
         self._recent.clear()
+        self._recent_ones.clear()
 
     def _wrap(self) -> Set[int]:
         used = set(self._in_use())
         for r in self._recent:
             used.update(r)
+        used.update(self._recent_ones)
         self._used, self._next = used, 1
         return used
 
@@ -106,7 +163,7 @@ class Ids:
             i = self._next
             if i <= self._limit:
                 self._next = i + 1
-                self._recent.append((i,))
+                self._recent_ones.append(i)
                 return i
             used = self._wrap()
         for _ in range(self._limit):
@@ -139,28 +196,63 @@ class Ids:
             self._next = i + 1  # past the limit: the next take wraps
 
 
-@dataclass
 class Programmed:
-    """What is programmed for one service."""
+    """What is programmed for one service: the service, its ids, and the
+    sizes of its list.  Everything else the maps hold for it (its key and
+    value, its slots) is a function of these and is computed again when a
+    change needs it (:meth:`version`), so a programmed service costs a few
+    hundred bytes of Python (``__slots__``, the backend ids as one ``range``
+    or ``array``) on top of the :class:`Service` the caller gave.
+    """
 
-    service: Service
-    svc_id: int
-    key: bytes
-    value: bytes
-    list_id: int
-    slots: bytes  # the list as the maps hold it (packed slot values): usable members first
-    count: int  # how many of them are usable
-    backend_ids: Dict[Tuple[str, int], int]
-    dirty: bool = False  # the maps may disagree with `service`: rewrite it all on the next plan
+    __slots__ = ("count", "dirty", "ids", "list_id", "n_members", "service", "svc_id")
+
+    def __init__(
+        self,
+        service: Service,
+        svc_id: int,
+        list_id: int,
+        ids: Sequence[int],
+        count: int,
+        n_members: int,
+        dirty: bool = False,
+    ) -> None:
+        self.service = service
+        self.svc_id = svc_id
+        self.list_id = list_id
+        self.ids = ids
+        """The backend id of each of ``service.backends``, in that order."""
+        self.count = count
+        """How many members of the list are usable (slots 0..count-1)."""
+        self.n_members = n_members
+        """How many slots the list has in the maps."""
+        self.dirty = dirty
+        """The maps may disagree with ``service``: rewrite it all on the next plan."""
 
     @property
     def n_slots(self) -> int:
-        return len(self.slots) // abi.SLOT_VAL.size
+        return self.n_members
+
+    @property
+    def key(self) -> bytes:
+        return abi.service_key(self.service)
+
+    @property
+    def value(self) -> bytes:
+        return abi.service_value(self.service, self.svc_id, self.list_id, self.version())
+
+    @property
+    def backend_ids(self) -> Dict[Tuple[str, int], int]:
+        """Backend ids by (address, port)."""
+        return {(b.address, b.port): bid for b, bid in zip(self.service.backends, self.ids)}
+
+    def version(self) -> abi.Version:
+        """The service's list as the maps hold it (for a service not dirty)."""
+        return abi.encode(self.service, self.ids)
 
     def chosen_ids(self) -> List[int]:
         """Backend ids the datapath picks from (slots 0..count-1)."""
-        packed = self.slots[: self.count * abi.SLOT_VAL.size]
-        return [Member._make(t).backend_id for t in abi.SLOT_VAL.struct.iter_unpack(packed)]
+        return [m.backend_id for m in self.version().members[: self.count]]
 
 
 @dataclass
@@ -189,6 +281,10 @@ class State:
 
     def __init__(self, id_limit: int = 0xFFFFFFFF) -> None:
         self.services: Dict[ServiceKey, Programmed] = {}
+        self.values: Dict[ServiceKey, Service] = {}
+        """The service of each entry of ``services``: what plan() compares a wanted list with, in C."""
+        self.dirty_hint = False
+        """Set by whoever marks a Programmed dirty: has_dirty() then looks."""
         self.n_backends = 0
         self.n_maglev = 0
         self.svc_ids = Ids(self._svc_ids_in_use, id_limit)
@@ -205,21 +301,32 @@ class State:
         return [p.list_id for p in self.services.values()] + g.list_ids + [i for _, i in g.maglev]
 
     def _backend_ids_in_use(self) -> Iterable[int]:
-        ids = [i for p in self.services.values() for i in p.backend_ids.values()]
+        ids = [i for p in self.services.values() for i in p.ids]
         return ids + [i for _, i in self.garbage.backends]
 
     def put(self, k: ServiceKey, p: Optional[Programmed]) -> None:
         """Record ``p`` as what is programmed for ``k`` (None: nothing)."""
         old = self.services.get(k)
         if old is not None:
-            self.n_backends -= len(old.backend_ids)
+            self.n_backends -= len(old.ids)
             self.n_maglev -= old.service.algorithm is Algorithm.MAGLEV
         if p is None:
             self.services.pop(k, None)
+            self.values.pop(k, None)
         else:
             self.services[k] = p
-            self.n_backends += len(p.backend_ids)
+            self.values[k] = p.service
+            self.n_backends += len(p.ids)
             self.n_maglev += p.service.algorithm is Algorithm.MAGLEV
+
+    def has_dirty(self) -> bool:
+        """Whether a programmed service is marked dirty (looks only after a hint)."""
+        if not self.dirty_hint:
+            return False
+        if any(map(_is_dirty, self.services.values())):
+            return True
+        self.dirty_hint = False
+        return False
 
     def commit(self, p: Plan) -> None:
         """The plan's services are what the kernel serves now."""
@@ -268,9 +375,9 @@ class Plan:
     live: Dict[ServiceKey, Optional[Programmed]] = field(default_factory=dict)
     free_svc_ids: List[int] = field(default_factory=list)
     # Ids reserved by this plan, given back if it is not applied.
-    new_svc_ids: List[int] = field(default_factory=list)
-    new_list_ids: List[int] = field(default_factory=list)
-    new_backend_ids: List[int] = field(default_factory=list)
+    new_svc_ids: Reserved = field(default_factory=Reserved)
+    new_list_ids: Reserved = field(default_factory=Reserved)
+    new_backend_ids: Reserved = field(default_factory=Reserved)
 
     @property
     def writes(self) -> int:
@@ -279,28 +386,48 @@ class Plan:
         )
 
 
-def plan(state: State, want: Mapping[ServiceKey, Optional[Service]], spec: DatapathSpec, *, terminate: bool) -> Plan:
+def plan(
+    state: State,
+    want: Mapping[ServiceKey, Optional[Service]],
+    spec: DatapathSpec,
+    *,
+    terminate: bool,
+    exclusive: bool = False,
+) -> Plan:
     """The writes that take ``state`` to ``want`` (None removes a key;
-    services not named are kept).  Checks capacity before anything else;
-    raises CapacityError with nothing reserved."""
+    services not named are kept, or removed if ``exclusive``).  Checks
+    capacity before anything else; raises CapacityError with nothing reserved."""
     live = state.services
     n_services, n_backends, n_maglev = len(live), state.n_backends, state.n_maglev
     changed: List[Tuple[ServiceKey, Optional[Service], Optional[Programmed]]] = []
-    for k, svc in want.items():
-        old = live.get(k)
+    items: Iterable[Tuple[ServiceKey, Optional[Service]]] = want.items()
+    if len(want) > 64 and not state.has_dirty():
+        # What a sync of the same list mostly finds is the very service that is
+        # programmed: filtered out by C loops (a dict-items lookup compares the
+        # values by identity first), so 50,000 of them cost a millisecond or two.
+        items = list(filterfalse(state.values.items().__contains__, items))
+    if exclusive:
+        # Every wanted key is programmed but those of the new services: if as
+        # many are programmed as there are, none is left to remove.
+        new = sum(1 for k, _ in items if k not in live)
+        if len(want) - new != len(live):
+            items = list(items) + [(k, None) for k in live.keys() - want.keys()]
+    get = live.get
+    for k, svc in items:
+        old = get(k)
         if svc is None:
             if old is not None:
                 n_services -= 1
-                n_backends -= len(old.backend_ids)
+                n_backends -= len(old.ids)
                 n_maglev -= old.service.algorithm is Algorithm.MAGLEV
                 changed.append((k, None, old))
             continue
         if old is not None and old.service == svc and not old.dirty:
-            continue
+            continue  # an equal value: the cached hashes differ unless it is
         if old is None:
             n_services += 1
         else:
-            n_backends -= len(old.backend_ids)
+            n_backends -= len(old.ids)
             n_maglev -= old.service.algorithm is Algorithm.MAGLEV
         n_backends += len(svc.backends)
         if svc.algorithm is Algorithm.MAGLEV:
@@ -325,10 +452,13 @@ def plan(state: State, want: Mapping[ServiceKey, Optional[Service]], spec: Datap
     return p
 
 
+_is_dirty = attrgetter("dirty")
+
+
 def _remove(p: Plan, k: ServiceKey, old: Programmed, terminate: bool) -> None:
     p.svc_del.append(old.key)
     _drop_list(p, old)
-    p.backend_del.extend((U32.pack(bid), bid) for bid in old.backend_ids.values())
+    p.backend_del.extend([(U32.pack(bid), bid) for bid in old.ids])
     p.free_svc_ids.append(old.svc_id)
     _doom(p, old.service, old.chosen_ids(), terminate)
     if old.service.affinity is not None:
@@ -359,73 +489,73 @@ def _upsert(
     bs = svc.backends
     u32 = U32.pack
     bval = abi.backend_value
-    ids: Dict[Tuple[str, int], int] = {}
+    ids: Sequence[int]
     if old is None:
         # A new service: every backend is new (the common case of a full sync).
-        bids = state.backend_ids.take_many(len(bs))
-        p.new_backend_ids.extend(bids)
-        ids = {b._key: bid for b, bid in zip(bs, bids)}
-        add = p.backend_upd.add
-        for b, bid in zip(bs, bids):
-            add(u32(bid), bval(b, svc_id))
+        ids = state.backend_ids.take_many(len(bs))
+        p.new_backend_ids.extend(ids)
+        if not isinstance(ids, range):
+            ids = array("I", ids)
+        p.backend_upd.extend(abi.u32s(ids), abi.backend_values(bs, svc_id), len(bs))
     else:
         # Backends the new version adds are written before the swap; the
         # datapath state of kept ones only after it, so that the version the
         # maps describe is always the old or the new one.
-        old_ids = old.backend_ids
-        was = {b._key: b for b in old.service.backends}
+        was = {(b._a16, b.port): (b, bid) for b, bid in zip(old.service.backends, old.ids)}
+        new_ids = array("I")
         for b in bs:
             v = bval(b, svc_id)
-            kept = old_ids.get(b._key)
+            kept = was.get((b._a16, b.port))
             if kept is None:
                 bid = state.backend_ids.take()
                 p.new_backend_ids.append(bid)
                 p.backend_upd.add(u32(bid), v)
             else:
-                bid = kept
-                if old.dirty or bval(was[b._key], svc_id) != v:
+                bid = kept[1]
+                if old.dirty or (kept[0] is not b and bval(kept[0], svc_id) != v):
                     p.backend_post.add(u32(bid), v)
-            ids[b._key] = bid
+            new_ids.append(bid)
+        ids = new_ids
 
     version = abi.encode(svc, ids)
-    rows = [abi.slot_value(m) for m in version.members]
-    slots = b"".join(rows)
     maglev = svc.algorithm is Algorithm.MAGLEV
+    old_version = None if old is None or old.dirty else old.version()
     if (
-        old is not None
-        and not old.dirty
-        and old.slots == slots
+        old_version is not None
+        and old is not None
+        and old_version.members == version.members
         and (old.service.algorithm is Algorithm.MAGLEV) == maglev
     ):
         list_id = old.list_id
     else:
         list_id = state.list_ids.take()
         p.new_list_ids.append(list_id)
-        kp = abi.pack_slot_key
-        add = p.slot_upd.add
-        for i, row in enumerate(rows):
-            add(kp(list_id, i), row)
+        p.slot_upd.extend(*abi.slot_rows(list_id, version.members), len(version.members))
         if maglev and version.usable:
-            p.maglev_upd.add(u32(list_id), _maglev_bytes(version.usable, ids, spec.maglev_size))
+            p.maglev_upd.add(u32(list_id), _maglev_bytes(version, spec.maglev_size))
         if old is not None:
             _drop_list(p, old)
 
     key = abi.service_key(svc)
     value = abi.service_value(svc, svc_id, list_id, version)
-    if old is None or old.value != value:
+    if old_version is None or old is None or abi.service_value(old.service, svc_id, old.list_id, old_version) != value:
         p.svc_upd.add(key, value)
     if old is not None:
-        for bk, bid in old.backend_ids.items():
-            if bk not in ids:
+        keep_keys = {(b._a16, b.port) for b in bs}
+        for ok, (_, bid) in was.items():
+            if ok not in keep_keys:
                 p.backend_del.append((u32(bid), bid))
         # Sockets stay on a backend that was chosen before, unless it was
         # removed or left the active state (a drained one keeps its sockets).
         chosen = {m.backend_id for m in version.members[: version.n_usable]}
-        active = {ids[b._key] for b in bs if b.state is BackendState.ACTIVE}
+        active = {bid for b, bid in zip(bs, ids) if b.state is BackendState.ACTIVE}
         keep = chosen | active
-        gone = [bid for bid in old.chosen_ids() if bid not in keep]
+        old_chosen = (
+            [m.backend_id for m in old_version.members[: old.count]] if old_version is not None else old.chosen_ids()
+        )
+        gone = [bid for bid in old_chosen if bid not in keep]
         _doom(p, svc, gone, terminate)
-    p.live[k] = Programmed(svc, svc_id, key, value, list_id, slots, version.n_usable, ids)
+    p.live[k] = Programmed(svc, svc_id, list_id, ids, version.n_usable, len(version.members))
 
 
 def _doom(p: Plan, svc: Service, ids: List[int], terminate: bool) -> None:
@@ -438,6 +568,6 @@ def _doom(p: Plan, svc: Service, ids: List[int], terminate: bool) -> None:
         p.doomed_tcp = True
 
 
-def _maglev_bytes(usable: Sequence[Backend], ids: Mapping[Tuple[str, int], int], size: int) -> bytes:
-    table = abi.maglev_entries(usable, [ids[b._key] for b in usable], size)
-    return bytes(ffi.buffer(table))
+def _maglev_bytes(version: abi.Version, size: int) -> bytes:
+    ids = [m.backend_id for m in version.members[: version.n_usable]]
+    return bytes(ffi.buffer(abi.maglev_entries(version.usable, ids, size)))

@@ -72,7 +72,7 @@ def apply(t: Tables, state: State, p: Plan, terminate: Terminate) -> None:
         t.backends.update_rows(p.backend_post)
     except KernelError as e:
         log.warning("socklb: %s; the services concerned are rewritten on the next update", e)
-        _dirty_from(p, p.backend_post.key_list(_done(e)))
+        _dirty_from(state, p, p.backend_post.key_list(_done(e)))
     g = state.garbage
     g.slots += p.slot_del
     g.maglev += p.maglev_del
@@ -148,13 +148,14 @@ def _delete_owned(
     return entries[n_gone:]
 
 
-def _dirty_from(p: Plan, keys: Sequence[bytes]) -> None:
+def _dirty_from(state: State, p: Plan, keys: Sequence[bytes]) -> None:
     """Kept backends whose new state was not written: their services are
     rewritten by the next plan."""
     failed = {U32.unpack(k)[0] for k in keys}
     for lv in p.live.values():
-        if lv is not None and not failed.isdisjoint(lv.backend_ids.values()):
+        if lv is not None and not failed.isdisjoint(lv.ids):
             lv.dirty = True
+            state.dirty_hint = True
 
 
 def _rollback(t: Tables, state: State, p: Plan, written: List[Tuple[Map, Rows]]) -> None:
@@ -162,18 +163,19 @@ def _rollback(t: Tables, state: State, p: Plan, written: List[Tuple[Map, Rows]])
     only new keys are written (new backends, lists, tables): delete them; put
     back the service entries that a partial batch may have swapped or removed.
     What cannot be undone is marked so the next update repairs it."""
-    by_key = {lv.key: (k, lv) for k, lv in state.services.items()}
+    # The state is not committed yet: it holds what the plan's services were.
+    by_key = {lv.key: lv for lv in (state.services.get(k) for k in p.live) if lv is not None}
     for key in p.svc_upd.key_list() + p.svc_del:
         old = by_key.get(key)
         try:
             if old is not None:
-                t.services.update(old[1].key, old[1].value, 1)
+                t.services.update(key, old.value, 1)
             else:
                 t.services.delete([key])
         except Exception:  # the first error is what is raised
             if old is not None:
-                old[1].dirty = True
-                old[1].value = b""
+                old.dirty = True  # the next plan rewrites it all, its service entry too
+                state.dirty_hint = True
             else:
                 state.garbage.services.append(key)
     for m, rows in reversed(written):

@@ -124,8 +124,9 @@ class Reflector:
     most every ``watch_timeout`` to ``2 * watch_timeout`` seconds.
     ``transform`` (like client-go's ``SetTransform``) is applied to every object
     as it arrives, before it is stored or handed over: a way to keep only what
-    the handler needs.  It must keep ``metadata.name``, ``namespace`` and
-    ``resourceVersion``; if it raises, the object is kept as it came.
+    the handler needs.  The store is keyed by the name and namespace the object
+    came with; what it returns must keep ``metadata.resourceVersion`` or have an
+    ``rv`` attribute (a str) that holds it.  If it raises, the object is kept as it came.
     """
 
     def __init__(
@@ -144,7 +145,7 @@ class Reflector:
         max_retry_after: float = 300.0,
         resync_period: Optional[float] = None,
         rand: Callable[[], float] = random.random,
-        transform: Optional[Callable[[Obj], Obj]] = None,
+        transform: Optional[Callable[[Obj], Any]] = None,
     ) -> None:
         if watch_timeout < 1:
             raise ValueError("watch_timeout must be at least 1 second")
@@ -267,11 +268,7 @@ class Reflector:
         finally:
             self.listing = False
         self.stats.lists += 1
-        old, new = self.store, {}
-        for obj in items:
-            key = _key(obj)
-            if key is not None:
-                new[key] = obj
+        old, new = self.store, dict(items)
         with self._lock:
             self.store, self.resource_version = new, rv
         for key, obj in new.items():
@@ -286,8 +283,8 @@ class Reflector:
         self._emit(Event("SYNCED"))
         self.synced.set()
 
-    def _list_all(self, paged: bool = True) -> Tuple[list[Obj], str]:
-        items: list[Obj] = []
+    def _list_all(self, paged: bool = True) -> Tuple[list[Tuple[Key, Obj]], str]:
+        items: list[Tuple[Key, Obj]] = []
         token: Optional[str] = None
         timeout = (self.connect_timeout, self.watch_timeout + self.read_timeout_margin)
         while True:
@@ -308,7 +305,10 @@ class Reflector:
                 _release(resp)
             self.stats.list_pages += 1
             page = body.get("items") or []
-            items.extend(self._slim(o) for o in page if isinstance(o, dict))
+            for o in page:
+                key = _key(o) if isinstance(o, dict) else None
+                if key is not None:  # the key of the object as it came: a transform may drop the name
+                    items.append((key, self._slim(o)))
             meta = body.get("metadata") or {}
             del body, page  # only the transformed objects stay
             token = meta.get("continue") or None
@@ -389,7 +389,8 @@ class Reflector:
         if self._transform is None:
             return obj
         try:
-            return self._transform(obj)
+            slim: Obj = self._transform(obj)  # or the transform's own object, read like one
+            return slim
         except Exception:
             logger.exception("%s: the transform failed on %.200s: keeping the object as it is", self.name, obj)
             return obj
@@ -412,6 +413,9 @@ def _key(obj: Obj) -> Optional[Key]:
 
 
 def _rv(obj: Obj) -> str:
+    rv = getattr(obj, "rv", None)  # a transform's own object (the agent's Compact)
+    if isinstance(rv, str):
+        return rv
     meta = obj.get("metadata")
     return str(meta.get("resourceVersion") or "") if isinstance(meta, dict) else ""
 

@@ -1,0 +1,105 @@
+"""The lean control plane (issue 14, part 3): values with __slots__, the balancer's
+bookkeeping per service, and sync()'s fast paths giving exactly the general path's
+answers (changes, removals, duplicates, wrong types, reorders, dirty services)."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import pickle
+import sys
+import tracemalloc
+from typing import List
+
+import pytest
+from helpers import require_root
+
+from socklb import Backend, Balancer, InvalidValueError, Service
+
+N = 2000  # above the fast path's threshold (1024)
+
+
+def services(n: int = N, port: int = 8080) -> List[Service]:
+    return [
+        Service(f"10.96.{i >> 8}.{i & 255}", 80, backends=[Backend(f"10.244.{j}.{i & 255}", port) for j in range(3)])
+        for i in range(1, n + 1)
+    ]
+
+
+def test_values_have_slots_and_stay_dataclasses() -> None:
+    b = Backend("10.244.1.2", 8080, weight=3)
+    s = Service("10.96.0.1", 80, backends=[b])
+    for v in (b, s):
+        assert not hasattr(v, "__dict__")
+        assert pickle.loads(pickle.dumps(v)) == v and hash(pickle.loads(pickle.dumps(v))) == hash(v)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            v.port = 1  # type: ignore[misc]
+    assert [f.name for f in dataclasses.fields(Backend)] == ["address", "port", "weight", "state"]
+    assert dataclasses.replace(s, port=81).key == ("10.96.0.1", 81, "tcp")
+    assert dataclasses.asdict(b)["address"] == "10.244.1.2"
+    # The address text is made from the packed bytes; ports are shared ints.
+    assert Backend("fd00:0::0001", 9000).address == "fd00::1"
+    assert Backend("10.1.1.1", 40000).port is Backend("10.1.1.2", 40000).port
+    # Equal values: equal and same hash; a differing one differs in its cached hash first.
+    assert s == Service("10.96.0.1", 80, backends=[Backend("10.244.1.2", 8080, weight=3)])
+    assert s != s.with_backends([Backend("10.244.1.2", 8080, weight=4)])
+    assert sys.getsizeof(b) <= 80
+
+
+def test_bookkeeping_per_service_is_under_1_kib() -> None:
+    require_root()
+    svcs = services()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        with Balancer(max_services=4096, max_backends=16384) as lb:
+            lb.sync(svcs)
+            gc.collect()
+            kept = (tracemalloc.get_traced_memory()[0] - before) / N
+    finally:
+        tracemalloc.stop()
+    assert kept < 1024, f"{kept:.0f} bytes per service"
+
+
+def test_sync_fast_paths_agree_with_the_general_one() -> None:
+    require_root()
+    svcs = services()
+    with Balancer(max_services=4096, max_backends=16384) as lb:
+        assert len(lb.sync(svcs).added) == N
+        r = lb.sync(svcs)
+        assert (r.unchanged, r.map_writes, r.changed) == (N, 0, False)
+        # A copy of the same values, not the same objects: nothing to write either.
+        r = lb.sync(services())
+        assert (r.unchanged, r.map_writes) == (N, 0)
+        # One replaced in place.
+        changed = list(svcs)
+        changed[7] = svcs[7].with_backends([Backend("10.245.0.1", 9)])
+        r = lb.sync(changed)
+        assert r.updated == (svcs[7].key,) and r.unchanged == N - 1 and not r.added and not r.removed
+        assert lb.get(svcs[7].key) is changed[7]
+        # The last one removed, a new one appended.
+        extra = Service("10.97.0.1", 80, backends=[Backend("10.246.0.1", 80)])
+        r = lb.sync([*changed[:-1], extra])
+        assert r.removed == (svcs[-1].key,) and r.added == (extra.key,) and r.unchanged == N - 1
+        # Reordered: nothing changes.
+        now = lb.services()
+        r = lb.sync(list(reversed(now)))
+        assert (r.unchanged, r.map_writes) == (N, 0)
+        # Invalid lists are refused with the general path's errors, and change nothing.
+        dup = list(now)
+        dup[5] = now[9]
+        with pytest.raises(InvalidValueError, match=r"services\[9\]: service .* is listed twice"):
+            lb.sync(dup)
+        bad = list(now)
+        bad[3] = "10.96.0.9:80"  # type: ignore[call-overload]
+        with pytest.raises(InvalidValueError, match=r"services\[3\]: must be a Service, not str"):
+            lb.sync(bad)
+        assert lb.services() == now
+        assert sorted(lb.kernel_services(), key=str) == sorted(now, key=str)
+        # A dirty service (its maps may disagree) is rewritten by a sync that passes it unchanged.
+        lb._state.services[now[11].key].dirty = True
+        lb._state.dirty_hint = True
+        r = lb.sync(now)
+        assert r.updated == (now[11].key,) and r.map_writes > 0
+        assert not lb._state.has_dirty()
