@@ -235,12 +235,24 @@ static __always_inline void count_selection(__u32 id)
 		*n += 1;
 }
 
+/* The errno a rejected call returns.  bpf_set_retval() is Linux 5.18: the
+ * loader picks the object built with -DSOCKLB_NO_SET_RETVAL on older
+ * kernels, where a rejected connect()/sendmsg() fails with the kernel's
+ * EPERM instead (features.py, README "Kernels").  Every use of the helper
+ * goes through this macro. */
+#ifdef SOCKLB_NO_SET_RETVAL
+#define SET_RETVAL(err) ((void)0)
+#else
+#define SET_RETVAL(err) bpf_set_retval(err)
+#endif
+
 /* Refuse with ECONNREFUSED, what kube-proxy's REJECT gives for a service
- * without endpoints; a bare "return 0" would surface as EPERM. */
+ * without endpoints; a bare "return 0" would surface as EPERM (which is
+ * what a kernel without bpf_set_retval gives). */
 static __always_inline int refuse(void)
 {
 	count(SOCKLB_CNT_NO_BACKEND);
-	bpf_set_retval(-ECONNREFUSED);
+	SET_RETVAL(-ECONNREFUSED);
 	return SYS_REJECT;
 }
 
@@ -850,7 +862,7 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 		if (tracing())
 			trace(ctx, key, NULL, TRACE_WHAT(SOCKLB_HOOK_SENDMSG, SOCKLB_TRACE_REFUSED, v6));
 		count(SOCKLB_CNT_NO_STATE);
-		bpf_set_retval(-ENOBUFS);
+		SET_RETVAL(-ENOBUFS);
 		return SYS_REJECT;
 	}
 
@@ -1126,7 +1138,8 @@ static __always_inline int do_post_bind(struct bpf_sock *sk, struct socklb_svc_k
 	}
 	if (!svc || !(svc->opts & SOCKLB_SVC_O_NODE_PORT))
 		return SYS_PROCEED;
-	bpf_set_retval(-EADDRINUSE);
+	/* EPERM where the kernel lacks bpf_set_retval (SET_RETVAL). */
+	SET_RETVAL(-EADDRINUSE);
 	return SYS_REJECT;
 }
 

@@ -320,3 +320,18 @@ struct socklb_meta {
 struct socklb_attach_info {
 	char path[512];
 };
+
+/* Output of the listing socket iterators (socklb_iter.bpf.c, counting-only
+ * object): one record per socket socklb connected to a doomed backend, which
+ * the loader then terminates with sock_diag's SOCK_DESTROY (kernels without
+ * bpf_sock_destroy).  Not a map: nothing is pinned. */
+struct socklb_doomed_sock {
+	__u32 src[4];		/* IPv4 in src[0] when family is AF_INET */
+	__u32 dst[4];
+	__u16 sport;		/* network order */
+	__u16 dport;		/* network order */
+	__u32 ifindex;		/* the socket's bound device, 0 if none */
+	__u8 family;
+	__u8 protocol;
+	__u8 pad[2];
+};

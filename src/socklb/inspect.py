@@ -272,6 +272,8 @@ class PinnedView:
                 return 0
             conn, dgram, tcp = self._map("sock_conn").fd, self._map("sock_dgram").fd, self._map("sock_tcp").fd
             n = int(lib.socklb_count_pinned_states(conn, dgram, tcp, ffi.new("int[]", fds), len(fds)))
+            if n < 0 and features.lacks(features.ITER_STORAGE):
+                raise features.ITER_STORAGE.error(os.strerror(-n))
             if n == -errno.EOPNOTSUPP:  # built without the iterators
                 raise features.SOCK_DESTROY.error(os.strerror(-n))
             return check(n, "counting socket states")
