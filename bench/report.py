@@ -609,8 +609,10 @@ def plot_hooks(results: Dict[str, Any], out_dir: str) -> List[str]:
                     if rr and med is not None:
                         xs.append(int(s))
                         ys.append(med)
-                        lo.append(med - min(rr))
-                        hi.append(max(rr) - med)
+                        # The rounds are stored rounded to 4 places, the median is
+                        # not: with one round the bar could come out at -5e-5.
+                        lo.append(max(0.0, med - min(rr)))
+                        hi.append(max(0.0, max(rr) - med))
                 if xs:
                     ax.errorbar(xs, ys, yerr=[lo, hi], fmt=style, capsize=3, label=f"socklb / {base}")
             ax.axhline(0.97, color="k", ls=":", lw=0.8)
