@@ -496,8 +496,10 @@ static int open_common(const struct socklb_config *cfg, const char *pin_dir, str
 	if (!lb)
 		return -ENOMEM;
 	/* TCP records by cookie where the kernel has what it takes (probed,
-	 * or forced off by a test). */
-	lb->tcp_by_cookie = !(cfg->missing & (SOCKLB_MISSING_SOCK_RELEASE | SOCKLB_MISSING_MPTCP_CAST));
+	 * or forced off by a test); never in the object for kernels before
+	 * 5.18 (see TCP_BY_COOKIE in socklb.bpf.c). */
+	lb->tcp_by_cookie = !(cfg->missing & (SOCKLB_MISSING_SOCK_RELEASE | SOCKLB_MISSING_MPTCP_CAST |
+					     SOCKLB_MISSING_SET_RETVAL));
 	capture(log, log_size);
 
 	/* The same programs and maps, built without bpf_set_retval (5.18). */

@@ -34,6 +34,16 @@ const volatile __u32 maglev_size = 1;
  * socklb_sock_release (the kernel has cgroup/sock_release with the cookie
  * helper and bpf_skc_to_mptcp_sock); 0: to socket-local storage. */
 const volatile __u32 tcp_by_cookie = 0;
+/* The object built for kernels before 5.18 (-DSOCKLB_NO_SET_RETVAL) leaves
+ * the cookie table out altogether: its compare-and-swap (BPF_ATOMIC
+ * cmpxchg) is Linux 5.12 and bpf_skc_to_mptcp_sock() 5.19, and a 5.10
+ * verifier rejects both even behind a constant-false branch ("BPF_STX uses
+ * reserved fields").  TCP records then live in socket-local storage. */
+#ifdef SOCKLB_NO_SET_RETVAL
+#define TCP_BY_COOKIE 0
+#else
+#define TCP_BY_COOKIE tcp_by_cookie
+#endif
 /* Entries of each socket's sock_dgram value (the loader sizes the map to it). */
 const volatile __u32 udp_flows = SOCKLB_DEFAULT_UDP_FLOWS;
 
@@ -749,7 +759,7 @@ static __always_inline bool keep_record(struct bpf_sock_addr *ctx, const struct 
 {
 	struct socklb_sock_entry *conn;
 
-	if (tcp_by_cookie && key->proto == SOCKLB_PROTO_TCP && !bpf_skc_to_mptcp_sock(ctx->sk)) {
+	if (TCP_BY_COOKIE && key->proto == SOCKLB_PROTO_TCP && !bpf_skc_to_mptcp_sock(ctx->sk)) {
 		struct socklb_sock_slot *slot = tcp_slot(cookie);
 
 		/* A socket that connects again (after a failed connect())
@@ -1012,7 +1022,7 @@ static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *ad
 	__u16 port = (__u16)ctx->user_port;
 	int i;
 
-	if (!dgram && tcp_by_cookie && ctx->protocol == IPPROTO_TCP) {
+	if (!dgram && TCP_BY_COOKIE && ctx->protocol == IPPROTO_TCP) {
 		__u64 cookie = bpf_get_socket_cookie(ctx);
 		struct socklb_sock_slot *slot = tcp_slot(cookie);
 
@@ -1088,7 +1098,7 @@ int socklb_sock_release(struct bpf_sock *sk)
 	struct socklb_sock_slot *slot;
 	__u64 cookie;
 
-	if (!tcp_by_cookie || sk->protocol != IPPROTO_TCP || sk->state == 10 /* TCP_LISTEN */)
+	if (!TCP_BY_COOKIE || sk->protocol != IPPROTO_TCP || sk->state == 10 /* TCP_LISTEN */)
 		return SYS_PROCEED;
 	cookie = bpf_get_socket_cookie(sk);
 	slot = tcp_slot(cookie);
