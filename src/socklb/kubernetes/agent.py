@@ -477,14 +477,16 @@ class Agent:
         self._triggers: Dict[SvcId, List[float]] = {}
         self._pending_since: Optional[float] = None  # monotonic time of the oldest change not applied
         self._synced: Set[str] = set()
-        self._slices_of: Dict[SvcId, Set[Tuple[str, str]]] = {}
+        # Kept small (tuples, one owner without a list): at 50,000 Services these
+        # indexes are a good part of the agent's memory.
+        self._slices_of: Dict[SvcId, Tuple[Tuple[str, str], ...]] = {}
         self._slice_owner: Dict[Tuple[str, str], SvcId] = {}
 
         # The apply thread's own state.
-        self._wanted: Dict[SvcId, Dict[ServiceKey, Service]] = {}
-        self._claims: Dict[ServiceKey, List[SvcId]] = {}
+        self._wanted: Dict[SvcId, Tuple[Service, ...]] = {}
+        self._claims: Dict[ServiceKey, Union[SvcId, List[SvcId]]] = {}  # a list only when several claim it
         self._no_local: Dict[SvcId, int] = {}
-        self._cache: Dict[SvcId, Tuple[Any, Dict[ServiceKey, Service], int]] = {}
+        self._cache: Dict[SvcId, Tuple[Any, Tuple[Service, ...], int]] = {}
         self._cache_node: Optional[Node] = None
         self._retry: Set[ServiceKey] = set()
         self._retry_failures = 0
@@ -625,14 +627,14 @@ class Agent:
         with self._cond:
             old_owner = self._slice_owner.pop(key, None)
             if old_owner is not None:
-                keys = self._slices_of.get(old_owner)
-                if keys is not None:
-                    keys.discard(key)
-                    if not keys:
-                        del self._slices_of[old_owner]
+                keys = tuple(k for k in self._slices_of.get(old_owner, ()) if k != key)
+                if keys:
+                    self._slices_of[old_owner] = keys
+                else:
+                    self._slices_of.pop(old_owner, None)
             if new_owner is not None:
                 self._slice_owner[key] = new_owner
-                self._slices_of.setdefault(new_owner, set()).add(key)
+                self._slices_of[new_owner] = self._slices_of.get(new_owner, ()) + (key,)
         self._mark({old_owner, new_owner}, None if e.type == "DELETED" else _trigger_time(e.obj))
 
     def _on_node(self, e: Event) -> None:
@@ -710,8 +712,8 @@ class Agent:
                         self._pending_since = None  # everything seen is applied
 
     def _translate(
-        self, sid: SvcId, node: Node, slices_of: Dict[SvcId, Set[Tuple[str, str]]]
-    ) -> Dict[ServiceKey, Service]:
+        self, sid: SvcId, node: Node, slices_of: Dict[SvcId, Tuple[Tuple[str, str], ...]]
+    ) -> Tuple[Service, ...]:
         """The frontends of one Service.  The result is kept with the resourceVersions
         it came from: the same Service and slices (and node) give it again without
         translating, which makes the full sync after a re-list cheap."""
@@ -720,7 +722,7 @@ class Agent:
         if obj is None:
             self._no_local.pop(sid, None)
             self._cache.pop(sid, None)
-            return {}
+            return ()
         sstore = self.slices_reflector.store
         found = [(k, o) for k, o in ((k, sstore.get(k)) for k in slices_of.get(sid, ())) if o is not None]
         if node != self._cache_node:
@@ -740,7 +742,7 @@ class Agent:
             )
             self.counts["services_translated"] += 1
             self.counts["notes"] += len(t.notes)
-            frontends, no_local = {s.key: s for s in t.services}, len(t.no_local_endpoints)
+            frontends, no_local = tuple(t.services), len(t.no_local_endpoints)
             self._cache[sid] = (sig, frontends, no_local)
         if no_local:
             self._no_local[sid] = no_local
@@ -752,30 +754,48 @@ class Agent:
         owners = self._claims.get(key)
         if not owners:
             return None
-        return self._wanted[min(owners)][key]
+        owner = min(owners) if isinstance(owners, list) else owners
+        for s in self._wanted[owner]:
+            if s.key == key:
+                return s
+        return None
 
-    def _set_wanted(self, sid: SvcId, new: Dict[ServiceKey, Service]) -> None:
-        for k in self._wanted.pop(sid, {}):
+    def _set_wanted(self, sid: SvcId, new: Tuple[Service, ...]) -> None:
+        for s in self._wanted.pop(sid, ()):
+            k = s.key
             owners = self._claims.get(k)
-            if owners is not None:
+            if owners is None:
+                continue
+            if isinstance(owners, list):
                 if sid in owners:
                     owners.remove(sid)
-                if not owners:
+                if len(owners) == 1:
+                    self._claims[k] = owners[0]
+                elif not owners:
                     del self._claims[k]
+            elif owners == sid:
+                del self._claims[k]
         if new:
             self._wanted[sid] = new
-            for k in new:
-                self._claims.setdefault(k, []).append(sid)
+            for s in new:
+                k = s.key
+                owners = self._claims.get(k)
+                if owners is None:
+                    self._claims[k] = sid
+                elif isinstance(owners, list):
+                    owners.append(sid)
+                else:
+                    self._claims[k] = [owners, sid]
 
     def _apply_dirty(self, dirty: Set[SvcId], node: Node, triggers: Dict[SvcId, List[float]]) -> None:
         t0 = time.monotonic()
         with self._cond:
-            slices_of = {s: set(self._slices_of.get(s, ())) for s in dirty}
+            slices_of = {s: self._slices_of.get(s, ()) for s in dirty}
         translated = {s: self._translate(s, node, slices_of) for s in dirty}
         affected: Set[ServiceKey] = set(self._retry)
         for s, new in translated.items():
-            affected.update(self._wanted.get(s, ()))
-            affected.update(new)
+            affected.update(v.key for v in self._wanted.get(s, ()))
+            affected.update(v.key for v in new)
         before = {k: self._value(k) for k in affected}
         for s, new in translated.items():
             self._set_wanted(s, new)
@@ -825,7 +845,7 @@ class Agent:
         t0 = time.monotonic()
         self._program_node(node)
         with self._cond:
-            slices_of = {s: set(v) for s, v in self._slices_of.items()}
+            slices_of = dict(self._slices_of)  # the tuples are never changed, only replaced
         sids = [(k[0] or "default", k[1]) for k in self.services_reflector.snapshot()]
         self._wanted, self._claims = {}, {}
         self._no_local = {}
