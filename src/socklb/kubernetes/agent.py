@@ -47,6 +47,7 @@ the Prometheus text format.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import logging
@@ -59,7 +60,7 @@ import zlib
 from collections import deque
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Deque, Dict, Iterable, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from ..errors import NotFoundError
 from ..model import Algorithm, Service, ServiceKey
@@ -634,7 +635,7 @@ class Agent:
                     self._slices_of.pop(old_owner, None)
             if new_owner is not None:
                 self._slice_owner[key] = new_owner
-                self._slices_of[new_owner] = self._slices_of.get(new_owner, ()) + (key,)
+                self._slices_of[new_owner] = (*self._slices_of.get(new_owner, ()), key)
         self._mark({old_owner, new_owner}, None if e.type == "DELETED" else _trigger_time(e.obj))
 
     def _on_node(self, e: Event) -> None:
@@ -877,6 +878,9 @@ class Agent:
             gc.unfreeze()
             gc.collect()
             gc.freeze()
+        # The LIST pages and the translations' temporaries are freed by now: give the
+        # free pages at the top of the heap and inside it back to the system.
+        _malloc_trim()
         self.first_sync.set()
 
     def _after_apply(self, t0: float, triggers: Dict[SvcId, List[float]], failed: Set[ServiceKey], full: bool) -> None:
@@ -1000,6 +1004,26 @@ class Agent:
         self._httpd.daemon_threads = True
         self._http_thread = threading.Thread(target=self._httpd.serve_forever, name="socklb-healthz", daemon=True)
         self._http_thread.start()
+
+
+def _load_malloc_trim() -> Optional[Callable[[int], int]]:
+    try:
+        libc = ctypes.CDLL(None)
+        trim: Callable[[int], int] = libc.malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _malloc_trim() -> None:
+    if _MALLOC_TRIM is not None:
+        try:
+            _MALLOC_TRIM(0)
+        except Exception:  # never let housekeeping fail an apply
+            pass
 
 
 def _iso(t: float) -> str:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -409,7 +410,7 @@ def _key(obj: Obj) -> Optional[Key]:
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
         return None
     ns = meta.get("namespace")
-    return (ns if isinstance(ns, str) else "", meta["name"])
+    return (sys.intern(ns) if isinstance(ns, str) else "", meta["name"])  # a few namespaces, many objects
 
 
 def _rv(obj: Obj) -> str:
