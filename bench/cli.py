@@ -62,6 +62,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Config:
     ap.add_argument("--control-scales", type=_ints, default=d.control_scales, help="control-plane scales")
     ap.add_argument("--no-control", action="store_true", help="skip the control-plane measurements")
     ap.add_argument("--no-hook-cost", action="store_true", help="skip the BPF statistics runs")
+    ap.add_argument(
+        "--hook-repeats", type=int, default=d.hook_repeats, help="hook-cost runs per scale, median kept (default 3)"
+    )
     ap.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
     ap.add_argument("--changes", type=int, default=d.changes, help="one-change repetitions (default 3)")
     ap.add_argument(
@@ -99,6 +102,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Config:
         control_scales=a.control_scales,
         control=not a.no_control,
         hook_cost=not a.no_hook_cost,
+        hook_repeats=a.hook_repeats,
         plots=not a.no_plots,
         changes=a.changes,
         quiet_wait=a.quiet_wait,

@@ -40,7 +40,7 @@ __all__ = [
     "make_mode",
 ]
 
-MODES = ("socklb", "iptables", "nftables", "direct")
+MODES = ("socklb", "iptables", "nftables", "direct", "detached")
 #: Where the backend servers listen.
 TCP_PORT = 8080
 UDP_PORT = 5353
@@ -280,6 +280,34 @@ class SocklbLab(ModeLab):
             super().close()
 
 
+class DetachedLab(ModeLab):
+    """The socklb lab itself (its client, pods, servers and CPU placement) with
+    the balancer detached while it runs, the client dialling the backend pods:
+    socklb against direct with nothing else different, where "direct" compares
+    two labs (other namespaces, other server processes)."""
+
+    name = "detached"
+
+    def __init__(self, socklb: SocklbLab) -> None:
+        self.socklb = socklb
+        self.bins, self.pin, self.lab = socklb.bins, socklb.pin, socklb.lab
+        self.client, self.backends, self.servers = socklb.client, socklb.backends, socklb.servers
+        self.services, self.mid, self.load_info = [], 0, {}
+
+    def targets(self, proto: str) -> List[str]:
+        port = UDP_PORT if proto == "udp" else TCP_PORT
+        return [f"{ip}:{port}" for ip in self.backend_ips]
+
+    def before_run(self) -> None:
+        self.socklb.attachment.detach()
+
+    def after_run(self) -> None:
+        self.socklb.attachment = self.socklb.balancer.attach(self.client.cgroup)
+
+    def close(self) -> None:
+        pass  # the socklb lab closes what is shared
+
+
 class IptablesLab(ModeLab):
     name = "iptables"
 
@@ -340,6 +368,8 @@ class Modes:
 def make_mode(
     name: str, n_backends: int, bins: Dict[str, str], server_threads: int = 1, pin: Optional[Tuple[str, str]] = None
 ) -> ModeLab:
+    if name == "detached":
+        raise ValueError("the detached mode shares the socklb lab: see Modes.add")
     cls = {"direct": DirectLab, "socklb": SocklbLab, "iptables": IptablesLab, "nftables": NftablesLab}[name]
     return cls(n_backends, bins, server_threads, pin)
 

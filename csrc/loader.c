@@ -21,14 +21,19 @@
 #include <unistd.h>
 
 #include <linux/bpf.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <linux/inet_diag.h>
+#include <netinet/in.h>
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
 
 #include "loader.h"
 #include "socklb_maps.h"
-#include "socklb_bpf_obj.h" /* generated: socklb_bpf_obj[], socklb_bpf_obj_len, and
-			      * socklb_iter_obj[] when SOCKLB_HAVE_ITER */
+#include "socklb_bpf_obj.h" /* generated: socklb_bpf_obj[] and socklb_bpf_noretval_obj[]
+			      * (with their _len), and socklb_iter_obj[] and
+			      * socklb_iter_count_obj[] when SOCKLB_HAVE_ITER */
 
 /* Program names, in the object's order: read from the embedded object itself
  * (once, see prog_names_init), never written out by hand. */
@@ -47,11 +52,14 @@ static int prog_names_err;
 struct socklb {
 	struct bpf_object *obj;
 	struct bpf_program *progs[SOCKLB_NPROGS];
+	int tcp_by_cookie;
 	struct bpf_program *gates[SOCKLB_NGROUPS][SOCKLB_NGATE];
 	/* Socket iterators: optional, see socklb_iter_status(). */
 	struct bpf_object *iter_obj;
 	struct bpf_link *iter_udp, *iter_tcp, *iter_count_udp, *iter_count_tcp;
+	struct bpf_link *iter_list_udp, *iter_list_tcp; /* counting-only object */
 	int iter_err;
+	int destroy_err; /* 0 when iter_udp and iter_tcp (bpf_sock_destroy) loaded */
 	pthread_mutex_t iter_lock;
 };
 
@@ -252,21 +260,28 @@ static void close_iter(struct socklb *lb)
 	bpf_link__destroy(lb->iter_tcp);
 	bpf_link__destroy(lb->iter_count_udp);
 	bpf_link__destroy(lb->iter_count_tcp);
+	bpf_link__destroy(lb->iter_list_udp);
+	bpf_link__destroy(lb->iter_list_tcp);
 	bpf_object__close(lb->iter_obj);
 	lb->iter_udp = lb->iter_tcp = lb->iter_count_udp = lb->iter_count_tcp = NULL;
+	lb->iter_list_udp = lb->iter_list_tcp = NULL;
 	lb->iter_obj = NULL;
 }
 
-/* Load the iterator object, sharing the datapath's sock_conn map.  Failure
- * is not fatal: the kernel may predate bpf_sock_destroy (6.5). */
-static int open_iter_fds(struct socklb *lb, int conn_fd, int dgram_fd)
+/* Load an iterator object, sharing the datapath's per-socket maps: in full,
+ * or counting only (no bpf_sock_destroy, which Linux 6.5 brought).  Failure
+ * is not fatal: terminating and counting are then unavailable. */
+static int open_iter_fds(struct socklb *lb, int conn_fd, int dgram_fd, int tcp_fd, bool count_only)
 {
 #if SOCKLB_HAVE_ITER
 	LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = "socklb_iter");
 	struct bpf_map *shared;
 	int err;
 
-	lb->iter_obj = bpf_object__open_mem(socklb_iter_obj, socklb_iter_obj_len, &opts);
+	if (count_only)
+		lb->iter_obj = bpf_object__open_mem(socklb_iter_count_obj, socklb_iter_count_obj_len, &opts);
+	else
+		lb->iter_obj = bpf_object__open_mem(socklb_iter_obj, socklb_iter_obj_len, &opts);
 	if (!lb->iter_obj)
 		return -errno;
 	shared = bpf_object__find_map_by_name(lb->iter_obj, "sock_conn");
@@ -280,15 +295,30 @@ static int open_iter_fds(struct socklb *lb, int conn_fd, int dgram_fd)
 		err = -ENOENT;
 	if (!err)
 		err = bpf_map__reuse_fd(shared, dgram_fd);
+	shared = bpf_object__find_map_by_name(lb->iter_obj, "sock_tcp");
+	if (!err && !shared)
+		err = -ENOENT;
+	if (!err)
+		err = bpf_map__reuse_fd(shared, tcp_fd);
 	if (!err)
 		err = bpf_object__load(lb->iter_obj);
 	if (err)
 		goto fail;
-	lb->iter_udp = bpf_program__attach_iter(bpf_object__find_program_by_name(lb->iter_obj, "socklb_destroy_udp"), NULL);
-	lb->iter_tcp = bpf_program__attach_iter(bpf_object__find_program_by_name(lb->iter_obj, "socklb_destroy_tcp"), NULL);
+	if (!count_only) {
+		lb->iter_udp = bpf_program__attach_iter(
+			bpf_object__find_program_by_name(lb->iter_obj, "socklb_destroy_udp"), NULL);
+		lb->iter_tcp = bpf_program__attach_iter(
+			bpf_object__find_program_by_name(lb->iter_obj, "socklb_destroy_tcp"), NULL);
+	} else {
+		lb->iter_list_udp = bpf_program__attach_iter(
+			bpf_object__find_program_by_name(lb->iter_obj, "socklb_list_udp"), NULL);
+		lb->iter_list_tcp = bpf_program__attach_iter(
+			bpf_object__find_program_by_name(lb->iter_obj, "socklb_list_tcp"), NULL);
+	}
 	lb->iter_count_udp = bpf_program__attach_iter(bpf_object__find_program_by_name(lb->iter_obj, "socklb_count_udp"), NULL);
 	lb->iter_count_tcp = bpf_program__attach_iter(bpf_object__find_program_by_name(lb->iter_obj, "socklb_count_tcp"), NULL);
-	if (!lb->iter_udp || !lb->iter_tcp || !lb->iter_count_udp || !lb->iter_count_tcp) {
+	if ((!count_only && (!lb->iter_udp || !lb->iter_tcp)) || (count_only && (!lb->iter_list_udp || !lb->iter_list_tcp)) ||
+	    !lb->iter_count_udp || !lb->iter_count_tcp) {
 		err = -errno ? -errno : -EINVAL;
 		goto fail;
 	}
@@ -300,13 +330,31 @@ fail:
 	(void)lb;
 	(void)conn_fd;
 	(void)dgram_fd;
+	(void)tcp_fd;
+	(void)count_only;
 	return -EOPNOTSUPP;
 #endif
 }
 
-static int open_iter(struct socklb *lb)
+/* The full iterators unless the kernel lacks bpf_sock_destroy (or a test
+ * says so); where they do not load, the counting ones. */
+static void open_iter(struct socklb *lb, uint32_t missing)
 {
-	return open_iter_fds(lb, socklb_map_fd(lb, "sock_conn"), socklb_map_fd(lb, "sock_dgram"));
+	int conn = socklb_map_fd(lb, "sock_conn"), dgram = socklb_map_fd(lb, "sock_dgram");
+	int tcp = socklb_map_fd(lb, "sock_tcp");
+
+	lb->destroy_err = -EOPNOTSUPP;
+	/* Both objects read socket-local storage (5.11 in iterators). */
+	if (missing & SOCKLB_MISSING_ITER_STORAGE) {
+		lb->iter_err = -EOPNOTSUPP;
+		return;
+	}
+	if (!(missing & SOCKLB_MISSING_SOCK_DESTROY)) {
+		lb->iter_err = lb->destroy_err = open_iter_fds(lb, conn, dgram, tcp, false);
+		if (!lb->iter_err)
+			return;
+	}
+	lb->iter_err = open_iter_fds(lb, conn, dgram, tcp, true);
 }
 
 static int open_common(const struct socklb_config *cfg, const char *pin_dir, struct socklb **out, char *log,
@@ -447,9 +495,16 @@ static int open_common(const struct socklb_config *cfg, const char *pin_dir, str
 	lb = calloc(1, sizeof(*lb));
 	if (!lb)
 		return -ENOMEM;
+	/* TCP records by cookie where the kernel has what it takes (probed,
+	 * or forced off by a test). */
+	lb->tcp_by_cookie = !(cfg->missing & (SOCKLB_MISSING_SOCK_RELEASE | SOCKLB_MISSING_MPTCP_CAST));
 	capture(log, log_size);
 
-	lb->obj = bpf_object__open_mem(socklb_bpf_obj, socklb_bpf_obj_len, &opts);
+	/* The same programs and maps, built without bpf_set_retval (5.18). */
+	if (cfg->missing & SOCKLB_MISSING_SET_RETVAL)
+		lb->obj = bpf_object__open_mem(socklb_bpf_noretval_obj, socklb_bpf_noretval_obj_len, &opts);
+	else
+		lb->obj = bpf_object__open_mem(socklb_bpf_obj, socklb_bpf_obj_len, &opts);
 	if (!lb->obj) {
 		err = -errno;
 		goto fail;
@@ -501,6 +556,7 @@ static int open_common(const struct socklb_config *cfg, const char *pin_dir, str
 		goto fail;
 	}
 	if ((err = set_rodata_u32(lb->obj, rodata, "maglev_size", cfg->maglev_size)) ||
+	    (err = set_rodata_u32(lb->obj, rodata, "tcp_by_cookie", (uint32_t)lb->tcp_by_cookie)) ||
 	    (err = set_rodata_u32(lb->obj, rodata, "udp_flows", cfg->udp_flows)) ||
 	    (err = size_sock_dgram(lb->obj, cfg->udp_flows)))
 		goto fail;
@@ -521,7 +577,7 @@ static int open_common(const struct socklb_config *cfg, const char *pin_dir, str
 		}
 		goto fail;
 	}
-	lb->iter_err = open_iter(lb);
+	open_iter(lb, cfg->missing);
 	pthread_mutex_init(&lb->iter_lock, NULL);
 	release();
 	*out = lb;
@@ -849,6 +905,11 @@ int socklb_iter_status(struct socklb *lb)
 	return lb->iter_err;
 }
 
+int socklb_iter_destroy_status(struct socklb *lb)
+{
+	return lb->destroy_err;
+}
+
 /* Read an iterator to its end; returns bytes read or -errno. */
 static int64_t drain_iter(struct bpf_link *link)
 {
@@ -938,8 +999,8 @@ int socklb_terminate(struct socklb *lb, const uint32_t *backend_ids, uint32_t n,
 	int err, fd;
 
 	*destroyed = *destroyed_tcp = 0;
-	if (lb->iter_err)
-		return lb->iter_err;
+	if (lb->destroy_err)
+		return lb->destroy_err;
 	if (n == 0 || nns == 0)
 		return 0;
 	doomed = bpf_object__find_map_by_name(lb->iter_obj, "doomed");
@@ -991,6 +1052,221 @@ int64_t socklb_count_states(struct socklb *lb, const int *netns_fds, uint32_t nn
 	err = run_in_netns(&job);
 	pthread_mutex_unlock(&lb->iter_lock);
 	return err ? err : job.bytes;
+}
+
+/* --- Socket termination through sock_diag (kernels without bpf_sock_destroy) */
+
+/* A sock_diag request. */
+struct diag_req {
+	struct nlmsghdr nlh;
+	struct inet_diag_req_v2 r;
+};
+
+static int diag_send(int nl, struct diag_req *req, size_t len)
+{
+	struct sockaddr_nl sa = { .nl_family = AF_NETLINK };
+
+	req->nlh.nlmsg_len = (uint32_t)len;
+	return sendto(nl, req, len, 0, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno : 0;
+}
+
+/* The ack of one request: 0 or -errno. */
+static int diag_ack(int nl)
+{
+	char buf[1024];
+	ssize_t got = recv(nl, buf, sizeof(buf), 0);
+	struct nlmsghdr *h = (struct nlmsghdr *)buf;
+
+	if (got < 0)
+		return -errno;
+	if (!NLMSG_OK(h, (size_t)got) || h->nlmsg_type != NLMSG_ERROR)
+		return -EPROTO;
+	return ((struct nlmsgerr *)NLMSG_DATA(h))->error;
+}
+
+/* Terminate one listed socket by its exact addresses, ports and device:
+ * 1 if destroyed, 0 if gone meanwhile, or -errno. */
+static int diag_destroy_one(int nl, const struct socklb_doomed_sock *s)
+{
+	struct diag_req d = {
+		.nlh = { .nlmsg_type = SOCK_DESTROY, .nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK },
+		.r = { .sdiag_family = s->family, .sdiag_protocol = s->protocol, .idiag_states = ~0U,
+		       .id = { .idiag_sport = s->sport, .idiag_dport = s->dport, .idiag_if = s->ifindex,
+			       .idiag_cookie = { INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE } } },
+	};
+	int err;
+
+	memcpy(d.r.id.idiag_src, s->src, sizeof(s->src));
+	memcpy(d.r.id.idiag_dst, s->dst, sizeof(s->dst));
+	if ((err = diag_send(nl, &d, sizeof(struct diag_req))))
+		return err;
+	err = diag_ack(nl);
+	return err == 0 ? 1 : err == -ENOENT ? 0 : err;
+}
+
+/* Read a listing iterator to its end: the records, or NULL with *err. */
+static struct socklb_doomed_sock *read_listed(struct bpf_link *link, size_t *n, int *err)
+{
+	size_t cap = 64 * sizeof(struct socklb_doomed_sock), len = 0;
+	char *buf = malloc(cap);
+	int fd = bpf_iter_create(bpf_link__fd(link));
+	ssize_t got;
+
+	*n = 0;
+	*err = 0;
+	if (fd < 0 || !buf) {
+		*err = fd < 0 ? -errno : -ENOMEM;
+		if (fd >= 0)
+			close(fd);
+		free(buf);
+		return NULL;
+	}
+	while ((got = read(fd, buf + len, cap - len)) > 0) {
+		len += (size_t)got;
+		if (len == cap) {
+			char *p = realloc(buf, 2 * cap);
+
+			if (!p) {
+				*err = -ENOMEM;
+				break;
+			}
+			buf = p;
+			cap *= 2;
+		}
+	}
+	if (got < 0)
+		*err = -errno;
+	close(fd);
+	if (*err) {
+		free(buf);
+		return NULL;
+	}
+	*n = len / sizeof(struct socklb_doomed_sock);
+	return (struct socklb_doomed_sock *)buf;
+}
+
+struct diag_job {
+	struct bpf_link *udp, *tcp; /* listing iterators; tcp NULL: UDP only */
+	const int *netns_fds;
+	uint32_t nns;
+	uint64_t destroyed, destroyed_tcp;
+	int err;
+};
+
+static void *diag_thread(void *arg)
+{
+	struct diag_job *job = arg;
+
+	for (uint32_t i = 0; i < job->nns && !job->err; i++) {
+		int nl;
+
+		if (setns(job->netns_fds[i], CLONE_NEWNET)) {
+			job->err = -errno;
+			break;
+		}
+		/* Opened in the namespace: a netlink socket answers for its own. */
+		nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+		if (nl < 0) {
+			job->err = -errno;
+			break;
+		}
+		for (int p = 0; p < 2 && !job->err; p++) {
+			struct bpf_link *link = p == 0 ? job->udp : job->tcp;
+			struct socklb_doomed_sock *socks;
+			size_t n;
+
+			if (!link)
+				continue;
+			socks = read_listed(link, &n, &job->err);
+			for (size_t k = 0; k < n && !job->err; k++) {
+				int r = diag_destroy_one(nl, &socks[k]);
+
+				if (r < 0) {
+					job->err = r;
+				} else {
+					job->destroyed += (uint64_t)r;
+					if (socks[k].protocol == IPPROTO_TCP)
+						job->destroyed_tcp += (uint64_t)r;
+				}
+			}
+			free(socks);
+		}
+		close(nl);
+	}
+	return NULL;
+}
+
+int socklb_diag_terminate(struct socklb *lb, const uint32_t *backend_ids, uint32_t n, const int *netns_fds,
+			  uint32_t nns, int tcp, uint64_t *destroyed, uint64_t *destroyed_tcp)
+{
+	struct diag_job job = { .netns_fds = netns_fds, .nns = nns };
+	struct bpf_map *doomed;
+	uint8_t one = 1;
+	pthread_t th;
+	uint32_t i;
+	int err = 0, fd;
+
+	*destroyed = *destroyed_tcp = 0;
+	if (lb->iter_err)
+		return lb->iter_err;
+	if (!lb->iter_list_udp || !lb->iter_list_tcp)
+		return -EOPNOTSUPP;
+	if (n == 0 || nns == 0)
+		return 0;
+	job.udp = lb->iter_list_udp;
+	job.tcp = tcp ? lb->iter_list_tcp : NULL;
+	doomed = bpf_object__find_map_by_name(lb->iter_obj, "doomed");
+	fd = bpf_map__fd(doomed);
+	pthread_mutex_lock(&lb->iter_lock);
+	for (i = 0; i < n; i++) {
+		if (bpf_map_update_elem(fd, &backend_ids[i], &one, BPF_ANY)) {
+			err = -errno;
+			goto clear;
+		}
+	}
+	/* setns() changes only the calling thread: a thread of its own. */
+	err = -pthread_create(&th, NULL, diag_thread, &job);
+	if (!err) {
+		pthread_join(th, NULL);
+		err = job.err;
+	}
+	*destroyed = job.destroyed;
+	*destroyed_tcp = job.destroyed_tcp;
+clear:
+	for (uint32_t j = 0; j < i; j++)
+		bpf_map_delete_elem(fd, &backend_ids[j]);
+	pthread_mutex_unlock(&lb->iter_lock);
+	return err;
+}
+
+/* SOCK_DESTROY works (CONFIG_INET_DIAG_DESTROY): a TCP dump of this
+ * namespace is answered, and destroying a socket that does not exist says
+ * ENOENT rather than EOPNOTSUPP. */
+static int probe_diag_destroy(void)
+{
+	struct diag_req req = {
+		.nlh = { .nlmsg_type = SOCK_DIAG_BY_FAMILY, .nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP },
+		.r = { .sdiag_family = AF_INET, .sdiag_protocol = IPPROTO_TCP, .idiag_states = 0 },
+	};
+	struct diag_req d = {
+		.nlh = { .nlmsg_type = SOCK_DESTROY, .nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK },
+		.r = { .sdiag_family = AF_INET, .sdiag_protocol = IPPROTO_TCP, .idiag_states = ~0U,
+		       .id = { .idiag_cookie = { INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE } } },
+	};
+	char buf[4096];
+	int ok = 0, nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+	ssize_t got;
+
+	if (nl < 0)
+		return 0;
+	/* No state asked for: the answer is NLMSG_DONE alone, if a handler
+	 * for TCP exists. */
+	if (diag_send(nl, &req, sizeof(struct diag_req)) == 0 && (got = recv(nl, buf, sizeof(buf), 0)) > 0 &&
+	    NLMSG_OK((struct nlmsghdr *)buf, (size_t)got) && ((struct nlmsghdr *)buf)->nlmsg_type == NLMSG_DONE &&
+	    diag_send(nl, &d, sizeof(struct diag_req)) == 0)
+		ok = diag_ack(nl) == -ENOENT;
+	close(nl);
+	return ok;
 }
 
 /* --- Maglev -------------------------------------------------------------- */
@@ -1109,6 +1385,22 @@ static int probe_helper(enum bpf_func_id id)
 	return libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, id, NULL) == 1;
 }
 
+/* cgroup/sock_release programs that may read the socket cookie. */
+static int probe_sock_release(void)
+{
+	const struct bpf_insn insns[] = {
+		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 1 },
+		{ .code = BPF_JMP | BPF_EXIT },
+	};
+	LIBBPF_OPTS(bpf_prog_load_opts, opts, .expected_attach_type = BPF_CGROUP_INET_SOCK_RELEASE);
+	int fd = bpf_prog_load(BPF_PROG_TYPE_CGROUP_SOCK, NULL, "GPL", insns, 2, &opts);
+
+	if (fd < 0)
+		return 0;
+	close(fd);
+	return libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK, BPF_FUNC_get_socket_cookie, NULL) == 1;
+}
+
 /* A kfunc is present when the kernel's BTF has a function of that name. */
 static int probe_kfunc(const char *name)
 {
@@ -1122,7 +1414,33 @@ static int probe_kfunc(const char *name)
 	return found;
 }
 
-uint32_t socklb_probe(void)
+/* Socket iterators that read socket-local storage (bpf_sk_storage_get in
+ * tracing programs, Linux 5.11): the counting-only object loads, with maps
+ * of its own (the doomed and sock_tcp maps at one entry). */
+static int probe_iter_storage(void)
+{
+#if SOCKLB_HAVE_ITER
+	struct bpf_object *obj = bpf_object__open_mem(socklb_iter_count_obj, socklb_iter_count_obj_len, NULL);
+	struct bpf_map *doomed, *tcp;
+	int ok;
+
+	if (!obj)
+		return 0;
+	doomed = bpf_object__find_map_by_name(obj, "doomed");
+	tcp = bpf_object__find_map_by_name(obj, "sock_tcp");
+	ok = doomed && tcp && !bpf_map__set_max_entries(doomed, 1) && !bpf_map__set_max_entries(tcp, 1) &&
+	     !bpf_object__load(obj);
+	bpf_object__close(obj);
+	return ok;
+#else
+	return 0;
+#endif
+}
+
+static uint32_t probed_missing;
+static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
+
+static void probe_init(void)
 {
 	/* One row per feature bit; Python's feature table names them and
 	 * gives the first kernel that has each. */
@@ -1130,7 +1448,8 @@ uint32_t socklb_probe(void)
 		enum bpf_attach_type attach; /* probed as a sock_addr program, or */
 		enum bpf_func_id helper;     /* as a helper of one, or */
 		const char *kfunc;	     /* as a kernel function in the BTF, or */
-		enum bpf_attach_type sock_attach; /* as a cgroup sock program */
+		enum bpf_attach_type sock_attach; /* as a cgroup sock program, or */
+		int (*probe)(void);	     /* by a function of its own */
 		uint32_t bit;
 	} probes[] = {
 		{ .attach = BPF_CGROUP_INET4_CONNECT, .bit = SOCKLB_MISSING_CONNECT },
@@ -1142,12 +1461,16 @@ uint32_t socklb_probe(void)
 		{ .helper = BPF_FUNC_get_netns_cookie, .bit = SOCKLB_MISSING_NETNS_COOKIE },
 		{ .kfunc = "bpf_sock_destroy", .bit = SOCKLB_MISSING_SOCK_DESTROY },
 		{ .sock_attach = BPF_CGROUP_INET4_POST_BIND, .bit = SOCKLB_MISSING_POST_BIND },
+		{ .probe = probe_sock_release, .bit = SOCKLB_MISSING_SOCK_RELEASE },
+		{ .helper = BPF_FUNC_skc_to_mptcp_sock, .bit = SOCKLB_MISSING_MPTCP_CAST },
+		{ .probe = probe_diag_destroy, .bit = SOCKLB_MISSING_DIAG_DESTROY },
+		{ .probe = probe_iter_storage, .bit = SOCKLB_MISSING_ITER_STORAGE },
 	};
 	uint32_t missing = 0;
 
-	capture(NULL, 0);
 	for (size_t i = 0; i < sizeof(probes) / sizeof(probes[0]); i++) {
-		int ok = probes[i].sock_attach ? probe_sock_attach_type(probes[i].sock_attach)
+		int ok = probes[i].probe ? probes[i].probe()
+			 : probes[i].sock_attach ? probe_sock_attach_type(probes[i].sock_attach)
 			 : probes[i].kfunc ? probe_kfunc(probes[i].kfunc)
 			 : probes[i].helper ? probe_helper(probes[i].helper)
 					    : probe_attach_type(probes[i].attach);
@@ -1155,8 +1478,45 @@ uint32_t socklb_probe(void)
 		if (!ok)
 			missing |= probes[i].bit;
 	}
+	probed_missing = missing;
+}
+
+/* Probed once per process: a kernel does not gain features at run time. */
+uint32_t socklb_probe(void)
+{
+	capture(NULL, 0);
+	pthread_once(&probe_once, probe_init);
 	release();
-	return missing;
+	return probed_missing;
+}
+
+int socklb_tcp_by_cookie(struct socklb *lb)
+{
+	return lb->tcp_by_cookie;
+}
+
+int64_t socklb_tcp_slots_used(int fd)
+{
+	enum { CHUNK = 4096 };
+	static __thread struct socklb_sock_slot vals[CHUNK];
+	uint32_t keys[CHUNK], in = 0, out = 0, i;
+	int64_t used = 0;
+	bool first = true;
+
+	for (;;) {
+		__u32 count = CHUNK;
+		int err;
+
+		err = bpf_map_lookup_batch(fd, first ? NULL : &in, &out, keys, vals, &count, NULL);
+		if (err && errno != ENOENT)
+			return -errno;
+		for (i = 0; i < count; i++)
+			used += vals[i].cookie != 0;
+		if (err) /* ENOENT: that was the last batch */
+			return used;
+		in = out;
+		first = false;
+	}
 }
 
 /* --- read-only inspection (socklb.inspect) ------------------------------ */
@@ -1265,7 +1625,7 @@ void socklb_trace_close(struct socklb_trace *t)
 	free(t);
 }
 
-int64_t socklb_count_pinned_states(int conn_fd, int dgram_fd, const int *netns_fds, uint32_t nns)
+int64_t socklb_count_pinned_states(int conn_fd, int dgram_fd, int tcp_fd, const int *netns_fds, uint32_t nns)
 {
 	/* Only the iterator object, over the given maps: nothing is attached
 	 * to a cgroup and nothing is written. */
@@ -1273,7 +1633,7 @@ int64_t socklb_count_pinned_states(int conn_fd, int dgram_fd, const int *netns_f
 	int64_t n;
 
 	capture(NULL, 0);
-	lb.iter_err = open_iter_fds(&lb, conn_fd, dgram_fd);
+	lb.iter_err = open_iter_fds(&lb, conn_fd, dgram_fd, tcp_fd, true);
 	release();
 	if (lb.iter_err)
 		return lb.iter_err;

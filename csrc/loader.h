@@ -10,7 +10,7 @@
  */
 
 /* The balancer's programs (named socklb_*), attached together by socklb_attach. */
-#define SOCKLB_NPROGS 10
+#define SOCKLB_NPROGS 11
 /* The programs of a scope group, attached on their own (socklb_attach_group):
  * connect4, connect6, sendmsg4, sendmsg6. */
 #define SOCKLB_NGATE 4
@@ -32,6 +32,10 @@
 #define SOCKLB_MISSING_NETNS_COOKIE 64
 #define SOCKLB_MISSING_SOCK_DESTROY 128
 #define SOCKLB_MISSING_POST_BIND 256
+#define SOCKLB_MISSING_SOCK_RELEASE 512
+#define SOCKLB_MISSING_MPTCP_CAST 1024
+#define SOCKLB_MISSING_DIAG_DESTROY 2048
+#define SOCKLB_MISSING_ITER_STORAGE 4096
 
 struct socklb_config {
 	uint32_t max_services;
@@ -41,6 +45,10 @@ struct socklb_config {
 	uint32_t maglev_size;	/* entries per maglev table (a prime) */
 	uint32_t max_maglev;	/* maglev tables, live + being replaced */
 	uint32_t udp_flows;	/* unconnected-UDP flows per socket, 1..SOCKLB_MAX_UDP_FLOWS */
+	/* SOCKLB_MISSING_* bits to load for (the probe's, or forced by tests):
+	 * SET_RETVAL picks the datapath built without bpf_set_retval,
+	 * SOCK_DESTROY the counting-only socket iterators. */
+	uint32_t missing;
 };
 
 /* Kernel statistics of one program (needs kernel.bpf_stats_enabled=1). */
@@ -123,10 +131,13 @@ int socklb_maglev(const uint8_t *ident, uint32_t ident_size, const uint32_t *wei
  * ascending).  Returns how many entries were deleted. */
 int socklb_affinity_purge(int fd, const uint32_t *svc_ids, uint32_t n);
 
-/* Socket iterators (socklb_iter.bpf.c).  0 when they loaded; otherwise the
- * negative errno of the failure: -EOPNOTSUPP when the extension was built
- * without them (no BTF or bpftool at build time). */
+/* Socket iterators (socklb_iter.bpf.c).  0 when they loaded (in full or
+ * counting only); otherwise the negative errno of the failure: -EOPNOTSUPP
+ * when the extension was built without them. */
 int socklb_iter_status(struct socklb *lb);
+/* 0 when the terminating iterators (bpf_sock_destroy) loaded, else the
+ * negative errno why not (-EOPNOTSUPP: not asked for, cfg->missing). */
+int socklb_iter_destroy_status(struct socklb *lb);
 
 /* Terminate the sockets socklb connected to any of the n backend ids, in each
  * of the nns network namespaces (open /proc/PID/ns/net fds); TCP sockets only
@@ -135,13 +146,28 @@ int socklb_iter_status(struct socklb *lb);
 int socklb_terminate(struct socklb *lb, const uint32_t *backend_ids, uint32_t n, const int *netns_fds, uint32_t nns,
 		   int tcp, uint64_t *destroyed, uint64_t *destroyed_tcp);
 
+/* The same from user space, for kernels without bpf_sock_destroy (the
+ * counting-only iterator object): in each namespace, a listing iterator
+ * names the sockets whose translation record (sock_conn) has one of the
+ * backend ids and whose destination is still that backend, and each is
+ * terminated with sock_diag's SOCK_DESTROY (CONFIG_INET_DIAG_DESTROY). */
+int socklb_diag_terminate(struct socklb *lb, const uint32_t *backend_ids, uint32_t n, const int *netns_fds,
+			  uint32_t nns, int tcp, uint64_t *destroyed, uint64_t *destroyed_tcp);
+
 /* Per-socket entries (sock_conn plus sock_dgram) held right now by the
  * sockets of the nns network namespaces (open /proc/PID/ns/net fds). */
 int64_t socklb_count_states(struct socklb *lb, const int *netns_fds, uint32_t nns);
 /* The same for the per-socket maps of a pinned balancer (fds of its
- * sock_conn and sock_dgram, read-only is enough), with a short-lived copy of
- * the iterators: for tools that read another process's balancer. */
-int64_t socklb_count_pinned_states(int conn_fd, int dgram_fd, const int *netns_fds, uint32_t nns);
+ * sock_conn, sock_dgram and sock_tcp, read-only is enough), with a
+ * short-lived copy of the iterators: for tools that read another process's
+ * balancer. */
+int64_t socklb_count_pinned_states(int conn_fd, int dgram_fd, int tcp_fd, const int *netns_fds, uint32_t nns);
+/* Whether this balancer keeps TCP records by socket cookie (sock_tcp) rather
+ * than in socket-local storage (see tcp_by_cookie in socklb.bpf.c). */
+int socklb_tcp_by_cookie(struct socklb *lb);
+/* Slots of a sock_tcp map (an fd) held by a socket: how many TCP records it
+ * holds. */
+int64_t socklb_tcp_slots_used(int fd);
 
 /* Kernel features this library needs that are missing (SOCKLB_MISSING_*). */
 uint32_t socklb_probe(void);

@@ -30,6 +30,10 @@
 
 /* Set by the loader before load. */
 const volatile __u32 maglev_size = 1;
+/* TCP records go to sock_tcp, keyed by socket cookie and deleted by
+ * socklb_sock_release (the kernel has cgroup/sock_release with the cookie
+ * helper and bpf_skc_to_mptcp_sock); 0: to socket-local storage. */
+const volatile __u32 tcp_by_cookie = 0;
 /* Entries of each socket's sock_dgram value (the loader sizes the map to it). */
 const volatile __u32 udp_flows = SOCKLB_DEFAULT_UDP_FLOWS;
 
@@ -77,7 +81,8 @@ struct {
 	__type(value, struct socklb_affinity_val);
 } affinity SEC(".maps");
 
-/* sock_conn and sock_dgram: per-socket translations (socket-local storage). */
+/* sock_conn, sock_dgram (socket-local storage) and sock_tcp (by cookie):
+ * per-socket translations. */
 #include "socklb_sock_conn.bpf.h"
 
 /* Control-plane state kept with pinned maps; the programs never read them. */
@@ -203,13 +208,12 @@ static __always_inline void count(__u32 which)
 		*c += 1;
 }
 
-/* A translation by hook; the v6 programs count their share too (v6 is a
- * constant in each program: nothing more for the v4 ones). */
+/* A translation by hook: one counter update, the v6 programs' in their own
+ * slot (v6 is a constant in each program); stats.read_counters adds the v6
+ * slot to the hook's total. */
 static __always_inline void count_hook(__u32 which, bool v6)
 {
-	count(which);
-	if (v6)
-		count(which + SOCKLB_CNT_V6);
+	count(v6 ? which + SOCKLB_CNT_V6 : which);
 }
 
 /* One more choice of backend id: a lookup on the hot path; the first choice
@@ -231,12 +235,24 @@ static __always_inline void count_selection(__u32 id)
 		*n += 1;
 }
 
+/* The errno a rejected call returns.  bpf_set_retval() is Linux 5.18: the
+ * loader picks the object built with -DSOCKLB_NO_SET_RETVAL on older
+ * kernels, where a rejected connect()/sendmsg() fails with the kernel's
+ * EPERM instead (features.py, README "Kernels").  Every use of the helper
+ * goes through this macro. */
+#ifdef SOCKLB_NO_SET_RETVAL
+#define SET_RETVAL(err) ((void)0)
+#else
+#define SET_RETVAL(err) bpf_set_retval(err)
+#endif
+
 /* Refuse with ECONNREFUSED, what kube-proxy's REJECT gives for a service
- * without endpoints; a bare "return 0" would surface as EPERM. */
+ * without endpoints; a bare "return 0" would surface as EPERM (which is
+ * what a kernel without bpf_set_retval gives). */
 static __always_inline int refuse(void)
 {
 	count(SOCKLB_CNT_NO_BACKEND);
-	bpf_set_retval(-ECONNREFUSED);
+	SET_RETVAL(-ECONNREFUSED);
 	return SYS_REJECT;
 }
 
@@ -600,8 +616,8 @@ static __always_inline struct socklb_mark *fresh_mark(struct bpf_sock_addr *ctx,
 	return m;
 }
 
-static __always_inline void set_mark(struct bpf_sock_addr *ctx, const struct socklb_svc_key *key,
-				     const struct socklb_backend_val *be, __u16 hook, bool v6)
+static __always_inline void mark(struct bpf_sock_addr *ctx, const struct socklb_svc_key *key,
+				 const struct socklb_backend_val *be, __u16 hook, bool v6, __u64 cookie)
 {
 	__u32 zero = 0;
 	struct socklb_mark *m = bpf_map_lookup_elem(&socklb_mark, &zero);
@@ -610,7 +626,7 @@ static __always_inline void set_mark(struct bpf_sock_addr *ctx, const struct soc
 	if (!m)
 		return;
 	snap(ctx, v6, &s);
-	m->cookie = bpf_get_socket_cookie(ctx);
+	m->cookie = cookie;
 	m->when_ns = bpf_ktime_get_ns();
 	__builtin_memcpy(m->vip, key->addr, sizeof(m->vip));
 	__builtin_memcpy(m->addr, be->addr, sizeof(m->addr));
@@ -621,6 +637,12 @@ static __always_inline void set_mark(struct bpf_sock_addr *ctx, const struct soc
 	m->hook = hook;
 	m->src_port = s.src_port;
 	m->state = s.state;
+}
+
+static __always_inline void set_mark(struct bpf_sock_addr *ctx, const struct socklb_svc_key *key,
+				     const struct socklb_backend_val *be, __u16 hook, bool v6)
+{
+	mark(ctx, key, be, hook, v6, bpf_get_socket_cookie(ctx));
 }
 
 /* This balancer's own record of the translation the mark describes (it is
@@ -716,11 +738,40 @@ static __noinline void trace(struct bpf_sock_addr *ctx, const struct socklb_svc_
 
 /* --- connect ------------------------------------------------------------ */
 
-static __always_inline int do_connect(struct bpf_sock_addr *ctx, struct socklb_svc_key *key, bool v6)
+/* Remember what was dialled, for getpeername(), termination and, on
+ * connected UDP sockets, the source of replies read with recvfrom().  A TCP
+ * socket's record goes to its slot of sock_tcp (see socklb_sock_slot) unless
+ * another open socket holds the slot (counted) or the socket is an MPTCP
+ * subflow; everything else to socket-local storage, freed with the socket.
+ * False: no memory for it anywhere. */
+static __always_inline bool keep_record(struct bpf_sock_addr *ctx, const struct socklb_svc_key *key,
+					const struct choice *c, __u64 cookie)
 {
 	struct socklb_sock_entry *conn;
+
+	if (tcp_by_cookie && key->proto == SOCKLB_PROTO_TCP && !bpf_skc_to_mptcp_sock(ctx->sk)) {
+		struct socklb_sock_slot *slot = tcp_slot(cookie);
+
+		/* A socket that connects again (after a failed connect())
+		 * holds its slot already. */
+		if (slot && (slot->cookie == cookie || __sync_val_compare_and_swap(&slot->cookie, 0, cookie) == 0)) {
+			remember(&slot->e, key, c, SOCKLB_ENTRY_CURRENT);
+			return true;
+		}
+		count(SOCKLB_CNT_SOCK_TCP_FULL);
+	}
+	conn = bpf_sk_storage_get(&sock_conn, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!conn)
+		return false;
+	remember(conn, key, c, SOCKLB_ENTRY_CURRENT);
+	return true;
+}
+
+static __always_inline int do_connect(struct bpf_sock_addr *ctx, struct socklb_svc_key *key, bool v6)
+{
 	struct socklb_svc_val *svc;
 	struct choice c;
+	__u64 cookie;
 
 	struct socklb_mark *m;
 
@@ -749,14 +800,11 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, struct socklb_s
 		return refuse();
 	}
 
-	/* Remember what was dialled for getpeername() and, on connected UDP
-	 * sockets, for the source of replies read with recvfrom(). */
-	conn = bpf_sk_storage_get(&sock_conn, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (conn)
-		remember(conn, key, &c, SOCKLB_ENTRY_CURRENT);
-	else
+	/* The socket's cookie: one call for the record and the mark. */
+	cookie = bpf_get_socket_cookie(ctx);
+	if (!keep_record(ctx, key, &c, cookie))
 		count(SOCKLB_CNT_NO_STATE);
-	set_mark(ctx, key, &c.be, SOCKLB_HOOK_CONNECT, v6);
+	mark(ctx, key, &c.be, SOCKLB_HOOK_CONNECT, v6, cookie);
 
 	write_dst(ctx, &c.be, v6);
 	count_hook(SOCKLB_CNT_CONNECT, v6);
@@ -814,7 +862,7 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 		if (tracing())
 			trace(ctx, key, NULL, TRACE_WHAT(SOCKLB_HOOK_SENDMSG, SOCKLB_TRACE_REFUSED, v6));
 		count(SOCKLB_CNT_NO_STATE);
-		bpf_set_retval(-ENOBUFS);
+		SET_RETVAL(-ENOBUFS);
 		return SYS_REJECT;
 	}
 
@@ -964,6 +1012,16 @@ static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *ad
 	__u16 port = (__u16)ctx->user_port;
 	int i;
 
+	if (!dgram && tcp_by_cookie && ctx->protocol == IPPROTO_TCP) {
+		__u64 cookie = bpf_get_socket_cookie(ctx);
+		struct socklb_sock_slot *slot = tcp_slot(cookie);
+
+		if (slot && slot->cookie == cookie && from_backend(&slot->e, addr, port)) {
+			reverse(ctx, &slot->e, v6);
+			count_hook(counter, v6);
+			return SYS_PROCEED;
+		}
+	}
 	conn = bpf_sk_storage_get(&sock_conn, ctx->sk, 0, 0);
 	if (conn && !dgram && from_backend(conn, addr, port)) {
 		reverse(ctx, conn, v6);
@@ -1017,6 +1075,31 @@ REVERSING_HOOKS(recvmsg, true, SOCKLB_CNT_RECVMSG)
 
 REVERSING_HOOKS(getpeername, false, SOCKLB_CNT_GETPEERNAME)
 
+/* --- sock_release: a TCP socket's record goes with it ---------------------- */
+
+/* Runs when the application closes a socket of the cgroup (not for kernel
+ * sockets, which is why MPTCP subflows keep their records in socket-local
+ * storage).  Every TCP socket but listeners: one whose connect() failed has
+ * lost its destination by now.  The record is cleared before the slot is
+ * given back. */
+SEC("cgroup/sock_release")
+int socklb_sock_release(struct bpf_sock *sk)
+{
+	struct socklb_sock_slot *slot;
+	__u64 cookie;
+
+	if (!tcp_by_cookie || sk->protocol != IPPROTO_TCP || sk->state == 10 /* TCP_LISTEN */)
+		return SYS_PROCEED;
+	cookie = bpf_get_socket_cookie(sk);
+	slot = tcp_slot(cookie);
+	if (slot && slot->cookie == cookie) {
+		slot->e.vip_port = 0;
+		slot->e.backend_id = 0;
+		__sync_val_compare_and_swap(&slot->cookie, cookie, 0);
+	}
+	return SYS_PROCEED;
+}
+
 /* --- post_bind: nothing squats a NodePort ------------------------------- */
 
 /* A bind() in the node's network namespace to a NodePort on an address that
@@ -1055,7 +1138,8 @@ static __always_inline int do_post_bind(struct bpf_sock *sk, struct socklb_svc_k
 	}
 	if (!svc || !(svc->opts & SOCKLB_SVC_O_NODE_PORT))
 		return SYS_PROCEED;
-	bpf_set_retval(-EADDRINUSE);
+	/* EPERM where the kernel lacks bpf_set_retval (SET_RETVAL). */
+	SET_RETVAL(-EADDRINUSE);
 	return SYS_REJECT;
 }
 

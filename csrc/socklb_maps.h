@@ -15,7 +15,7 @@
 
 /* Bump whenever a struct below changes layout: pinned maps written with
  * another version are refused, never misread. */
-#define SOCKLB_LAYOUT_VERSION 9
+#define SOCKLB_LAYOUT_VERSION 10
 #define SOCKLB_META_MAGIC 1936484460
 
 #define SOCKLB_PROTO_TCP 6
@@ -105,7 +105,14 @@
 /* An unconnected UDP socket sent to one flow more than it remembers: the
  * oldest flow's entry was reused, its late replies show the backend. */
 #define SOCKLB_CNT_UDP_EVICTED 15
-#define SOCKLB_CNT_MAX 16
+/* A TCP socket's slot in sock_tcp was held by another open socket: the
+ * connect() was translated and its record went to socket-local storage (the
+ * slower path, see socklb_sock_slot). */
+#define SOCKLB_CNT_SOCK_TCP_FULL 16
+#define SOCKLB_CNT_MAX 17
+
+/* Slots of sock_tcp (a power of two). */
+#define SOCKLB_SOCK_TCP_SLOTS 131072
 
 /* services: (VIP, port, protocol) -> how to pick a backend. */
 struct socklb_svc_key {
@@ -204,6 +211,20 @@ struct socklb_sock_dgram {
 	struct socklb_sock_entry dgram[SOCKLB_MAX_UDP_FLOWS];	/* last: resized */
 };
 
+/* sock_tcp: the record of a TCP socket socklb connected, in slot (cookie mod
+ * SOCKLB_SOCK_TCP_SLOTS) of an array, where the kernel has cgroup/sock_release
+ * and bpf_skc_to_mptcp_sock (tcp_by_cookie in socklb.bpf.c): connect() claims
+ * a free slot (cookie 0) with one compare-and-swap and writes the record,
+ * the socket's release frees it, getpeername() and the iterators find it by
+ * cookie.  No allocation and no lock on the connect path.  A slot held by
+ * another open socket (its cookie is SOCKLB_SOCK_TCP_SLOTS away), an MPTCP
+ * subflow (a kernel socket: no release program runs for it) and kernels
+ * without those features use socket-local storage (sock_conn) instead. */
+struct socklb_sock_slot {
+	__u64 cookie;		/* the owner's socket cookie; 0 = free */
+	struct socklb_sock_entry e;
+};
+
 /* socklb_mark: the last translation a socklb program made on this CPU.  One
  * per-CPU array shared by every socklb balancer on the machine (the loader
  * finds it by name and layout, see find_mark_map() in loader.c; it is never
@@ -298,4 +319,19 @@ struct socklb_meta {
 /* attachments: cgroup id -> the cgroup's path, for pinned links. */
 struct socklb_attach_info {
 	char path[512];
+};
+
+/* Output of the listing socket iterators (socklb_iter.bpf.c, counting-only
+ * object): one record per socket socklb connected to a doomed backend, which
+ * the loader then terminates with sock_diag's SOCK_DESTROY (kernels without
+ * bpf_sock_destroy).  Not a map: nothing is pinned. */
+struct socklb_doomed_sock {
+	__u32 src[4];		/* IPv4 in src[0] when family is AF_INET */
+	__u32 dst[4];
+	__u16 sport;		/* network order */
+	__u16 dport;		/* network order */
+	__u32 ifindex;		/* the socket's bound device, 0 if none */
+	__u8 family;
+	__u8 protocol;
+	__u8 pad[2];
 };

@@ -20,3 +20,22 @@ struct {
 	__type(key, int);
 	__type(value, struct socklb_sock_dgram);
 } sock_dgram SEC(".maps");
+
+/* sock_tcp: the translations of TCP sockets socklb connected, in a
+ * direct-mapped table indexed by socket cookie (see struct socklb_sock_slot). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SOCKLB_SOCK_TCP_SLOTS);
+	__type(key, __u32);
+	__type(value, struct socklb_sock_slot);
+} sock_tcp SEC(".maps");
+
+/* The slot of a socket cookie: cookies are handed out in increasing order
+ * (in per-CPU batches), so sockets made one after the other take slots one
+ * after the other and stay out of each other's way. */
+static __always_inline struct socklb_sock_slot *tcp_slot(__u64 cookie)
+{
+	__u32 i = (__u32)(cookie & (SOCKLB_SOCK_TCP_SLOTS - 1));
+
+	return bpf_map_lookup_elem(&sock_tcp, &i);
+}

@@ -36,6 +36,45 @@ def require_root() -> None:
     pytest.skip("needs root (network namespaces, cgroups, BPF)")
 
 
+MATRIX_ENV = "SOCKLB_KERNEL_MATRIX"
+"""Set by ``./run kernels``: the suite runs on an older kernel on purpose, so
+CI=true allows a skip for a feature the feature table says it lacks."""
+
+
+def require_feature(name: str) -> None:
+    """Skip the calling test if the kernel lacks the feature ``name`` of
+    socklb.features (by the probe, not by version) - or fail it in CI, unless
+    the kernel matrix (MATRIX_ENV) runs the suite on an old kernel."""
+    from socklb import features
+
+    f = next(f for f in features.FEATURES if f.name == name)
+    if not features.lacks(f):
+        return
+    why = f"the kernel lacks {f.description} (Linux {f.kernel})"
+    if in_ci() and os.environ.get(MATRIX_ENV) != "1":
+        pytest.fail(f"{why}; CI=true forbids skipping (set {MATRIX_ENV}=1 on an old kernel)")
+    pytest.skip(why)
+
+
+def require_termination(balancer: Any) -> None:
+    """Skip (or fail in CI, as require_feature) unless the balancer terminates
+    sockets on removed backends: bpf_sock_destroy, or sock_diag's SOCK_DESTROY."""
+    if balancer.terminates_sockets:
+        return
+    require_feature("sock_destroy")
+    require_feature("diag_destroy")
+    pytest.fail(f"sockets are not terminated: {balancer.termination}")
+
+
+def refused() -> str:
+    """The errno name a connect()/sendmsg() to a service without usable
+    backends fails with here: ECONNREFUSED, or EPERM where the kernel lacks
+    bpf_set_retval (the documented fallback)."""
+    from socklb import features
+
+    return "EPERM" if features.lacks(features.SET_RETVAL) else "ECONNREFUSED"
+
+
 @dataclass
 class World:
     """One lab for the whole session: a client pod (the one balancers attach

@@ -39,13 +39,16 @@ def test_bench_smoke(tmp_path: Any) -> None:
     for scale in ("1", "10"):
         for proto in ("tcp", "udp"):
             per = res["scales"][scale][proto]
-            assert set(per) == {"socklb", "iptables", "nftables", "direct"}
+            assert set(per) == {"socklb", "iptables", "nftables", "direct", "detached"}
             for mode, s in per.items():
                 assert s["requests"] > 0, (scale, proto, mode)
                 assert s["errors"] == 0, (scale, proto, mode, s["errors_by_kind"])
                 assert s["latency_us"]["p50"] > 0
                 assert s["latency_us"]["p50"] <= s["latency_us"]["p99"]
             assert per["socklb"]["vs_direct"]["rps_ratio"] > 0
+            # detached: the socklb lab with the balancer detached, pods dialled directly
+            assert per["socklb"]["vs_detached"]["rps_ratio"] > 0
+            assert per["detached"]["requests"] > 0
         hook = res["hook_cost"][scale]["avg_ns"]
         for prog in ("socklb_connect4", "socklb_sendmsg4", "socklb_recvmsg4"):
             assert hook[prog] is not None and hook[prog] > 0, (scale, prog, hook)
@@ -60,6 +63,11 @@ def test_bench_smoke(tmp_path: Any) -> None:
     assert res["machine"]["kernel"] and res["machine"]["cores"] >= 1
     assert res["machine"]["ipvs"]
 
+    # The terminal summary: hook cost per hook and scale, ratios against the targets.
+    text = "\n".join(lines)
+    assert "hook cost, ns per run" in text and "connect4" in text and "socklb/direct" in text
+    assert any(t["target"].startswith("socklb_connect4 <= 250 ns") for t in res["targets"])
+
     with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
         saved = json.load(f)
     assert saved["scales"].keys() == {"1", "10"}
@@ -67,6 +75,32 @@ def test_bench_smoke(tmp_path: Any) -> None:
         md = f.read()
     assert "## TCP connect/request/response/close" in md and "## Targets" in md
     if importlib.util.find_spec("matplotlib") is not None:
-        for png in ("throughput.png", "p99.png"):
+        for png in ("throughput.png", "p99.png", "hook_cost.png", "ratios.png"):
             with open(os.path.join(out, png), "rb") as f:
                 assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_noisy_runs_are_reported_unusable() -> None:
+    """A scale whose direct baseline (or per-round ratio) varies more than
+    MAX_SPREAD over the rounds is not judged against the targets."""
+    from bench import report
+
+    def scale(direct: list[float], ratios: list[float]) -> dict[str, Any]:
+        med = sorted(ratios)[len(ratios) // 2]
+        sl = {"vs_direct": {"rps_ratio_rounds": ratios, "rps_ratio_rounds_median": med, "rps_ratio": med}}
+        return {"tcp": {"socklb": sl, "direct": {"raw": [{"rps": x} for x in direct]}}}
+
+    steady = scale([20000, 20400, 19800], [0.95, 0.96, 0.955])
+    shaky_base = scale([20000, 12000, 19800], [0.95, 0.96, 0.955])
+    shaky_ratio = scale([20000, 20400, 19800], [0.80, 0.99, 0.95])
+    res = {"scales": {"1": steady, "1000": shaky_base, "10000": shaky_ratio}}
+    assert report.usable(res, "1", "tcp") == (True, "")
+    ok, why = report.usable(res, "1000", "tcp")
+    assert not ok and "direct baseline" in why
+    ok, why = report.usable(res, "10000", "tcp")
+    assert not ok and "ratio" in why
+    judged = {t["target"]: t for t in report.targets(res)}
+    assert judged["TCP CRR socklb >= 0.97x direct (1 svc)"]["met"] is False
+    noisy = judged["TCP CRR socklb >= 0.97x direct (1,000 svc)"]
+    assert noisy["met"] is None and "direct baseline" in noisy["why_not_judged"]
+    assert "UNUSABLE" in report.summary(res)

@@ -12,7 +12,7 @@ import uuid
 from typing import Any, Iterator
 
 import pytest
-from helpers import BACKENDS, TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial, in_ci
+from helpers import BACKENDS, TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial, in_ci, require_termination
 
 from socklb import Backend, Balancer, Service
 from socklb.cgroup import make_cgroup, remove_cgroup
@@ -206,8 +206,7 @@ except OSError as e:
 
 def test_mptcp_termination_like_tcp(world: World, balancer: Balancer) -> None:
     require_mptcp(world.client)
-    if not balancer.terminates_sockets:
-        pytest.fail("this kernel should support bpf_sock_destroy (6.5+)")
+    require_termination(balancer)
     b1 = Backend(world.backends["b1"].ipv4, TCP_PORT)
     b2 = Backend(world.backends["b2"].ipv4, TCP_PORT)
     svc = Service(VIP4, 80, "tcp", [b1], terminate_tcp=True)

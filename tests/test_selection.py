@@ -9,7 +9,7 @@ from collections import Counter
 from typing import Sequence
 
 import pytest
-from helpers import BACKENDS, TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial
+from helpers import BACKENDS, TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial, refused
 from scipy.stats import chisquare
 
 from socklb import Affinity, Algorithm, Backend, BackendState, Balancer, Service
@@ -194,7 +194,7 @@ def test_terminating_only_when_no_active(world: World, balancer: Balancer) -> No
     assert set(served(world, 30)) == {"b3"}
     balancer.upsert(svc("maintenance", "quarantined", "maintenance"))
     res = dial(world.client, "tcp", VIP4, 80, 3)
-    assert res["errors"] == ["ECONNREFUSED"] * 3
+    assert res["errors"] == [refused()] * 3
     # The tables keep all three backends even when none is chosen.
     assert len(balancer.dump()["backends"]) == 3
 
@@ -203,8 +203,8 @@ def test_no_usable_backend_refuses_udp_too(world: World, balancer: Balancer) -> 
     bs = [Backend(p.ipv4, UDP_PORT, state="maintenance") for p in world.pods(*BACKENDS)]
     balancer.upsert(Service(VIP4, 53, "udp", bs))
     balancer.attach(world.client.cgroup)
-    assert dial(world.client, "udp", VIP4, 53, 2)["errors"] == ["ECONNREFUSED"] * 2
-    assert dial(world.client, "udp", VIP4, 53, 1, "--connected")["errors"] == ["ECONNREFUSED"]
+    assert dial(world.client, "udp", VIP4, 53, 2)["errors"] == [refused()] * 2
+    assert dial(world.client, "udp", VIP4, 53, 1, "--connected")["errors"] == [refused()]
 
 
 # --- declarative sync and atomic updates ------------------------------------------------

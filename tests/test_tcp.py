@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 import pytest
-from helpers import BACKENDS, TCP_PORT, VIP4, VIP6, World, dial
+from helpers import BACKENDS, TCP_PORT, VIP4, VIP6, World, dial, refused
 
 from socklb import (
     Backend,
@@ -120,8 +120,8 @@ def test_service_without_backends_refuses(world: World, balancer: Balancer) -> N
     balancer.upsert(Service(VIP4, 80, "tcp", []))
     balancer.upsert(Service(VIP6, 80, "tcp", []))
     balancer.attach(world.client.cgroup)
-    assert dial(world.client, "tcp", VIP4, 80, 2)["errors"] == ["ECONNREFUSED"] * 2
-    assert dial(world.client, "tcp", VIP6, 80, 2)["errors"] == ["ECONNREFUSED"] * 2
+    assert dial(world.client, "tcp", VIP4, 80, 2)["errors"] == [refused()] * 2
+    assert dial(world.client, "tcp", VIP6, 80, 2)["errors"] == [refused()] * 2
     assert balancer.counters()["no_backend"] == 4
 
 

@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any, Iterator
 
 import pytest
-from helpers import BACKENDS, UDP_PORT, VIP4, VIP6, World, dial, in_ci
+from helpers import BACKENDS, UDP_PORT, VIP4, VIP6, World, dial, in_ci, require_termination
 
 from socklb import Backend, Balancer, Service
 
@@ -255,8 +255,7 @@ def read_events(p: subprocess.Popen[str], until: Any, limit: int = 2000) -> list
 
 @pytest.mark.parametrize("vip", [VIP4, VIP6], ids=["ipv4", "ipv6"])
 def test_connected_udp_client_moves_off_a_removed_backend(world: World, balancer: Balancer, vip: str) -> None:
-    if not balancer.terminates_sockets:
-        pytest.fail("this kernel should support bpf_sock_destroy (6.5+)")
+    require_termination(balancer)
     svc = udp_svc(world, vip)
     balancer.upsert(svc)
     balancer.attach(world.client.cgroup)
@@ -286,6 +285,8 @@ def test_connected_udp_client_moves_off_a_removed_backend(world: World, balancer
 
 def test_tcp_termination_is_opt_in(world: World, balancer: Balancer) -> None:
     from helpers import TCP_PORT
+
+    require_termination(balancer)
 
     held = r"""
 import socket, sys, time

@@ -172,10 +172,10 @@ class Balancer:
         except BaseException:
             self._unlock()
             raise
-        if terminate_sockets is True and dp.iter_error:
+        if terminate_sockets is True and not dp.termination:
             dp.close()
             self._unlock()
-            raise features.SOCK_DESTROY.error(os.strerror(dp.iter_error))
+            raise features.SOCK_DESTROY.error(dp.termination_reason)
         self.spec = spec
         self._paths = paths
         self._pid = os.getpid()
@@ -203,7 +203,7 @@ class Balancer:
         self._terminator = Terminator(
             dp,
             self._attachments.cgroups,
-            bool(terminate_sockets) and not dp.iter_error,
+            bool(terminate_sockets) and bool(dp.termination),
             record=lambda n, n_tcp: stats.add_counters(counters, terminated=n, terminated_tcp=n_tcp),
         )
         self._state = planner.State()
@@ -264,8 +264,20 @@ class Balancer:
     @property
     def terminates_sockets(self) -> bool:
         """Whether sockets connected to a removed backend are terminated
-        (the kernel has ``bpf_sock_destroy``, Linux 6.5, and it was not turned off)."""
+        (the kernel has ``bpf_sock_destroy``, Linux 6.5, or sock_diag's
+        SOCK_DESTROY, and it was not turned off); see :attr:`termination`."""
         return self._terminator.enabled
+
+    @property
+    def termination(self) -> str:
+        """How sockets on removed backends are terminated: ``"bpf_sock_destroy"``
+        (socket iterators in the kernel), ``"sock_diag"`` (SOCK_DESTROY from
+        user space, kernels before 6.5), or ``"off: <reason>"``."""
+        with self._lock:
+            dp = self._open()
+            if not self._terminator.enabled:
+                return "off: " + (dp.termination_reason or "terminate_sockets=False")
+            return dp.termination
 
     @property
     def closed(self) -> bool:
@@ -617,7 +629,8 @@ class Balancer:
         with self._lock:
             dp = self._open()
             if dp.iter_error:
-                raise features.SOCK_DESTROY.error(os.strerror(dp.iter_error))
+                f = features.ITER_STORAGE if features.ITER_STORAGE in dp.missing else features.SOCK_DESTROY
+                raise f.error(os.strerror(dp.iter_error))
             fds = client_netns(self._attachments.cgroups())
             try:
                 return dp.count_states(fds) if fds else 0
@@ -673,7 +686,9 @@ class Balancer:
             maps["affinity"] = t.affinity
             if t.selections is not None:
                 maps["selections"] = t.selections
-            return {name: (len(m.keys(e[name])), e[name]) for name, m in maps.items()}
+            out = {name: (len(m.keys(e[name])), e[name]) for name, m in maps.items()}
+            out["sock_tcp"] = (self._open().tcp_records(), int(lib.SOCKLB_SOCK_TCP_SLOTS))
+            return out
 
     def map_memory(self) -> Dict[str, int]:
         """Kernel memory charged to each of the balancer's maps, in bytes."""

@@ -86,6 +86,10 @@ class Datapath:
         log = ffi.new("char[]", lib.SOCKLB_LOG_SIZE)
         failed = ffi.new("int *")
         cfg = spec.config()
+        self.missing = features.missing()
+        """The features this kernel lacks (or a test forced missing): the
+        loader loaded the fallbacks for them."""
+        cfg.missing = features.missing_bits()
         if pin_dir is not None:
             rc = lib.socklb_open_pinned(cfg, pin_dir.encode(), out, log, lib.SOCKLB_LOG_SIZE, failed)
         else:
@@ -94,7 +98,37 @@ class Datapath:
             raise_for_load(rc, ffi.string(log).decode(errors="replace"), failed[0])
         self._lb: Optional[Any] = out[0]
         self.iter_error = -int(lib.socklb_iter_status(out[0]))
-        """0, or the errno why the socket iterators are unavailable."""
+        """0, or the errno why the socket iterators are unavailable (counting
+        socket states needs them, in full or counting only)."""
+        self.destroy_error = -int(lib.socklb_iter_destroy_status(out[0]))
+        """0 when the terminating iterators (bpf_sock_destroy) loaded, else the
+        errno why not."""
+        self.termination = self._termination()
+        """How sockets on removed backends are terminated: "bpf_sock_destroy"
+        (the socket iterators), "sock_diag" (SOCK_DESTROY from user space) or
+        "" (not at all: :attr:`termination_reason` says why)."""
+        self.termination_reason = "" if self.termination else self._no_termination_reason()
+
+    def _termination(self) -> str:
+        if not self.destroy_error:
+            return "bpf_sock_destroy"
+        if features.DIAG_DESTROY not in self.missing and not self.iter_error:
+            return "sock_diag"  # needs the listing iterator of the counting-only object
+        return ""
+
+    def _no_termination_reason(self) -> str:
+        if features.DIAG_DESTROY not in self.missing and features.ITER_STORAGE in self.missing:
+            f = features.ITER_STORAGE
+            return (
+                f"missing {features.SOCK_DESTROY.description} (Linux {features.SOCK_DESTROY.kernel}), "
+                f"and sock_diag's way needs {f.description} (Linux {f.kernel})"
+            )
+        why = (
+            f"missing {features.SOCK_DESTROY.description} (Linux {features.SOCK_DESTROY.kernel})"
+            if features.SOCK_DESTROY in self.missing
+            else f"the terminating socket iterators did not load ({os.strerror(self.destroy_error)})"
+        )
+        return f"{why} and {features.DIAG_DESTROY.description}"
 
     def handle(self) -> Any:
         """The native handle; the caller holds :attr:`lock`."""
@@ -159,25 +193,28 @@ class Datapath:
             return out
 
     def terminate_sockets(self, backend_ids: Sequence[int], netns_fds: Sequence[int], tcp: bool) -> Tuple[int, int]:
-        """Run the socket iterators in each namespace; returns the sockets
-        destroyed and how many of them were TCP."""
+        """Terminate in each namespace the sockets socklb connected to these
+        backends (by :attr:`termination`); returns the sockets destroyed and
+        how many of them were TCP."""
         with self.lock:
             lb = self.handle()
             out, out_tcp = ffi.new("uint64_t *"), ffi.new("uint64_t *")
-            check(
-                lib.socklb_terminate(
-                    lb,
-                    ffi.new("uint32_t[]", list(backend_ids)),
-                    len(backend_ids),
-                    ffi.new("int[]", list(netns_fds)),
-                    len(netns_fds),
-                    int(tcp),
-                    out,
-                    out_tcp,
-                ),
-                "terminating sockets connected to removed backends",
-            )
+            ids = ffi.new("uint32_t[]", list(backend_ids))
+            fds = ffi.new("int[]", list(netns_fds))
+            if self.termination == "bpf_sock_destroy":
+                rc = lib.socklb_terminate(lb, ids, len(backend_ids), fds, len(netns_fds), int(tcp), out, out_tcp)
+            elif self.termination == "sock_diag":
+                rc = lib.socklb_diag_terminate(lb, ids, len(backend_ids), fds, len(netns_fds), int(tcp), out, out_tcp)
+            else:
+                rc = -_errno.EOPNOTSUPP
+            check(rc, "terminating sockets connected to removed backends")
             return int(out[0]), int(out_tcp[0])
+
+    def tcp_records(self) -> int:
+        """TCP translations held in sock_tcp (slots in use)."""
+        with self.lock:
+            fd = lib.socklb_map_fd(self.handle(), b"sock_tcp")
+            return check(int(lib.socklb_tcp_slots_used(check(int(fd), "sock_tcp"))), "reading sock_tcp")
 
     def count_states(self, netns_fds: Sequence[int]) -> int:
         """Per-socket entries held by the sockets of these network namespaces."""

@@ -52,6 +52,7 @@ def _mounts() -> Dict[str, Any]:
 
 def report() -> Dict[str, Any]:
     """The facts and the verdict, as plain data."""
+    fallback = {f.name: f.fallback for f in features.FEATURES}
     root = os.geteuid() == 0
     caps = _caps()
     privileged = caps["CAP_SYS_ADMIN"] or (caps["CAP_BPF"] and caps["CAP_NET_ADMIN"])
@@ -86,7 +87,7 @@ def report() -> Dict[str, Any]:
         notes.append("not privileged: loading and attaching need CAP_BPF + CAP_NET_ADMIN, or CAP_SYS_ADMIN (root)")
     for f in feats:
         if f["present"] is False:
-            what = "socklb cannot load" if f["required"] else "turned off"
+            what = "socklb cannot load" if f["required"] else fallback[f["name"]]
             notes.append(f"missing {f['description']} (Linux {f['kernel']}): {what}")
     if not m["cgroup2"]:
         notes.append("no cgroup v2 mount: mount one (mount -t cgroup2 none /sys/fs/cgroup/unified)")
@@ -96,7 +97,10 @@ def report() -> Dict[str, Any]:
         notes.append(f"no bpffs at {pins.DEFAULT_BPFFS}: a pinned balancer mounts it on first use")
     if not btf:
         notes.append("no kernel BTF (/sys/kernel/btf/vmlinux): socket termination is unavailable")
-    term = bool(probed and "sock_destroy" not in missing and btf)
+    # Both ways of terminating run socket iterators, which load against the
+    # kernel's BTF: bpf_sock_destroy in them, else sock_diag's SOCK_DESTROY.
+    sock_diag = "diag_destroy" not in missing and "iter_storage" not in missing
+    term = bool(probed and btf and ("sock_destroy" not in missing or sock_diag))
     return {
         "kernel": os.uname().release,
         "cgroup": {"cgroup2_mount": m["cgroup2"], "layout": m["layout"], "cgroup_v1_mounts": m["cgroup_v1"]},

@@ -270,8 +270,10 @@ class PinnedView:
         try:
             if not fds:
                 return 0
-            conn, dgram = self._map("sock_conn").fd, self._map("sock_dgram").fd
-            n = int(lib.socklb_count_pinned_states(conn, dgram, ffi.new("int[]", fds), len(fds)))
+            conn, dgram, tcp = self._map("sock_conn").fd, self._map("sock_dgram").fd, self._map("sock_tcp").fd
+            n = int(lib.socklb_count_pinned_states(conn, dgram, tcp, ffi.new("int[]", fds), len(fds)))
+            if n < 0 and features.lacks(features.ITER_STORAGE):
+                raise features.ITER_STORAGE.error(os.strerror(-n))
             if n == -errno.EOPNOTSUPP:  # built without the iterators
                 raise features.SOCK_DESTROY.error(os.strerror(-n))
             return check(n, "counting socket states")
@@ -291,7 +293,9 @@ class PinnedView:
         for name, m in sorted(self.maps.items()):
             t, cap = self.map_types[name], self.max_entries[name]
             n: Optional[int]
-            if t in (_BPF_MAP_TYPE_ARRAY, _BPF_MAP_TYPE_PERCPU_ARRAY):
+            if name == "sock_tcp":  # slots held by a socket
+                n = check(int(lib.socklb_tcp_slots_used(m.fd)), "reading sock_tcp")
+            elif t in (_BPF_MAP_TYPE_ARRAY, _BPF_MAP_TYPE_PERCPU_ARRAY):
                 n = cap
             elif t in _MAP_TYPES and t not in (_BPF_MAP_TYPE_SK_STORAGE, 27):
                 n = len(m.keys(cap))

@@ -113,8 +113,17 @@ _CLONE_NEWNET = 0x40000000
 _IFA_F_NODAD = 0x02
 _IFA_F_DADFAILED = 0x08
 _IFA_F_TENTATIVE = 0x40
-_READY_TIMEOUT = 10.0
-_SETTLE_TIMEOUT = 10.0
+# Every lab timeout is multiplied by this (a slow machine: ./run kernels sets
+# it for guests under software emulation).
+TIMEOUT_SCALE_ENV = "SOCKLB_LAB_TIMEOUT_SCALE"
+_SCALE = max(1.0, float(os.environ.get(TIMEOUT_SCALE_ENV) or 1))
+_READY_TIMEOUT = 10.0 * _SCALE
+_SETTLE_TIMEOUT = 10.0 * _SCALE
+if _SCALE > 1:
+    from pyroute2 import config as _pr_config  # type: ignore[import-untyped,unused-ignore]
+
+    _pr_config.default_create_socket_timeout = int(10 * _SCALE)
+    _pr_config.default_communicate_timeout = int(2 * _SCALE)
 
 _T = TypeVar("_T")
 _libc: Optional[ctypes.CDLL] = None
@@ -137,7 +146,7 @@ def _check_ours(name: str) -> None:
         raise LabError(f"refusing to operate on network namespace {name!r}: not a lab namespace")
 
 
-def _in_netns(name: str, fn: Callable[[], _T], timeout: float = 10.0) -> _T:
+def _in_netns(name: str, fn: Callable[[], _T], timeout: float = 10.0 * _SCALE) -> _T:
     """Run ``fn`` in a new thread that has joined the lab network namespace ``name``.
 
     The thread checks that it really is in that namespace before calling ``fn``,

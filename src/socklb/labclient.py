@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import socket
 import sys
 import time
@@ -144,6 +145,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--timeout", type=float, default=3.0)
     ap.add_argument("--deadline", type=float, default=60.0)
     a = ap.parse_args(argv)
+    # A slow machine (the kernel matrix under emulation) gets longer bounds.
+    scale = max(1.0, float(os.environ.get("SOCKLB_LAB_TIMEOUT_SCALE") or 1))
+    a.timeout, a.deadline = a.timeout * scale, a.deadline * scale
     if a.proto == "tcp":
         res = run_tcp(a.host, a.port, a.n, a.timeout, a.deadline)
     else:

@@ -344,7 +344,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("give at least one --tcp or --udp port")
 
     _raise_nofile()
-    server = LabServer(args.name, tcp=args.tcp, udp=args.udp, wait=args.wait, host=args.host)
+    # A slow machine (the kernel matrix under emulation) waits longer.
+    wait = args.wait * max(1.0, float(os.environ.get("SOCKLB_LAB_TIMEOUT_SCALE") or 1))
+    server = LabServer(args.name, tcp=args.tcp, udp=args.udp, wait=wait, host=args.host)
 
     def on_signal(_signo: int, _frame: object) -> None:
         server.stop()

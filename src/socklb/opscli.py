@@ -155,6 +155,7 @@ _STAT_HELP = {
     "terminated_tcp": "  of them: TCP (Service(terminate_tcp=True))",
     "no_state": "socket-local storage not allocated (memory): getpeername shows the backend, datagram refused",
     "udp_evicted": "unconnected UDP flow forgotten for a newer one (udp_flows_per_socket): replies show the backend",
+    "sock_tcp_full": "TCP connect()s whose sock_tcp slot was held: record kept in socket-local storage",
     "connect6": "  of the connects: by IPv6 sockets (v4-mapped included)",
     "sendmsg6": "  of the datagrams: by IPv6 sockets",
     "recvmsg6": "  of the replies: to IPv6 sockets",

@@ -44,6 +44,7 @@ COUNTERS: Dict[str, int] = {
         "TERMINATED_TCP",
         "NO_STATE",
         "UDP_EVICTED",
+        "SOCK_TCP_FULL",
     )
 }
 """Counter name -> index in the per-CPU ``counters`` array (SOCKLB_CNT_*)."""
@@ -96,6 +97,10 @@ def read_counters(counters: Map) -> Dict[str, int]:
     for name, idx in COUNTERS.items():
         raw = counters.lookup(U32.pack(idx), 8 * ncpu) or b""
         out[name] = sum(int.from_bytes(raw[i : i + 8], sys.byteorder) for i in range(0, len(raw), 8))
+    # The IPv6 programs count in their own slot only (one update per
+    # event): a hook's total is both.
+    for hook in ("connect", "sendmsg", "recvmsg", "getpeername"):
+        out[hook] += out[hook + "6"]
     return out
 
 

@@ -1,0 +1,144 @@
+"""The fallbacks for older kernels, forced on this one (features.forced_missing):
+each path the feature table can choose runs here with real sockets, so CI
+covers what ``./run kernels`` shows on 5.10 and 6.1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial, require_feature, require_root
+
+from socklb import Backend, Balancer, MissingFeatureError, Service, features
+
+HELD = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+print("connected", flush=True)
+sys.stdin.readline()
+try:
+    s.sendall(b"peer\n"); data = s.recv(100)
+    print("alive" if data else "eof", flush=True)
+except OSError as e:
+    print("error", e.errno, flush=True)
+"""
+
+
+def test_forcing_features_missing() -> None:
+    with features.forced_missing("set_retval", "sock_destroy"):
+        names = {f.name for f in features.missing()}
+        assert {"set_retval", "sock_destroy"} <= names
+        assert features.missing_bits() & features.SET_RETVAL.bit
+    with pytest.raises(ValueError, match="unknown feature nope"):
+        with features.forced_missing("nope"):
+            pass
+    # The environment variable is the same seam, for a whole process.
+    code = "from socklb import features; print(sorted(f.name for f in features.missing()))"
+    env = dict(os.environ, **{features.FORCE_ENV: "sock_destroy"})
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert "sock_destroy" in out
+
+
+def test_every_optional_feature_has_a_fallback() -> None:
+    for f in features.FEATURES:
+        assert f.required == (not f.fallback), f
+
+
+def test_without_set_retval_empty_services_refuse_with_eperm(world: World) -> None:
+    require_root()
+    with features.forced_missing("set_retval"):
+        lb = Balancer(max_services=8, max_backends=16)
+    try:
+        lb.upsert(Service(VIP4, 80, "tcp", []))
+        lb.upsert(Service(VIP6, 80, "tcp", []))
+        lb.upsert(Service(VIP4, 53, "udp", [Backend(world.backends["b1"].ipv4, UDP_PORT, state="maintenance")]))
+        lb.attach(world.client.cgroup)
+        assert dial(world.client, "tcp", VIP4, 80, 2)["errors"] == ["EPERM"] * 2
+        assert dial(world.client, "tcp", VIP6, 80, 1)["errors"] == ["EPERM"]
+        assert dial(world.client, "udp", VIP4, 53, 1)["errors"] == ["EPERM"]
+        assert lb.counters()["no_backend"] == 4
+        # The rest of the datapath is the same: a backend makes it balance.
+        lb.upsert(Service(VIP4, 80, "tcp", [Backend(world.backends["b2"].ipv4, TCP_PORT)]))
+        assert dial(world.client, "tcp", VIP4, 80, 2)["served"] == ["b2"] * 2
+    finally:
+        lb.close()
+
+
+def test_without_sock_destroy_sock_diag_terminates_a_tcp_connection(world: World) -> None:
+    require_root()
+    require_feature("iter_storage")  # the listing iterator
+    require_feature("diag_destroy")
+    with features.forced_missing("sock_destroy"):
+        lb = Balancer(max_services=8, max_backends=16)
+    try:
+        assert lb.terminates_sockets and lb.termination == "sock_diag"
+        b1 = Backend(world.backends["b1"].ipv4, TCP_PORT)
+        b2 = Backend(world.backends["b2"].ipv4, TCP_PORT)
+        svc = Service(VIP4, 80, "tcp", [b1], terminate_tcp=True)
+        lb.upsert(svc)
+        lb.attach(world.client.cgroup)
+        # A connection to the VIP and one straight to the same backend: only
+        # the translated one is terminated (matched by its record too).
+        direct = world.client.popen(
+            [sys.executable, "-c", HELD, b1.address, str(TCP_PORT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        p = world.client.popen(
+            [sys.executable, "-c", HELD, VIP4, "80"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert p.stdout and p.stdin and direct.stdout and direct.stdin
+            assert p.stdout.readline().strip() == "connected"
+            assert direct.stdout.readline().strip() == "connected"
+            assert lb.socket_states() >= 1  # the counting-only iterator
+            lb.upsert(svc.with_backends([b2]))
+            for q in (p, direct):
+                assert q.stdin
+                q.stdin.write("\n")
+                q.stdin.flush()
+            assert p.stdout.readline().split()[0] == "error"
+            assert direct.stdout.readline().strip() == "alive"
+        finally:
+            for q in (p, direct):
+                q.kill()
+                q.wait()
+        c = lb.counters()
+        assert c["terminated_tcp"] == 1 and c["terminated"] == 1, c
+    finally:
+        lb.close()
+
+
+def test_without_any_termination_it_is_off_with_the_reason() -> None:
+    require_root()
+    with features.forced_missing("sock_destroy", "diag_destroy"):
+        lb = Balancer(max_services=8, max_backends=16)
+        try:
+            assert not lb.terminates_sockets
+            assert lb.termination.startswith("off: missing the bpf_sock_destroy kfunc"), lb.termination
+            assert "CONFIG_INET_DIAG_DESTROY" in lb.termination
+            if not features.lacks(features.ITER_STORAGE):
+                assert lb.socket_states() == 0  # counting still works
+        finally:
+            lb.close()
+        with pytest.raises(MissingFeatureError, match=r"6\.5"):
+            Balancer(max_services=8, max_backends=16, terminate_sockets=True)
+
+
+def test_without_storage_in_iterators_socket_states_names_the_feature() -> None:
+    require_root()
+    with features.forced_missing("iter_storage", "sock_destroy"):
+        lb = Balancer(max_services=8, max_backends=16)
+    try:
+        assert not lb.terminates_sockets
+        assert "Linux 5.11" in lb.termination, lb.termination
+        with pytest.raises(MissingFeatureError, match=r"5\.11"):
+            lb.socket_states()
+    finally:
+        lb.close()
