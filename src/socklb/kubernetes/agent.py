@@ -47,6 +47,7 @@ the Prometheus text format.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import logging
@@ -59,7 +60,7 @@ import zlib
 from collections import deque
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Deque, Dict, Iterable, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from ..errors import NotFoundError
 from ..model import Algorithm, Service, ServiceKey
@@ -477,14 +478,16 @@ class Agent:
         self._triggers: Dict[SvcId, List[float]] = {}
         self._pending_since: Optional[float] = None  # monotonic time of the oldest change not applied
         self._synced: Set[str] = set()
-        self._slices_of: Dict[SvcId, Set[Tuple[str, str]]] = {}
+        # Kept small (tuples, one owner without a list): at 50,000 Services these
+        # indexes are a good part of the agent's memory.
+        self._slices_of: Dict[SvcId, Tuple[Tuple[str, str], ...]] = {}
         self._slice_owner: Dict[Tuple[str, str], SvcId] = {}
 
         # The apply thread's own state.
-        self._wanted: Dict[SvcId, Dict[ServiceKey, Service]] = {}
-        self._claims: Dict[ServiceKey, List[SvcId]] = {}
+        self._wanted: Dict[SvcId, Tuple[Service, ...]] = {}
+        self._claims: Dict[ServiceKey, Union[SvcId, List[SvcId]]] = {}  # a list only when several claim it
         self._no_local: Dict[SvcId, int] = {}
-        self._cache: Dict[SvcId, Tuple[Any, Dict[ServiceKey, Service], int]] = {}
+        self._cache: Dict[SvcId, Tuple[Any, Tuple[Service, ...], int]] = {}
         self._cache_node: Optional[Node] = None
         self._retry: Set[ServiceKey] = set()
         self._retry_failures = 0
@@ -625,14 +628,14 @@ class Agent:
         with self._cond:
             old_owner = self._slice_owner.pop(key, None)
             if old_owner is not None:
-                keys = self._slices_of.get(old_owner)
-                if keys is not None:
-                    keys.discard(key)
-                    if not keys:
-                        del self._slices_of[old_owner]
+                keys = tuple(k for k in self._slices_of.get(old_owner, ()) if k != key)
+                if keys:
+                    self._slices_of[old_owner] = keys
+                else:
+                    self._slices_of.pop(old_owner, None)
             if new_owner is not None:
                 self._slice_owner[key] = new_owner
-                self._slices_of.setdefault(new_owner, set()).add(key)
+                self._slices_of[new_owner] = (*self._slices_of.get(new_owner, ()), key)
         self._mark({old_owner, new_owner}, None if e.type == "DELETED" else _trigger_time(e.obj))
 
     def _on_node(self, e: Event) -> None:
@@ -710,8 +713,8 @@ class Agent:
                         self._pending_since = None  # everything seen is applied
 
     def _translate(
-        self, sid: SvcId, node: Node, slices_of: Dict[SvcId, Set[Tuple[str, str]]]
-    ) -> Dict[ServiceKey, Service]:
+        self, sid: SvcId, node: Node, slices_of: Dict[SvcId, Tuple[Tuple[str, str], ...]]
+    ) -> Tuple[Service, ...]:
         """The frontends of one Service.  The result is kept with the resourceVersions
         it came from: the same Service and slices (and node) give it again without
         translating, which makes the full sync after a re-list cheap."""
@@ -720,7 +723,7 @@ class Agent:
         if obj is None:
             self._no_local.pop(sid, None)
             self._cache.pop(sid, None)
-            return {}
+            return ()
         sstore = self.slices_reflector.store
         found = [(k, o) for k, o in ((k, sstore.get(k)) for k in slices_of.get(sid, ())) if o is not None]
         if node != self._cache_node:
@@ -740,7 +743,7 @@ class Agent:
             )
             self.counts["services_translated"] += 1
             self.counts["notes"] += len(t.notes)
-            frontends, no_local = {s.key: s for s in t.services}, len(t.no_local_endpoints)
+            frontends, no_local = tuple(t.services), len(t.no_local_endpoints)
             self._cache[sid] = (sig, frontends, no_local)
         if no_local:
             self._no_local[sid] = no_local
@@ -752,30 +755,48 @@ class Agent:
         owners = self._claims.get(key)
         if not owners:
             return None
-        return self._wanted[min(owners)][key]
+        owner = min(owners) if isinstance(owners, list) else owners
+        for s in self._wanted[owner]:
+            if s.key == key:
+                return s
+        return None
 
-    def _set_wanted(self, sid: SvcId, new: Dict[ServiceKey, Service]) -> None:
-        for k in self._wanted.pop(sid, {}):
+    def _set_wanted(self, sid: SvcId, new: Tuple[Service, ...]) -> None:
+        for s in self._wanted.pop(sid, ()):
+            k = s.key
             owners = self._claims.get(k)
-            if owners is not None:
+            if owners is None:
+                continue
+            if isinstance(owners, list):
                 if sid in owners:
                     owners.remove(sid)
-                if not owners:
+                if len(owners) == 1:
+                    self._claims[k] = owners[0]
+                elif not owners:
                     del self._claims[k]
+            elif owners == sid:
+                del self._claims[k]
         if new:
             self._wanted[sid] = new
-            for k in new:
-                self._claims.setdefault(k, []).append(sid)
+            for s in new:
+                k = s.key
+                owners = self._claims.get(k)
+                if owners is None:
+                    self._claims[k] = sid
+                elif isinstance(owners, list):
+                    owners.append(sid)
+                else:
+                    self._claims[k] = [owners, sid]
 
     def _apply_dirty(self, dirty: Set[SvcId], node: Node, triggers: Dict[SvcId, List[float]]) -> None:
         t0 = time.monotonic()
         with self._cond:
-            slices_of = {s: set(self._slices_of.get(s, ())) for s in dirty}
+            slices_of = {s: self._slices_of.get(s, ()) for s in dirty}
         translated = {s: self._translate(s, node, slices_of) for s in dirty}
         affected: Set[ServiceKey] = set(self._retry)
         for s, new in translated.items():
-            affected.update(self._wanted.get(s, ()))
-            affected.update(new)
+            affected.update(v.key for v in self._wanted.get(s, ()))
+            affected.update(v.key for v in new)
         before = {k: self._value(k) for k in affected}
         for s, new in translated.items():
             self._set_wanted(s, new)
@@ -825,7 +846,7 @@ class Agent:
         t0 = time.monotonic()
         self._program_node(node)
         with self._cond:
-            slices_of = {s: set(v) for s, v in self._slices_of.items()}
+            slices_of = dict(self._slices_of)  # the tuples are never changed, only replaced
         sids = [(k[0] or "default", k[1]) for k in self.services_reflector.snapshot()]
         self._wanted, self._claims = {}, {}
         self._no_local = {}
@@ -857,6 +878,9 @@ class Agent:
             gc.unfreeze()
             gc.collect()
             gc.freeze()
+        # The LIST pages and the translations' temporaries are freed by now: give the
+        # free pages at the top of the heap and inside it back to the system.
+        _malloc_trim()
         self.first_sync.set()
 
     def _after_apply(self, t0: float, triggers: Dict[SvcId, List[float]], failed: Set[ServiceKey], full: bool) -> None:
@@ -980,6 +1004,26 @@ class Agent:
         self._httpd.daemon_threads = True
         self._http_thread = threading.Thread(target=self._httpd.serve_forever, name="socklb-healthz", daemon=True)
         self._http_thread.start()
+
+
+def _load_malloc_trim() -> Optional[Callable[[int], int]]:
+    try:
+        libc = ctypes.CDLL(None)
+        trim: Callable[[int], int] = libc.malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _malloc_trim() -> None:
+    if _MALLOC_TRIM is not None:
+        try:
+            _MALLOC_TRIM(0)
+        except Exception:  # never let housekeeping fail an apply
+            pass
 
 
 def _iso(t: float) -> str:

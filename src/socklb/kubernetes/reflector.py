@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -285,6 +286,7 @@ class Reflector:
 
     def _list_all(self, paged: bool = True) -> Tuple[list[Tuple[Key, Obj]], str]:
         items: list[Tuple[Key, Obj]] = []
+        held = self.store  # on a re-list: an object whose resourceVersion is unchanged is kept as it is held
         token: Optional[str] = None
         timeout = (self.connect_timeout, self.watch_timeout + self.read_timeout_margin)
         while True:
@@ -308,7 +310,12 @@ class Reflector:
             for o in page:
                 key = _key(o) if isinstance(o, dict) else None
                 if key is not None:  # the key of the object as it came: a transform may drop the name
-                    items.append((key, self._slim(o)))
+                    before = held.get(key)
+                    if before is not None and _rv(before) == _rv(o) != "":
+                        # Unchanged: no second copy (a re-list would otherwise hold two of everything).
+                        items.append((key, before))
+                    else:
+                        items.append((key, self._slim(o)))
             meta = body.get("metadata") or {}
             del body, page  # only the transformed objects stay
             token = meta.get("continue") or None
@@ -409,7 +416,7 @@ def _key(obj: Obj) -> Optional[Key]:
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
         return None
     ns = meta.get("namespace")
-    return (ns if isinstance(ns, str) else "", meta["name"])
+    return (sys.intern(ns) if isinstance(ns, str) else "", meta["name"])  # a few namespaces, many objects
 
 
 def _rv(obj: Obj) -> str:
