@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
-from helpers import BACKENDS, TCP_PORT, UDP_PORT, World
+from helpers import BACKENDS, TCP_PORT, UDP_PORT, World, refused
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
@@ -347,7 +347,7 @@ class BalancerMachine(RuleBasedStateMachine):
             assert res["served"] == [] and len(res["errors"]) == 4, res
             assert set(res["errors"]) <= UNREACHABLE, res
         elif not usable(svc):
-            assert res["errors"] == ["ECONNREFUSED"] * 4, res
+            assert res["errors"] == [refused()] * 4, res
         else:
             names = {self.name_of[b.address] for b in usable(svc)}
             assert res["errors"] == [], (svc, res)

@@ -29,7 +29,20 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
-from helpers import BACKENDS, TCP_PORT, UDP_PORT, VIP4, VIP6, World, child_env, dial, in_ci, raw_map, require_root
+from helpers import (
+    BACKENDS,
+    TCP_PORT,
+    UDP_PORT,
+    VIP4,
+    VIP6,
+    World,
+    child_env,
+    dial,
+    in_ci,
+    raw_map,
+    refused,
+    require_root,
+)
 
 from socklb import (
     Affinity,
@@ -483,7 +496,7 @@ def check_rich_datapath(world: World) -> None:
     assert set(r[0]["peers"]) == {f"{VIP4}:80"}
     assert r[1]["errors"] == [] and set(r[1]["served"]) <= set(BACKENDS) and "b3" in r[1]["served"], r[1]
     assert r[2]["errors"] == [] and set(r[2]["served"]) <= {"b1", "b2"}, r[2]  # b3 in maintenance
-    assert r[3]["errors"] == ["ECONNREFUSED"] * 2, r[3]
+    assert r[3]["errors"] == [refused()] * 2, r[3]
     assert r[4]["errors"] == [] and set(r[4]["served"]) == {"b2", "b3"}, r[4]  # terminating fallback
 
 

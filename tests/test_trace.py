@@ -4,6 +4,7 @@ off when the reader is killed; bad input is one line."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import time
 from typing import Any, Dict, List
 
 from helpers import TCP_PORT, UDP_PORT, VIP4, World, child_env, dial, one_line_error, require_root, socklb_cli
+from helpers import refused as refused_errno
 from test_pins import holder, pinned_dir
 
 from socklb import Backend, Service
@@ -131,7 +133,7 @@ def test_trace_matches_connects(world: World) -> None:
             assert abs(e["time"] - time.time()) < 120
         assert len({e["socket_cookie"] for e in tcp}) == n_tcp
         no = [e for e in events if e["vip"] == "10.96.0.12"]
-        assert failed["served"] == ["error:111"] * n_refused  # ECONNREFUSED
+        assert failed["served"] == [f"error:{getattr(errno, refused_errno())}"] * n_refused  # ECONNREFUSED (or EPERM)
         assert [(e["outcome"], e["backend"], e["pid"]) for e in no] == [("no_backend", None, failed["pid"])] * n_refused
         assert [(e["vip"], e["outcome"]) for e in refused] == [("10.96.0.12", "no_backend")]
         udp = [e for e in events if e["protocol"] == "udp"]
