@@ -98,6 +98,7 @@ def test_the_image_check_passes_on_this_checkout(tmp_path: Any) -> None:
     cannot rot: the agent starts, serves /healthz, programs and updates a Service."""
     import os
     import secrets
+    import signal
     import subprocess
     import sys
 
@@ -112,13 +113,25 @@ def test_the_image_check_passes_on_this_checkout(tmp_path: Any) -> None:
     os.mkdir(cgroup)
     env = dict(child_env(), PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     try:
-        r = subprocess.run(
+        # A session of its own: if the test is interrupted or times out, the
+        # agent the script started goes with it instead of holding the pins.
+        proc = subprocess.Popen(
             [sys.executable, str(DEPLOY / "image_check.py"), "--cgroup", cgroup, "--pin-dir", pin_dir],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=120,
             env=env,
+            start_new_session=True,
         )
+        try:
+            out, err = proc.communicate(timeout=300)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the script's agent, if still there
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        r = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
         assert r.returncode == 0, r.stdout + r.stderr
         lines = r.stdout.splitlines()
         assert "image check: /healthz 200" in lines
