@@ -142,3 +142,27 @@ def test_without_storage_in_iterators_socket_states_names_the_feature() -> None:
             lb.socket_states()
     finally:
         lb.close()
+
+
+def test_without_so_netns_cookie_balancing_works_and_host_scope_names_the_feature(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before Linux 5.14 a namespace's cookie cannot be read from user space
+    (SO_NETNS_COOKIE, found by booting 5.10): the balancer still loads and
+    balances; only host-netns-only attachments refuse, naming the feature."""
+    require_root()
+    from socklb import node
+
+    monkeypatch.setattr(node, "_SO_NETNS_COOKIE", 0x7FFF)  # no such option: ENOPROTOOPT, as on 5.10
+    with pytest.raises(MissingFeatureError, match=r"Linux 5\.14"):
+        node.netns_cookie()
+    svc = Service(VIP4, 80, backends=[Backend(world.backends["b1"].ipv4, TCP_PORT)])
+    with Balancer() as lb:
+        assert lb.node_netns_cookie == 0
+        lb.upsert(svc)
+        with pytest.raises(MissingFeatureError, match=r"SO_NETNS_COOKIE.*5\.14"):
+            lb.attach(world.client.cgroup, scope="host-netns-only")
+        assert lb.attachments() == []  # nothing attached by the refused call
+        with lb.attach(world.client.cgroup):
+            got = dial(world.client, "tcp", VIP4, 80, 3)
+        assert got["served"] == ["b1"] * 3, got

@@ -14,6 +14,7 @@ See the README's "How the code is laid out" for the path of a ``sync()``.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import warnings
@@ -41,7 +42,7 @@ from .abi import (
 from .abi import maglev_table as maglev_table
 from .attachment import Attachment, Attachments, cgroup_path
 from .datapath import Datapath
-from .errors import InvalidValueError, NotFoundError, SocklbError
+from .errors import InvalidValueError, MissingFeatureError, NotFoundError, SocklbError
 from .model import Service, ServiceKey, normalize_key, path_text
 from .model import _address as model_address
 from .spec import DEFAULT_UDP_FLOWS, DatapathSpec, PinPaths
@@ -49,6 +50,7 @@ from .stats import ProgramStats
 from .terminate import Terminator, client_netns
 
 __all__ = ["Balancer", "Attachment", "SyncResult", "ProgramStats", "DEFAULT_MAGLEV_SIZE", "maglev_table"]
+log = logging.getLogger("socklb")
 
 
 NODE_ADDRS_MAX = int(lib.SOCKLB_MAX_NODE_ADDRS)
@@ -380,6 +382,10 @@ class Balancer:
         excluded = [cgroup_path(x) for x in exclude]
         with self._lock:
             self._mutating("attach")
+            known = int.from_bytes(self._node_cfg.lookup(U32.pack(0)) or bytes(8), "little")
+            if scope == "host-netns-only" and not known:
+                node.netns_cookie()  # raises MissingFeatureError (SO_NETNS_COOKIE, 5.14) where that is why
+                raise InvalidValueError("scope", "the node's network namespace is not known to this balancer")
             self._attachments.attach(path, scope, excluded)
             return self._attachments.handle(self, path)
 
@@ -387,7 +393,13 @@ class Balancer:
 
     def _set_node_netns(self, keep_pinned: bool) -> None:
         assert self._node_fd is not None
-        cookie = node.netns_cookie(f"/proc/self/fd/{self._node_fd}")
+        try:
+            cookie = node.netns_cookie(f"/proc/self/fd/{self._node_fd}")
+        except MissingFeatureError as e:
+            # Before Linux 5.14: the node's addresses still work; loopback
+            # NodePorts and host-netns-only attachments do not (0: no node).
+            log.info("%s", e)
+            cookie = 0
         self._node_fd_is_node = True
         if keep_pinned:
             raw = self._node_cfg.lookup(U32.pack(0))

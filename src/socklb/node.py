@@ -14,13 +14,14 @@ True
 from __future__ import annotations
 
 import ctypes
+import errno
 import ipaddress
 import os
 import socket
 import threading
 from typing import Callable, List, Optional, TypeVar
 
-from .errors import InvalidValueError, SocklbError
+from .errors import InvalidValueError, MissingFeatureError, SocklbError
 
 __all__ = ["netns_cookie", "discover_addresses", "usable_node_address"]
 
@@ -98,6 +99,13 @@ def netns_cookie(path: Optional[str] = None) -> int:
     try:
         return _in_netns(path, read)
     except OSError as e:
+        if e.errno == errno.ENOPROTOOPT:
+            raise MissingFeatureError(
+                "SO_NETNS_COOKIE (a network namespace's cookie, read from user space)",
+                "5.14",
+                "without it the node's namespace is not known to the datapath: loopback NodePorts "
+                'from the node and attach(scope="host-netns-only") are unavailable',
+            ) from e
         raise SocklbError(f"cannot read the cookie of network namespace {path or 'of this thread'}: {e}") from e
 
 
