@@ -147,7 +147,7 @@ class RecordingBalancer:
                 raise NotFoundError(f"no service {k}")
             del self.programmed[k]
 
-    def sync(self, services: Iterable[Service]) -> FakeSyncResult:
+    def sync(self, services: Iterable[Service], batch: Optional[int] = None) -> FakeSyncResult:
         want = {s.key: s for s in services}
         with self.lock:
             self.calls.append(Call("sync", want, time.monotonic()))

@@ -14,7 +14,7 @@ from typing import List
 import pytest
 from helpers import require_root
 
-from socklb import Backend, Balancer, InvalidValueError, Service
+from socklb import Backend, Balancer, CapacityError, InvalidValueError, Service
 
 N = 2000  # above the fast path's threshold (1024)
 
@@ -43,7 +43,8 @@ def test_values_have_slots_and_stay_dataclasses() -> None:
     # Equal values: equal and same hash; a differing one differs in its cached hash first.
     assert s == Service("10.96.0.1", 80, backends=[Backend("10.244.1.2", 8080, weight=3)])
     assert s != s.with_backends([Backend("10.244.1.2", 8080, weight=4)])
-    assert sys.getsizeof(b) <= 80
+    assert sys.getsizeof(b) <= 64  # four slots and the GC header: the IP version is computed from the bytes
+    assert (b._version, Backend("fd00::1", 80)._version) == (4, 6)
 
 
 def test_bookkeeping_per_service_is_under_1_kib() -> None:
@@ -103,3 +104,49 @@ def test_sync_fast_paths_agree_with_the_general_one() -> None:
         r = lb.sync(now)
         assert r.updated == (now[11].key,) and r.map_writes > 0
         assert not lb._state.has_dirty()
+
+
+def _result(r: object) -> tuple:
+    return tuple(sorted(getattr(r, f)) for f in ("added", "updated", "removed")) + (getattr(r, "unchanged"),)
+
+
+def test_a_sync_in_batches_ends_where_one_write_does_and_holds_less_at_once() -> None:
+    require_root()
+    first = services(4000)
+    with Balancer(max_services=8192, max_backends=32768) as lb, Balancer(max_services=8192, max_backends=32768) as ref:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            extra = []
+            for balancer, batch in ((ref, None), (lb, 256)):
+                before = tracemalloc.get_traced_memory()[0]
+                tracemalloc.reset_peak()
+                r = balancer.sync(first, batch=batch)
+                now, peak = tracemalloc.get_traced_memory()
+                extra.append(peak - now)  # what the write held on top of what it leaves
+                assert len(r.added) == 4000 and now > before
+        finally:
+            tracemalloc.stop()
+        assert extra[1] < extra[0] / 2, f"a batched sync held {extra[1]} bytes at once, one write {extra[0]}"
+        # Removals, shrinking and growing updates, new services and unchanged ones, in batches of 100.
+        changed = [s for i, s in enumerate(first) if i % 7]  # every 7th removed
+        for i in range(0, len(changed), 5):
+            s = changed[i]
+            more = [Backend(f"10.250.{j}.{i % 250}", 9000 + i // 250) for j in range(1 + i % 4)]
+            changed[i] = s.with_backends(s.backends[:1] if i % 2 else (*s.backends, *more))
+        changed += [Service(f"10.97.{i >> 8}.{i & 255}", 80, backends=[Backend("10.251.0.1", 80)]) for i in range(300)]
+        assert _result(lb.sync(changed, batch=100)) == _result(ref.sync(changed))
+        assert sorted(lb.kernel_services(), key=str) == sorted(ref.kernel_services(), key=str)
+        assert sorted(map(str, lb.services())) == sorted(map(str, changed))
+        # Nothing left to do: no write, every service unchanged.
+        r = lb.sync(changed, batch=100)
+        assert (r.map_writes, r.unchanged) == (0, len(changed))
+        # The end state is checked before anything is written.
+        now = lb.services()
+        too_many = changed + [Service(f"10.98.{i >> 8}.{i & 255}", 80) for i in range(8192)]
+        with pytest.raises(CapacityError):
+            lb.sync(too_many, batch=100)
+        assert lb.services() == now
+        for bad in (0, -1, 1.5, True):
+            with pytest.raises(InvalidValueError, match="batch"):
+                lb.sync(changed, batch=bad)  # type: ignore[arg-type]

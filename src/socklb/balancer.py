@@ -42,8 +42,8 @@ from .abi import (
 from .abi import maglev_table as maglev_table
 from .attachment import Attachment, Attachments, cgroup_path
 from .datapath import Datapath
-from .errors import InvalidValueError, MissingFeatureError, NotFoundError, SocklbError
-from .model import Service, ServiceKey, normalize_key, path_text
+from .errors import CapacityError, InvalidValueError, MissingFeatureError, NotFoundError, SocklbError
+from .model import Algorithm, Service, ServiceKey, normalize_key, path_text
 from .model import _address as model_address
 from .spec import DEFAULT_UDP_FLOWS, DatapathSpec, PinPaths
 from .stats import ProgramStats
@@ -540,11 +540,22 @@ class Balancer:
                 raise NotFoundError(f"no service {k}")
             self._write({k: None})
 
-    def sync(self, services: Iterable[Service]) -> SyncResult:
+    def sync(self, services: Iterable[Service], *, batch: Optional[int] = None) -> SyncResult:
         """Make the programmed services exactly ``services``, with the fewest map
-        writes; unchanged services are not touched.  Returns what changed."""
+        writes; unchanged services are not touched.  Returns what changed.
+
+        ``batch`` bounds the memory a large change takes: at most that many
+        services are planned and written at a time (the removals first, then
+        the services that shrink, then the ones that grow or are new), instead
+        of all of them in one plan, whose map rows for 50,000 new services are
+        tens of MiB.  Each service is still replaced atomically and the
+        capacity is checked for the end state before anything is written; but
+        if a write fails part way (a kernel error), the batches before it stay
+        written."""
         if services is None or isinstance(services, (str, bytes, Service)):
             raise InvalidValueError("services", f"must be an iterable of Service, not {services!r}")
+        if batch is not None and (not isinstance(batch, int) or isinstance(batch, bool) or batch < 1):
+            raise InvalidValueError("batch", f"must be a positive integer or None, not {batch!r}")
         given = services if isinstance(services, (list, tuple)) else list(services)
         with self._lock:
             self._mutating("sync")
@@ -552,6 +563,8 @@ class Balancer:
             exclusive = want is None
             if want is None:
                 want = self._wanted(given)
+            if batch is not None and len(want) > batch:
+                return self._sync_batches(len(given), want, exclusive, batch)
             p = self._write(want, exclusive=exclusive)
             added, updated, removed = [], [], []
             new_ids = set(p.new_svc_ids)
@@ -564,6 +577,69 @@ class Balancer:
                     updated.append(k)
             unchanged = len(given) - len(added) - len(updated)
             return SyncResult(tuple(added), tuple(updated), tuple(removed), unchanged, p.writes)
+
+    def _sync_batches(
+        self, n_given: int, want: Dict[ServiceKey, Optional[Service]], exclusive: bool, batch: int
+    ) -> SyncResult:
+        """sync() in plans of at most ``batch`` services (see :meth:`sync`)."""
+        st = self._state
+        live = st.services
+        maglev, maglev_size = Algorithm.MAGLEV, self.spec.maglev_size
+        # Removals first, then updates by growth (shrinking ones first), then new services:
+        # the programmed total never exceeds the larger of now and the end state.
+        removals: List[ServiceKey] = []
+        updates: List[Tuple[int, ServiceKey]] = []
+        adds: List[ServiceKey] = []  # keys only: a first sync of 50,000 makes no tuple per service
+        n_services, n_backends, n_maglev = len(live), st.n_backends, st.n_maglev
+        for k, svc in want.items():
+            old = live.get(k)
+            if svc is None:
+                if old is not None:
+                    removals.append(k)
+                continue
+            if old is not None and old.service == svc and not old.dirty:
+                continue
+            n_backends += len(svc.backends)
+            if svc.algorithm is maglev:
+                n_maglev += 1
+                if len(svc.backends) > maglev_size:
+                    raise CapacityError(f"backends of maglev service {svc}", len(svc.backends), maglev_size)
+            if old is None:
+                n_services += 1
+                adds.append(k)
+            else:
+                n_backends -= len(old.ids)
+                n_maglev -= old.service.algorithm is maglev
+                updates.append((len(svc.backends) - len(old.ids), k))
+        if exclusive:
+            removals.extend(live.keys() - want.keys())
+        for k in removals:
+            old = live[k]
+            n_services -= 1
+            n_backends -= len(old.ids)
+            n_maglev -= old.service.algorithm is maglev
+        self.spec.check_capacity(n_services, n_backends, n_maglev)
+        updates.sort(key=lambda u: u[0])
+        order = removals + [k for _, k in updates] + adds
+        del updates, adds
+        added: List[ServiceKey] = []
+        updated: List[ServiceKey] = []
+        removed: List[ServiceKey] = []
+        writes = 0
+        get = want.get
+        for i in range(0, len(order), batch):
+            p = self._write({k: get(k) for k in order[i : i + batch]})
+            writes += p.writes
+            new_ids = set(p.new_svc_ids)
+            for k, lv in p.live.items():
+                if lv is None:
+                    removed.append(k)
+                elif lv.svc_id in new_ids:
+                    added.append(k)
+                else:
+                    updated.append(k)
+            del p
+        return SyncResult(tuple(added), tuple(updated), tuple(removed), n_given - len(added) - len(updated), writes)
 
     @staticmethod
     def _wanted(given: Sequence[Service]) -> Dict[ServiceKey, Optional[Service]]:

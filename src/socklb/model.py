@@ -292,12 +292,21 @@ def _backend_address(b: Backend) -> str:
     """A backend's address text, made from its 16 bytes when asked for: not
     kept, as 500,000 backends would keep 30 MiB of strings."""
     a16 = b._a16
-    if b._version == 4:
+    if a16.startswith(_V4_MAPPED):  # a backend is never an IPv4-mapped IPv6 address: this is IPv4
         return socket.inet_ntop(socket.AF_INET, a16[12:])
     return socket.inet_ntop(socket.AF_INET6, a16)
 
 
-@_slotted("_a16", "_version", address=property(_backend_address, doc="The address, normalized (``inet_ntop``)."))
+def _backend_version(b: Backend) -> int:
+    """4 or 6, from the 16 bytes (not kept: a fifth slot makes a Backend 16 bytes bigger)."""
+    return 4 if b._a16.startswith(_V4_MAPPED) else 6
+
+
+@_slotted(
+    "_a16",
+    address=property(_backend_address, doc="The address, normalized (``inet_ntop``)."),
+    _version=property(_backend_version, doc="The IP version, 4 or 6."),
+)
 @dataclass(frozen=False, eq=False, init=False)
 class Backend:
     """One endpoint of a service: an address and port, a weight and a state.
@@ -324,7 +333,7 @@ class Backend:
     state: BackendState = BackendState.ACTIVE
     if TYPE_CHECKING:  # slots, not fields (mypy is told they have defaults)
         _a16: bytes = dataclasses.field(default=b"", init=False)  # the address, 16 bytes in network order
-        _version: int = dataclasses.field(default=0, init=False)  # 4 or 6
+        _version: int = dataclasses.field(default=0, init=False)  # 4 or 6 (computed)
 
     def __init__(
         self,
@@ -333,7 +342,7 @@ class Backend:
         weight: SupportsIndex = 1,
         state: Union[str, BackendState] = BackendState.ACTIVE,
     ) -> None:
-        _, a16, version = _address(address, "address", backend=True)
+        a16 = _address(address, "address", backend=True)[1]
         p = _port(port)
         w = _int(weight, 0, MAX_WEIGHT)
         if w is None:
@@ -345,7 +354,6 @@ class Backend:
         _set(self, "weight", ints.setdefault(w, w))
         _set(self, "state", state)
         _set(self, "_a16", a16)
-        _set(self, "_version", version)
 
     __setattr__ = _frozen
     __delattr__ = _frozen_del
@@ -485,11 +493,12 @@ class Service:
         bs = cast(Tuple[Backend, ...], bs)
         if len(bs) > MAX_BACKENDS_PER_SERVICE:
             raise InvalidValueError("backends", f"{len(bs)} backends; a service has at most {MAX_BACKENDS_PER_SERVICE}")
+        v4 = version == 4
         for i, b in enumerate(bs):
             if b.__class__ is not Backend and not isinstance(b, Backend):
                 _duplicate(bs[:i])  # the first error as given is the one named
                 raise InvalidValueError(f"backends[{i}]", f"must be a Backend, not {type(b).__name__}")
-            if b._version != version:
+            if b._a16.startswith(_V4_MAPPED) is not v4:  # b._version != version
                 _duplicate(bs[:i])
                 raise InvalidValueError(f"backends[{i}]", _family_hint(b, text, version))
             if b._a16 == a16:

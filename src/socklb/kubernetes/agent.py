@@ -65,7 +65,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tu
 from ..errors import NotFoundError
 from ..model import Algorithm, Service, ServiceKey
 from ..node import usable_node_address
-from .reflector import Event, Reflector
+from .reflector import Event, Reflector, list_function
 from .translation import LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, Node, translate_with_notes
 
 __all__ = ["ANNOTATION_TRIGGER_TIME", "Agent", "Compact", "Samples", "compact", "expand", "parse_trigger_time"]
@@ -234,26 +234,72 @@ def _small_meta(meta: Any) -> Any:
     return out
 
 
+# Deflate with a preset dictionary (RFC 1951 raw deflate, as zlib's zdict): what
+# compact JSON of Services and EndpointSlices is made of, so that even a small object
+# compresses (a slice of 10 endpoints to ~100 bytes, a ClusterIP Service to ~40)
+# without a dictionary of its own.  Generic Kubernetes text only: keys and enum values
+# (sort_keys order), never names of a particular cluster.  Changing it is safe: what
+# it makes lives only in the process.
+_ZDICT = (
+    b'"hints":{"forNodes":[{"name":""}],"forZones":[{"name":""}]},'
+    b'"conditions":{"ready":false,"serving":true,"terminating":true},'
+    b'{"addressType":"IPv6","endpoints":[{"addresses":["fd'
+    b'"externalIPs":["'
+    b'"ipFamilies":["IPv4","IPv6"],"sessionAffinityConfig":{"clientIP":{"timeoutSeconds":10800}}'
+    b'"sessionAffinity":"ClientIP","type":"NodePort"},"externalTrafficPolicy":"Local","'
+    b'"status":{"loadBalancer":{"ingress":[{"ip":"","ipMode":"VIP"}]}},"type":"LoadBalancer"'
+    b'"ports":[{"name":"https","nodePort":3'
+    b'{"kind":"Service","metadata":{"name":"","namespace":"default"},"spec":{"clusterIP":"10.'
+    b'","clusterIPs":["10.'
+    b'"],"internalTrafficPolicy":"Cluster","ports":[{"name":"http","port":80,"protocol":"TCP"}],'
+    b'"sessionAffinity":"None","type":"ClusterIP"},"status":{"loadBalancer":{}}}'
+    b'{"addressType":"IPv4","endpoints":[{"addresses":["10.'
+    b'"],"conditions":{},"nodeName":"'
+    b'"},{"addresses":["10.'
+    b'"],"conditions":{},"nodeName":"'
+    b'"}],"kind":"EndpointSlice","metadata":{"labels":{"kubernetes.io/service-name":"'
+    b'"},"name":"'
+    b'","namespace":"'
+    b'"},"ports":[{"name":"http","port":8080,"protocol":"TCP"}]}'
+)
+_WBITS = -12  # raw deflate (no header, no checksum), a 4 KiB window: the dictionary and a slice or two
+_DEFLATED_MARK = b"\x01"  # what a deflated Compact.data starts with (compact JSON starts with "{")
+_DEFLATE = zlib.compressobj(6, zlib.DEFLATED, _WBITS, 2, zlib.Z_DEFAULT_STRATEGY, _ZDICT)  # copied, not used
+
+
+def _deflate(data: bytes) -> bytes:
+    c = _DEFLATE.copy()  # a copy of a primed compressor: cheaper than loading the dictionary again
+    return _DEFLATED_MARK + c.compress(data) + c.flush()
+
+
+def _inflate(data: bytes) -> bytes:
+    d = zlib.decompressobj(_WBITS, _ZDICT)
+    out = d.decompress(memoryview(data)[1:]) + d.flush()
+    if not d.eof:
+        raise ValueError("a truncated Compact")
+    return out
+
+
 class Compact:
     """A Service or EndpointSlice as the agent keeps it (see :func:`compact`):
     its resourceVersion, what the translation reads of it as compact JSON
-    (deflated when that is shorter), the Service a slice belongs to and the
-    last-change trigger time.  About a tenth of the memory of the object as
-    a dict, a twentieth of the decoded JSON.  Read like a dict for
-    ``"metadata"`` and ``"compact"``."""
+    (deflated with a preset dictionary when that is shorter), the Service a
+    slice belongs to and the last-change trigger time.  A few percent of the
+    memory of the object as a dict.  Read like a dict for ``"metadata"`` and
+    ``"compact"``."""
 
     __slots__ = ("data", "owner", "rv", "trigger")
 
     def __init__(self, rv: str, data: bytes, owner: Optional[SvcId], trigger: Optional[float]) -> None:
         self.rv = rv
         self.data = data
-        """Compact JSON; deflated (zlib) if it starts with neither ``{`` nor ``[``."""
+        """Compact JSON, or deflated compact JSON after a ``0x01`` byte."""
         self.owner = owner
         self.trigger = trigger
 
     def json(self) -> bytes:
         raw = self.data
-        return raw if raw[:1] in (b"{", b"[") else zlib.decompress(raw)
+        return _inflate(raw) if raw[:1] == _DEFLATED_MARK else raw
 
     def get(self, key: str, default: Any = None) -> Any:
         if key == "metadata":
@@ -284,7 +330,7 @@ def compact(obj: Obj, kind: str = "EndpointSlice") -> Compact:
     ...              "endpoints": [{"addresses": ["10.1.2.3"], "conditions": {"ready": True},
     ...                             "targetRef": {"kind": "Pod", "name": "web-1"}}]})
     >>> s["metadata"]
-    {'name': 'a', 'namespace': 'n', 'labels': {'kubernetes.io/service-name': 'web'}, 'resourceVersion': '7'}
+    {'labels': {'kubernetes.io/service-name': 'web'}, 'name': 'a', 'namespace': 'n', 'resourceVersion': '7'}
     >>> expand(s)["endpoints"], s.owner
     ([{'addresses': ['10.1.2.3'], 'conditions': {}}], ('n', 'web'))
     """
@@ -307,12 +353,14 @@ def compact(obj: Obj, kind: str = "EndpointSlice") -> Compact:
             for k, default in _CONDITION_DEFAULTS:
                 if k in cond and cond[k] is default:
                     del cond[k]
-    data = json.dumps(slim, separators=(",", ":")).encode()
-    if len(data) > 256:
-        # Endpoints repeat their keys: a slice of 10 deflates to about a third.
-        small = zlib.compress(data, 1)
-        if len(small) < len(data):
-            data = small
+    try:  # sorted keys: the order the dictionary was written in, whatever order the API sent
+        text = json.dumps(slim, separators=(",", ":"), sort_keys=True)
+    except TypeError:  # keys of mixed types (a malformed object): as they came, for the translation to judge
+        text = json.dumps(slim, separators=(",", ":"))
+    data = text.encode()
+    small = _deflate(data)
+    if len(small) < len(data):
+        data = small
     return Compact(str(rv) if rv is not None else "", data, owner, trigger)
 
 
@@ -348,10 +396,14 @@ def _slice_owner(obj: Optional[Obj]) -> Optional[SvcId]:
     return (ns if isinstance(ns, str) and ns else "default", owner)
 
 
+def _first(pair: Tuple[Any, Any]) -> Any:
+    return pair[0]
+
+
 def _service_id(key: Optional[Tuple[str, str]]) -> Optional[SvcId]:
     if key is None:
         return None
-    return (key[0] or "default", key[1])
+    return key if key[0] else ("default", key[1])  # the store's own key: no second tuple
 
 
 def _trigger_time(obj: Any) -> Optional[float]:
@@ -389,6 +441,9 @@ class Agent:
         interfaces of the balancer's node network namespace, read again
         (``balancer.refresh_node_addresses``) at every full sync; ``"none"``:
         left to the caller.
+    :param sync_batch: a full sync writes at most this many changed services at
+        a time (``Balancer.sync(batch=...)``): the map rows of a first sync of
+        50,000 services are never all in memory at once.  None: one write.
     :param freeze_gc: after each full sync, collect and then ``gc.freeze()``
         everything alive, so that Python's cyclic collector does not walk the
         agent's (and the balancer's) long-lived state on every full collection.
@@ -416,6 +471,7 @@ class Agent:
         compact_objects: bool = True,
         freeze_gc: bool = False,
         node_addresses: str = "node",
+        sync_batch: Optional[int] = 2048,
     ) -> None:
         if node_addresses not in ("node", "discover", "none"):
             raise ValueError(f"node_addresses must be 'node', 'discover' or 'none', not {node_addresses!r}")
@@ -437,14 +493,27 @@ class Agent:
         self.retry_initial, self.retry_max = retry_initial, retry_max
         self.node = Node(node_name)
         self.freeze_gc = freeze_gc
+        self.sync_batch = sync_batch
         self.node_timeout = node_timeout
         self._started = math.inf
         self.max_full_delay = 60.0  # the longest a full sync waits for another resource's re-list
         self._full_since = 0.0
         self.started_wall = time.time()
 
-        core = client.CoreV1Api(api_client)
-        discovery = client.DiscoveryV1Api(api_client)
+        # The collections are read through list functions made from the ApiClient: the
+        # generated API classes of recent clients import hundreds of models (20 MiB).
+        lists = {
+            path: list_function(api_client, path)
+            for path in ("/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices", "/api/v1/nodes")
+        }
+        if None in lists.values():  # an older client: its generated functions
+            core = client.CoreV1Api(api_client)
+            discovery = client.DiscoveryV1Api(api_client)
+            lists = {
+                "/api/v1/services": core.list_service_for_all_namespaces,
+                "/apis/discovery.k8s.io/v1/endpointslices": discovery.list_endpoint_slice_for_all_namespaces,
+                "/api/v1/nodes": core.list_node,
+            }
         opts = dict(reflector_options or {})
         opts.pop("transform", None)
         keep = (
@@ -453,14 +522,14 @@ class Agent:
             else {kind: (lambda o, kind=kind: compact(o, kind)) for kind in ("Service", "EndpointSlice")}
         )
         self.services_reflector = Reflector(
-            core.list_service_for_all_namespaces,
+            lists["/api/v1/services"],
             self._on_service,
             name="services",
             transform=keep["Service"],
             **opts,
         )
         self.slices_reflector = Reflector(
-            discovery.list_endpoint_slice_for_all_namespaces,
+            lists["/apis/discovery.k8s.io/v1/endpointslices"],
             self._on_slice,
             name="endpointslices",
             transform=keep["EndpointSlice"],
@@ -468,7 +537,7 @@ class Agent:
         )
         node_opts = dict(opts)
         node_opts["list_kwargs"] = {**opts.get("list_kwargs", {}), "field_selector": f"metadata.name={node_name}"}
-        self.node_reflector = Reflector(core.list_node, self._on_node, name="node", **node_opts)
+        self.node_reflector = Reflector(lists["/api/v1/nodes"], self._on_node, name="node", **node_opts)
         self._reflectors = (self.services_reflector, self.slices_reflector, self.node_reflector)
 
         # Shared with the reflector threads, under _cond.
@@ -728,7 +797,8 @@ class Agent:
         found = [(k, o) for k, o in ((k, sstore.get(k)) for k in slices_of.get(sid, ())) if o is not None]
         if node != self._cache_node:
             self._cache, self._cache_node = {}, node
-        sig = (_rv_of(obj), tuple(sorted((k, _rv_of(o)) for k, o in found)))
+        # One flat tuple of objects that exist anyway (the resourceVersions, the slices' keys).
+        sig = (_rv_of(obj), *[x for k, o in sorted(found, key=_first) for x in (k, _rv_of(o))])
         hit = self._cache.get(sid)
         if hit is not None and hit[0] == sig and sig[0]:
             frontends, no_local = hit[1], hit[2]
@@ -847,18 +917,20 @@ class Agent:
         self._program_node(node)
         with self._cond:
             slices_of = dict(self._slices_of)  # the tuples are never changed, only replaced
-        sids = [(k[0] or "default", k[1]) for k in self.services_reflector.snapshot()]
+        keys = self.services_reflector.keys()
         self._wanted, self._claims = {}, {}
         self._no_local = {}
-        alive = set(sids)
-        for gone in [s for s in self._cache if s not in alive]:
+        store = self.services_reflector.store
+        for gone in [s for s in self._cache if s not in store and (s[0] != "default" or ("", s[1]) not in store)]:
             del self._cache[gone]
-        for sid in sids:
+        for k in keys:
+            sid = k if k[0] else ("default", k[1])
             self._set_wanted(sid, self._translate(sid, node, slices_of))
+        del keys
         wanted = [v for v in (self._value(k) for k in self._claims) if v is not None]
         failed: Set[ServiceKey] = set()
         try:
-            result = self.balancer.sync(wanted)
+            result = self.balancer.sync(wanted, batch=self.sync_batch)
             self.counts["upserts"] += len(result.added) + len(result.updated)
             self.counts["removes"] += len(result.removed)
         except Exception as e:

@@ -33,13 +33,14 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
-__all__ = ["Event", "Reflector", "ReflectorStats", "backoff_delay", "retry_after"]
+__all__ = ["Event", "Reflector", "ReflectorStats", "backoff_delay", "list_function", "list_items", "retry_after"]
 
 logger = logging.getLogger("socklb.kubernetes")
 
@@ -101,6 +102,60 @@ def retry_after(exc: Any, limit: float) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return min(max(seconds, 0.0), limit) if seconds == seconds else None
+
+
+# The query parameters a list_* function of the client takes, by their names in the URL.
+_QUERY = {
+    "allow_watch_bookmarks": "allowWatchBookmarks",
+    "_continue": "continue",
+    "field_selector": "fieldSelector",
+    "label_selector": "labelSelector",
+    "limit": "limit",
+    "resource_version": "resourceVersion",
+    "resource_version_match": "resourceVersionMatch",
+    "send_initial_events": "sendInitialEvents",
+    "timeout_seconds": "timeoutSeconds",
+    "watch": "watch",
+}
+
+
+def list_function(api_client: Any, path: str) -> Optional[Callable[..., Any]]:
+    """A ``list_*`` function for the collection at ``path`` (``/api/v1/services``,
+    ``/apis/discovery.k8s.io/v1/endpointslices``), made from the ApiClient alone;
+    None when the client is of a generation this does not know (then use the
+    generated API class's function).
+
+    It sends what the generated function sends (the same query parameters,
+    authentication and error handling: an ``ApiException`` with the status and
+    headers) and always returns the raw response, as ``_preload_content=False``
+    does, which is how the reflector reads.  The point is memory: the generated
+    ``CoreV1Api`` (kubernetes 35 and later) imports some 250 pydantic models,
+    about 20 MiB for a process that never builds one of them.
+    """
+    serialize = getattr(api_client, "param_serialize", None)
+    call = getattr(api_client, "_call_with_legacy_options", None)
+    if not callable(serialize) or not callable(call):
+        return None
+
+    def list_func(*, _request_timeout: Any = None, _preload_content: bool = False, **kwargs: Any) -> Any:
+        query = []
+        for k, v in kwargs.items():
+            name = _QUERY.get(k)
+            if name is None:
+                raise TypeError(f"list {path}: unexpected argument {k!r}")
+            if v is not None:
+                query.append((name, v))
+        request = serialize(
+            method="GET",
+            resource_path=path,
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        return call(request, {}, None, False, _request_timeout, True)
+
+    list_func.__name__ = "list " + path
+    return list_func
 
 
 class _Gone(Exception):
@@ -182,6 +237,11 @@ class Reflector:
         with self._lock:
             return dict(self.store)
 
+    def keys(self) -> list[Key]:
+        """The keys of the store, safe to iterate from any thread (a list: an eighth of a copy of the store)."""
+        with self._lock:
+            return list(self.store)
+
     # -- running -----------------------------------------------------------
 
     def start(self) -> None:
@@ -261,32 +321,40 @@ class Reflector:
         self.listing = True
         try:
             try:
-                items, rv = self._list_all()
+                changed, unseen, rv = self._list_all()
             except _Gone:
                 # The continue token expired mid-list: start over without paging.
                 logger.info("%s: continue token expired: listing again in one request", self.name)
-                items, rv = self._list_all(paged=False)
+                changed, unseen, rv = self._list_all(paged=False)
         finally:
             self.listing = False
         self.stats.lists += 1
-        old, new = self.store, dict(items)
+        old = self.store
+        # The new store starts as a copy of the old one: an unchanged object keeps its
+        # key object too (assigning to an existing key keeps the key), so a re-list of
+        # 50,000 unchanged objects leaves no new allocation behind, only what changed.
+        new = dict(old)
+        for key in unseen:
+            del new[key]
+        for key, obj in changed:
+            new[key] = obj
         with self._lock:
             self.store, self.resource_version = new, rv
-        for key, obj in new.items():
+        for key, obj in changed:
             before = old.get(key)
-            if before is None:
-                self._emit(Event("ADDED", key, obj))
-            elif _rv(before) != _rv(obj):
-                self._emit(Event("MODIFIED", key, obj, before))
-        for key, obj in old.items():
-            if key not in new:
-                self._emit(Event("DELETED", key, obj, obj))
+            self._emit(Event("ADDED", key, obj) if before is None else Event("MODIFIED", key, obj, before))
+        for key, obj in unseen.items():
+            self._emit(Event("DELETED", key, obj, obj))
         self._emit(Event("SYNCED"))
         self.synced.set()
 
-    def _list_all(self, paged: bool = True) -> Tuple[list[Tuple[Key, Obj]], str]:
-        items: list[Tuple[Key, Obj]] = []
-        held = self.store  # on a re-list: an object whose resourceVersion is unchanged is kept as it is held
+    def _list_all(self, paged: bool = True) -> Tuple[list[Tuple[Key, Obj]], Dict[Key, Obj], str]:
+        """LIST everything: the objects that are new or changed (a resourceVersion
+        other than the one held), the ones held that the list did not name, and
+        the list's resourceVersion."""
+        changed: list[Tuple[Key, Obj]] = []
+        unseen = dict(self.store)  # what is held and not listed (yet): deleted meanwhile
+        pop = unseen.pop
         token: Optional[str] = None
         timeout = (self.connect_timeout, self.watch_timeout + self.read_timeout_margin)
         while True:
@@ -302,25 +370,30 @@ class Reflector:
                     raise _Gone from None
                 raise
             try:
-                body = json.loads(resp.data)
+                raw = resp.data
             finally:
                 _release(resp)
+            del resp
+            text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else str(raw)
+            del raw
             self.stats.list_pages += 1
-            page = body.get("items") or []
-            for o in page:
+            top: Dict[str, Any] = {}
+            # One item decoded at a time: a page of 500 objects as dicts is megabytes.
+            for o in list_items(text, top):
                 key = _key(o) if isinstance(o, dict) else None
                 if key is not None:  # the key of the object as it came: a transform may drop the name
-                    before = held.get(key)
-                    if before is not None and _rv(before) == _rv(o) != "":
-                        # Unchanged: no second copy (a re-list would otherwise hold two of everything).
-                        items.append((key, before))
-                    else:
-                        items.append((key, self._slim(o)))
-            meta = body.get("metadata") or {}
-            del body, page  # only the transformed objects stay
+                    before = pop(key, None)
+                    if before is None or _rv(before) != _rv(o) or not _rv(o):
+                        # New or changed.  (Unchanged: nothing is kept of the listed copy;
+                        # a re-list would otherwise hold two of everything.)
+                        changed.append((key, self._slim(o)))
+                del o
+            del text
+            meta = top.get("metadata")
+            meta = meta if isinstance(meta, dict) else {}
             token = meta.get("continue") or None
             if not token:
-                return items, str(meta.get("resourceVersion", ""))
+                return changed, unseen, str(meta.get("resourceVersion", ""))
 
     # -- WATCH -------------------------------------------------------------
 
@@ -409,6 +482,65 @@ class Reflector:
             self._handler(event)
         except Exception:
             logger.exception("%s: the event handler failed on %s %s", self.name, event.type, event.key)
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def list_items(text: str, top: Dict[str, Any]) -> Iterator[Any]:
+    """The ``items`` of a ``...List`` document (JSON text), decoded and given one at
+    a time, so that a LIST page is never all decoded at once; the document's other
+    members (``metadata``, ``kind``) are put in ``top`` (complete once the
+    iterator is).  Malformed JSON raises ``ValueError`` (``json.JSONDecodeError``).
+
+    >>> top = {}
+    >>> list(list_items('{"kind": "List", "items": [{"a": 1}, [2]], "metadata": {"continue": "x"}}', top)), top
+    ([{'a': 1}, [2]], {'kind': 'List', 'metadata': {'continue': 'x'}})
+    >>> list(list_items('{"items": [1,]}', {}))
+    Traceback (most recent call last):
+    ...
+    json.decoder.JSONDecodeError: Expecting value: line 1 column 14 (char 13)
+    """
+    ws, decode = _WS.match, _DECODER.raw_decode
+
+    def expect(i: int, what: str) -> int:
+        if text[i : i + 1] != what:
+            raise json.JSONDecodeError(f"Expecting {what!r}", text, i)
+        return ws(text, i + 1).end()
+
+    i = expect(ws(text, 0).end(), "{")
+    if text[i : i + 1] == "}":
+        i += 1
+    else:
+        while True:
+            key, i = decode(text, i)
+            if not isinstance(key, str):
+                raise json.JSONDecodeError("Expecting a member name", text, i)
+            i = expect(ws(text, i).end(), ":")
+            if key == "items" and text[i : i + 1] == "[":
+                i = ws(text, i + 1).end()
+                if text[i : i + 1] == "]":
+                    i += 1
+                else:
+                    while True:
+                        item, i = decode(text, i)
+                        yield item
+                        del item
+                        i = ws(text, i).end()
+                        if text[i : i + 1] == "]":
+                            i += 1
+                            break
+                        i = expect(i, ",")
+            else:
+                top[key], i = decode(text, i)
+            i = ws(text, i).end()
+            if text[i : i + 1] == "}":
+                i += 1
+                break
+            i = expect(i, ",")
+    if text[ws(text, i).end() :]:
+        raise json.JSONDecodeError("Extra data", text, i)
 
 
 def _key(obj: Obj) -> Optional[Key]:
