@@ -9,12 +9,13 @@ import gc
 import pickle
 import sys
 import tracemalloc
-from typing import List
+from typing import List, Tuple
 
 import pytest
 from helpers import require_root
 
-from socklb import Backend, Balancer, CapacityError, InvalidValueError, Service
+from socklb import Backend, Balancer, CapacityError, InvalidValueError, Service, SyncResult
+from socklb.model import ServiceKey
 
 N = 2000  # above the fast path's threshold (1024)
 
@@ -106,8 +107,8 @@ def test_sync_fast_paths_agree_with_the_general_one() -> None:
         assert not lb._state.has_dirty()
 
 
-def _result(r: object) -> tuple:
-    return tuple(sorted(getattr(r, f)) for f in ("added", "updated", "removed")) + (getattr(r, "unchanged"),)
+def _result(r: SyncResult) -> Tuple[List[ServiceKey], List[ServiceKey], List[ServiceKey], int]:
+    return (sorted(r.added), sorted(r.updated), sorted(r.removed), r.unchanged)
 
 
 def test_a_sync_in_batches_ends_where_one_write_does_and_holds_less_at_once() -> None:

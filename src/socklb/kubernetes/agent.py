@@ -288,14 +288,22 @@ class Compact:
     memory of the object as a dict.  Read like a dict for ``"metadata"`` and
     ``"compact"``."""
 
-    __slots__ = ("data", "owner", "rv", "trigger")
+    __slots__ = ("_rv", "data", "owner", "trigger")
 
     def __init__(self, rv: str, data: bytes, owner: Optional[SvcId], trigger: Optional[float]) -> None:
-        self.rv = rv
+        # A resourceVersion is opaque, but etcd's are decimal revisions: kept as an int
+        # (32 bytes instead of 64) when it reads back as the same text.
+        self._rv: Union[int, str] = int(rv) if rv.isascii() and rv.isdigit() and len(rv) < 19 and str(int(rv)) == rv else rv
         self.data = data
         """Compact JSON, or deflated compact JSON after a ``0x01`` byte."""
         self.owner = owner
         self.trigger = trigger
+
+    @property
+    def rv(self) -> str:
+        """The resourceVersion."""
+        rv = self._rv
+        return rv if isinstance(rv, str) else str(rv)
 
     def json(self) -> bytes:
         raw = self.data
@@ -382,7 +390,7 @@ def _meta(obj: Optional[Obj]) -> Dict[str, Any]:
 
 
 def _rv_of(obj: Any) -> Any:
-    return obj.rv if isinstance(obj, Compact) else _meta(obj).get("resourceVersion")
+    return obj._rv if isinstance(obj, Compact) else _meta(obj).get("resourceVersion")  # as kept: no new str
 
 
 def _slice_owner(obj: Optional[Obj]) -> Optional[SvcId]:
@@ -398,6 +406,10 @@ def _slice_owner(obj: Optional[Obj]) -> Optional[SvcId]:
 
 def _first(pair: Tuple[Any, Any]) -> Any:
     return pair[0]
+
+
+def _owner_of(obj: Any) -> Optional[SvcId]:
+    return obj.owner if isinstance(obj, Compact) else _slice_owner(obj)
 
 
 def _service_id(key: Optional[Tuple[str, str]]) -> Optional[SvcId]:
@@ -502,11 +514,10 @@ class Agent:
 
         # The collections are read through list functions made from the ApiClient: the
         # generated API classes of recent clients import hundreds of models (20 MiB).
-        lists = {
-            path: list_function(api_client, path)
-            for path in ("/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices", "/api/v1/nodes")
-        }
-        if None in lists.values():  # an older client: its generated functions
+        paths = ("/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices", "/api/v1/nodes")
+        made = {path: list_function(api_client, path) for path in paths}
+        lists: Dict[str, Callable[..., Any]] = {p: f for p, f in made.items() if f is not None}
+        if len(lists) < len(paths):  # an older client: its generated functions
             core = client.CoreV1Api(api_client)
             discovery = client.DiscoveryV1Api(api_client)
             lists = {
@@ -549,8 +560,8 @@ class Agent:
         self._synced: Set[str] = set()
         # Kept small (tuples, one owner without a list): at 50,000 Services these
         # indexes are a good part of the agent's memory.
+        # (A slice's owner is not indexed: the reflector hands over the object it replaces.)
         self._slices_of: Dict[SvcId, Tuple[Tuple[str, str], ...]] = {}
-        self._slice_owner: Dict[Tuple[str, str], SvcId] = {}
 
         # The apply thread's own state.
         self._wanted: Dict[SvcId, Tuple[Service, ...]] = {}
@@ -693,9 +704,9 @@ class Agent:
         key = e.key
         assert key is not None
         obj: Any = e.obj
-        new_owner = None if e.type == "DELETED" else (obj.owner if isinstance(obj, Compact) else _slice_owner(obj))
+        new_owner = None if e.type == "DELETED" else _owner_of(obj)
+        old_owner = None if e.old is None else _owner_of(e.old)  # what the slice was filed under
         with self._cond:
-            old_owner = self._slice_owner.pop(key, None)
             if old_owner is not None:
                 keys = tuple(k for k in self._slices_of.get(old_owner, ()) if k != key)
                 if keys:
@@ -703,7 +714,6 @@ class Agent:
                 else:
                     self._slices_of.pop(old_owner, None)
             if new_owner is not None:
-                self._slice_owner[key] = new_owner
                 self._slices_of[new_owner] = (*self._slices_of.get(new_owner, ()), key)
         self._mark({old_owner, new_owner}, None if e.type == "DELETED" else _trigger_time(e.obj))
 
@@ -800,7 +810,7 @@ class Agent:
         # One flat tuple of objects that exist anyway (the resourceVersions, the slices' keys).
         sig = (_rv_of(obj), *[x for k, o in sorted(found, key=_first) for x in (k, _rv_of(o))])
         hit = self._cache.get(sid)
-        if hit is not None and hit[0] == sig and sig[0]:
+        if hit is not None and hit[0] == sig and sig[0] is not None and sig[0] != "":
             frontends, no_local = hit[1], hit[2]
         else:
             t = translate_with_notes(

@@ -502,7 +502,12 @@ def list_items(text: str, top: Dict[str, Any]) -> Iterator[Any]:
     ...
     json.decoder.JSONDecodeError: Expecting value: line 1 column 14 (char 13)
     """
-    ws, decode = _WS.match, _DECODER.raw_decode
+    match, decode = _WS.match, _DECODER.raw_decode
+
+    def ws(text: str, i: int) -> re.Match[str]:
+        m = match(text, i)
+        assert m is not None  # the pattern matches the empty string
+        return m
 
     def expect(i: int, what: str) -> int:
         if text[i : i + 1] != what:
