@@ -434,6 +434,42 @@ def test_compact_objects_translate_exactly_as_the_originals() -> None:
     assert "managedFields" not in expand(compact(svcs[0], "Service"))["metadata"]
 
 
+def test_compact_objects_are_small_and_keep_their_resource_versions() -> None:
+    from socklb.kubernetes.agent import compact, expand
+
+    eps = [endpoint(f"10.244.{i}.{7 * i + 2}", node=f"worker-{i % 3}") for i in range(10)]
+    sl = eslice("web-abcde", "web", eps)
+    sl["metadata"].update(uid="6f1c0e2a-9d1b-4c7e-a0f4-3b2d5e6f7a8b", resourceVersion="4711")
+    svc = service("web", "10.96.12.34")
+    svc["metadata"]["resourceVersion"] = "4712"
+    cs, cv = compact(sl, "EndpointSlice"), compact(svc, "Service")
+    # The preset dictionary: a slice of 10 endpoints and a ClusterIP Service in ~100 and ~40 bytes.
+    assert len(cs.data) < 140 and len(cv.data) < 70, (len(cs.data), len(cv.data))
+    assert expand(cs)["endpoints"][3] == {"addresses": ["10.244.3.23"], "conditions": {}, "nodeName": "worker-0"}
+    assert expand(cv)["spec"]["clusterIP"] == "10.96.12.34"
+    assert (cs.rv, cv.rv, expand(cs)["metadata"]["resourceVersion"], cs["metadata"]["resourceVersion"]) == (
+        "4711",
+        "4712",
+        "4711",
+        "4711",
+    )
+    # Opaque resourceVersions come back as they were given, decimal or not.
+    for rv in ("0", "007", "12345678901234567890123", "abc", "\u00b2", "", "1e3"):
+        sl["metadata"]["resourceVersion"] = rv
+        assert compact(sl, "EndpointSlice").rv == rv
+        assert expand(compact(sl, "EndpointSlice"))["metadata"]["resourceVersion"] == rv
+    # Key order does not matter (keys are sorted); neither do keys of another type (kept as they came).
+    assert expand(compact(dict(reversed(list(sl.items()))), "EndpointSlice")) == expand(compact(sl, "EndpointSlice"))
+    odd = {"metadata": {"name": "x", 1: 2}, "addressType": "IPv4"}
+    assert expand(compact(odd, "EndpointSlice"))["addressType"] == "IPv4"
+
+
+def test_the_agent_lists_through_the_api_client_without_the_generated_api_classes(api: FakeApiServer) -> None:
+    agent = make_agent(api, RecordingBalancer())
+    names = [r._list_func.__name__ for r in agent._reflectors]
+    assert names == ["list /api/v1/services", "list /apis/discovery.k8s.io/v1/endpointslices", "list /api/v1/nodes"]
+
+
 def test_docstring_examples_of_the_agent_module() -> None:
     import doctest
 

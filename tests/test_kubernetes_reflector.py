@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, List, Tuple
 import pytest
 from helpers import in_ci
 
-from socklb.kubernetes.reflector import Event, Reflector, backoff_delay, retry_after
+from socklb.kubernetes.reflector import Event, Reflector, backoff_delay, list_function, list_items, retry_after
 from socklb.kubernetes.testing import FakeApiServer
 
 try:
@@ -529,5 +529,95 @@ def test_a_transform_applies_to_listed_and_watched_objects(api: FakeApiServer) -
         until(lambda: ("default", "b") in r.store)
         assert r.store[("default", "b")]["slim"] is True
         assert next(e.obj for e in rec.events if e.key == ("default", "b"))["slim"] is True
+    finally:
+        r.stop()
+
+
+def test_list_function_sends_what_the_generated_function_sends(api: FakeApiServer) -> None:
+    """The list function made from the ApiClient (no CoreV1Api and its models) makes the
+    same requests as the generated one, and its errors are the same ApiException."""
+    for i in range(5):
+        api.apply(service(f"s{i}"))
+    ac = client.ApiClient(api.configuration())
+    made = list_function(ac, "/api/v1/services")
+    assert made is not None
+    generated = client.CoreV1Api(ac).list_service_for_all_namespaces
+    kw = {"limit": 2, "label_selector": "a=b", "field_selector": "metadata.name!=x", "_request_timeout": (5, 30)}
+    for f in (made, generated):
+        resp = f(**kw, _preload_content=False)
+        assert resp.status == 200 and b'"ServiceList"' in resp.data
+    a, b = api.requests[-2:]
+    assert (a.method, a.path, a.query) == (b.method, b.path, b.query)
+    assert a.query == {"limit": "2", "labelSelector": "a=b", "fieldSelector": "metadata.name!=x"}
+    # A whole reflector cycle through it: paginated list, watch, events, 429 with Retry-After.
+    cfg = api.configuration()
+    cfg.retries = False  # the reflector, not urllib3, honours Retry-After
+    rec = Recorder()
+    r = reflector(
+        api, rec, list_func=list_function(client.ApiClient(cfg), "/api/v1/services"), page_size=2, watch_timeout=30
+    )
+    try:
+        assert sorted(k for _, k in r.store) == [f"s{i}" for i in range(5)] and r.stats.list_pages == 3
+        until(lambda: api.watches_open == 1)
+        w = api.watch_requests()[-1].query
+        assert w["watch"] == "true" and w["allowWatchBookmarks"] == "true" and w["resourceVersion"] == "5"
+        api.apply(service("s9"))
+        until(lambda: ("default", "s9") in r.snapshot())
+        api.fail_next(429, retry_after=1, watch=True)
+        api.close_watches()
+        until(lambda: r.stats.throttled == 1)
+        assert 1.0 in r.stats.waits
+    finally:
+        r.stop()
+    with pytest.raises(TypeError, match="unexpected argument 'pretty'"):
+        made(pretty=True)
+    with pytest.raises(client.ApiException) as err:
+        list_function(ac, "/api/v1/nothing-here")(limit=1)  # type: ignore[misc]
+    assert err.value.status == 404
+    assert list_function(object(), "/api/v1/services") is None  # a client of another generation
+
+
+def test_list_items_decodes_one_item_at_a_time() -> None:
+    doc = '\n { "kind" : "ServiceList" ,\t"items" : [ {"a": [1, {"b": "\\u00e9]"}]} ,\r\n[], "x\\"y", null ] , '
+    doc += '"metadata":{"continue":"t"} }\n'
+    top: dict[str, Any] = {}
+    it = list_items(doc, top)
+    assert next(it) == {"a": [1, {"b": "\u00e9]"}]} and top == {"kind": "ServiceList"}
+    assert list(it) == [[], 'x"y', None] and top == {"kind": "ServiceList", "metadata": {"continue": "t"}}
+    assert list(list_items('{"items":[]}', {})) == [] and list(list_items("{}", {})) == []
+    for bad in (
+        "",
+        "[]",
+        '{"items":[1,2',
+        '{"items":[1 2]}',
+        '{"items":[1,]}',
+        '{"a":1} x',
+        '{"a" 1}',
+        "{,}",
+        '{"a":1,}',
+    ):
+        with pytest.raises(ValueError):
+            list(list_items(bad, {}))
+
+
+def test_a_relist_of_unchanged_objects_keeps_the_objects_and_keys_it_holds(api: FakeApiServer) -> None:
+    for i in range(4):
+        api.apply(service(f"s{i}"))
+    rec = Recorder()
+    r = reflector(api, rec, watch_timeout=1, read_timeout_margin=1, page_size=3)
+    try:
+        until(lambda: api.watches_open == 1)
+        held = {k: (k, o) for k, o in r.store.items()}
+        api.stall_watches()
+        api.apply(service("s1", ip="10.96.0.9"))
+        api.delete("Service", "default", "s2")
+        api.compact()
+        rec.clear()
+        until(lambda: r.stats.lists == 2 and ("SYNCED", None) in rec.kinds())
+        assert sorted(rec.kinds()) == [("DELETED", "s2"), ("MODIFIED", "s1"), ("SYNCED", None)]
+        for k, o in r.store.items():
+            old_key, old_obj = held[k]
+            assert k is old_key  # the key object it held, not the one decoded from the new LIST
+            assert (o is old_obj) == (k[1] != "s1")
     finally:
         r.stop()
