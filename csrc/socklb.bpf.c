@@ -537,6 +537,7 @@ static __always_inline void remember(struct socklb_sock_entry *e, const struct s
 	e->backend_port = c->be.port;
 	e->backend_id = c->backend_id;
 	e->svc_id = c->svc.svc_id;
+	e->list_id = c->svc.list_id;
 	e->flags = flags;
 }
 
@@ -937,16 +938,27 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 	if (cur < nflows) {
 		e = &st->dgram[cur];
 		__u32 id = e->backend_id;
-		struct socklb_backend_val *be = bpf_map_lookup_elem(&backends, &id);
+		struct socklb_backend_val *be = NULL;
+		bool same_list = e->list_id == svc->list_id && e->svc_id == svc->svc_id;
 
-		if (be && usable(svc, be) && be->port == e->backend_port && same_addr(be->addr, e->backend)) {
+		/* The service changed since: is the backend still usable? */
+		if (!same_list)
+			be = bpf_map_lookup_elem(&backends, &id);
+		if (same_list ||
+		    (be && usable(svc, be) && be->port == e->backend_port && same_addr(be->addr, e->backend))) {
+			struct socklb_backend_val b = {};
+
+			__builtin_memcpy(b.addr, e->backend, sizeof(b.addr));
+			b.port = e->backend_port;
+			if (!same_list)
+				e->list_id = svc->list_id;
 			used(st, e, cur);
 			count(SOCKLB_CNT_STICKY_HIT);
-			sent_to(ctx, st, key, be, v6);
-			write_dst(ctx, be, v6);
+			sent_to(ctx, st, key, &b, v6);
+			write_dst(ctx, &b, v6);
 			count_hook(SOCKLB_CNT_SENDMSG, v6);
 			if (tracing()) {
-				c.be = *be;
+				c.be = b;
 				c.backend_id = id;
 				c.retried = 0;
 				trace(ctx, key, &c, TRACE_WHAT(SOCKLB_HOOK_SENDMSG, SOCKLB_TRACE_TRANSLATED, v6));

@@ -195,6 +195,13 @@ struct socklb_sock_entry {
 	__u32 svc_id;
 	__u32 flags;		/* SOCKLB_ENTRY_* */
 	__u32 last_used;	/* socklb_sock_dgram.clock at the last datagram sent */
+	/* The service's list when the backend was chosen or last checked: a
+	 * list is one version of the service (a backend's state or weight
+	 * changing makes a new one, and list ids are not reused until they
+	 * wrap), so while svc_id and list_id are the service's, the backend
+	 * is still usable and its address is this entry's: a datagram takes
+	 * it without looking the backend up. */
+	__u32 list_id;
 };
 
 /* Socket-local storage (BPF_MAP_TYPE_SK_STORAGE), freed with the socket, in
