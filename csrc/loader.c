@@ -1467,6 +1467,7 @@ static void probe_init(void)
 		{ .helper = BPF_FUNC_skc_to_mptcp_sock, .bit = SOCKLB_MISSING_MPTCP_CAST },
 		{ .probe = probe_diag_destroy, .bit = SOCKLB_MISSING_DIAG_DESTROY },
 		{ .probe = probe_iter_storage, .bit = SOCKLB_MISSING_ITER_STORAGE },
+		{ .helper = BPF_FUNC_jiffies64, .bit = SOCKLB_MISSING_JIFFIES64 },
 	};
 	uint32_t missing = 0;
 
