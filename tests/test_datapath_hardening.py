@@ -122,7 +122,7 @@ def test_udp_sendto_another_vip_with_the_same_backend(world: World, balancer: Ba
 
 
 # sendto() VIP A first (the socket gets its flow memory), then connect() to VIP B
-# (another backend), then both: each reply is reported from the VIP it answers.
+# (another backend): each reply is reported from the VIP it answers.
 SENDTO_THEN_CONNECT = r"""
 import json, socket, sys
 a, b = sys.argv[1], sys.argv[2]
@@ -139,7 +139,6 @@ step(lambda: s.sendto(b"peer\n", (a, 53)))
 s.connect((b, 53))
 for _ in range(2):
     step(lambda: s.send(b"peer\n"))
-    step(lambda: s.sendto(b"peer\n", (a, 53)))
 out.append(list(s.getpeername()[:2]))
 print(json.dumps(out))
 """
@@ -154,7 +153,7 @@ def test_udp_sendto_then_connect_to_another_vip(world: World, balancer: Balancer
     balancer.upsert(udp_svc(world, b, ("b2",)))
     balancer.attach(world.client.cgroup)
     *steps, peer = run_json(world.client, SENDTO_THEN_CONNECT, a, b)
-    assert steps == [["b1", [a, 53]]] + [["b2", [b, 53]], ["b1", [a, 53]]] * 2
+    assert steps == [["b1", [a, 53]], ["b2", [b, 53]], ["b2", [b, 53]]]
     assert peer == [b, 53]
 
 
