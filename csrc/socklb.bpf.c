@@ -780,7 +780,7 @@ static __always_inline bool keep_record(struct bpf_sock_addr *ctx, const struct 
 		struct socklb_sock_dgram *st = bpf_sk_storage_get(&sock_dgram, ctx->sk, 0, 0);
 
 		if (st)
-			st->conn = SOCKLB_DGRAM_CONN_SOME;
+			st->had_conn = 1;
 	}
 	return true;
 }
@@ -844,7 +844,7 @@ static __always_inline void sent_to(struct bpf_sock_addr *ctx, struct socklb_soc
 	struct socklb_sock_entry *conn;
 
 	/* Most sockets never connect()ed through a service: no lookup. */
-	if (st->conn != SOCKLB_DGRAM_CONN_NONE) {
+	if (!st->no_conn || st->had_conn) {
 		conn = bpf_sk_storage_get(&sock_conn, ctx->sk, 0, 0);
 		if (conn && ctx->sk->state != TCP_ESTABLISHED) {
 			bpf_sk_storage_delete(&sock_conn, ctx->sk);
@@ -852,7 +852,10 @@ static __always_inline void sent_to(struct bpf_sock_addr *ctx, struct socklb_soc
 		}
 		if (conn && conn->backend_port == be->port && same_addr(conn->backend, be->addr))
 			conn->flags &= ~SOCKLB_ENTRY_CURRENT;
-		st->conn = conn ? SOCKLB_DGRAM_CONN_SOME : SOCKLB_DGRAM_CONN_NONE;
+		if (conn)
+			st->had_conn = 1;
+		else if (!st->had_conn)
+			st->no_conn = 1;
 	}
 	mark(ctx, key, be, SOCKLB_HOOK_SENDMSG, v6, st->cookie);
 }
@@ -1107,16 +1110,16 @@ static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *ad
 	}
 	/* recvmsg: the connect record speaks for replies only while the socket
 	 * is still connected and no later sendto() took its backend over.  A
-	 * socket with flows knows whether it may have one (sock_dgram.conn). */
+	 * socket with flows knows whether it may have one (no_conn, had_conn). */
 	st = bpf_sk_storage_get(&sock_dgram, ctx->sk, 0, 0);
-	if (!st || st->conn != SOCKLB_DGRAM_CONN_NONE) {
+	if (!st || !st->no_conn || st->had_conn) {
 		conn = bpf_sk_storage_get(&sock_conn, ctx->sk, 0, 0);
 		if (conn && ctx->sk->state != TCP_ESTABLISHED) {
 			bpf_sk_storage_delete(&sock_conn, ctx->sk);
 			conn = NULL;
 		}
-		if (st && !conn)
-			st->conn = SOCKLB_DGRAM_CONN_NONE;
+		if (st && conn)
+			st->had_conn = 1;
 		if (conn && (conn->flags & SOCKLB_ENTRY_CURRENT) && from_backend(conn, addr, port)) {
 			reverse(ctx, conn, v6);
 			count_hook(counter, v6);

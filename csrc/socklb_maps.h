@@ -217,17 +217,18 @@ struct socklb_sock_dgram {
 	__u32 next;			/* round-robin cursor into dgram */
 	__u32 clock;			/* counts datagrams sent through dgram entries */
 	__u32 recent;			/* the entry of the last datagram (last_used == clock) */
-	__u32 conn;			/* SOCKLB_DGRAM_CONN_*: whether sock_conn may hold a record */
+	/* So that a datagram looks sock_conn up only on a socket that
+	 * connect()ed through a service: it is skipped while no_conn && !had_conn.
+	 * no_conn: the first datagram found no connect record; had_conn: the
+	 * socket had one (set by a translated connect() or a datagram that
+	 * found one, never cleared).  Two words, each written with one value
+	 * only, so that a connect() racing a sendto() on the same socket
+	 * cannot leave the pair saying "none" while a record exists. */
+	__u32 no_conn;
+	__u32 had_conn;
+	__u32 pad;
 	struct socklb_sock_entry dgram[SOCKLB_MAX_UDP_FLOWS];	/* last: resized */
 };
-
-/* socklb_sock_dgram.conn: so that a datagram looks sock_conn up only on a
- * socket that connect()ed through a service.  UNKNOWN (a fresh value) is
- * resolved by the first datagram; SOME may be stale (the record was deleted
- * since), NONE never is: every translated connect() sets SOME. */
-#define SOCKLB_DGRAM_CONN_UNKNOWN 0
-#define SOCKLB_DGRAM_CONN_NONE 1
-#define SOCKLB_DGRAM_CONN_SOME 2
 
 /* sock_tcp: the record of a TCP socket socklb connected, in slot (cookie mod
  * SOCKLB_SOCK_TCP_SLOTS) of an array, where the kernel has cgroup/sock_release

@@ -147,7 +147,7 @@ print(json.dumps(out))
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 def test_udp_sendto_then_connect_to_another_vip(world: World, balancer: Balancer, v6: bool) -> None:
     """The flow memory made by sendto() learns of the later connect() record: replies
-    from the connected VIP's backend still show that VIP (sock_dgram.conn)."""
+    from the connected VIP's backend still show that VIP (sock_dgram.had_conn)."""
     a, b = (VIP_A6, VIP_B6) if v6 else (VIP_A4, VIP_B4)
     balancer.upsert(udp_svc(world, a, ("b1",)))
     balancer.upsert(udp_svc(world, b, ("b2",)))
