@@ -293,7 +293,8 @@ class Compact:
     def __init__(self, rv: str, data: bytes, owner: Optional[SvcId], trigger: Optional[float]) -> None:
         # A resourceVersion is opaque, but etcd's are decimal revisions: kept as an int
         # (32 bytes instead of 64) when it reads back as the same text.
-        self._rv: Union[int, str] = int(rv) if rv.isascii() and rv.isdigit() and len(rv) < 19 and str(int(rv)) == rv else rv
+        decimal = rv.isascii() and rv.isdigit() and len(rv) < 19 and str(int(rv)) == rv
+        self._rv: Union[int, str] = int(rv) if decimal else rv
         self.data = data
         """Compact JSON, or deflated compact JSON after a ``0x01`` byte."""
         self.owner = owner
