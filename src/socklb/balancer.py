@@ -553,15 +553,16 @@ class Balancer:
             if want is None:
                 want = self._wanted(given)
             p = self._write(want, exclusive=exclusive)
-            added, updated, removed = [], [], []
-            new_ids = set(p.new_svc_ids)
-            for k, lv in p.live.items():
-                if lv is None:
-                    removed.append(k)
-                elif lv.svc_id in new_ids:
-                    added.append(k)
-                else:
-                    updated.append(k)
+            added = p.added
+            updated: List[ServiceKey] = []
+            removed: List[ServiceKey] = []
+            if len(added) != len(p.live):
+                new = set(added)
+                for k, lv in p.live.items():
+                    if lv is None:
+                        removed.append(k)
+                    elif k not in new:
+                        updated.append(k)
             unchanged = len(given) - len(added) - len(updated)
             return SyncResult(tuple(added), tuple(updated), tuple(removed), unchanged, p.writes)
 
