@@ -167,3 +167,32 @@ def test_parallel_writes_sync_and_roll_back(monkeypatch: pytest.MonkeyPatch) -> 
         assert lb.dump() == before  # the new backends written by the other thread are gone
         assert lb.sync(svcs).added == tuple(s.key for s in svcs[1000:])
         assert sorted(lb.kernel_services(), key=str) == sorted(svcs, key=str)
+
+
+def test_wildcard_port_bits_follow_each_write() -> None:
+    """The wild_ports bit of a port is set while one of its wildcard services
+    (either family, either protocol) is programmed; each write updates only
+    the ports it touched, and agrees with a recount of every service."""
+    require_root()
+
+    def bit(lb: Balancer, port: int) -> bool:
+        raw = lb._wild_ports.lookup(abi.U32.pack(port >> 6))
+        return bool(raw is not None and int.from_bytes(raw, "little") >> (port & 63) & 1)
+
+    be4, be6 = [Backend("10.244.9.1", 80)], [Backend("fd00:244::9", 80)]
+    tcp, udp = Service.node_port(30080, backends=be4), Service.node_port(30080, "udp", backends=be4)
+    six = Service.node_port(30081, backends=be6, family=6)
+    with Balancer() as lb:
+        lb.upsert(tcp)
+        lb.upsert(udp)
+        lb.sync([tcp, udp, six, Service("10.96.9.1", 30082, backends=be4)])
+        assert (bit(lb, 30080), bit(lb, 30081), bit(lb, 30082)) == (True, True, False)
+        lb.remove(tcp.key)
+        assert bit(lb, 30080)  # the UDP one is still there
+        lb.remove(udp.key)
+        assert not bit(lb, 30080) and bit(lb, 30081)
+        words = dict(lb._wild_words)
+        lb._sync_wild_ports()  # a recount of every service changes nothing
+        assert lb._wild_words == words
+        lb.sync([])
+        assert not bit(lb, 30081) and not lb._wild_words
