@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from itertools import compress, count
-from operator import is_not
+from operator import attrgetter, is_not, itemgetter
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import abi, adopt, features, node, pins, planner, stats, writer
@@ -58,6 +58,9 @@ NODE_ADDRS_MAX = int(lib.SOCKLB_MAX_NODE_ADDRS)
 
 _WILD = ("0.0.0.0", "::")  # the keys' addresses of wildcard frontends (NodePort, hostPort)
 _PROTOS = tuple(p.value for p in Protocol)
+_WILD_SET = frozenset(_WILD)
+_address_of, _port_of = itemgetter(0), itemgetter(1)
+_skey_of = attrgetter("_skey")
 
 def _node_address_arg(value: object) -> Union[str, Dict[bytes, str]]:
     """ "discover", or the addresses as {16-byte key: text}, validated."""
@@ -473,7 +476,8 @@ class Balancer:
                 if k[0] in _WILD:
                     words[k[1] >> 6] = words.get(k[1] >> 6, 0) | 1 << (k[1] & 63)
         else:
-            ports = {k[1] for k in keys if k[0] in _WILD}
+            keys = list(keys)
+            ports = set(map(_port_of, compress(keys, map(_WILD_SET.__contains__, map(_address_of, keys)))))
             if not ports:
                 return
             words = dict(self._wild_words)
@@ -593,7 +597,7 @@ class Balancer:
             for i, s in enumerate(given):
                 if not isinstance(s, Service):
                     raise InvalidValueError(f"services[{i}]", f"must be a Service, not {type(s).__name__}")
-        want: Dict[ServiceKey, Optional[Service]] = {s._skey: s for s in given}
+        want: Dict[ServiceKey, Optional[Service]] = dict(zip(map(_skey_of, given), given))
         if len(want) != len(given):
             seen = set()
             for i, s in enumerate(given):

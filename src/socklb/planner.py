@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field
-from itertools import accumulate, compress, filterfalse
-from operator import attrgetter, not_
+from itertools import accumulate, compress, filterfalse, repeat
+from operator import attrgetter, is_, itemgetter, not_
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Sized, Tuple, Union, cast
 
 from . import abi
@@ -420,16 +420,24 @@ def plan(
         # programmed: filtered out by C loops (a dict-items lookup compares the
         # values by identity first), so 50,000 of them cost a millisecond or two.
         items = list(filterfalse(state.values.items().__contains__, items))
+    items = list(items)
+    keys = list(map(_first, items))
     if exclusive:
         # Every wanted key is programmed but those of the new services: if as
         # many are programmed as there are, none is left to remove.
-        n_new = sum(1 for k, _ in items if k not in live)
-        if len(want) - n_new != len(live):
-            items = list(items) + [(k, None) for k in live.keys() - want.keys()]
+        if len(want) - len(items) + sum(map(live.__contains__, keys)) != len(live):
+            gone = [(k, None) for k in live.keys() - want.keys()]
+            items += gone
+            keys += map(_first, gone)
     get = live.get
     # Services new to the maps, apart: counted and planned in bulk.
     new_keys: List[ServiceKey] = []
     new: List[Service] = []
+    if list(map(get, keys)).count(None) == len(keys):
+        # None of them is programmed (a first sync): told apart by C loops.
+        values = list(map(_second, items))
+        if not any(map(is_, values, repeat(None))):
+            new_keys, new, items = keys, cast(List[Service], values), []
     for k, svc in items:
         old = get(k)
         if svc is None:
@@ -464,7 +472,7 @@ def plan(
     p = Plan()
     # The new services go live in the order given (whichever path plans
     # them): Balancer.sync's positional fast path relies on that order.
-    p.live.update(dict.fromkeys(new_keys))
+    p.live = dict.fromkeys(new_keys)
     p.added = new_keys
     try:
         if len(new) >= BULK_MIN:
@@ -492,6 +500,7 @@ cost is a few C calls)."""
 _backends_of = attrgetter("backends")
 _algorithm_of = attrgetter("algorithm")
 _service_of = attrgetter("service")
+_first, _second = itemgetter(0), itemgetter(1)
 _ids_of = attrgetter("ids")
 
 
@@ -524,8 +533,12 @@ def _add_new(p: Plan, state: State, keys: List[ServiceKey], services: List[Servi
     p.backend_upd.extend(bk, bv, rows.n_backends)
     p.slot_upd.extend(lk, lv, rows.n_backends)
     # Each service's backend ids: a slice of the plan's (a range stays a range).
-    starts = accumulate(counts, initial=0)
-    ids = [backend_ids[a : a + c] for a, c in zip(starts, counts)]
+    ids: List[Sequence[int]]
+    if isinstance(backend_ids, range):
+        starts = list(accumulate(counts, initial=backend_ids.start))
+        ids = list(map(range, starts, starts[1:]))
+    else:
+        ids = [backend_ids[a : a + c] for a, c in zip(accumulate(counts, initial=0), counts)]
     kept = list(compress(services, mask))
     p.live.update(zip(compress(keys, mask), map(Programmed, kept, svc_ids, list_ids, ids, counts, counts)))
     return rest
