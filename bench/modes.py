@@ -212,11 +212,13 @@ class ModeLab:
         busy = busy_fraction(c0, c1)
         ncpu = max(len(busy["per_cpu_busy"]), 1)
         # CPU time used by anything but this load generator and these servers
-        # (other processes on the machine): noise, reported per run.
+        # (other processes on the machine, and the hypervisor's steal): noise,
+        # reported per run, with the steal on its own.
         foreign = busy["busy"] * (t1 - t0) * ncpu - client_cpu - (s1 - s0)
         out["cpu"] = {
             **busy,
             "foreign_share": round(max(foreign, 0.0) / ((t1 - t0) * ncpu), 3),
+            "steal_share": round(float(busy["steal"]), 3),
             "server_s": s1 - s0,
             "client_s": client_cpu,
             "server_us_per_req": (s1 - s0) * 1e6 / done,

@@ -98,13 +98,25 @@ def usable(results: Dict[str, Any], scale: str, w: str) -> Tuple[bool, str]:
     """Whether a scale's socklb/direct ratios can be judged, and why not."""
     per = _get(results, "scales", scale, w) or {}
     direct = [r.get("rps") for r in _get(per, "direct", "raw") or []]
+    steal = steal_max(per)
+    because = f"; the hypervisor stole up to {steal:.0%} of the CPUs" if steal >= STEAL_NOTED else ""
     base = spread(direct)
     if base is not None and base > MAX_SPREAD:
-        return False, f"direct baseline varied {base:.0%} over the rounds (> {MAX_SPREAD:.0%})"
+        return False, f"direct baseline varied {base:.0%} over the rounds (> {MAX_SPREAD:.0%}){because}"
     rr = spread(_get(per, "socklb", "vs_direct", "rps_ratio_rounds") or [])
     if rr is not None and rr > MAX_SPREAD:
-        return False, f"socklb/direct ratio varied {rr:.0%} over the rounds (> {MAX_SPREAD:.0%})"
+        return False, f"socklb/direct ratio varied {rr:.0%} over the rounds (> {MAX_SPREAD:.0%}){because}"
     return True, ""
+
+
+#: Steal (CPU time the hypervisor gave to other guests while this one had
+#: work) from which a run's notes name it as the likely cause of its noise.
+STEAL_NOTED = 0.02
+
+
+def steal_max(per: Dict[str, Any]) -> float:
+    """The most CPU the hypervisor stole during any used run of a scale's workload, over all modes."""
+    return max((float(e.get("steal_share_max", 0.0)) for e in per.values() if isinstance(e, dict)), default=0.0)
 
 
 def _rounds_range(xs: Optional[List[float]]) -> str:
@@ -289,16 +301,17 @@ def markdown(results: Dict[str, Any]) -> str:
         lines += [
             "socklb's throughput ratios: median of the per-round ratios (ratio of the totals in brackets); "
             "p99 ratio: median of per-round ratios; CPU: busy share of each CPU (client CPU first), the most "
-            "CPU other processes took during a used run (noise), and the CPU time per request of the load generator "
+            "CPU other processes and the hypervisor took during a used run (noise), the hypervisor's steal alone, "
+            "and the CPU time per request of the load generator "
             "(which also pays for the softirq work of the forward path) and of the servers, by mode:",
             "",
         ]
         lines += [
             "| services | vs direct | vs direct, rounds (min-max) | vs detached (same lab) | vs iptables | "
             "vs nftables | p99 vs direct | errors (all modes) | "
-            "rounds used (repeated) | CPU busy | other processes (max) | client CPU µs/req by mode | "
-            "server CPU µs/req by mode |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "rounds used (repeated) | CPU busy | other processes (max) | hypervisor steal (max) | "
+            "client CPU µs/req by mode | server CPU µs/req by mode |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in _scales(results):
             per = _get(results, "scales", s, w) or {}
@@ -325,7 +338,8 @@ def markdown(results: Dict[str, Any]) -> str:
             lines.append(
                 f"| {int(s):,} | {rr('direct')} | {spread_cell} | {rr('detached')} | {rr('iptables')} | "
                 f"{rr('nftables')} | "
-                f"{'-' if p is None else f'{p:.3f}'} | {errs} | {used} | {busy} | {foreign:.0%} | {cli} | {srv} |"
+                f"{'-' if p is None else f'{p:.3f}'} | {errs} | {used} | {busy} | {foreign:.0%} | "
+                f"{steal_max(per):.0%} | {cli} | {srv} |"
             )
         lines.append("")
 

@@ -170,6 +170,7 @@ def run(cfg: Config, log: Optional[Log] = None) -> Dict[str, Any]:
                         res["round"] = attempt
                         this[name][w.proto] = res
                 foreign = max(float(this[m][w.proto]["cpu"]["foreign_share"]) for m in order for w in workloads)
+                steal = max(float(this[m][w.proto]["cpu"].get("steal_share", 0.0)) for m in order for w in workloads)
                 disturbed = cfg.max_foreign > 0 and foreign > cfg.max_foreign
                 for m in order:
                     for w in workloads:
@@ -182,7 +183,12 @@ def run(cfg: Config, log: Optional[Log] = None) -> Dict[str, Any]:
                     for w in workloads
                     for m in order
                 )
-                tag = f" DISTURBED (other processes took {foreign:.0%} of the CPUs; repeated)" if disturbed else ""
+                tag = (
+                    f" DISTURBED (other processes and the hypervisor took {foreign:.0%} of the CPUs, "
+                    f"steal {steal:.0%}; repeated)"
+                    if disturbed
+                    else ""
+                )
                 say(f"[bench]   round {attempt} ({clean}/{cfg.rounds} clean; {','.join(rot)}) {line}{tag}")
             if clean < cfg.rounds:  # too noisy: use every round, and say so
                 for m in order:

@@ -95,6 +95,7 @@ def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
         "server_cpu_us_per_req": median([float(r["cpu"]["server_us_per_req"]) for r in runs]),
         "client_cpu_us_per_req": median([float(r["cpu"]["client_us_per_req"]) for r in runs]),
         "foreign_cpu_share_max": max((float(r["cpu"].get("foreign_share", 0.0)) for r in runs), default=0.0),
+        "steal_share_max": max((float(r["cpu"].get("steal_share", 0.0)) for r in runs), default=0.0),
         "per_cpu_busy": {
             cpu: median([float(r["cpu"]["per_cpu_busy"].get(cpu, 0.0)) for r in runs])
             for cpu in (runs[0]["cpu"].get("per_cpu_busy", {}) if runs else {})

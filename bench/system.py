@@ -108,13 +108,16 @@ def machine_info() -> Dict[str, Any]:
 
 @dataclass(frozen=True)
 class CpuSample:
-    """Jiffies from /proc/stat per line ("cpu", "cpu0", ...): (total, idle + iowait, softirq)."""
+    """Jiffies from /proc/stat per line ("cpu", "cpu0", ...): (total, idle + iowait, softirq, steal).
 
-    lines: Dict[str, Tuple[int, int, int]]
+    *steal* is time the hypervisor ran something else while this guest had
+    work for the CPU: on a shared VM it is the noise no process here causes."""
+
+    lines: Dict[str, Tuple[int, int, int, int]]
 
 
 def cpu_sample() -> CpuSample:
-    out: Dict[str, Tuple[int, int, int]] = {}
+    out: Dict[str, Tuple[int, int, int, int]] = {}
     with open("/proc/stat", encoding="ascii") as f:
         for line in f:
             if not line.startswith("cpu"):
@@ -122,20 +125,23 @@ def cpu_sample() -> CpuSample:
             name, *rest = line.split()
             fields = [int(x) for x in rest]
             # user nice system idle iowait irq softirq steal guest guest_nice
-            out[name] = (sum(fields[:8]), fields[3] + fields[4], fields[6])
+            out[name] = (sum(fields[:8]), fields[3] + fields[4], fields[6], fields[7])
     return CpuSample(out)
 
 
 def busy_fraction(a: CpuSample, b: CpuSample) -> Dict[str, Any]:
-    """Share of all CPUs that was busy (and in softirq) between two samples, and per CPU."""
-    out: Dict[str, Any] = {"busy": 0.0, "softirq": 0.0, "per_cpu_busy": {}}
-    for name, (t1, i1, s1) in b.lines.items():
-        t0, i0, s0 = a.lines.get(name, (t1, i1, s1))
+    """Share of all CPUs that was busy (and in softirq, and stolen by the
+    hypervisor) between two samples, and per CPU.  Steal counts as busy: the
+    CPU was not available to this machine."""
+    out: Dict[str, Any] = {"busy": 0.0, "softirq": 0.0, "steal": 0.0, "per_cpu_busy": {}}
+    for name, (t1, i1, s1, st1) in b.lines.items():
+        t0, i0, s0, st0 = a.lines.get(name, (t1, i1, s1, st1))
         total = t1 - t0
         busy = 1 - (i1 - i0) / total if total > 0 else 0.0
         if name == "cpu":
             out["busy"] = busy
             out["softirq"] = (s1 - s0) / total if total > 0 else 0.0
+            out["steal"] = (st1 - st0) / total if total > 0 else 0.0
         else:
             out["per_cpu_busy"][name] = round(busy, 3)
     return out

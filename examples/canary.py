@@ -5,8 +5,8 @@ Run as root:  .venv/bin/python examples/canary.py
 It builds its own lab with socklb.lab (network namespaces and cgroups it
 creates and removes; no packet leaves them): a client pod, two v1 pods and
 two v2 pods, each serving TCP 8080 with its name.  A client process in the
-client pod connects to the service 10.96.0.10:80 in a loop, without pause,
-and reports every connection.  Meanwhile the balancer moves the traffic from
+client pod (socklb.labload) connects to the service 10.96.0.10:80 in a loop,
+without pause, and reports every connection.  Meanwhile the balancer moves the traffic from
 v1 to v2 in four steps of weights - 100/0, 90/10, 50/50, 0/100 - by updating
 the backends' weights (a version of weight 0 is drained: kept, never chosen
 for a new connection).  Weights are honoured by the default algorithm, and an
@@ -26,74 +26,18 @@ the total of failed connections; it exits with status 1 if one failed:
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
-import threading
 import time
-from typing import List, Optional, Tuple
+from typing import List
 
 from socklb import Backend, Balancer, Service
 from socklb.lab import Lab
+from socklb.labload import Load
 
 VIP, PORT, TARGET_PORT = "10.96.0.10", 80, 8080
 STEPS = [(100, 0), (90, 10), (50, 50), (0, 100)]
 PER_STEP = 1000  # connections counted per step
 STEP_TIMEOUT = 90.0  # seconds a step may take at most
-
-# The load: connect, ask, read the server's name, close; one JSON line per
-# connection with its start time (CLOCK_MONOTONIC, the same in every network
-# namespace).  Runs until its stdin closes, at most MAX connections.
-CLIENT = r"""
-import json, socket, sys, threading, time
-vip, port, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-stop = threading.Event()
-threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-for _ in range(limit):
-    if stop.is_set():
-        break
-    t = time.monotonic()
-    try:
-        with socket.create_connection((vip, port), timeout=3) as s:
-            s.sendall(b"name\n")
-            name = s.makefile().readline().split()[0]
-        print(json.dumps([t, name, None]), flush=True)
-    except (OSError, IndexError) as e:
-        print(json.dumps([t, None, type(e).__name__ + ": " + str(e)]), flush=True)
-"""
-
-
-class Load:
-    """The client process and what it reported so far."""
-
-    def __init__(self, pod, limit: int) -> None:  # type: ignore[no-untyped-def]
-        argv = [sys.executable, "-c", CLIENT, VIP, str(PORT), str(limit)]
-        self.proc = pod.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.lock = threading.Lock()
-        self.records: List[Tuple[float, Optional[str], Optional[str]]] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            t, name, err = json.loads(line)
-            with self.lock:
-                self.records.append((t, name, err))
-
-    def since(self, t0: float) -> List[Tuple[float, Optional[str], Optional[str]]]:
-        with self.lock:
-            return [r for r in self.records if r[0] >= t0]
-
-    def stop(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.reader.join(5)
 
 
 def version_backends(v1: list, v2: list, w1: int, w2: int) -> List[Backend]:  # type: ignore[type-arg]
@@ -113,7 +57,9 @@ def main() -> int:
         with Balancer() as lb:
             lb.upsert(Service(VIP, PORT, "tcp", version_backends(v1, v2, *STEPS[0])))
             lb.attach(client.cgroup)
-            load = Load(client, limit=len(STEPS) * PER_STEP * 4)
+            load = Load(
+                client, VIP, PORT, max_n=len(STEPS) * PER_STEP * 4, max_seconds=len(STEPS) * STEP_TIMEOUT, pause=0
+            )
             print("step  v1/v2  connects  v2 share  failed")
             failed_total = 0
             try:
@@ -124,12 +70,12 @@ def main() -> int:
                     t0 = time.monotonic()
                     deadline = t0 + STEP_TIMEOUT
                     while len(load.since(t0)) < PER_STEP:
-                        if time.monotonic() > deadline or load.proc.poll() is not None:
+                        if time.monotonic() > deadline or not load.running:
                             raise SystemExit(f"step {i}: the load stopped after {len(load.since(t0))} connections")
                         time.sleep(0.05)
                     step = load.since(t0)[:PER_STEP]
-                    failed = [err for _, name, err in step if name is None]
-                    to_v2 = sum(1 for _, name, _ in step if name and name.startswith("v2-"))
+                    failed = [c.who for c in step if c.failed]
+                    to_v2 = sum(1 for c in step if c.who.startswith("v2-"))
                     failed_total += len(failed)
                     share = to_v2 / (len(step) - len(failed)) if len(step) > len(failed) else 0.0
                     print(f"{i:4d}  {f'{w1}/{w2}':>5}  {len(step):8d}  {share:8.3f}  {len(failed):6d}", flush=True)
@@ -138,7 +84,7 @@ def main() -> int:
             finally:
                 load.stop()
             # Failures between the counted windows count too.
-            failed_total = sum(1 for _, name, _ in load.records if name is None)
+            failed_total = sum(1 for c in load.connections() if c.failed)
             print(f"failed connections: {failed_total}")
             return 1 if failed_total else 0
 

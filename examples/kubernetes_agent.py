@@ -39,9 +39,7 @@ connections, stopped by SIGTERM after the last step.
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -52,89 +50,10 @@ from socklb.errors import NotFoundError
 from socklb.kubernetes import Agent
 from socklb.kubernetes.testing import FakeApiServer
 from socklb.lab import Lab
+from socklb.labload import Load
 
 VIP, PORT, TARGET = "10.96.0.30", 80, 8080
 STEP_SECONDS = 0.6  # and at least 50 connections
-
-# The client pod's load: connect, ask, read the name, close, pause; one line per
-# connection, "start connected served-by" (or "error:ERRNO" for who), with times
-# from CLOCK_MONOTONIC, which every process of the machine shares.
-LOAD = r"""
-import errno, signal, socket, sys, time
-host, port, max_n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-max_s, pause = float(sys.argv[4]), float(sys.argv[5])
-stop = []
-signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-end = time.monotonic() + max_s
-n = 0
-print("ready", flush=True)
-while not stop and n < max_n and time.monotonic() < end:
-    n += 1
-    t0 = time.monotonic()
-    s = socket.socket()
-    s.settimeout(3)
-    try:
-        s.connect((host, port))
-        t1 = time.monotonic()
-        s.sendall(b"peer\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        who = data.decode().split()[0] if data.strip() else "error:EOF"
-    except OSError as e:
-        t1 = time.monotonic()
-        who = "error:" + (errno.errorcode.get(e.errno or 0) or type(e).__name__)
-    finally:
-        s.close()
-    print("%.6f %.6f %s" % (t0, t1, who), flush=True)
-    time.sleep(pause)
-"""
-
-
-class Load:
-    """LOAD running in a pod; its connections are read as they are made."""
-
-    def __init__(self, pod: Any, max_n: int, max_seconds: float, pause: float = 0.001) -> None:
-        argv = [sys.executable, "-I", "-c", LOAD, VIP, str(PORT), str(max_n), str(max_seconds), str(pause)]
-        self.proc: subprocess.Popen[str] = pod.popen(argv, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
-        self.log: list[tuple[float, float, str]] = []
-        self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            t0, t1, who = line.split()
-            with self._lock:
-                self.log.append((float(t0), float(t1), who))
-
-    def between(self, begin: float, end: float) -> Counter[str]:
-        """Who served the connections that started and were connected in [begin, end]."""
-        with self._lock:
-            return Counter(who for t0, t1, who in self.log if begin <= t0 and t1 <= end)
-
-    def hold(self, begin: float, seconds: float, at_least: int = 50, limit: float = 10.0) -> float:
-        """Wait until ``seconds`` have passed since ``begin`` and ``at_least`` connections
-        were made since then (at most ``limit`` seconds); returns the time it ends."""
-        while True:
-            now = time.monotonic()
-            enough = now - begin >= seconds and sum(self.between(begin, now).values()) >= at_least
-            if enough or now - begin >= limit:
-                return now
-            time.sleep(0.02)
-
-    def stop(self) -> list[tuple[float, float, str]]:
-        """Stop the load (SIGTERM: the connection under way finishes); every connection made."""
-        self.proc.terminate()
-        self.proc.wait(30)
-        self._reader.join(10)
-        with self._lock:
-            return list(self.log)
 
 
 def rfc3339(t: float) -> str:
@@ -225,7 +144,7 @@ def main() -> None:
                 if not agent.wait_synced(30):
                     raise SystemExit(f"the agent did not sync: {agent.stats()}")
                 print(f"synced: shop/web {VIP}:{PORT} -> {show(programmed())}")
-                load = Load(client, max_n=40000, max_seconds=40)
+                load = Load(client, VIP, PORT, max_n=40000, max_seconds=40)
                 windows = []  # (step, programmed, latency, begin, end)
                 try:
                     begin = time.monotonic()
@@ -264,7 +183,7 @@ def main() -> None:
             took = f"{1000 * latency:.1f} ms" if latency is not None else "-"
             detail = ", ".join(f"{who} {c}" for who, c in sorted(got.items()))
             print(f"{title:30}  {took:>8}  {backends:20}  {detail}")
-        failed = [who for _, _, who in log if who.startswith("error:")]
+        failed = [c.who for c in log if c.failed]
         print(
             f"failed connections: {len(failed)} of {len(log)}"
             f" ({len(log) - placed} were under way while the backends changed, counted in no step)"

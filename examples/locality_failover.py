@@ -35,99 +35,17 @@ connections, stopped by SIGTERM when the last phase is over.
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 from socklb import Backend, Balancer, Service
 from socklb.lab import Lab
+from socklb.labload import Load
 
 VIP, PORT, TARGET = "10.96.0.20", 80, 8080
 PHASE_SECONDS = 0.8  # and at least 50 connections
-
-# The client pod's load: connect, ask, read the name, close, pause; one line per
-# connection, "start connected served-by" (or "error:ERRNO" for who), with times
-# from CLOCK_MONOTONIC, which every process of the machine shares.
-LOAD = r"""
-import errno, signal, socket, sys, time
-host, port, max_n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-max_s, pause = float(sys.argv[4]), float(sys.argv[5])
-stop = []
-signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-end = time.monotonic() + max_s
-n = 0
-print("ready", flush=True)
-while not stop and n < max_n and time.monotonic() < end:
-    n += 1
-    t0 = time.monotonic()
-    s = socket.socket()
-    s.settimeout(3)
-    try:
-        s.connect((host, port))
-        t1 = time.monotonic()
-        s.sendall(b"peer\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        who = data.decode().split()[0] if data.strip() else "error:EOF"
-    except OSError as e:
-        t1 = time.monotonic()
-        who = "error:" + (errno.errorcode.get(e.errno or 0) or type(e).__name__)
-    finally:
-        s.close()
-    print("%.6f %.6f %s" % (t0, t1, who), flush=True)
-    time.sleep(pause)
-"""
-
-
-class Load:
-    """LOAD running in a pod; its connections are read as they are made."""
-
-    def __init__(self, pod: Any, max_n: int, max_seconds: float, pause: float = 0.001) -> None:
-        argv = [sys.executable, "-I", "-c", LOAD, VIP, str(PORT), str(max_n), str(max_seconds), str(pause)]
-        self.proc: subprocess.Popen[str] = pod.popen(argv, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
-        self.log: list[tuple[float, float, str]] = []
-        self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            t0, t1, who = line.split()
-            with self._lock:
-                self.log.append((float(t0), float(t1), who))
-
-    def between(self, begin: float, end: float) -> Counter[str]:
-        """Who served the connections that started and were connected in [begin, end]."""
-        with self._lock:
-            return Counter(who for t0, t1, who in self.log if begin <= t0 and t1 <= end)
-
-    def hold(self, begin: float, seconds: float, at_least: int = 50, limit: float = 10.0) -> float:
-        """Wait until ``seconds`` have passed since ``begin`` and ``at_least`` connections
-        were made since then (at most ``limit`` seconds); returns the time it ends."""
-        while True:
-            now = time.monotonic()
-            enough = now - begin >= seconds and sum(self.between(begin, now).values()) >= at_least
-            if enough or now - begin >= limit:
-                return now
-            time.sleep(0.02)
-
-    def stop(self) -> list[tuple[float, float, str]]:
-        """Stop the load (SIGTERM: the connection under way finishes); every connection made."""
-        self.proc.terminate()
-        self.proc.wait(30)
-        self._reader.join(10)
-        with self._lock:
-            return list(self.log)
 
 
 @dataclass
@@ -167,7 +85,7 @@ def main() -> None:
         with Balancer() as lb:
             lb.upsert(desired(endpoints, "zone-a"))
             lb.attach(client.cgroup)
-            load = Load(client, max_n=20000, max_seconds=30)
+            load = Load(client, VIP, PORT, max_n=20000, max_seconds=30)
             try:
                 for title, change in phases:
                     for name, ready in change.items():
@@ -194,7 +112,7 @@ def main() -> None:
                 f"phase {i}  {title:15} programmed {programmed:6}  {sum(got.values()):5} connections"
                 f"  zone-a {share['zone-a']:5.1f}%  zone-b {share['zone-b']:5.1f}%  ({detail})"
             )
-        failed = [who for _, _, who in log if who.startswith("error:")]
+        failed = [c.who for c in log if c.failed]
         print(
             f"failed connections: {len(failed)} of {len(log)}"
             f" ({len(log) - placed} were under way while the backends changed, counted in no phase)"

@@ -45,6 +45,7 @@ def test_bench_smoke(tmp_path: Any) -> None:
                 assert s["errors"] == 0, (scale, proto, mode, s["errors_by_kind"])
                 assert s["latency_us"]["p50"] > 0
                 assert s["latency_us"]["p50"] <= s["latency_us"]["p99"]
+                assert 0.0 <= s["steal_share_max"] <= 1.0
             assert per["socklb"]["vs_direct"]["rps_ratio"] > 0
             # detached: the socklb lab with the balancer detached, pods dialled directly
             assert per["socklb"]["vs_detached"]["rps_ratio"] > 0
@@ -104,3 +105,23 @@ def test_noisy_runs_are_reported_unusable() -> None:
     noisy = judged["TCP CRR socklb >= 0.97x direct (1,000 svc)"]
     assert noisy["met"] is None and "direct baseline" in noisy["why_not_judged"]
     assert "UNUSABLE" in report.summary(res)
+
+    # The hypervisor's steal is named as the likely cause once it is noticeable.
+    shaky_base["tcp"]["direct"]["steal_share_max"] = 0.31
+    ok, why = report.usable(res, "1000", "tcp")
+    assert not ok and "hypervisor stole up to 31%" in why
+    shaky_base["tcp"]["direct"]["steal_share_max"] = 0.01
+    assert "hypervisor" not in report.usable(res, "1000", "tcp")[1]
+
+
+def test_cpu_accounting_reads_steal() -> None:
+    """busy_fraction splits the hypervisor's steal out of /proc/stat's samples."""
+    from bench.system import CpuSample, busy_fraction, cpu_sample
+
+    a = CpuSample({"cpu": (1000, 400, 10, 0), "cpu0": (500, 200, 5, 0)})
+    b = CpuSample({"cpu": (2000, 600, 30, 300), "cpu0": (1000, 300, 15, 150)})
+    got = busy_fraction(a, b)
+    assert got["steal"] == 0.3 and got["busy"] == 0.8 and got["softirq"] == 0.02
+    assert got["per_cpu_busy"] == {"cpu0": 0.8}
+    live = cpu_sample().lines["cpu"]
+    assert len(live) == 4 and live[0] >= live[1] + live[3]

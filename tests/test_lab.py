@@ -608,3 +608,31 @@ def test_cleanup_leftovers_orphans_without_lock() -> None:
             os.rmdir(lab_cgroup_root())  # only if no other lab uses it
         except OSError:
             pass
+
+
+def test_labload_counts_who_answered_and_what_failed(lab: Lab) -> None:
+    """socklb.labload: bounded continuous connections from a pod, each with
+    who answered; a port nobody listens on reads as refused, not as served."""
+    from socklb.labload import Load
+
+    client, server = lab.add_pod("client"), lab.add_pod("server")
+    srv = server.serve("srv-1", tcp=[8080])
+    try:
+        begin = time.monotonic()
+        with Load(client, server.ipv4, 8080, max_n=400, max_seconds=20, pause=0) as load:
+            end = load.hold(begin, 0.2, at_least=30)
+        got = load.between(begin, end)
+        assert set(got) == {"srv-1"} and sum(got.values()) >= 30
+        made = load.connections()
+        assert 30 <= len(made) <= 400 and not any(c.failed for c in made)
+        assert all(c.start <= c.connected for c in made)
+        assert [c for c in made if c.start >= end] == load.since(end)
+
+        with Load(client, server.ipv6, 9, max_n=5, max_seconds=20, pause=0) as refused:
+            deadline = time.monotonic() + 20
+            while refused.running and time.monotonic() < deadline:
+                time.sleep(0.05)
+        out = refused.stop()
+        assert len(out) == 5 and {c.who for c in out} == {"error:ECONNREFUSED"} and all(c.failed for c in out)
+    finally:
+        srv.terminate()
