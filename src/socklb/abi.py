@@ -368,6 +368,7 @@ def slot_value(m: Member, _pack: Callable[..., bytes] = _pack_slot) -> bytes:
     return _pack(*m)
 
 
+_CHUNK = 8192
 _backends_of = attrgetter("backends")
 _a16_of = attrgetter("_a16")
 _port_of = attrgetter("port")
@@ -407,8 +408,17 @@ class UniformRows:
         bss = list(map(_backends_of, services))
         counts = array("I", map(len, bss))
         allb = list(itertools.chain.from_iterable(bss))
-        weights = array("I", map(_weight_of, allb))
-        states = list(map(_state_of, allb))
+        # The backends' columns, a few thousand backends at a time: each
+        # backend is read from memory once and its other fields from the cache.
+        weights, ports = array("I"), array("H")
+        states: List[BackendState] = []
+        addrs = []
+        for i in range(0, len(allb), _CHUNK):
+            part = allb[i : i + _CHUNK]
+            weights.extend(map(_weight_of, part))
+            states += map(_state_of, part)
+            addrs.append(b"".join(map(_a16_of, part)))
+            ports.extend(map(_port_of, part))
         active = BackendState.ACTIVE
         codes = None if states.count(active) == len(states) else bytes(map(STATE.code.__getitem__, states))
         maglev = Algorithm.MAGLEV
@@ -427,7 +437,7 @@ class UniformRows:
         )
         self.n_backends = int(total[0])
         self._counts = counts
-        self._cols = (allb, weights, algos)
+        self._cols = (b"".join(addrs), ports, weights, algos)
 
     def counts(self) -> List[int]:
         """The backends of each uniform service, in order."""
@@ -444,7 +454,7 @@ class UniformRows:
         if len(svc_ids) != n or len(list_ids) != n or len(backend_ids) != nb:
             raise ValueError("UniformRows.pack: one id for each uniform service, list and backend")
         svcs = self.services
-        allb, weights, algos = self._cols
+        be_addr, be_port, weights, algos = self._cols
         affs = list(map(_affinity_of, svcs))
         term, fronts = lib.SOCKLB_SVC_O_TERMINATE_TCP, _FRONTEND_OPTS
         opts = bytes([(term if s.terminate_tcp else 0) | fronts[s.frontend] for s in svcs])
@@ -472,8 +482,8 @@ class UniformRows:
             "svc_requested_algo": buf("uint8_t[]", bytes(map(ALGO.code.__getitem__, algos))),
             "svc_opts": buf("uint8_t[]", opts),
             "svc_affinity_timeout": buf("uint32_t[]", array("I", [0 if a is None else a.timeout for a in affs])),
-            "be_addr": buf("uint8_t[]", b"".join(map(_a16_of, allb))),
-            "be_port": buf("uint16_t[]", array("H", map(_port_of, allb))),
+            "be_addr": buf("uint8_t[]", be_addr),
+            "be_port": buf("uint16_t[]", be_port),
             "be_weight": buf("uint32_t[]", weights),
             "svc_keys": buf("struct socklb_svc_key[]", out[0]),
             "svc_vals": buf("struct socklb_svc_val[]", out[1]),
