@@ -412,12 +412,12 @@ class UniformRows:
         # backend is read from memory once and its other fields from the cache.
         weights, ports = array("I"), array("H")
         states: List[BackendState] = []
-        addrs = []
+        addrs = bytearray(16 * len(allb))
         for i in range(0, len(allb), _CHUNK):
             part = allb[i : i + _CHUNK]
             weights.extend(map(_weight_of, part))
             states += map(_state_of, part)
-            addrs.append(b"".join(map(_a16_of, part)))
+            addrs[16 * i : 16 * (i + len(part))] = b"".join(map(_a16_of, part))
             ports.extend(map(_port_of, part))
         active = BackendState.ACTIVE
         codes = None if states.count(active) == len(states) else bytes(map(STATE.code.__getitem__, states))
@@ -437,7 +437,7 @@ class UniformRows:
         )
         self.n_backends = int(total[0])
         self._counts = counts
-        self._cols = (b"".join(addrs), ports, weights, algos)
+        self._cols = (addrs, ports, weights, algos)
 
     def counts(self) -> List[int]:
         """The backends of each uniform service, in order."""
