@@ -433,7 +433,7 @@ def plan(
     # Services new to the maps, apart: counted and planned in bulk.
     new_keys: List[ServiceKey] = []
     new: List[Service] = []
-    if list(map(get, keys)).count(None) == len(keys):
+    if len(keys) > 64 and list(map(get, keys)).count(None) == len(keys):
         # None of them is programmed (a first sync): told apart by C loops.
         values = list(map(_second, items))
         if not any(map(is_, values, repeat(None))):
