@@ -113,11 +113,11 @@ static void release(void)
 }
 
 /* The maps a pinned balancer pins: all but the internal ones (.rodata,
- * configuration fixed at load) and socklb_mark, which is one for the machine
+ * configuration fixed at load) and socklb_mark2, which is one for the machine
  * (see share_mark_map). */
 static bool pinned_map(const struct bpf_map *m)
 {
-	return !bpf_map__is_internal(m) && strcmp(bpf_map__name(m), "socklb_mark") != 0;
+	return !bpf_map__is_internal(m) && strcmp(bpf_map__name(m), "socklb_mark2") != 0;
 }
 
 static void prog_names_init(void)
@@ -409,7 +409,7 @@ out:
 	return err;
 }
 
-/* The socklb_mark map is one for the machine: every balancer's programs must
+/* The socklb_mark2 map is one for the machine: every balancer's programs must
  * see the marks of the others (see socklb_maps.h).  Find a live one by name
  * and layout; its lifetime is the kernel's reference count (programs and
  * links hold it), so nothing is pinned and nothing is left behind. */
@@ -430,7 +430,7 @@ static int find_mark_map(void)
 			continue; /* gone meanwhile */
 		if (!bpf_obj_get_info_by_fd(fd, &info, &len) && info.type == BPF_MAP_TYPE_PERCPU_ARRAY &&
 		    info.key_size == sizeof(__u32) && info.value_size == sizeof(struct socklb_mark) &&
-		    info.max_entries == 1 && strcmp(info.name, "socklb_mark") == 0)
+		    info.max_entries == 1 && strcmp(info.name, "socklb_mark2") == 0)
 			return fd;
 		close(fd);
 	}
@@ -463,7 +463,7 @@ static int mark_lock(void)
 
 static int share_mark_map(struct bpf_object *obj)
 {
-	struct bpf_map *m = bpf_object__find_map_by_name(obj, "socklb_mark");
+	struct bpf_map *m = bpf_object__find_map_by_name(obj, "socklb_mark2");
 	int fd, err;
 
 	if (!m)
@@ -1469,6 +1469,7 @@ static void probe_init(void)
 		{ .helper = BPF_FUNC_skc_to_mptcp_sock, .bit = SOCKLB_MISSING_MPTCP_CAST },
 		{ .probe = probe_diag_destroy, .bit = SOCKLB_MISSING_DIAG_DESTROY },
 		{ .probe = probe_iter_storage, .bit = SOCKLB_MISSING_ITER_STORAGE },
+		{ .helper = BPF_FUNC_jiffies64, .bit = SOCKLB_MISSING_JIFFIES64 },
 	};
 	uint32_t missing = 0;
 

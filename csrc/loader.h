@@ -36,6 +36,7 @@
 #define SOCKLB_MISSING_MPTCP_CAST 1024
 #define SOCKLB_MISSING_DIAG_DESTROY 2048
 #define SOCKLB_MISSING_ITER_STORAGE 4096
+#define SOCKLB_MISSING_JIFFIES64 8192
 
 struct socklb_config {
 	uint32_t max_services;

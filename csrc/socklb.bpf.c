@@ -117,7 +117,7 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct socklb_mark);
-} socklb_mark SEC(".maps");
+} socklb_mark2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -537,6 +537,7 @@ static __always_inline void remember(struct socklb_sock_entry *e, const struct s
 	e->backend_port = c->be.port;
 	e->backend_id = c->backend_id;
 	e->svc_id = c->svc.svc_id;
+	e->list_id = c->svc.list_id;
 	e->flags = flags;
 }
 
@@ -608,14 +609,14 @@ static __always_inline struct socklb_mark *fresh_mark(struct bpf_sock_addr *ctx,
 						      __u16 hook, bool v6)
 {
 	__u32 zero = 0;
-	struct socklb_mark *m = bpf_map_lookup_elem(&socklb_mark, &zero);
+	struct socklb_mark *m = bpf_map_lookup_elem(&socklb_mark2, &zero);
 	struct sock_snap s;
 
 	/* Cheap tests first: outside a chain of attachments the destination
 	 * is never the address the last translation wrote. */
 	if (!m || m->hook != hook || m->port != key->port || !same_addr(m->addr, key->addr))
 		return NULL;
-	if (bpf_ktime_get_ns() - m->when_ns > SOCKLB_MARK_WINDOW_NS)
+	if (bpf_jiffies64() - m->when_jiffies > SOCKLB_MARK_WINDOW_JIFFIES)
 		return NULL;
 	if (m->cookie != bpf_get_socket_cookie(ctx))
 		return NULL;
@@ -630,14 +631,14 @@ static __always_inline void mark(struct bpf_sock_addr *ctx, const struct socklb_
 				 const struct socklb_backend_val *be, __u16 hook, bool v6, __u64 cookie)
 {
 	__u32 zero = 0;
-	struct socklb_mark *m = bpf_map_lookup_elem(&socklb_mark, &zero);
+	struct socklb_mark *m = bpf_map_lookup_elem(&socklb_mark2, &zero);
 	struct sock_snap s;
 
 	if (!m)
 		return;
 	snap(ctx, v6, &s);
 	m->cookie = cookie;
-	m->when_ns = bpf_ktime_get_ns();
+	m->when_jiffies = bpf_jiffies64();
 	__builtin_memcpy(m->vip, key->addr, sizeof(m->vip));
 	__builtin_memcpy(m->addr, be->addr, sizeof(m->addr));
 	__builtin_memcpy(m->peer, s.peer, sizeof(m->peer));
@@ -774,6 +775,13 @@ static __always_inline bool keep_record(struct bpf_sock_addr *ctx, const struct 
 	if (!conn)
 		return false;
 	remember(conn, key, c, SOCKLB_ENTRY_CURRENT);
+	if (key->proto == SOCKLB_PROTO_UDP) {
+		/* Its datagrams look the record up from now on. */
+		struct socklb_sock_dgram *st = bpf_sk_storage_get(&sock_dgram, ctx->sk, 0, 0);
+
+		if (st)
+			st->had_conn = 1;
+	}
 	return true;
 }
 
@@ -830,18 +838,64 @@ TRANSLATING_HOOKS(connect)
 /* A datagram to a service goes to be: replies from be answer it, not an
  * earlier connect() of the socket to a service with the same backend; and a
  * socket disconnected since (connect(AF_UNSPEC)) has no connect record. */
-static __always_inline void sent_to(struct bpf_sock_addr *ctx, const struct socklb_svc_key *key,
-				    const struct socklb_backend_val *be, bool v6)
+static __always_inline void sent_to(struct bpf_sock_addr *ctx, struct socklb_sock_dgram *st,
+				    const struct socklb_svc_key *key, const struct socklb_backend_val *be, bool v6)
 {
-	struct socklb_sock_entry *conn = bpf_sk_storage_get(&sock_conn, ctx->sk, 0, 0);
+	struct socklb_sock_entry *conn;
 
-	if (conn) {
-		if (ctx->sk->state != TCP_ESTABLISHED)
+	/* Most sockets never connect()ed through a service: no lookup. */
+	if (!st->no_conn || st->had_conn) {
+		conn = bpf_sk_storage_get(&sock_conn, ctx->sk, 0, 0);
+		if (conn && ctx->sk->state != TCP_ESTABLISHED) {
 			bpf_sk_storage_delete(&sock_conn, ctx->sk);
-		else if (conn->backend_port == be->port && same_addr(conn->backend, be->addr))
+			conn = NULL;
+		}
+		if (conn && conn->backend_port == be->port && same_addr(conn->backend, be->addr))
 			conn->flags &= ~SOCKLB_ENTRY_CURRENT;
+		if (conn)
+			st->had_conn = 1;
+		else if (!st->had_conn)
+			st->no_conn = 1;
 	}
-	set_mark(ctx, key, be, SOCKLB_HOOK_SENDMSG, v6);
+	mark(ctx, key, be, SOCKLB_HOOK_SENDMSG, v6, st->cookie);
+}
+
+/* The socket's flow for the service of key (the entry its datagrams to the
+ * VIP go through), or nflows: the entry of the last datagram first, the
+ * others only when it is another service's.  At most one entry per VIP is
+ * current. */
+static __always_inline __u32 current_flow(struct socklb_sock_dgram *st, const struct socklb_svc_key *key,
+					  __u32 nflows)
+{
+	struct socklb_sock_entry *e;
+	__u32 r = st->recent;
+	int i;
+
+	/* the verifier does not know st->recent, compare it explicitly */
+	asm volatile("" : "+r"(r));
+	if (r < nflows) {
+		e = &st->dgram[r];
+		if ((e->flags & SOCKLB_ENTRY_CURRENT) && e->vip_port == key->port && same_addr(e->vip, key->addr))
+			return r;
+	}
+	for (i = 0; i < SOCKLB_MAX_UDP_FLOWS; i++) {
+		if (i >= nflows)
+			break;
+		e = &st->dgram[i];
+		if ((e->flags & SOCKLB_ENTRY_CURRENT) && e->vip_port == key->port && same_addr(e->vip, key->addr))
+			return i;
+	}
+	return nflows;
+}
+
+/* A datagram went through entry i: it is the socket's most recent flow.
+ * Nothing is written when it already is. */
+static __always_inline void used(struct socklb_sock_dgram *st, struct socklb_sock_entry *e, __u32 i)
+{
+	if (st->recent == i && e->last_used == st->clock)
+		return;
+	e->last_used = ++st->clock;
+	st->recent = i;
 }
 
 static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_svc_key *key, bool v6)
@@ -875,27 +929,39 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 		SET_RETVAL(-ENOBUFS);
 		return SYS_REJECT;
 	}
+	/* A fresh value (all zero): the socket's cookie, once. */
+	if (!st->cookie)
+		st->cookie = bpf_get_socket_cookie(ctx);
 
 	/* A socket keeps its backend for a service while that backend stays
 	 * usable: no per-datagram hopping. */
-	for (i = 0; i < SOCKLB_MAX_UDP_FLOWS; i++) {
-		if (i >= nflows)
-			break;
-		e = &st->dgram[i];
-		if (!(e->flags & SOCKLB_ENTRY_CURRENT) || e->vip_port != key->port ||
-		    !same_addr(e->vip, key->addr))
-			continue;
-		__u32 id = e->backend_id;
-		struct socklb_backend_val *be = bpf_map_lookup_elem(&backends, &id);
+	__u32 cur = current_flow(st, key, nflows);
 
-		if (be && usable(svc, be) && be->port == e->backend_port && same_addr(be->addr, e->backend)) {
-			e->last_used = ++st->clock;
+	asm volatile("" : "+r"(cur));
+	if (cur < nflows) {
+		e = &st->dgram[cur];
+		__u32 id = e->backend_id;
+		struct socklb_backend_val *be = NULL;
+		bool same_list = e->list_id == svc->list_id && e->svc_id == svc->svc_id;
+
+		/* The service changed since: is the backend still usable? */
+		if (!same_list)
+			be = bpf_map_lookup_elem(&backends, &id);
+		if (same_list ||
+		    (be && usable(svc, be) && be->port == e->backend_port && same_addr(be->addr, e->backend))) {
+			struct socklb_backend_val b = {};
+
+			__builtin_memcpy(b.addr, e->backend, sizeof(b.addr));
+			b.port = e->backend_port;
+			if (!same_list)
+				e->list_id = svc->list_id;
+			used(st, e, cur);
 			count(SOCKLB_CNT_STICKY_HIT);
-			sent_to(ctx, key, be, v6);
-			write_dst(ctx, be, v6);
+			sent_to(ctx, st, key, &b, v6);
+			write_dst(ctx, &b, v6);
 			count_hook(SOCKLB_CNT_SENDMSG, v6);
 			if (tracing()) {
-				c.be = *be;
+				c.be = b;
 				c.backend_id = id;
 				c.retried = 0;
 				trace(ctx, key, &c, TRACE_WHAT(SOCKLB_HOOK_SENDMSG, SOCKLB_TRACE_TRANSLATED, v6));
@@ -905,7 +971,6 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 		/* Its backend went away: keep the entry so that late replies
 		 * are still translated, but choose again. */
 		e->flags &= ~SOCKLB_ENTRY_CURRENT;
-		break;
 	}
 
 	if (!choose(ctx, key, svc, &c)) {
@@ -939,8 +1004,9 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, struct socklb_s
 	if (slot < nflows) {
 		remember(&st->dgram[slot], key, &c, SOCKLB_ENTRY_CURRENT);
 		st->dgram[slot].last_used = ++st->clock;
+		st->recent = slot;
 	}
-	sent_to(ctx, key, &c.be, v6);
+	sent_to(ctx, st, key, &c.be, v6);
 
 	write_dst(ctx, &c.be, v6);
 	count_hook(SOCKLB_CNT_SENDMSG, v6);
@@ -1032,37 +1098,51 @@ static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *ad
 			return SYS_PROCEED;
 		}
 	}
-	conn = bpf_sk_storage_get(&sock_conn, ctx->sk, 0, 0);
-	if (conn && !dgram && from_backend(conn, addr, port)) {
-		reverse(ctx, conn, v6);
-		count_hook(counter, v6);
-		return SYS_PROCEED;
-	}
 	if (!dgram) {
-		if (!conn && ctx->protocol == PROTO_MPTCP && reverse_mptcp(ctx, addr, port, v6))
+		conn = bpf_sk_storage_get(&sock_conn, ctx->sk, 0, 0);
+		if (conn && from_backend(conn, addr, port)) {
+			reverse(ctx, conn, v6);
 			count_hook(counter, v6);
+		} else if (!conn && ctx->protocol == PROTO_MPTCP && reverse_mptcp(ctx, addr, port, v6)) {
+			count_hook(counter, v6);
+		}
 		return SYS_PROCEED;
 	}
 	/* recvmsg: the connect record speaks for replies only while the socket
-	 * is still connected and no later sendto() took its backend over. */
-	if (conn && ctx->sk->state != TCP_ESTABLISHED) {
-		bpf_sk_storage_delete(&sock_conn, ctx->sk);
-		conn = NULL;
+	 * is still connected and no later sendto() took its backend over.  A
+	 * socket with flows knows whether it may have one (no_conn, had_conn). */
+	st = bpf_sk_storage_get(&sock_dgram, ctx->sk, 0, 0);
+	if (!st || !st->no_conn || st->had_conn) {
+		conn = bpf_sk_storage_get(&sock_conn, ctx->sk, 0, 0);
+		if (conn && ctx->sk->state != TCP_ESTABLISHED) {
+			bpf_sk_storage_delete(&sock_conn, ctx->sk);
+			conn = NULL;
+		}
+		if (st && conn)
+			st->had_conn = 1;
+		if (conn && (conn->flags & SOCKLB_ENTRY_CURRENT) && from_backend(conn, addr, port)) {
+			reverse(ctx, conn, v6);
+			count_hook(counter, v6);
+			return SYS_PROCEED;
+		}
 	}
-	if (conn && (conn->flags & SOCKLB_ENTRY_CURRENT) && from_backend(conn, addr, port)) {
-		reverse(ctx, conn, v6);
+	if (!st)
+		return SYS_PROCEED;
+	__u32 nflows = flows();
+	__u32 r = st->recent;
+
+	/* The flow of the last datagram: the most recent by definition. */
+	asm volatile("" : "+r"(r));
+	if (r < nflows && from_backend(&st->dgram[r], addr, port)) {
+		reverse(ctx, &st->dgram[r], v6);
 		count_hook(counter, v6);
 		return SYS_PROCEED;
 	}
-	st = bpf_sk_storage_get(&sock_dgram, ctx->sk, 0, 0);
-	if (!st)
-		return SYS_PROCEED;
 	/* Several services of one socket may share a backend address: the
 	 * reply belongs to the one this socket sent to most recently.  The
 	 * winner is copied rather than indexed afterwards: an index would be a
 	 * value the verifier tracks per path, one more path per entry. */
 	struct socklb_sock_entry best = {};
-	__u32 nflows = flows();
 	bool found = false;
 
 	for (i = 0; i < SOCKLB_MAX_UDP_FLOWS; i++) {

@@ -15,7 +15,7 @@
 
 /* Bump whenever a struct below changes layout: pinned maps written with
  * another version are refused, never misread. */
-#define SOCKLB_LAYOUT_VERSION 10
+#define SOCKLB_LAYOUT_VERSION 11
 #define SOCKLB_META_MAGIC 1936484460
 
 #define SOCKLB_PROTO_TCP 6
@@ -195,6 +195,13 @@ struct socklb_sock_entry {
 	__u32 svc_id;
 	__u32 flags;		/* SOCKLB_ENTRY_* */
 	__u32 last_used;	/* socklb_sock_dgram.clock at the last datagram sent */
+	/* The service's list when the backend was chosen or last checked: a
+	 * list is one version of the service (a backend's state or weight
+	 * changing makes a new one, and list ids are not reused until they
+	 * wrap), so while svc_id and list_id are the service's, the backend
+	 * is still usable and its address is this entry's: a datagram takes
+	 * it without looking the backend up. */
+	__u32 list_id;
 };
 
 /* Socket-local storage (BPF_MAP_TYPE_SK_STORAGE), freed with the socket, in
@@ -206,8 +213,20 @@ struct socklb_sock_entry {
  * declared here: the loader shrinks the array (its BTF and the map's value
  * size) before load, so a socket pays only for the flows it may remember. */
 struct socklb_sock_dgram {
+	__u64 cookie;			/* the socket's cookie (for the mark, without a call) */
 	__u32 next;			/* round-robin cursor into dgram */
 	__u32 clock;			/* counts datagrams sent through dgram entries */
+	__u32 recent;			/* the entry of the last datagram (last_used == clock) */
+	/* So that a datagram looks sock_conn up only on a socket that
+	 * connect()ed through a service: it is skipped while no_conn && !had_conn.
+	 * no_conn: the first datagram found no connect record; had_conn: the
+	 * socket had one (set by a translated connect() or a datagram that
+	 * found one, never cleared).  Two words, each written with one value
+	 * only, so that a connect() racing a sendto() on the same socket
+	 * cannot leave the pair saying "none" while a record exists. */
+	__u32 no_conn;
+	__u32 had_conn;
+	__u32 pad;
 	struct socklb_sock_entry dgram[SOCKLB_MAX_UDP_FLOWS];	/* last: resized */
 };
 
@@ -225,22 +244,25 @@ struct socklb_sock_slot {
 	struct socklb_sock_entry e;
 };
 
-/* socklb_mark: the last translation a socklb program made on this CPU.  One
+/* socklb_mark2: the last translation a socklb program made on this CPU.  One
  * per-CPU array shared by every socklb balancer on the machine (the loader
  * finds it by name and layout, see find_mark_map() in loader.c; it is never
  * pinned).  The programs of one system call run in a row on one CPU, child
  * cgroup first, so a program that finds a mark for its own socket and
  * destination, made in this call, knows an earlier socklb program already
  * translated the socket: it leaves it alone (nested attachments).  Rename the
- * map if the meaning of a field changes. */
+ * map if the meaning of a field changes (socklb_mark held nanoseconds). */
 #define SOCKLB_HOOK_CONNECT 1
 #define SOCKLB_HOOK_SENDMSG 2
-/* A mark older than this is never from the same system call. */
-#define SOCKLB_MARK_WINDOW_NS 1000000
+/* A mark older than this many jiffies (one tick: 1-10 ms) is never from the
+ * same system call.  Jiffies rather than bpf_ktime_get_ns(): the verifier
+ * inlines bpf_jiffies64() into one load, the clock read is a helper call on
+ * every translation. */
+#define SOCKLB_MARK_WINDOW_JIFFIES 1
 
 struct socklb_mark {
 	__u64 cookie;		/* bpf_get_socket_cookie() of the translated socket */
-	__u64 when_ns;		/* bpf_ktime_get_ns() of the translation */
+	__u64 when_jiffies;	/* bpf_jiffies64() of the translation */
 	__u32 vip[4];		/* what the application dialled */
 	__u32 addr[4];		/* what it was rewritten to */
 	__u32 peer[4];		/* the socket's peer before the call (bpf_sock dst) */

@@ -125,3 +125,21 @@ def test_cpu_accounting_reads_steal() -> None:
     assert got["per_cpu_busy"] == {"cpu0": 0.8}
     live = cpu_sample().lines["cpu"]
     assert len(live) == 4 and live[0] >= live[1] + live[3]
+
+
+def test_hook_cost_smoke() -> None:
+    """bench.hook_cost times every translating hook (a few calls: speed is not checked)."""
+    require_root()
+    from bench.hook_cost import measure
+
+    res = measure(50, 1, 3)
+    assert set(res) == {
+        "tcp:connect4",
+        "tcp:connect6",
+        "udp:sendmsg4",
+        "udp:recvmsg4",
+        "udp:sendmsg6",
+        "udp:recvmsg6",
+        "udpc:connect4",
+    }
+    assert all(len(v) == 1 and v[0] > 0 for v in res.values()), res

@@ -121,6 +121,42 @@ def test_udp_sendto_another_vip_with_the_same_backend(world: World, balancer: Ba
             assert peer == [a, 53], "the socket is still connected through VIP A"
 
 
+# sendto() VIP A first (the socket gets its flow memory), then connect() to VIP B
+# (another backend): each reply is reported from the VIP it answers.
+SENDTO_THEN_CONNECT = r"""
+import json, socket, sys
+a, b = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+out = []
+
+def step(send):
+    send()
+    data, src = s.recvfrom(100)
+    out.append([data.decode().split()[0], list(src[:2])])
+
+step(lambda: s.sendto(b"peer\n", (a, 53)))
+s.connect((b, 53))
+for _ in range(2):
+    step(lambda: s.send(b"peer\n"))
+out.append(list(s.getpeername()[:2]))
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_udp_sendto_then_connect_to_another_vip(world: World, balancer: Balancer, v6: bool) -> None:
+    """The flow memory made by sendto() learns of the later connect() record: replies
+    from the connected VIP's backend still show that VIP (sock_dgram.had_conn)."""
+    a, b = (VIP_A6, VIP_B6) if v6 else (VIP_A4, VIP_B4)
+    balancer.upsert(udp_svc(world, a, ("b1",)))
+    balancer.upsert(udp_svc(world, b, ("b2",)))
+    balancer.attach(world.client.cgroup)
+    *steps, peer = run_json(world.client, SENDTO_THEN_CONNECT, a, b)
+    assert steps == [["b1", [a, 53]], ["b2", [b, 53]], ["b2", [b, 53]]]
+    assert peer == [b, 53]
+
+
 def test_udp_socket_reused_for_many_connects(world: World, balancer: Balancer) -> None:
     """One socket alternating between two VIPs (different backends) and a pod address."""
     balancer.upsert(udp_svc(world, VIP_A4, ("b1",)))

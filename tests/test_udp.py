@@ -115,6 +115,60 @@ def test_one_socket_several_services_and_backend_changes(world: World, balancer:
         p.wait()
 
 
+def test_a_flow_leaves_a_backend_whose_state_changes(world: World, balancer: Balancer) -> None:
+    """A socket's flow keeps its backend while the service keeps its version, and
+    leaves it when the backend stops being chosen (here: maintenance, which keeps
+    it in the tables); a new version that keeps the backend usable keeps the flow."""
+    vip = "10.96.0.64"
+    pods = world.pods("b1", "b2")
+
+    def svc(states: dict[str, str], weights: dict[str, int]) -> Service:
+        return Service(
+            vip,
+            53,
+            "udp",
+            [
+                Backend(p.ipv4, UDP_PORT, state=states.get(n, "active"), weight=weights.get(n, 1))
+                for n, p in zip(("b1", "b2"), pods)
+            ],
+        )
+
+    balancer.upsert(svc({}, {}))
+    balancer.attach(world.client.cgroup)
+    p = world.client.popen(
+        [sys.executable, "-c", MULTI, vip, vip, vip], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+
+    def step() -> list[Any]:
+        assert p.stdin and p.stdout
+        p.stdin.write("\n")
+        p.stdin.flush()
+        got: list[Any] = json.loads(p.stdout.readline())
+        assert [(v, src, port) for v, src, port, _ in got] == [(vip, vip, 53)] * 3, got
+        return [name for *_, name in got]
+
+    try:
+        assert p.stdin
+        p.stdin.write("5\n")  # rounds of three datagrams
+        p.stdin.flush()
+        assert p.stdout
+        first = json.loads(p.stdout.readline())
+        names = {name for *_, name in first}
+        assert len(names) == 1, first
+        (x,) = names
+        other = "b2" if x == "b1" else "b1"
+        balancer.upsert(svc({x: "maintenance"}, {}))
+        assert step() == [other] * 3
+        balancer.upsert(svc({}, {}))  # x is back: the flow stays where it is
+        assert step() == [other] * 3
+        balancer.upsert(svc({}, {other: 3}))  # a new version, other still usable
+        assert step() == [other] * 3
+        assert step() == [other] * 3
+    finally:
+        p.kill()
+        p.wait()
+
+
 # --- real DNS: dnsmasq behind a UDP VIP, dig and asyncio clients ---------------------
 
 

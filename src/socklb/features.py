@@ -79,6 +79,12 @@ FEATURES: Tuple[Feature, ...] = (
     ),
     Feature("netns_cookie", "bpf_get_netns_cookie() in sock_addr programs", "5.7", lib.SOCKLB_MISSING_NETNS_COOKIE),
     Feature(
+        "jiffies64",
+        "the bpf_jiffies64() helper in sock_addr programs (the translation mark's clock)",
+        "5.5",
+        lib.SOCKLB_MISSING_JIFFIES64,
+    ),
+    Feature(
         "sk_storage",
         "socket-local storage (bpf_sk_storage_get) in sock_addr programs",
         "5.10",
