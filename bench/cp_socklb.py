@@ -9,8 +9,10 @@ Prints one JSON object: the time of ``Balancer.sync()`` of N services x
 the whole list does), the kernel memory of each map and the process's RSS, and (with tracemalloc,
 in a second balancer after the timings) the Python memory the balancer keeps
 per service apart from the caller's list.  Times are wall clock, with the
-process's CPU time beside them (``*_cpu_s``): on a loaded machine the wall
-clock also counts the time other processes held the CPUs.
+process's CPU time beside them (``*_cpu_s``, every thread's: a large sync
+writes the kernel's maps from one thread per CPU): on a loaded machine the
+wall clock also counts the time other processes held the CPUs, which the
+sync's involuntary context switches show (``sync_from_empty_switches``).
 No cgroup is attached: nothing is balanced.
 """
 
@@ -19,6 +21,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import resource
 import sys
 import time
 import tracemalloc
@@ -74,9 +78,12 @@ def measure(n: int, backends: int, changes: int, full_syncs: int, measure_bookke
         rss_lb = rss_kib()
         empty = lb.map_memory()
         gc.collect()
+        load = os.getloadavg()[0]
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         c0, t0 = time.process_time(), time.perf_counter()
         res = lb.sync(services)
         t_sync, c_sync = time.perf_counter() - t0, time.process_time() - c0
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
         rss_synced = rss_kib()
         full = lb.map_memory()
 
@@ -114,6 +121,14 @@ def measure(n: int, backends: int, changes: int, full_syncs: int, measure_bookke
         "backends_per_service": backends,
         "sync_from_empty_s": t_sync,
         "sync_from_empty_cpu_s": c_sync,
+        # Why the wall clock may exceed the CPU time: switches away from a
+        # runnable process (other processes held the CPUs) are involuntary;
+        # a voluntary one is a wait (a sleep in the kernel, a lock).
+        "sync_from_empty_switches": {
+            "involuntary": r1.ru_nivcsw - r0.ru_nivcsw,
+            "voluntary": r1.ru_nvcsw - r0.ru_nvcsw,
+        },
+        "loadavg_1m": load,
         "sync_map_writes": res.map_writes,
         "upsert_one_change_s": {"median": median(times), "max": max(times) if times else 0.0, "n": len(times)},
         "sync_one_change_s": {

@@ -7,8 +7,9 @@ and as the ``cffi_modules`` entry of setup.py.  Steps:
    target, each in two variants (see compile_bpf);
 2. embed the object files as byte arrays in a generated header, so the
    extension carries its BPF programs and never reads a loose file;
-3. declare the shared map layouts (``socklb_maps.h``) and the loader API
-   (``loader.h``) to cffi, and compile ``loader.c`` against libbpf.
+3. declare the shared map layouts (``socklb_maps.h``), the loader API
+   (``loader.h``) and the row packer (``rows.h``) to cffi, and compile
+   ``loader.c`` (against libbpf) and ``rows.c``.
 """
 
 from __future__ import annotations
@@ -123,12 +124,13 @@ ffibuilder.cdef(
     "typedef uint8_t __u8; typedef uint16_t __u16; typedef uint32_t __u32; typedef uint64_t __u64;\n"
     + _cdef_text(os.path.join(HERE, "socklb_maps.h"))
     + _cdef_text(os.path.join(HERE, "loader.h"))
+    + _cdef_text(os.path.join(HERE, "rows.h"))
 )
 _gen = compile_bpf()
 ffibuilder.set_source(
     "socklb._native",
-    '#include <stdint.h>\n#include <linux/types.h>\n#include "socklb_maps.h"\n#include "loader.h"\n',
-    sources=[os.path.join(HERE, "loader.c")],
+    '#include <stdint.h>\n#include <linux/types.h>\n#include "socklb_maps.h"\n#include "loader.h"\n#include "rows.h"\n',
+    sources=[os.path.join(HERE, "loader.c"), os.path.join(HERE, "rows.c")],
     include_dirs=[HERE, _gen],
     # Rebuilt whenever the embedded BPF objects or the shared headers change,
     # not only when loader.c does.
@@ -136,6 +138,7 @@ ffibuilder.set_source(
         os.path.join(_gen, "socklb_bpf_obj.h"),
         os.path.join(HERE, "socklb_maps.h"),
         os.path.join(HERE, "loader.h"),
+        os.path.join(HERE, "rows.h"),
     ],
     libraries=["bpf"],
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],

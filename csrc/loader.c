@@ -790,7 +790,9 @@ int socklb_map_update(int fd, const void *keys, const void *values, uint32_t n, 
 			*done = n;
 			return 0;
 		}
-		i = count <= n ? count : 0;
+		/* A failure before the first element (a bad fd, no batch
+		 * support) leaves count as it was given: nothing was written. */
+		i = count < n ? count : 0;
 	}
 	for (; i < n; i++) {
 		if (bpf_map_update_elem(fd, k + (size_t)i * key_size, v + (size_t)i * value_size, flags)) {
@@ -817,7 +819,7 @@ int socklb_map_delete(int fd, const void *keys, uint32_t n, uint32_t key_size, u
 			*done = n;
 			return 0;
 		}
-		i = count <= n ? count : 0;
+		i = count < n ? count : 0;
 	}
 	for (; i < n; i++) {
 		if (bpf_map_delete_elem(fd, k + (size_t)i * key_size) && errno != ENOENT) {

@@ -22,7 +22,9 @@ from __future__ import annotations
 import itertools
 import socket
 import struct
+from array import array
 from collections import namedtuple
+from operator import attrgetter
 from typing import Any, Callable, Dict, Generic, List, Mapping, NamedTuple, Sequence, Tuple, Type, TypeVar
 
 from ._core import check, ffi, lib
@@ -61,6 +63,7 @@ __all__ = [
     "DEFAULT_MAGLEV_SIZE",
     "MAX_MAGLEV_SIZE",
     "is_prime",
+    "UniformRows",
 ]
 
 _PRIMS = {1: "B", 2: "H", 4: "I", 8: "Q"}
@@ -363,6 +366,143 @@ def slot_value(m: Member, _pack: Callable[..., bytes] = _pack_slot) -> bytes:
     """A Member has the fields of struct socklb_slot_val, in order (checked by
     ``positional``): it packs as it is."""
     return _pack(*m)
+
+
+_CHUNK = 8192
+_backends_of = attrgetter("backends")
+_a16_of = attrgetter("_a16")
+_port_of = attrgetter("port")
+_weight_of = attrgetter("weight")
+_state_of = attrgetter("state")
+_algorithm_of = attrgetter("algorithm")
+_affinity_of = attrgetter("affinity")
+_protocol_of = attrgetter("protocol")
+
+
+def _ids_arg(ids: Sequence[int]) -> Tuple[Any, int, Any]:
+    """(pointer or NULL, first id, the buffer kept alive) for a range or other ids."""
+    if isinstance(ids, range) and ids.step == 1:
+        return ffi.NULL, ids.start if len(ids) else 0, None
+    buf = ids if isinstance(ids, array) and ids.typecode == "I" else array("I", ids)
+    return ffi.from_buffer("uint32_t[]", buf), 0, buf
+
+
+class UniformRows:
+    """The map elements of many services new to the maps, packed in C
+    (``csrc/rows.c``) from columns gathered with C loops: no Python code runs
+    per backend.  Only *uniform* services are packed: not Maglev, every
+    backend active with one and the same non-zero weight (what nearly every
+    Kubernetes service is).  For them :func:`encode` gives the backends in
+    order, each slot its own backend with certainty (``KEEP_ALL``), the plain
+    random pick; the packer writes exactly that (a test compares the two).
+
+    ``mask[i]`` says whether ``services[i]`` is uniform; :attr:`n` and
+    :attr:`n_backends` count them and their backends; :meth:`pack` writes
+    their rows once ids are chosen.
+    """
+
+    __slots__ = ("_cols", "_counts", "mask", "n", "n_backends", "services")
+
+    def __init__(self, services: Sequence[Service]) -> None:
+        self.services = services
+        bss = list(map(_backends_of, services))
+        counts = array("I", map(len, bss))
+        allb = list(itertools.chain.from_iterable(bss))
+        # The backends' columns, a few thousand backends at a time: each
+        # backend is read from memory once and its other fields from the cache.
+        weights, ports = array("I"), array("H")
+        states: List[BackendState] = []
+        addrs = bytearray(16 * len(allb))
+        for i in range(0, len(allb), _CHUNK):
+            part = allb[i : i + _CHUNK]
+            weights.extend(map(_weight_of, part))
+            states += map(_state_of, part)
+            addrs[16 * i : 16 * (i + len(part))] = b"".join(map(_a16_of, part))
+            ports.extend(map(_port_of, part))
+        active = BackendState.ACTIVE
+        codes = None if states.count(active) == len(states) else bytes(map(STATE.code.__getitem__, states))
+        maglev = Algorithm.MAGLEV
+        algos = list(map(_algorithm_of, services))
+        self.mask = bytearray([a is not maglev for a in algos])
+        total = ffi.new("uint64_t *")
+        self.n = int(
+            lib.socklb_rows_uniform(
+                len(services),
+                ffi.from_buffer("uint32_t[]", counts),
+                ffi.NULL if codes is None else codes,
+                ffi.from_buffer("uint32_t[]", weights),
+                ffi.from_buffer(self.mask),
+                total,
+            )
+        )
+        self.n_backends = int(total[0])
+        self._counts = counts
+        self._cols = (addrs, ports, weights, algos)
+
+    def counts(self) -> List[int]:
+        """The backends of each uniform service, in order."""
+        return list(itertools.compress(self._counts, self.mask))
+
+    def pack(
+        self, svc_ids: Sequence[int], list_ids: Sequence[int], backend_ids: Sequence[int]
+    ) -> Tuple[bytearray, bytearray, bytearray, bytearray, bytearray, bytearray]:
+        """(service keys, service values, backend keys, backend values, slot
+        keys, slot values) of the uniform services, each concatenated: the
+        k-th uniform service has ``svc_ids[k]`` and ``list_ids[k]``, its
+        backends the next of ``backend_ids`` in order."""
+        n, nb = self.n, self.n_backends
+        if len(svc_ids) != n or len(list_ids) != n or len(backend_ids) != nb:
+            raise ValueError("UniformRows.pack: one id for each uniform service, list and backend")
+        svcs = self.services
+        be_addr, be_port, weights, algos = self._cols
+        affs = list(map(_affinity_of, svcs))
+        term, fronts = lib.SOCKLB_SVC_O_TERMINATE_TCP, _FRONTEND_OPTS
+        opts = bytes([(term if s.terminate_tcp else 0) | fronts[s.frontend] for s in svcs])
+        flag = lib.SOCKLB_SVC_F_AFFINITY
+        out = (
+            bytearray(n * SVC_KEY.size),
+            bytearray(n * SVC_VAL.size),
+            bytearray(nb * U32.size),
+            bytearray(nb * BACKEND_VAL.size),
+            bytearray(nb * SLOT_KEY.size),
+            bytearray(nb * SLOT_VAL.size),
+        )
+        svc_ptr, svc_id0, svc_buf = _ids_arg(svc_ids)
+        list_ptr, list_id0, list_buf = _ids_arg(list_ids)
+        be_ptr, backend_id0, be_buf = _ids_arg(backend_ids)
+        buf = ffi.from_buffer
+        # Every buffer stays referenced here until the call returns.
+        inputs = {
+            "counts": buf("uint32_t[]", self._counts),
+            "uniform": buf("uint8_t[]", self.mask),
+            "svc_addr": buf("uint8_t[]", b"".join(map(_a16_of, svcs))),
+            "svc_port": buf("uint16_t[]", array("H", map(_port_of, svcs))),
+            "svc_proto": buf("uint8_t[]", bytes(map(PROTO.code.__getitem__, map(_protocol_of, svcs)))),
+            "svc_flags": buf("uint8_t[]", bytes([0 if a is None else flag for a in affs])),
+            "svc_requested_algo": buf("uint8_t[]", bytes(map(ALGO.code.__getitem__, algos))),
+            "svc_opts": buf("uint8_t[]", opts),
+            "svc_affinity_timeout": buf("uint32_t[]", array("I", [0 if a is None else a.timeout for a in affs])),
+            "be_addr": buf("uint8_t[]", be_addr),
+            "be_port": buf("uint16_t[]", be_port),
+            "be_weight": buf("uint32_t[]", weights),
+            "svc_keys": buf("struct socklb_svc_key[]", out[0]),
+            "svc_vals": buf("struct socklb_svc_val[]", out[1]),
+            "backend_keys": buf("uint32_t[]", out[2]),
+            "backend_vals": buf("struct socklb_backend_val[]", out[3]),
+            "slot_keys": buf("struct socklb_slot_key[]", out[4]),
+            "slot_vals": buf("struct socklb_slot_val[]", out[5]),
+        }
+        r = ffi.new("struct socklb_new_rows *")
+        r.n = len(svcs)
+        for name, ptr in inputs.items():
+            setattr(r, name, ptr)
+        r.svc_ids, r.list_ids, r.backend_ids = svc_ptr, list_ptr, be_ptr
+        r.svc_id0, r.list_id0, r.backend_id0 = svc_id0, list_id0, backend_id0
+        packed = lib.socklb_rows_pack(r)
+        del inputs, svc_buf, list_buf, be_buf
+        if packed != n:  # pragma: no cover - the mask changed under us
+            raise AssertionError(f"socklb_rows_pack packed {packed} of {n} services")
+        return out
 
 
 def decode(key: bytes, value: bytes, members: Sequence[Member], backends: Mapping[int, bytes]) -> Service:

@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from itertools import compress, count
-from operator import is_not
+from operator import attrgetter, is_not, itemgetter
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import abi, adopt, features, node, pins, planner, stats, writer
@@ -43,7 +43,7 @@ from .abi import maglev_table as maglev_table
 from .attachment import Attachment, Attachments, cgroup_path
 from .datapath import Datapath
 from .errors import CapacityError, InvalidValueError, MissingFeatureError, NotFoundError, SocklbError
-from .model import Algorithm, Service, ServiceKey, normalize_key, path_text
+from .model import Algorithm, Protocol, Service, ServiceKey, normalize_key, path_text
 from .model import _address as model_address
 from .spec import DEFAULT_UDP_FLOWS, DatapathSpec, PinPaths
 from .stats import ProgramStats
@@ -55,6 +55,12 @@ log = logging.getLogger("socklb")
 
 NODE_ADDRS_MAX = int(lib.SOCKLB_MAX_NODE_ADDRS)
 
+
+_WILD = ("0.0.0.0", "::")  # the keys' addresses of wildcard frontends (NodePort, hostPort)
+_PROTOS = tuple(p.value for p in Protocol)
+_WILD_SET = frozenset(_WILD)
+_address_of, _port_of = itemgetter(0), itemgetter(1)
+_skey_of = attrgetter("_skey")
 
 def _node_address_arg(value: object) -> Union[str, Dict[bytes, str]]:
     """ "discover", or the addresses as {16-byte key: text}, validated."""
@@ -459,17 +465,34 @@ class Balancer:
             self.set_node_addresses(found)
             return found
 
-    def _sync_wild_ports(self) -> None:
-        """Set the bit of every port that has a wildcard frontend (wild_ports)."""
-        words: Dict[int, int] = {}
-        for k in self._state.services:
-            if k[0] in ("0.0.0.0", "::"):
-                words[k[1] >> 6] = words.get(k[1] >> 6, 0) | 1 << (k[1] & 63)
+    def _sync_wild_ports(self, keys: Optional[Iterable[ServiceKey]] = None) -> None:
+        """Set the bit of every port that has a wildcard frontend (wild_ports):
+        of every port, or only of the ports of ``keys`` (the services a write
+        changed: a port's bit is whether one of its four wildcard keys is
+        programmed, so an upsert costs the same with 50,000 services)."""
+        if keys is None:
+            words: Dict[int, int] = {}
+            for k in self._state.services:
+                if k[0] in _WILD:
+                    words[k[1] >> 6] = words.get(k[1] >> 6, 0) | 1 << (k[1] & 63)
+        else:
+            keys = list(keys)
+            ports = set(map(_port_of, compress(keys, map(_WILD_SET.__contains__, map(_address_of, keys)))))
+            if not ports:
+                return
+            words = dict(self._wild_words)
+            live = self._state.services
+            for port in ports:
+                on = any((a, port, proto) in live for a in _WILD for proto in _PROTOS)
+                w, bit = port >> 6, 1 << (port & 63)
+                words[w] = words.get(w, 0) | bit if on else words.get(w, 0) & ~bit
+                if not words[w]:
+                    del words[w]
         changed = [w for w in set(words) | set(self._wild_words) if words.get(w, 0) != self._wild_words.get(w, 0)]
         if changed:
-            keys = b"".join(U32.pack(w) for w in changed)
+            raw = b"".join(U32.pack(w) for w in changed)
             vals = b"".join(words.get(w, 0).to_bytes(8, "little") for w in changed)
-            self._wild_ports.update(keys, vals, len(changed))
+            self._wild_ports.update(raw, vals, len(changed))
         self._wild_words = words
 
     def attachments(self) -> List[Attachment]:
@@ -516,7 +539,7 @@ class Balancer:
             try:
                 writer.apply(self._tables, self._state, p, self._terminator)
             finally:
-                self._sync_wild_ports()
+                self._sync_wild_ports(p.live)
             ok = True
             return p
         finally:
@@ -566,15 +589,16 @@ class Balancer:
             if batch is not None and len(want) > batch:
                 return self._sync_batches(len(given), want, exclusive, batch)
             p = self._write(want, exclusive=exclusive)
-            added, updated, removed = [], [], []
-            new_ids = set(p.new_svc_ids)
-            for k, lv in p.live.items():
-                if lv is None:
-                    removed.append(k)
-                elif lv.svc_id in new_ids:
-                    added.append(k)
-                else:
-                    updated.append(k)
+            added = p.added
+            updated: List[ServiceKey] = []
+            removed: List[ServiceKey] = []
+            if len(added) != len(p.live):
+                new = set(added)
+                for k, lv in p.live.items():
+                    if lv is None:
+                        removed.append(k)
+                    elif k not in new:
+                        updated.append(k)
             unchanged = len(given) - len(added) - len(updated)
             return SyncResult(tuple(added), tuple(updated), tuple(removed), unchanged, p.writes)
 
@@ -649,7 +673,7 @@ class Balancer:
             for i, s in enumerate(given):
                 if not isinstance(s, Service):
                     raise InvalidValueError(f"services[{i}]", f"must be a Service, not {type(s).__name__}")
-        want: Dict[ServiceKey, Optional[Service]] = {s._skey: s for s in given}
+        want: Dict[ServiceKey, Optional[Service]] = dict(zip(map(_skey_of, given), given))
         if len(want) != len(given):
             seen = set()
             for i, s in enumerate(given):

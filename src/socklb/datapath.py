@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import threading
+from contextlib import ExitStack
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import features
@@ -22,7 +23,17 @@ from ._core import check, ffi, lib
 from .errors import ClosedError, KernelError, PermissionDeniedError, VerifierError
 from .spec import DatapathSpec
 
-__all__ = ["Datapath", "Map", "LinkSet", "PROGRAMS", "GROUP_PROGRAMS", "MAPS", "raise_for_load"]
+__all__ = [
+    "Datapath",
+    "Map",
+    "LinkSet",
+    "PROGRAMS",
+    "GROUP_PROGRAMS",
+    "MAPS",
+    "raise_for_load",
+    "update_rows_parallel",
+    "write_threads",
+]
 
 
 def _program_names() -> Tuple[str, ...]:
@@ -298,6 +309,63 @@ class Map:
         """Every (key, value), walking at most ``cap`` keys; entries deleted
         during the walk are left out."""
         return [(k, v) for k in self.keys(cap) if (v := self.lookup(k)) is not None]
+
+
+def write_threads() -> int:
+    """Threads a large bulk write uses: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except OSError:  # pragma: no cover - no affinity on this system
+        return 1
+
+
+def update_rows_parallel(jobs: Sequence[Tuple[Map, Any]], threads: int) -> None:
+    """Write each ``(map, rows)`` (a planner.Rows) as :meth:`Map.update_rows`
+    does, on up to ``threads`` threads at once: the rows are cut into about
+    ``threads`` equal parts, each written by one thread with one bulk update
+    (the native call runs without the GIL and under the maps' lock).  Every
+    part is attempted; a failure raises KernelError for the first failed map
+    in the order of ``jobs``, its ``done`` the elements written before the
+    first failed part (later parts may have been written too)."""
+    jobs = [(m, rows) for m, rows in jobs if rows.n]
+    if not jobs:
+        return
+    total = sum(rows.n for _, rows in jobs)
+    share = max(1, -(-total // max(1, threads)))
+    pieces: List[Tuple[int, int, int]] = []  # (job, first element, count)
+    for j, (_, rows) in enumerate(jobs):
+        for start in range(0, rows.n, share):
+            pieces.append((j, start, min(share, rows.n - start)))
+    order = sorted(range(len(pieces)), key=lambda i: -pieces[i][2])  # longest first
+    c = ffi.new("struct socklb_update_job[]", len(pieces))
+    keep: List[Any] = []
+    for slot, i in enumerate(order):
+        j, start, n = pieces[i]
+        m, rows = jobs[j]
+        kbuf, vbuf = ffi.from_buffer(rows.keys), ffi.from_buffer(rows.values)
+        keep += (kbuf, vbuf)
+        job = c[slot]
+        job.fd, job.n, job.key_size, job.value_size = m.fd, n, m.key_size, m.value_size
+        job.keys = ffi.cast("char *", kbuf) + start * m.key_size
+        job.values = ffi.cast("char *", vbuf) + start * m.value_size
+    with ExitStack() as locks:
+        for lock in {id(m._lock): m._lock for m, _ in jobs}.values():
+            locks.enter_context(lock)
+        for m, _ in jobs:
+            m._check()
+        rc = lib.socklb_map_update_parallel(c, len(pieces), threads)
+    del keep
+    check(rc, "starting the threads of a bulk map update")
+    result = {i: (int(c[slot].rc), int(c[slot].done)) for slot, i in enumerate(order)}
+    for j, (m, rows) in enumerate(jobs):
+        done = 0
+        for i, (pj, _, _n) in enumerate(pieces):
+            if pj != j:
+                continue
+            err, written = result[i]
+            if err < 0:
+                _check_batch(err, f"update of map {m.name} ({done + written} of {rows.n} written)", done + written)
+            done += written
 
 
 class LinkSet:

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field
-from itertools import filterfalse
-from operator import attrgetter
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Sized, Tuple
+from itertools import accumulate, compress, filterfalse, repeat
+from operator import attrgetter, is_, itemgetter, not_
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Sized, Tuple, Union, cast
 
 from . import abi
 from ._core import ffi
@@ -58,10 +58,14 @@ class Rows:
         self.values += value
         self.n += 1
 
-    def extend(self, keys: bytes, values: bytes, n: int) -> None:
-        """``n`` rows at once, their keys and values each concatenated."""
-        self.keys += keys
-        self.values += values
+    def extend(self, keys: Union[bytes, bytearray], values: Union[bytes, bytearray], n: int) -> None:
+        """``n`` rows at once, their keys and values each concatenated (a
+        bytearray given to empty rows is kept, not copied)."""
+        if not self.n and isinstance(keys, bytearray) and isinstance(values, bytearray):
+            self.keys, self.values = keys, values
+        else:
+            self.keys += keys
+            self.values += values
         self.n += n
 
     def __len__(self) -> int:
@@ -330,8 +334,17 @@ class State:
 
     def commit(self, p: Plan) -> None:
         """The plan's services are what the kernel serves now."""
-        for k, lv in p.live.items():
-            self.put(k, lv)
+        live = p.live
+        if len(live) > 64 and None not in live.values() and self.services.keys().isdisjoint(live):
+            # Every one is new (a first sync): recorded by C loops.
+            self.services.update(cast(Dict[ServiceKey, Programmed], live))
+            svcs = list(map(_service_of, live.values()))
+            self.values.update(zip(live, svcs))
+            self.n_backends += sum(map(len, map(_ids_of, live.values())))
+            self.n_maglev += list(map(_algorithm_of, svcs)).count(Algorithm.MAGLEV)
+        else:
+            for k, lv in live.items():
+                self.put(k, lv)
         for i in p.free_svc_ids:
             self.svc_ids.give(i)
         self._settle()
@@ -373,6 +386,7 @@ class Plan:
     affinity_purge: List[int] = field(default_factory=list)  # svc ids whose affinity entries go
     # What is programmed once the swap is done (None: removed).
     live: Dict[ServiceKey, Optional[Programmed]] = field(default_factory=dict)
+    added: List[ServiceKey] = field(default_factory=list)  # the keys of live new to the maps, in order
     free_svc_ids: List[int] = field(default_factory=list)
     # Ids reserved by this plan, given back if it is not applied.
     new_svc_ids: Reserved = field(default_factory=Reserved)
@@ -406,13 +420,24 @@ def plan(
         # programmed: filtered out by C loops (a dict-items lookup compares the
         # values by identity first), so 50,000 of them cost a millisecond or two.
         items = list(filterfalse(state.values.items().__contains__, items))
+    items = list(items)
+    keys = list(map(_first, items))
     if exclusive:
         # Every wanted key is programmed but those of the new services: if as
         # many are programmed as there are, none is left to remove.
-        new = sum(1 for k, _ in items if k not in live)
-        if len(want) - new != len(live):
-            items = list(items) + [(k, None) for k in live.keys() - want.keys()]
+        if len(want) - len(items) + sum(map(live.__contains__, keys)) != len(live):
+            gone = [(k, None) for k in live.keys() - want.keys()]
+            items += gone
+            keys += map(_first, gone)
     get = live.get
+    # Services new to the maps, apart: counted and planned in bulk.
+    new_keys: List[ServiceKey] = []
+    new: List[Service] = []
+    if len(keys) > 64 and list(map(get, keys)).count(None) == len(keys):
+        # None of them is programmed (a first sync): told apart by C loops.
+        values = list(map(_second, items))
+        if not any(map(is_, values, repeat(None))):
+            new_keys, new, items = keys, cast(List[Service], values), []
     for k, svc in items:
         old = get(k)
         if svc is None:
@@ -422,24 +447,40 @@ def plan(
                 n_maglev -= old.service.algorithm is Algorithm.MAGLEV
                 changed.append((k, None, old))
             continue
-        if old is not None and old.service == svc and not old.dirty:
-            continue  # an equal value: the cached hashes differ unless it is
         if old is None:
-            n_services += 1
-        else:
-            n_backends -= len(old.ids)
-            n_maglev -= old.service.algorithm is Algorithm.MAGLEV
+            new_keys.append(k)
+            new.append(svc)
+            continue
+        if old.service == svc and not old.dirty:
+            continue  # an equal value: the cached hashes differ unless it is
+        n_backends -= len(old.ids)
+        n_maglev -= old.service.algorithm is Algorithm.MAGLEV
         n_backends += len(svc.backends)
         if svc.algorithm is Algorithm.MAGLEV:
             n_maglev += 1
-            if len(svc.backends) > spec.maglev_size:
-                # A table of M entries can name at most M backends.
-                raise CapacityError(f"backends of maglev service {svc}", len(svc.backends), spec.maglev_size)
+            _check_maglev(svc, spec)
         changed.append((k, svc, old))
+    if new:
+        n_services += len(new)
+        n_backends += sum(map(len, map(_backends_of, new)))
+        maglev = Algorithm.MAGLEV
+        for svc in compress(new, [a is maglev for a in map(_algorithm_of, new)]):
+            n_maglev += 1
+            _check_maglev(svc, spec)
     spec.check_capacity(n_services, n_backends, n_maglev)
 
     p = Plan()
+    # The new services go live in the order given (whichever path plans
+    # them): Balancer.sync's positional fast path relies on that order.
+    p.live = dict.fromkeys(new_keys)
+    p.added = new_keys
     try:
+        if len(new) >= BULK_MIN:
+            rest = _add_new(p, state, new_keys, new)
+            new = [new[i] for i in rest]
+            new_keys = [new_keys[i] for i in rest]
+        for k, svc in zip(new_keys, new):
+            _upsert(p, state, k, svc, None, spec, terminate)
         for k, svc, old in changed:
             if svc is None:
                 assert old is not None
@@ -450,6 +491,57 @@ def plan(
         state.abort(p)
         raise
     return p
+
+
+BULK_MIN = 8
+"""New services planned one by one below this many (the bulk path's fixed
+cost is a few C calls)."""
+
+_backends_of = attrgetter("backends")
+_algorithm_of = attrgetter("algorithm")
+_service_of = attrgetter("service")
+_first, _second = itemgetter(0), itemgetter(1)
+_ids_of = attrgetter("ids")
+
+
+def _check_maglev(svc: Service, spec: DatapathSpec) -> None:
+    if len(svc.backends) > spec.maglev_size:
+        # A table of M entries can name at most M backends.
+        raise CapacityError(f"backends of maglev service {svc}", len(svc.backends), spec.maglev_size)
+
+
+def _add_new(p: Plan, state: State, keys: List[ServiceKey], services: List[Service]) -> List[int]:
+    """Plan services new to the maps in bulk: the uniform ones (see
+    :class:`abi.UniformRows`) are packed in C and recorded with C loops;
+    returns the indexes of the others, left to :func:`_upsert`."""
+    rows = abi.UniformRows(services)
+    mask = rows.mask
+    rest = list(compress(range(len(services)), map(not_, mask)))
+    if not rows.n:
+        return rest
+    svc_ids = state.svc_ids.take_many(rows.n)
+    p.new_svc_ids.extend(svc_ids)
+    list_ids = state.list_ids.take_many(rows.n)
+    p.new_list_ids.extend(list_ids)
+    backend_ids = state.backend_ids.take_many(rows.n_backends)
+    p.new_backend_ids.extend(backend_ids)
+    if not isinstance(backend_ids, range):
+        backend_ids = array("I", backend_ids)
+    sk, sv, bk, bv, lk, lv = rows.pack(svc_ids, list_ids, backend_ids)
+    counts = rows.counts()
+    p.svc_upd.extend(sk, sv, rows.n)
+    p.backend_upd.extend(bk, bv, rows.n_backends)
+    p.slot_upd.extend(lk, lv, rows.n_backends)
+    # Each service's backend ids: a slice of the plan's (a range stays a range).
+    ids: List[Sequence[int]]
+    if isinstance(backend_ids, range):
+        starts = list(accumulate(counts, initial=backend_ids.start))
+        ids = list(map(range, starts, starts[1:]))
+    else:
+        ids = [backend_ids[a : a + c] for a, c in zip(accumulate(counts, initial=0), counts)]
+    kept = list(compress(services, mask))
+    p.live.update(zip(compress(keys, mask), map(Programmed, kept, svc_ids, list_ids, ids, counts, counts)))
+    return rest
 
 
 _is_dirty = attrgetter("dirty")

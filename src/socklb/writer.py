@@ -25,13 +25,18 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from ._core import check, ffi, lib
 from .abi import SLOT_KEY, U32
-from .datapath import Map
+from .datapath import Map, update_rows_parallel, write_threads
 from .errors import KernelError
 from .planner import Plan, Rows, State
 
-__all__ = ["Tables", "apply", "collect"]
+__all__ = ["Tables", "apply", "collect", "PARALLEL_MIN_ROWS"]
 
 log = logging.getLogger("socklb")
+
+PARALLEL_MIN_ROWS = 65536
+"""A plan writing at least this many new backends, slots and Maglev tables
+writes them from several threads (one per CPU): the kernel's inserts are
+most of a large first sync."""
 
 Terminate = Callable[[List[int], bool], int]
 """Terminates sockets connected to the given backend ids (TCP too if True)."""
@@ -54,10 +59,19 @@ def apply(t: Tables, state: State, p: Plan, terminate: Terminate) -> None:
     """Write ``p``; see the module docstring for what a failure leaves."""
     collect(t, state, terminate)
     written: List[Tuple[Map, Rows]] = []
+    fresh = [(t.backends, p.backend_upd), (t.slots, p.slot_upd), (t.maglev, p.maglev_upd)]
     try:
-        for m, rows in ((t.backends, p.backend_upd), (t.slots, p.slot_upd), (t.maglev, p.maglev_upd)):
-            written.append((m, rows))
-            m.update_rows(rows)
+        threads = write_threads()
+        if threads > 1 and sum(len(rows) for _, rows in fresh) >= PARALLEL_MIN_ROWS:
+            # New keys only, none referred to before the swap: written from
+            # several threads at once, every part attempted (all rolled back
+            # on a failure).
+            written += fresh
+            update_rows_parallel(fresh, threads)
+        else:
+            for m, rows in fresh:
+                written.append((m, rows))
+                m.update_rows(rows)
         t.services.update_rows(p.svc_upd)
         t.services.delete(p.svc_del)
     except BaseException:
