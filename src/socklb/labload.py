@@ -22,7 +22,6 @@ SIGTERM (the connection under way finishes), after ``--max-n`` connections or
 from __future__ import annotations
 
 import argparse
-import errno
 import signal
 import socket
 import subprocess
@@ -31,6 +30,8 @@ import threading
 import time
 from collections import Counter
 from typing import Any, List, NamedTuple, Optional, Sequence
+
+from .labclient import _err, _family, _readline
 
 __all__ = ["Connection", "Load", "main"]
 
@@ -52,23 +53,17 @@ class Connection(NamedTuple):
 
 def _dial(host: str, port: int, timeout: float) -> Connection:
     t0 = time.monotonic()
-    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s = socket.socket(_family(host))
     s.settimeout(timeout)
     try:
         s.connect((host, port))
         t1 = time.monotonic()
         s.sendall(b"peer\n")
-        data = b""
-        while not data.endswith(b"\n") and len(data) < 4096:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        data = _readline(s)
         who = data.decode(errors="replace").split()[0] if data.strip() else "error:EOF"
     except OSError as e:
         t1 = time.monotonic()
-        name = errno.errorcode.get(e.errno or 0) if e.errno else None
-        who = "error:" + (name or ("timeout" if isinstance(e, socket.timeout) else type(e).__name__))
+        who = "error:" + _err(e)
     finally:
         s.close()
     return Connection(t0, t1, who)
