@@ -1648,3 +1648,49 @@ int64_t socklb_count_pinned_states(int conn_fd, int dgram_fd, int tcp_fd, const 
 	close_iter(&lb);
 	return n;
 }
+
+int socklb_floor_attach(int hook, int cgroup_fd, int *link_fd)
+{
+	const struct bpf_insn insns[] = {
+		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 1 },
+		{ .code = BPF_JMP | BPF_EXIT },
+	};
+	enum bpf_attach_type type;
+	int prog, link;
+
+	if (hook == SOCKLB_FLOOR_CONNECT4)
+		type = BPF_CGROUP_INET4_CONNECT;
+	else if (hook == SOCKLB_FLOOR_SENDMSG4)
+		type = BPF_CGROUP_UDP4_SENDMSG;
+	else
+		return -EINVAL;
+	LIBBPF_OPTS(bpf_prog_load_opts, opts, .expected_attach_type = type);
+	prog = bpf_prog_load(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, hook == SOCKLB_FLOOR_CONNECT4 ? "floor_connect4" : "floor_sendmsg4",
+			     "GPL", insns, 2, &opts);
+	if (prog < 0)
+		return -errno;
+	link = bpf_link_create(prog, cgroup_fd, type, NULL);
+	if (link < 0) {
+		int err = -errno;
+
+		close(prog);
+		return err;
+	}
+	*link_fd = link;
+	return prog;
+}
+
+int socklb_fd_prog_stats(int prog_fd, struct socklb_prog_stats *out)
+{
+	struct bpf_prog_info info = {};
+	__u32 len = sizeof(info);
+
+	if (bpf_obj_get_info_by_fd(prog_fd, &info, &len))
+		return -errno;
+	out->run_cnt = info.run_cnt;
+	out->run_time_ns = info.run_time_ns;
+	out->id = info.id;
+	memcpy(out->name, info.name, sizeof(out->name));
+	out->name[sizeof(out->name) - 1] = '\0';
+	return 0;
+}
