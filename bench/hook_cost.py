@@ -21,6 +21,10 @@ With ``--compare PYTHON`` every round runs twice, once with this interpreter and
 once with PYTHON (another build's virtualenv, e.g. one made from an older
 commit), alternating, so that both builds see the same machine: the A/B the
 README's hook-cost table comes from.  ``before`` is PYTHON, ``after`` this one.
+With ``--together`` each round runs both builds at the same time, each in its
+own lab: on a machine whose load changes from one minute to the next, both
+then see the same load (and each other's).  ``paired`` is the median of the
+rounds' after/before ratios.
 """
 
 from __future__ import annotations
@@ -74,15 +78,17 @@ RUNS: Tuple[Tuple[str, str, int, str], ...] = (
 
 class Floor:
     """Empty connect4 and sendmsg4 programs attached to a cgroup (after what is
-    there): the measurement floor.  Closing detaches them."""
-
-    HOOKS = (("connect4", lib.SOCKLB_FLOOR_CONNECT4), ("sendmsg4", lib.SOCKLB_FLOOR_SENDMSG4))
+    there): the measurement floor.  Closing detaches them.  A build without
+    the loader's floor program (an older one, under ``--compare``) has none."""
 
     def __init__(self, cgroup: str) -> None:
         self._fds: Dict[str, Tuple[int, int]] = {}
+        if not hasattr(lib, "socklb_floor_attach"):
+            return
+        hooks = (("connect4", lib.SOCKLB_FLOOR_CONNECT4), ("sendmsg4", lib.SOCKLB_FLOOR_SENDMSG4))
         cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            for name, code in self.HOOKS:
+            for name, code in hooks:
                 link = ffi.new("int *")
                 prog = check(lib.socklb_floor_attach(code, cg, link), f"attach the empty {name} program")
                 self._fds[name] = (prog, link[0])
@@ -146,10 +152,8 @@ def measure(n: int, rounds: int, services: int) -> Dict[str, List[float]]:
                         client.python(CLIENT, host, str(port), str(n), what, timeout=600)
                         b = _stats(lb, floor)
                     hooks = [f"socklb_{h}{fam}" for h in (("sendmsg", "recvmsg") if what == "udp" else ("connect",))]
-                    if what == "tcp" and fam == "4":
-                        hooks.append("floor_connect4")
-                    if what == "udp" and fam == "4":
-                        hooks.append("floor_sendmsg4")
+                    if what in ("tcp", "udp") and fam == "4" and f"floor_{hooks[0][7:]}" in b:
+                        hooks.append(f"floor_{hooks[0][7:]}")
                     for name in hooks:
                         cnt = b[name][0] - a[name][0]
                         if cnt < n:
@@ -160,13 +164,22 @@ def measure(n: int, rounds: int, services: int) -> Dict[str, List[float]]:
     return out
 
 
-def _other(python: str, n: int, services: int) -> Dict[str, List[float]]:
+def _start_other(python: str, n: int, services: int) -> subprocess.Popen[str]:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     argv = [python, "-m", "bench.hook_cost", "-n", str(n), "--rounds", "1", "--services", str(services), "--raw"]
-    r = subprocess.run(argv, cwd=here, capture_output=True, text=True, timeout=3600, check=False)
-    if r.returncode != 0:
-        raise SystemExit(f"{python}: exited with {r.returncode}: {r.stderr.strip()[-2000:]}")
-    res: Dict[str, List[float]] = json.loads(r.stdout)
+    return subprocess.Popen(argv, cwd=here, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_other(python: str, p: subprocess.Popen[str]) -> Dict[str, List[float]]:
+    try:
+        out, err = p.communicate(timeout=3600)
+    except BaseException:
+        p.kill()
+        p.wait()
+        raise
+    if p.returncode != 0:
+        raise SystemExit(f"{python}: exited with {p.returncode}: {err.strip()[-2000:]}")
+    res: Dict[str, List[float]] = json.loads(out)
     return res
 
 
@@ -195,6 +208,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
     ap.add_argument("--services", type=int, default=1, help="services programmed, fillers included (default 1)")
     ap.add_argument("--compare", metavar="PYTHON", help="alternate rounds with another build's interpreter")
+    ap.add_argument(
+        "--together",
+        action="store_true",
+        help="with --compare: run both builds' rounds at the same time (two labs), not one after the other",
+    )
     ap.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.n < 1 or a.rounds < 1 or a.services < 1:
@@ -209,15 +227,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     before: Dict[str, List[float]] = {}
     after: Dict[str, List[float]] = {}
     for _ in range(a.rounds):
-        for k, v in _other(a.compare, a.n, a.services).items():
-            before.setdefault(k, []).extend(v)
-        for k, v in measure(a.n, 1, a.services).items():
+        other = _start_other(a.compare, a.n, a.services)
+        if not a.together:
+            for k, v in _wait_other(a.compare, other).items():
+                before.setdefault(k, []).extend(v)
+        try:
+            mine = measure(a.n, 1, a.services)
+        except BaseException:
+            other.kill()
+            other.wait()
+            raise
+        if a.together:
+            for k, v in _wait_other(a.compare, other).items():
+                before.setdefault(k, []).extend(v)
+        for k, v in mine.items():
             after.setdefault(k, []).extend(v)
     report: Dict[str, Dict[str, object]] = {
         k: {
             "before_ns": round(statistics.median(before[k]), 1),
             "after_ns": round(statistics.median(after[k]), 1),
             "ratio": round(statistics.median(after[k]) / statistics.median(before[k]), 2),
+            "paired": round(statistics.median(x / y for x, y in zip(after[k], before[k])), 2),
             "before_rounds_ns": [round(x, 1) for x in before[k]],
             "after_rounds_ns": [round(x, 1) for x in after[k]],
         }

@@ -96,6 +96,8 @@ uint32_t socklb_rows_pack(const struct socklb_new_rows *r)
 			slot->alias_id = bid;
 			slot->keep = 0xffffffffu;
 			slot->weight = r->be_weight[at];
+			memcpy(slot->addr, bv->addr, 16);
+			slot->port = bv->port;
 			slot->user_state = SOCKLB_STATE_ACTIVE;
 		}
 		k++;

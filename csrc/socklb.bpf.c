@@ -401,14 +401,32 @@ static __always_inline __u32 scale(__u32 r, __u32 n)
 	return (__u32)(((__u64)r * n) >> 32);
 }
 
+/* The address a pick of slot takes from the slot itself (see
+ * socklb_slot_val); false if it has none (then the backends map has it). */
+static __always_inline bool slot_addr(const struct socklb_slot_val *slot, struct socklb_backend_val *be)
+{
+	if (!slot->port)
+		return false;
+	be->addr[0] = slot->addr[0];
+	be->addr[1] = slot->addr[1];
+	be->addr[2] = slot->addr[2];
+	be->addr[3] = slot->addr[3];
+	be->port = slot->port;
+	return true;
+}
+
 /* Pick a backend id from the service's current list, or 0 if the list is
- * empty or was replaced under us (the caller re-reads the service). */
-static __always_inline __u32 pick_from_list(const struct socklb_svc_val *svc, __u64 cookie)
+ * empty or was replaced under us (the caller re-reads the service).  *known:
+ * be holds its address and port (a random pick, or a weighted one that kept
+ * the slot's own backend), else the caller looks the backend up. */
+static __always_inline __u32 pick_from_list(const struct socklb_svc_val *svc, __u64 cookie,
+					    struct socklb_backend_val *be, bool *known)
 {
 	struct socklb_slot_key sk = { .list_id = svc->list_id };
 	struct socklb_slot_val *slot;
 	__u32 n = svc->count;
 
+	*known = false;
 	if (n == 0)
 		return 0;
 
@@ -440,11 +458,18 @@ static __always_inline __u32 pick_from_list(const struct socklb_svc_val *svc, __
 		slot = bpf_map_lookup_elem(&slots, &sk);
 		if (!slot)
 			return 0;
-		return (__u32)x < slot->keep ? slot->backend_id : slot->alias_id;
+		if ((__u32)x < slot->keep || slot->alias_id == slot->backend_id) {
+			*known = slot_addr(slot, be);
+			return slot->backend_id;
+		}
+		return slot->alias_id;
 	}
 	sk.index = scale(bpf_get_prandom_u32(), n);
 	slot = bpf_map_lookup_elem(&slots, &sk);
-	return slot ? slot->backend_id : 0;
+	if (!slot)
+		return 0;
+	*known = slot_addr(slot, be);
+	return slot->backend_id;
 }
 
 struct choice {
@@ -463,6 +488,7 @@ static __always_inline bool choose(struct bpf_sock_addr *ctx, const struct sockl
 	struct socklb_affinity_val *av = NULL;
 	struct socklb_backend_val *be;
 	__u64 now = 0, cookie = 0;
+	bool known;
 	__u32 id;
 
 	out->retried = 0;
@@ -496,23 +522,25 @@ static __always_inline bool choose(struct bpf_sock_addr *ctx, const struct sockl
 
 		if (out->svc.algo == SOCKLB_ALGO_MAGLEV && !cookie)
 			cookie = bpf_get_socket_cookie(ctx);
-		id = pick_from_list(&out->svc, cookie);
-		if (id) {
+		id = pick_from_list(&out->svc, cookie, &out->be, &known);
+		be = NULL;
+		if (id && !known) {
 			be = bpf_map_lookup_elem(&backends, &id);
-			if (be) {
+			if (be)
 				out->be = *be;
-				out->backend_id = id;
-				if (out->svc.flags & SOCKLB_SVC_F_AFFINITY) {
-					struct socklb_affinity_val nv = {
-						.last_used_ns = now,
-						.backend_id = id,
-					};
+		}
+		if (id && (known || be)) {
+			out->backend_id = id;
+			if (out->svc.flags & SOCKLB_SVC_F_AFFINITY) {
+				struct socklb_affinity_val nv = {
+					.last_used_ns = now,
+					.backend_id = id,
+				};
 
-					bpf_map_update_elem(&affinity, &ak, &nv, BPF_ANY);
-				}
-				count_selection(id);
-				return true;
+				bpf_map_update_elem(&affinity, &ak, &nv, BPF_ANY);
 			}
+			count_selection(id);
+			return true;
 		}
 		if (out->svc.count == 0)
 			return false;

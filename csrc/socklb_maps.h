@@ -15,7 +15,7 @@
 
 /* Bump whenever a struct below changes layout: pinned maps written with
  * another version are refused, never misread. */
-#define SOCKLB_LAYOUT_VERSION 11
+#define SOCKLB_LAYOUT_VERSION 12
 #define SOCKLB_META_MAGIC 1936484460
 
 #define SOCKLB_PROTO_TCP 6
@@ -152,14 +152,20 @@ struct socklb_slot_key {
 /* A list's selectable slots are an alias table (Vose): a weighted pick draws
  * one 32-bit number r, takes slot i = (r * count) >> 32 and then backend_id if
  * the low 32 bits of r * count are below keep, else alias_id; one lookup.
- * Uniform lists and slots kept with certainty have alias_id == backend_id. */
+ * Uniform lists and slots kept with certainty have alias_id == backend_id.
+ * A selectable slot also holds backend_id's address (a backend id names one
+ * address for its lifetime), so that a pick of it needs no backends lookup;
+ * an alias taken that is another backend is looked up (not stored: 20 more
+ * bytes on every slot for the weighted lists' share of picks). */
 struct socklb_slot_val {
 	__u32 backend_id;
 	__u32 alias_id;		/* selectable slots: the backend taken otherwise */
 	__u32 keep;		/* selectable slots: P(backend_id | slot) * 2^32, saturated */
 	__u32 weight;		/* control plane only: the backend's weight in this version */
+	__u32 addr[4];		/* selectable slots: backend_id's address; else 0 */
+	__u16 port;		/* selectable slots: backend_id's port, network order; else 0 */
 	__u8 user_state;	/* control plane only: its SOCKLB_STATE_* in this version */
-	__u8 pad[3];
+	__u8 pad;
 };
 
 /* backends: backend_id -> address.  A backend id belongs to one service. */

@@ -91,7 +91,7 @@ def decoded(p: planner.Plan) -> List[Service]:
     slots: Dict[int, Dict[int, abi.Member]] = {}
     for k, v in rows(p.slot_upd):
         key = abi.SLOT_KEY.unpack(k)
-        slots.setdefault(key.list_id, {})[key.index] = abi.Member(*abi.SLOT_VAL.unpack(v))
+        slots.setdefault(key.list_id, {})[key.index] = abi.member_of(v)
     out = []
     for k, v in rows(p.svc_upd):
         val = abi.SVC_VAL.unpack(v)

@@ -13,7 +13,8 @@ decoding (:func:`decode`) are written here and nowhere else.
 
 >>> SVC_KEY.fields
 ('addr', 'port', 'proto')
->>> SLOT_VAL.unpack(SLOT_VAL.pack(backend_id=7, alias_id=7, keep=KEEP_ALL, weight=3, user_state=0)).backend_id
+>>> SLOT_VAL.unpack(SLOT_VAL.pack(backend_id=7, alias_id=7, keep=KEEP_ALL, weight=3, addr=bytes(16), port=0,
+...                               user_state=0)).backend_id
 7
 """
 
@@ -25,7 +26,21 @@ import struct
 from array import array
 from collections import namedtuple
 from operator import attrgetter
-from typing import Any, Callable, Dict, Generic, List, Mapping, NamedTuple, Sequence, Tuple, Type, TypeVar
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Generic,
+    Iterator,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    TypeVar,
+)
 
 from ._core import check, ffi, lib
 from .errors import InvalidValueError
@@ -188,7 +203,9 @@ def addr_text(addr16: bytes) -> str:
 class Member(NamedTuple):
     """One slot of a list: a backend of one version of a service.  A
     selectable slot is also a cell of the list's alias table: the datapath
-    takes ``backend_id`` with probability ``keep / 2**32``, else ``alias_id``."""
+    takes ``backend_id`` with probability ``keep / 2**32``, else ``alias_id``.
+    The slot in the map also holds the address of a selectable slot's backend
+    (:func:`slot_rows`), which is the backend's, not kept here."""
 
     backend_id: int
     alias_id: int
@@ -325,7 +342,8 @@ def _frontend(opts: int) -> Frontend:
 
 pack_slot_key = SLOT_KEY.positional("list_id", "index")
 _pack_backend = BACKEND_VAL.positional("addr", "port", "state", "svc_id")
-_pack_slot = SLOT_VAL.positional(*Member._fields)
+_pack_slot = SLOT_VAL.positional("backend_id", "alias_id", "keep", "weight", "addr", "port", "user_state")
+_NO_ADDR = bytes(16)
 
 
 def backend_value(
@@ -356,16 +374,33 @@ def u32s(ids: Sequence[int]) -> bytes:
     return struct.pack(f"={len(ids)}I", *ids)
 
 
-def slot_rows(list_id: int, members: Sequence[Member]) -> Tuple[bytes, bytes]:
-    """The keys and the values of a list's slots, each concatenated."""
+def slot_rows(list_id: int, version: Version) -> Tuple[bytes, bytes]:
+    """The keys and the values of a list's slots, each concatenated: a
+    selectable slot (0..n_usable-1) with its backend's address and port, the
+    datapath's pick reads them there; the others with none."""
+    members = version.members
     keys = b"".join(map(pack_slot_key, itertools.repeat(list_id, len(members)), range(len(members))))
-    return keys, b"".join(itertools.starmap(_pack_slot, members))
+    backends: Iterator[Optional[Backend]] = itertools.chain(version.usable, itertools.repeat(None))
+    return keys, b"".join(map(slot_value, members, backends))
 
 
-def slot_value(m: Member, _pack: Callable[..., bytes] = _pack_slot) -> bytes:
-    """A Member has the fields of struct socklb_slot_val, in order (checked by
-    ``positional``): it packs as it is."""
-    return _pack(*m)
+def slot_value(
+    m: Member,
+    b: Optional[Backend],
+    _pack: Callable[..., bytes] = _pack_slot,
+    _htons: Callable[[int], int] = socket.htons,
+) -> bytes:
+    """The slot of ``m``, with the address and port of ``b`` (its backend, if
+    the slot is selectable)."""
+    if b is None:
+        return _pack(m[0], m[1], m[2], m[3], _NO_ADDR, 0, m[4])
+    return _pack(m[0], m[1], m[2], m[3], b._a16, _htons(b.port), m[4])
+
+
+def member_of(v: bytes) -> Member:
+    """The control plane's fields of a slot value (the address is the backend's)."""
+    s = SLOT_VAL.unpack(v)
+    return Member(s.backend_id, s.alias_id, s.keep, s.weight, s.user_state)
 
 
 _CHUNK = 8192

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import abi, pins
 from ._core import check, ffi, lib
-from .abi import ATTACH_INFO, BACKEND_VAL, META, SLOT_KEY, SLOT_VAL, U32, U64, Member
+from .abi import ATTACH_INFO, BACKEND_VAL, META, SLOT_KEY, U32, U64, Member
 from .attachment import Attachments
 from .cgroup import cgroup2_mount
 from .datapath import GROUP_EXCLUDE, GROUP_PROGRAMS, Map
@@ -73,9 +73,11 @@ class _Tables:
         self.services = t.services.items(e["services"])
         self.backends = {U32.unpack(k)[0]: v for k, v in t.backends.items(e["backends"])}
         self.lists: Dict[int, Dict[int, Member]] = {}
+        self.raw: Dict[int, Dict[int, bytes]] = {}
         for k, v in t.slots.items(e["slots"]):
             sk = SLOT_KEY.unpack(k)
-            self.lists.setdefault(sk.list_id, {})[sk.index] = Member(*SLOT_VAL.unpack(v))
+            self.lists.setdefault(sk.list_id, {})[sk.index] = abi.member_of(v)
+            self.raw.setdefault(sk.list_id, {})[sk.index] = v
         self.tables = {U32.unpack(k)[0] for k in t.maglev.keys(e["maglev"])}
 
     def members(self, value: bytes) -> Tuple[Member, ...]:
@@ -85,6 +87,11 @@ class _Tables:
         if len(got) != v.members:
             raise InvalidValueError("list", "incomplete")
         return got
+
+    def slot_values(self, list_id: int, n: int) -> bytes:
+        """The list's slot values as the map holds them, concatenated."""
+        entries = self.raw.get(list_id, {})
+        return b"".join(entries.get(i, b"") for i in range(n))
 
 
 def read_services(t: Tables, spec: DatapathSpec) -> List[Service]:
@@ -143,6 +150,8 @@ def adopt(t: Tables, spec: DatapathSpec) -> Tuple[State, List[Service]]:
         vals = {bid: abi.backend_value(b, v.svc_id) for b, bid in zip(svc.backends, ids)}
         consistent = (
             version.members == members
+            # the selectable slots' addresses the datapath picks
+            and abi.slot_rows(v.list_id, version)[1] == r.slot_values(v.list_id, len(members))
             and value == abi.service_value(svc, v.svc_id, v.list_id, version)
             and all(r.backends[bid] == val for bid, val in vals.items())
             and (

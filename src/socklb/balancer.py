@@ -62,6 +62,7 @@ _WILD_SET = frozenset(_WILD)
 _address_of, _port_of = itemgetter(0), itemgetter(1)
 _skey_of = attrgetter("_skey")
 
+
 def _node_address_arg(value: object) -> Union[str, Dict[bytes, str]]:
     """ "discover", or the addresses as {16-byte key: text}, validated."""
     if value == "discover":

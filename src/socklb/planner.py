@@ -622,7 +622,7 @@ def _upsert(
     else:
         list_id = state.list_ids.take()
         p.new_list_ids.append(list_id)
-        p.slot_upd.extend(*abi.slot_rows(list_id, version.members), len(version.members))
+        p.slot_upd.extend(*abi.slot_rows(list_id, version), len(version.members))
         if maglev and version.usable:
             p.maglev_upd.add(u32(list_id), _maglev_bytes(version, spec.maglev_size))
         if old is not None:
