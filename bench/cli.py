@@ -65,6 +65,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Config:
     ap.add_argument(
         "--hook-repeats", type=int, default=d.hook_repeats, help="hook-cost runs per scale, median kept (default 3)"
     )
+    ap.add_argument("--no-sliced", action="store_true", help="skip the time-sliced A/B the targets are judged on")
+    ap.add_argument("--slice-ms", type=float, default=d.slice_ms, help="slice of the sliced A/B, ms (default 2)")
+    ap.add_argument(
+        "--sliced-duration",
+        type=float,
+        default=d.sliced_duration,
+        help="seconds of each sliced A/B run, shared by its arms (default 20)",
+    )
     ap.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
     ap.add_argument("--changes", type=int, default=d.changes, help="one-change repetitions (default 3)")
     ap.add_argument(
@@ -103,6 +111,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Config:
         control=not a.no_control,
         hook_cost=not a.no_hook_cost,
         hook_repeats=a.hook_repeats,
+        sliced=not a.no_sliced,
+        slice_ms=a.slice_ms,
+        sliced_duration=a.sliced_duration,
         plots=not a.no_plots,
         changes=a.changes,
         quiet_wait=a.quiet_wait,
@@ -114,6 +125,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Config:
     )
     if a.quick:
         cfg.scales, cfg.rounds, cfg.duration, cfg.control_scales = [1, 1000], 2, 1.0, [1, 1000]
+        cfg.sliced_duration = 5.0
     for name, v, lo, hi in (
         ("rounds", cfg.rounds, 1, 100),
         ("concurrency", cfg.concurrency, 1, 64),
@@ -122,6 +134,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Config:
     ):
         if not lo <= v <= hi:
             ap.error(f"--{name} must be in {lo}..{hi}")
+    if not 0.1 <= cfg.slice_ms <= 1000 or not 1 <= cfg.sliced_duration <= 600:
+        ap.error("--slice-ms must be in 0.1..1000 and --sliced-duration in 1..600 s")
     if not 0.05 <= cfg.duration <= 600 or not 0 <= cfg.warmup <= 60:
         ap.error("--duration must be in 0.05..600 s and --warmup in 0..60 s")
     if not 16 <= cfg.req_size <= 65000 or not 16 <= cfg.resp_size <= 65000:

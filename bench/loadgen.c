@@ -19,6 +19,20 @@
  * the warm-up and end before the deadline count; errors count throughout.
  * Output: one JSON object on stdout.  The run is bounded by --duration (at
  * most 3600 s) and --max-requests.
+ *
+ * --slices START_NS:SLICE_NS:ARMS:ARM:SEED [--blocks B] time-shares the client
+ * with ARMS - 1 other loadgen processes given the same START_NS, SLICE_NS,
+ * ARMS and SEED: an A/B (or A/B/C...) with fine interleaving, so that the
+ * host's noise, which comes in phases of milliseconds to seconds, hits every
+ * arm alike.  Time from START_NS (CLOCK_MONOTONIC) is cut into slices of
+ * SLICE_NS and the slices into cycles of ARMS slices; each cycle gives one
+ * slice to each arm, in an order drawn from SEED and the cycle's number (so
+ * that nothing periodic on the machine lines up with one arm).  This process
+ * (arm ARM, 0-based) runs requests only in its slices and sleeps in the
+ * others.  Warm-up and duration count from START_NS.  A request counts in its
+ * slice when it starts and ends inside it.  The output adds the requests of
+ * each cycle and, with B blocks (runs of consecutive cycles), each block's
+ * requests and percentiles.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -49,6 +63,9 @@
 #define E_BADSEQ (NERR + 2)
 #define E_OTHER (NERR + 3)
 #define NKINDS (NERR + 4)
+#define MAX_SLICES 1000000
+#define MAX_BLOCKS 64
+#define MAX_ARMS 8
 
 struct target {
 	struct sockaddr_storage addr;
@@ -66,6 +83,8 @@ struct thread {
 	uint64_t errors[NKINDS];
 	uint64_t hist[NBUCKETS];
 	uint64_t sum_ns, max_ns;
+	uint32_t *slice_counts;	/* --slices: requests counted per cycle */
+	uint64_t *block_hist;	/* --slices: NBUCKETS per block */
 };
 
 static struct target targets[MAX_TARGETS];
@@ -75,6 +94,11 @@ static uint32_t req_size = 100, resp_size = 100;
 static uint64_t max_requests, seed = 1;
 static uint64_t t_start, t_warm, t_end;
 static atomic_ulong total_done;
+/* --slices */
+static int slicing, nblocks = 1;
+static uint64_t slice_ns, ncycles;
+static uint64_t slice_seed;
+static unsigned narms, arm;
 static unsigned char reqbuf[BENCH_MAX_MSG];
 
 static uint64_t now_ns(void)
@@ -122,7 +146,18 @@ static double bucket_value(unsigned b)
 	return lo + (double)(1ull << shift) / 2.0;
 }
 
-static void record(struct thread *t, uint64_t t0, uint64_t t1)
+/* The block of cycle c (--blocks): runs of consecutive cycles. */
+static unsigned block_of(uint64_t c)
+{
+	uint64_t b = c * (uint64_t)nblocks / (ncycles ? ncycles : 1);
+
+	return b < (uint64_t)nblocks ? (unsigned)b : (unsigned)nblocks - 1;
+}
+
+/* A completed request; with --slices, k is the cycle of the slice it
+ * started in and k_end the end of that slice (it counts only if it ended by
+ * then). */
+static void record(struct thread *t, uint64_t t0, uint64_t t1, int64_t k, uint64_t k_end)
 {
 	uint64_t d = t1 - t0;
 
@@ -130,6 +165,12 @@ static void record(struct thread *t, uint64_t t0, uint64_t t1)
 	atomic_fetch_add_explicit(&total_done, 1, memory_order_relaxed);
 	if (t0 < t_warm || t1 > t_end)
 		return;
+	if (k >= 0) {
+		if (t1 > k_end || (uint64_t)k >= ncycles)
+			return;
+		t->slice_counts[k]++;
+		t->block_hist[(size_t)block_of((uint64_t)k) * NBUCKETS + bucket_of(d)]++;
+	}
 	t->requests++;
 	t->hist[bucket_of(d)]++;
 	t->sum_ns += d;
@@ -156,6 +197,65 @@ static int stop_now(void)
 	if (max_requests && atomic_load_explicit(&total_done, memory_order_relaxed) >= max_requests)
 		return 1;
 	return now_ns() >= t_end;
+}
+
+static void sleep_until(uint64_t t)
+{
+	struct timespec ts = { .tv_sec = (time_t)(t / 1000000000ull), .tv_nsec = (long)(t % 1000000000ull) };
+
+	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+		;
+}
+
+/* --slices: the position of this arm's slice in cycle c (a permutation of
+ * the arms drawn from the seed and c, the same in every process). */
+static unsigned arm_position(uint64_t c)
+{
+	unsigned perm[MAX_ARMS];
+	uint64_t x = (slice_seed ^ (c * 0x9E3779B97F4A7C15ull)) | 1;
+
+	for (unsigned i = 0; i < narms; i++)
+		perm[i] = i;
+	for (unsigned i = narms - 1; i > 0; i--) {
+		unsigned j = (unsigned)(next_rand(&x) % (i + 1));
+		unsigned tmp = perm[i];
+
+		perm[i] = perm[j];
+		perm[j] = tmp;
+	}
+	for (unsigned i = 0; i < narms; i++)
+		if (perm[i] == arm)
+			return i;
+	return 0;
+}
+
+/* --slices: wait for a slice of this process's arm; returns its cycle and
+ * sets *end to when the slice ends, or -1 once the run is over.  Without --slices:
+ * 0, and no end. */
+static int64_t my_slice(uint64_t *end)
+{
+	if (!slicing) {
+		*end = UINT64_MAX;
+		return stop_now() ? -1 : 0;
+	}
+	for (;;) {
+		uint64_t now = now_ns(), k, next, mine;
+
+		if (stop_now())
+			return -1;
+		if (now < t_start) {
+			sleep_until(t_start);
+			continue;
+		}
+		k = (now - t_start) / slice_ns;
+		mine = k / narms * narms + arm_position(k / narms);
+		if (k == mine) {
+			*end = t_start + (k + 1) * slice_ns;
+			return (int64_t)(k / narms);
+		}
+		next = k < mine ? mine : (k / narms + 1) * narms + arm_position(k / narms + 1);
+		sleep_until(t_start + next * slice_ns < t_end ? t_start + next * slice_ns : t_end);
+	}
 }
 
 static void set_timeouts(int fd)
@@ -225,7 +325,12 @@ static void *tcp_thread(void *arg)
 	if (!req || !buf)
 		abort();
 	memcpy(req, reqbuf, req_size);
-	while (!stop_now()) {
+	for (;;) {
+		uint64_t k_end;
+		int64_t k = my_slice(&k_end);
+
+		if (k < 0)
+			break;
 		const struct target *tg = &targets[ntargets == 1 ? 0 : next_rand(&t->rng) % (uint64_t)ntargets];
 		uint64_t t0 = now_ns();
 		int kind = tcp_once(t, tg, req, buf);
@@ -236,7 +341,7 @@ static void *tcp_thread(void *arg)
 			if (kind != E_SHORT)
 				usleep(1000); /* no hot loop on a refused service */
 		} else {
-			record(t, t0, t1);
+			record(t, t0, t1, slicing ? k : -1, k_end);
 		}
 	}
 	free(req);
@@ -261,7 +366,26 @@ static void *udp_thread(void *arg)
 		return NULL;
 	}
 	set_timeouts(fd);
-	while (!stop_now()) {
+	for (int64_t last = -1;;) {
+		uint64_t k_end;
+		int64_t k = my_slice(&k_end);
+
+		if (k < 0)
+			break;
+		/* --slices: a new socket (and random target) in each slice, so that
+		 * which backends the threads' sockets share (a balancer picks per
+		 * socket) averages out over the cycles as it does for TCP. */
+		if (slicing && k != last && last >= 0) {
+			close(fd);
+			tg = &targets[ntargets == 1 ? 0 : next_rand(&t->rng) % (uint64_t)ntargets];
+			fd = socket(tg->family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+			if (fd < 0) {
+				fail(t, errno_kind(errno));
+				break;
+			}
+			set_timeouts(fd);
+		}
+		last = k;
 		uint64_t t0 = now_ns(), t1;
 		int kind = 0;
 
@@ -297,9 +421,10 @@ static void *udp_thread(void *arg)
 		if (kind)
 			fail(t, kind);
 		else
-			record(t, t0, t1);
+			record(t, t0, t1, slicing ? k : -1, k_end);
 	}
-	close(fd);
+	if (fd >= 0)
+		close(fd);
 	free(req);
 	free(buf);
 	return NULL;
@@ -362,7 +487,7 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: loadgen --proto tcp|udp --target ADDR:PORT [--target ...] [--duration S] [--warmup S]\n"
 		"               [--concurrency N] [--req-size B] [--resp-size B] [--timeout-ms MS]\n"
-		"               [--max-requests N] [--seed N]\n");
+		"               [--max-requests N] [--seed N] [--slices START_NS:SLICE_NS:ARMS:ARM:SEED [--blocks B]]\n");
 	exit(2);
 }
 
@@ -376,6 +501,30 @@ static double parse_num(const char *s, double lo, double hi, const char *what)
 		exit(2);
 	}
 	return v;
+}
+
+/* START_NS:SLICE_NS:ARMS:ARM:SEED */
+static int parse_slices(const char *s)
+{
+	unsigned long long start, len, seed_;
+	unsigned n, a;
+	char end;
+
+	if (sscanf(s, "%llu:%llu:%u:%u:%llu%c", &start, &len, &n, &a, &seed_, &end) != 5 || n < 2 ||
+	    n > MAX_ARMS || a >= n || len < 100000ull || len > 60000000000ull) {
+		fprintf(stderr,
+			"loadgen: --slices START_NS:SLICE_NS:ARMS:ARM:SEED with SLICE_NS in 1e5..6e10, ARMS in 2..%d "
+			"and ARM in 0..ARMS-1: %s\n",
+			MAX_ARMS, s);
+		return -1;
+	}
+	slicing = 1;
+	t_start = start;
+	slice_ns = len;
+	narms = n;
+	arm = a;
+	slice_seed = seed_;
+	return 0;
 }
 
 static double pct(const uint64_t *hist, uint64_t n, double q)
@@ -411,9 +560,46 @@ static const char *kind_name(int k, char *buf, size_t len)
 	return buf;
 }
 
+static struct thread threads[MAX_THREADS];
+
+/* --slices output: requests per slice (all threads), and per block. */
+static void print_slices(void)
+{
+	uint64_t *bh = calloc(NBUCKETS, sizeof(uint64_t));
+
+	if (!bh)
+		abort();
+	printf(" \"slices\": {\"start_ns\": %llu, \"slice_ns\": %llu, \"arms\": %u, \"arm\": %u, \"seed\": %llu, "
+	       "\"warmup_cycles\": %llu, \"full_cycles\": %llu, \"counts\": [",
+	       (unsigned long long)t_start, (unsigned long long)slice_ns, narms, arm, (unsigned long long)slice_seed,
+	       (unsigned long long)((t_warm - t_start + slice_ns * narms - 1) / (slice_ns * narms)),
+	       (unsigned long long)((t_end - t_start) / (slice_ns * narms)));
+	for (uint64_t k = 0; k < ncycles; k++) {
+		uint64_t n = 0;
+
+		for (int i = 0; i < concurrency; i++)
+			n += threads[i].slice_counts[k];
+		printf("%s%llu", k ? ", " : "", (unsigned long long)n);
+	}
+	printf("], \"blocks\": [");
+	for (int b = 0; b < nblocks; b++) {
+		uint64_t n = 0;
+
+		memset(bh, 0, NBUCKETS * sizeof(uint64_t));
+		for (int i = 0; i < concurrency; i++)
+			for (unsigned j = 0; j < NBUCKETS; j++)
+				bh[j] += threads[i].block_hist[(size_t)b * NBUCKETS + j];
+		for (unsigned j = 0; j < NBUCKETS; j++)
+			n += bh[j];
+		printf("%s{\"requests\": %llu, \"p50\": %.3f, \"p99\": %.3f}", b ? ", " : "", (unsigned long long)n,
+		       n ? pct(bh, n, 0.50) : 0.0, n ? pct(bh, n, 0.99) : 0.0);
+	}
+	printf("]},\n");
+	free(bh);
+}
+
 int main(int argc, char **argv)
 {
-	static struct thread threads[MAX_THREADS];
 	static uint64_t hist[NBUCKETS];
 	uint64_t errors[NKINDS] = { 0 };
 	uint64_t requests = 0, done = 0, sum = 0, maxv = 0, nerr = 0;
@@ -449,6 +635,11 @@ int main(int argc, char **argv)
 			max_requests = (uint64_t)parse_num(argv[++i], 1, 1e12, "--max-requests");
 		} else if (!strcmp(a, "--seed")) {
 			seed = (uint64_t)parse_num(argv[++i], 0, 1e15, "--seed");
+		} else if (!strcmp(a, "--slices")) {
+			if (parse_slices(argv[++i]))
+				return 2;
+		} else if (!strcmp(a, "--blocks")) {
+			nblocks = (int)parse_num(argv[++i], 1, MAX_BLOCKS, "--blocks");
 		} else {
 			usage();
 		}
@@ -462,11 +653,27 @@ int main(int argc, char **argv)
 	memset(reqbuf, 'r', sizeof(reqbuf));
 
 	getrusage(RUSAGE_SELF, &ru0);
-	t_start = now_ns();
+	if (!slicing)
+		t_start = now_ns();
 	t_warm = t_start + (uint64_t)(warmup * 1e9);
 	t_end = t_warm + (uint64_t)(duration * 1e9);
+	if (slicing) {
+		ncycles = (t_end - t_start + slice_ns * narms - 1) / (slice_ns * narms);
+		if (ncycles > MAX_SLICES) {
+			fprintf(stderr, "loadgen: more than %d cycles\n", MAX_SLICES);
+			return 2;
+		}
+	}
 	for (int i = 0; i < concurrency; i++) {
 		threads[i].idx = i;
+		if (slicing) {
+			threads[i].slice_counts = calloc(ncycles, sizeof(uint32_t));
+			threads[i].block_hist = calloc((size_t)nblocks * NBUCKETS, sizeof(uint64_t));
+			if (!threads[i].slice_counts || !threads[i].block_hist) {
+				perror("calloc");
+				return 1;
+			}
+		}
 		threads[i].rng = (seed + 1) * 0x9E3779B97F4A7C15ull + (uint64_t)i * 0xBF58476D1CE4E5B9ull + 1;
 		if (pthread_create(&threads[i].th, NULL, is_udp ? udp_thread : tcp_thread, &threads[i])) {
 			perror("pthread_create");
@@ -496,6 +703,18 @@ int main(int argc, char **argv)
 	}
 	/* The window is shorter when --max-requests stopped the run early. */
 	double window = ((t_done < t_end ? t_done : t_end) - t_warm) / 1e9;
+	if (slicing) {
+		/* This arm's slices in the measurement window: one per cycle. */
+		uint64_t active = 0, c0 = (t_warm - t_start) / (slice_ns * narms);
+		uint64_t stop = t_done < t_end ? t_done : t_end;
+
+		for (uint64_t c = c0; c < ncycles; c++) {
+			uint64_t at = t_start + (c * narms + arm_position(c)) * slice_ns;
+
+			active += at >= t_warm && at + slice_ns <= stop;
+		}
+		window = active * (slice_ns / 1e9);
+	}
 	if (window <= 0)
 		window = 1e-9;
 	double cpu_user = (ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec) + (ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec) / 1e6;
@@ -524,6 +743,8 @@ int main(int argc, char **argv)
 	       requests ? pct(hist, requests, 0.90) : 0.0, requests ? pct(hist, requests, 0.99) : 0.0,
 	       requests ? pct(hist, requests, 0.999) : 0.0, maxv / 1000.0);
 	printf(" \"cpu_s\": {\"user\": %.4f, \"sys\": %.4f},\n", cpu_user, cpu_sys);
+	if (slicing)
+		print_slices();
 	printf(" \"hist_sub_bits\": %d, \"hist\": [", SUB_BITS);
 	first = 1;
 	for (unsigned b = 0; b < NBUCKETS; b++) {

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from bench import rules
 from bench.rules import Svc, Table
 from bench.system import busy_fraction, cpu_sample, proc_cpu_seconds
-from socklb.lab import Lab, Pod
+from socklb.lab import Lab, Pod, Sandbox
 
 __all__ = [
     "MODES",
@@ -38,6 +38,9 @@ __all__ = [
     "ModeLab",
     "services_for_scale",
     "make_mode",
+    "Arm",
+    "direct_targets",
+    "run_sliced",
 ]
 
 MODES = ("socklb", "iptables", "nftables", "direct", "detached")
@@ -175,8 +178,8 @@ class ModeLab:
 
     # -- measuring ---------------------------------------------------------------
 
-    def run_load(self, w: Workload, seed: int = 1) -> Dict[str, Any]:
-        """Run the load generator in the client pod; returns its JSON plus CPU use."""
+    def loadgen_argv(self, w: Workload, seed: int, targets: Sequence[str], extra: Sequence[str] = ()) -> List[str]:
+        """The load generator's command line for a workload (pinned to the client CPUs)."""
         argv = [
             self.bins["loadgen"],
             "--proto",
@@ -193,11 +196,17 @@ class ModeLab:
             str(w.resp_size),
             "--seed",
             str(seed),
+            *extra,
         ]
-        for t in self.targets(w.proto):
+        for t in targets:
             argv += ["--target", t]
         if self.pin:
             argv = ["taskset", "-c", self.pin[0], *argv]
+        return argv
+
+    def run_load(self, w: Workload, seed: int = 1) -> Dict[str, Any]:
+        """Run the load generator in the client pod; returns its JSON plus CPU use."""
+        argv = self.loadgen_argv(w, seed, self.targets(w.proto))
         pids = [p.pid for p in self.servers]
         self.before_run()
         try:
@@ -350,6 +359,70 @@ class NftablesLab(ModeLab):
             "services_per_transaction": self.chunk,
             "lines": sum(t.count("\n") for t in texts),
         }
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of a time-sliced run: who runs the load generator, where, and what it dials."""
+
+    name: str
+    lab: ModeLab
+    place: Sandbox
+    targets: Tuple[str, ...]
+
+
+def direct_targets(lab: ModeLab, proto: str) -> Tuple[str, ...]:
+    """The backend pods' addresses (dialled without a service)."""
+    port = UDP_PORT if proto == "udp" else TCP_PORT
+    return tuple(f"{ip}:{port}" for ip in lab.backend_ips)
+
+
+def run_sliced(
+    arms: Sequence[Arm], w: Workload, slice_s: float, seed: int, blocks: int = 5, start_delay: float = 0.5
+) -> Dict[str, Any]:
+    """Run one load generator per arm, time-sharing the client CPU in slices of
+    ``slice_s`` (loadgen ``--slices``): every cycle gives each arm one slice, in
+    an order drawn from ``seed``, so that the machine's noise hits all arms
+    alike.  ``w.duration`` and ``w.warmup`` are the run's, shared by the arms.
+    Returns each arm's JSON (with its ``slices``) and the run's CPU use."""
+    if len(arms) < 2:
+        raise ValueError("a sliced run needs at least two arms")
+    start = time.monotonic_ns() + int(start_delay * 1e9)
+    slice_ns = int(slice_s * 1e9)
+    servers = sorted({p.pid for a in arms for p in a.lab.servers})
+    procs: List[Tuple[Arm, subprocess.Popen[str]]] = []
+    c0, s0, t0 = cpu_sample(), proc_cpu_seconds(servers), time.monotonic()
+    try:
+        for i, arm in enumerate(arms):
+            extra = ["--slices", f"{start}:{slice_ns}:{len(arms)}:{i}:{seed}", "--blocks", str(blocks)]
+            argv = arm.lab.loadgen_argv(w, seed + i, arm.targets, extra)
+            procs.append((arm, arm.place.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        out: Dict[str, Any] = {"arms": {}}
+        limit = start_delay + w.warmup + w.duration + 60
+        for arm, proc in procs:
+            so, se = proc.communicate(timeout=limit)
+            if proc.returncode != 0:
+                raise RuntimeError(f"loadgen of arm {arm.name} exited with {proc.returncode}: {se.strip()[-500:]}")
+            out["arms"][arm.name] = json.loads(so)
+    finally:
+        for _, proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    c1, s1, t1 = cpu_sample(), proc_cpu_seconds(servers), time.monotonic()
+    busy = busy_fraction(c0, c1)
+    ncpu = max(len(busy["per_cpu_busy"]), 1)
+    client = sum(float(r["cpu_s"]["user"]) + float(r["cpu_s"]["sys"]) for r in out["arms"].values())
+    foreign = busy["busy"] * (t1 - t0) * ncpu - client - (s1 - s0)
+    out["cpu"] = {
+        **busy,
+        "foreign_share": round(max(foreign, 0.0) / ((t1 - t0) * ncpu), 3),
+        "steal_share": round(float(busy["steal"]), 3),
+        "elapsed_s": t1 - t0,
+    }
+    out["slice_s"] = slice_s
+    out["seed"] = seed
+    return out
 
 
 @dataclass

@@ -54,7 +54,7 @@ def _get(d: Any, *path: Any) -> Any:
 
 
 def _scales(results: Dict[str, Any]) -> List[str]:
-    return sorted(results.get("scales", {}), key=int)
+    return sorted({*results.get("scales", {}), *(results.get("sliced") or {})}, key=int)
 
 
 def _modes(results: Dict[str, Any]) -> List[str]:
@@ -109,6 +109,60 @@ def usable(results: Dict[str, Any], scale: str, w: str) -> Tuple[bool, str]:
     return True, ""
 
 
+#: A sliced run (bench.modes.run_sliced) is judged when its A/A pair (two
+#: identical direct arms) reads 1 within SLICED_AA_MAX, and the compared
+#: ratio's 95% interval is at most SLICED_HALF_MAX either side; its p99
+#: ratios when the A/A p99 ratio is 1 within SLICED_AA_P99_MAX.
+SLICED_AA_MAX = 0.01
+SLICED_HALF_MAX = 0.015
+SLICED_AA_P99_MAX = 0.03
+
+
+def sliced_usable(results: Dict[str, Any], scale: str, w: str, base: str = "direct") -> Tuple[bool, str]:
+    """Whether a scale's sliced socklb/base ratio can be judged, and why not."""
+    vs = _get(results, "sliced", scale, w, "vs") or {}
+    aa = _get(vs, "direct-aa/direct", "ratio")
+    if aa is None:
+        return False, "no A/A pair in the sliced run"
+    if abs(aa - 1.0) > SLICED_AA_MAX:
+        return False, f"the A/A pair read {aa:.3f} (method error > {SLICED_AA_MAX:.0%})"
+    half = _get(vs, f"socklb/{base}", "half_width")
+    if half is None:
+        return False, f"no socklb/{base} pair"
+    if half > SLICED_HALF_MAX:
+        return False, f"95% interval +-{half:.1%} (> {SLICED_HALF_MAX:.1%})"
+    errs = sum(int(a.get("errors", 0)) for a in (_get(results, "sliced", scale, w, "arms") or {}).values())
+    if errs:
+        return False, f"{errs} failed requests"
+    return True, ""
+
+
+def _ratio(results: Dict[str, Any], scale: str, w: str, base: str) -> Tuple[Optional[float], bool, str, str]:
+    """socklb/base throughput for the targets: the sliced run's when there is
+    one, else the rounds' median; (value, judgeable, why not, source label)."""
+    v = _get(results, "sliced", scale, w, "vs", f"socklb/{base}", "ratio")
+    if v is not None:
+        ok, why = sliced_usable(results, scale, w, base)
+        return float(v), ok, why, ", sliced"
+    r = _get(results, "scales", scale, w, "socklb", f"vs_{base}", RATIO)
+    ok, why = usable(results, scale, w) if base == "direct" else (True, "")
+    return (None if r is None else float(r)), ok, why, ", rounds"
+
+
+def _p99_ratio(results: Dict[str, Any], scale: str, w: str) -> Tuple[Optional[float], bool, str, str]:
+    vs = _get(results, "sliced", scale, w, "vs") or {}
+    v = _get(vs, "socklb/direct", "p99_ratio")
+    if v is not None:
+        aa = _get(vs, "direct-aa/direct", "p99_ratio")
+        if aa is None or abs(float(aa) - 1.0) > SLICED_AA_P99_MAX:
+            return float(v), False, f"the A/A pair's p99 read {aa} (method error > {SLICED_AA_P99_MAX:.0%})", ", sliced"
+        ok, why = sliced_usable(results, scale, w)
+        return float(v), ok, why, ", sliced"
+    r = _get(results, "scales", scale, w, "socklb", "vs_direct", "p99_ratio_rounds_median")
+    ok, why = usable(results, scale, w)
+    return (None if r is None else float(r)), ok, why, ", rounds"
+
+
 #: Steal (CPU time the hypervisor gave to other guests while this one had
 #: work) from which a run's notes name it as the likely cause of its noise.
 STEAL_NOTED = 0.02
@@ -149,36 +203,39 @@ def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
                 if few:
                     out[-1]["why_not_judged"] = f"only {runs} runs (the machine stalled?)"
         tcp = _get(results, "scales", s, "tcp", "socklb")
-        if tcp is None:
+        sliced_tcp = _get(results, "sliced", s, "tcp")
+        if tcp is None and sliced_tcp is None:
             continue
-        ok_tcp, why_tcp = usable(results, s, "tcp")
-        ok_udp, why_udp = usable(results, s, "udp")
-        r = _get(tcp, "vs_direct", RATIO)
-        add(f"TCP CRR socklb >= 0.97x direct ({int(s):,} svc)", r, None if r is None or not ok_tcp else r >= 0.97)
-        p = _get(tcp, "vs_direct", "p99_ratio_rounds_median")
-        add(f"TCP CRR socklb p99 <= 1.05x direct ({int(s):,} svc)", p, None if p is None or not ok_tcp else p <= 1.05)
-        if not ok_tcp:
-            out[-1]["why_not_judged"] = out[-2]["why_not_judged"] = why_tcp
+        for w, what in (("tcp", "TCP CRR"), ("udp", "UDP RR")):
+            r, ok, why, src = _ratio(results, s, w, "direct")
+            add(f"{what} socklb >= 0.97x direct ({int(s):,} svc{src})", r, None if r is None or not ok else r >= 0.97)
+            if not ok:
+                out[-1]["why_not_judged"] = why
+            if w == "tcp":
+                p, okp, whyp, srcp = _p99_ratio(results, s, w)
+                add(
+                    f"TCP CRR socklb p99 <= 1.05x direct ({int(s):,} svc{srcp})",
+                    p,
+                    None if p is None or not okp else p <= 1.05,
+                )
+                if not okp:
+                    out[-1]["why_not_judged"] = whyp
+            r, _, _, src = _ratio(results, s, w, "nftables")
+            add(f"{what} socklb ahead of nftables ({int(s):,} svc{src})", r, None if r is None else r > 1.0)
         r = _get(tcp, "vs_detached", RATIO)
-        add(
-            f"TCP CRR socklb >= 0.97x detached, same lab ({int(s):,} svc)",
-            r,
-            None if r is None or not ok_tcp else r >= 0.97,
-        )
-        if not ok_tcp:
-            out[-1]["why_not_judged"] = why_tcp
-        r = _get(tcp, "vs_nftables", RATIO)
-        add(f"TCP CRR socklb ahead of nftables ({int(s):,} svc)", r, None if r is None else r > 1.0)
-        udp = _get(results, "scales", s, "udp", "socklb", "vs_direct", RATIO)
-        add(f"UDP RR socklb >= 0.97x direct ({int(s):,} svc)", udp, None if udp is None or not ok_udp else udp >= 0.97)
-        if not ok_udp:
-            out[-1]["why_not_judged"] = why_udp
-        nft_u = _get(results, "scales", s, "udp", "socklb", "vs_nftables", RATIO)
-        add(f"UDP RR socklb ahead of nftables ({int(s):,} svc)", nft_u, None if nft_u is None else nft_u > 1.0)
-    r1 = _get(results, "scales", "1", "tcp", "socklb", "vs_iptables", RATIO)
-    add("TCP CRR socklb >= 1.15x iptables (1 svc)", r1, None if r1 is None else r1 >= 1.15)
-    r10k = _get(results, "scales", "10000", "tcp", "socklb", "vs_iptables", RATIO)
-    add("TCP CRR socklb >= 2x iptables (10,000 svc)", r10k, None if r10k is None else r10k >= 2.0)
+        if r is not None:
+            ok_tcp, why_tcp = usable(results, s, "tcp")
+            add(
+                f"TCP CRR socklb >= 0.97x detached, same lab ({int(s):,} svc, rounds)",
+                r,
+                None if not ok_tcp else r >= 0.97,
+            )
+            if not ok_tcp:
+                out[-1]["why_not_judged"] = why_tcp
+    r1, _, _, src1 = _ratio(results, "1", "tcp", "iptables")
+    add(f"TCP CRR socklb >= 1.15x iptables (1 svc{src1})", r1, None if r1 is None else r1 >= 1.15)
+    r10k, _, _, src10k = _ratio(results, "10000", "tcp", "iptables")
+    add(f"TCP CRR socklb >= 2x iptables (10,000 svc{src10k})", r10k, None if r10k is None else r10k >= 2.0)
     out += control_targets(results)
     return out
 
@@ -333,7 +390,7 @@ def markdown(results: Dict[str, Any]) -> str:
             foreign = max((float(e.get("foreign_cpu_share_max", 0)) for e in per.values()), default=0.0)
             srv = ", ".join(f"{mo} {per[mo]['server_cpu_us_per_req']:.1f}" for mo in modes if mo in per)
             cli = ", ".join(f"{mo} {per[mo]['client_cpu_us_per_req']:.1f}" for mo in modes if mo in per)
-            sc = results["scales"][s]
+            sc = results.get("scales", {}).get(s, {})
             used = f"{sl.get('rounds', '?')} ({sc.get('rounds_disturbed', 0)})" + (" noisy" if sc.get("noisy") else "")
             lines.append(
                 f"| {int(s):,} | {rr('direct')} | {spread_cell} | {rr('detached')} | {rr('iptables')} | "
@@ -342,6 +399,8 @@ def markdown(results: Dict[str, Any]) -> str:
                 f"{steal_max(per):.0%} | {cli} | {srv} |"
             )
         lines.append("")
+
+    lines += _sliced_rows(results)
 
     hc = results.get("hook_cost", {})
     if hc:
@@ -430,6 +489,50 @@ def markdown(results: Dict[str, Any]) -> str:
         lines.append(f"- {n}")
     lines.append("")
     return "\n".join(lines)
+
+
+def _sliced_rows(results: Dict[str, Any]) -> List[str]:
+    sl = results.get("sliced") or {}
+    if not sl:
+        return []
+    cfg = results.get("config", {})
+    rows = [
+        "## Time-sliced A/B (what the targets judge)",
+        "",
+        f"One run per workload and scale: the arms time-share the client CPU in {cfg.get('slice_ms')} ms slices, "
+        f"{cfg.get('sliced_duration')} s in all (see Method).  Ratio of requests over the cycles, with its 95% "
+        "interval; p99 over the run (per block in brackets).  direct-aa/direct is the method's own error.",
+        "",
+        "| services | workload | socklb req/s | socklb / direct | p99 socklb / direct | direct-aa / direct "
+        "(A/A) | socklb / iptables | socklb / nftables | cycles | other processes | judged |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(v: Optional[Dict[str, Any]]) -> str:
+        if not v or v.get("ratio") is None:
+            return "-"
+        lo, hi = v["ci95"]
+        return f"{v['ratio']:.3f} ({lo:.3f}-{hi:.3f})"
+
+    for s in sorted(sl, key=int):
+        for w in ("tcp", "udp"):
+            e = sl[s].get(w)
+            if not e:
+                continue
+            vs = e.get("vs", {})
+            d = vs.get("socklb/direct") or {}
+            blocks = ", ".join("-" if x is None else f"{x:.2f}" for x in d.get("p99_ratio_blocks", []))
+            p99 = "-" if d.get("p99_ratio") is None else f"{d['p99_ratio']:.3f} ({blocks})"
+            ok, why = sliced_usable(results, s, w)
+            rps = _get(e, "arms", "socklb", "rps")
+            lines_rps = "-" if rps is None else f"{float(rps):,.0f}"
+            rows.append(
+                f"| {int(s):,} | {w} | {lines_rps} | {cell(d)} | {p99} | {cell(vs.get('direct-aa/direct'))} | "
+                f"{cell(vs.get('socklb/iptables'))} | {cell(vs.get('socklb/nftables'))} | {d.get('cycles', '-')} | "
+                f"{float(_get(e, 'cpu', 'foreign_share') or 0):.0%} | {'yes' if ok else why} |"
+            )
+    rows.append("")
+    return rows
 
 
 def _memory_rows(results: Dict[str, Any]) -> List[str]:
@@ -567,7 +670,23 @@ def summary(results: Dict[str, Any]) -> str:
                 f"  {int(s):>8,}  {_fmt(r)} [{_rounds_range(rounds)}]  p99 {_fmt(p)}  same-lab {_fmt(d)}  {verdict}"
             )
         if rows:
-            lines.append(f"{WORKLOAD_NAMES[w]}: socklb/direct, median of rounds [min-max] (target >= 0.97x)")
+            lines.append(f"{WORKLOAD_NAMES[w]}: socklb/direct, median of rounds [min-max] (not judged: see sliced)")
+            lines += rows
+        rows = []
+        for s in _scales(results):
+            vs = _get(results, "sliced", s, w, "vs") or {}
+            d, aa = vs.get("socklb/direct") or {}, vs.get("direct-aa/direct") or {}
+            if d.get("ratio") is None:
+                continue
+            ok, why = sliced_usable(results, s, w)
+            verdict = f"NOT JUDGED ({why})" if not ok else ("ok" if d["ratio"] >= 0.97 else "below target")
+            lo, hi = d["ci95"]
+            rows.append(
+                f"  {int(s):>8,}  {d['ratio']:.3f}x [{lo:.3f}-{hi:.3f}]  p99 {_fmt(d.get('p99_ratio'))}  "
+                f"A/A {_fmt(aa.get('ratio'))}  {verdict}"
+            )
+        if rows:
+            lines.append(f"{WORKLOAD_NAMES[w]}: socklb/direct, time-sliced A/B [95% interval] (target >= 0.97x)")
             lines += rows
     missed = [t for t in targets(results) if t["met"] is False]
     lines.append(f"targets missed: {len(missed)}")

@@ -16,6 +16,7 @@ from bench import report, rules
 from bench.build import build
 from bench.modes import (
     MODES,
+    Arm,
     DetachedLab,
     IptablesLab,
     Modes,
@@ -24,12 +25,14 @@ from bench.modes import (
     Workload,
     conntrack_count,
     default_pinning,
+    direct_targets,
     make_mode,
+    run_sliced,
     services_for_scale,
     wait_quiet,
 )
 from bench.rules import Svc, Table
-from bench.stats import median, paired_ratios, summarize
+from bench.stats import median, paired_ratios, sliced_ratio, summarize
 from bench.system import bpf_stats, machine_info
 
 __all__ = ["Config", "run"]
@@ -77,6 +80,13 @@ class Config:
     #: existing rules) is timed.
     ipt_resync_max: int = 1000
     changes: int = 3
+    #: The time-sliced A/B at each scale (bench.modes.run_sliced): socklb,
+    #: direct (the socklb pod, a cgroup without socklb), a second direct arm
+    #: (the method's own error: should read 1.000), iptables, nftables.
+    sliced: bool = True
+    slice_ms: float = 2.0
+    sliced_duration: float = 20.0
+    sliced_blocks: int = 5
     plots: bool = True
     out_dir: str = ""
 
@@ -107,6 +117,7 @@ def run(cfg: Config, log: Optional[Log] = None) -> Dict[str, Any]:
         "control_plane": {"socklb": {}, "iptables": {}, "nftables": {}},
         "memory": {},
         "checks": {},
+        "sliced": {},
     }
     os.makedirs(cfg.out_dir, exist_ok=True)
 
@@ -202,6 +213,8 @@ def run(cfg: Config, log: Optional[Log] = None) -> Dict[str, Any]:
                 m: {w.proto: [_no_hist(r) for r in noisy[m][w.proto]] for w in workloads} for m in order
             }
             results["scales"][str(scale)] = summary
+            if cfg.sliced and "socklb" in modes.labs:
+                results["sliced"][str(scale)] = _sliced(modes, workloads, cfg, scale, say)
             if "socklb" in modes.labs and cfg.hook_cost:
                 lab = modes.labs["socklb"]
                 assert isinstance(lab, SocklbLab)
@@ -232,6 +245,84 @@ def run(cfg: Config, log: Optional[Log] = None) -> Dict[str, Any]:
     say(report.summary(results))
     say(f"[bench] done in {results['wall_s']:.0f} s; results in {cfg.out_dir}")
     return results
+
+
+#: The comparisons a sliced run reports (arm over arm), when both arms ran.
+SLICED_PAIRS = (
+    ("socklb", "direct"),
+    ("direct-aa", "direct"),
+    ("socklb", "iptables"),
+    ("socklb", "nftables"),
+)
+
+
+def sliced_arms(modes: Modes, proto: str) -> List[Arm]:
+    """The arms of a scale's sliced run: socklb and two direct arms in the
+    socklb lab's client pod (the direct ones in sibling cgroups, which
+    socklb's programs do not see), and the client pods of the iptables and
+    nftables labs."""
+    sl = modes.labs["socklb"]
+    arms = [
+        Arm("socklb", sl, sl.client, tuple(sl.targets(proto))),
+        Arm("direct", sl, sl.client.sibling("direct"), direct_targets(sl, proto)),
+        Arm("direct-aa", sl, sl.client.sibling("direct-aa"), direct_targets(sl, proto)),
+    ]
+    for name in ("iptables", "nftables"):
+        lab = modes.labs.get(name)
+        if lab is not None:
+            arms.append(Arm(name, lab, lab.client, tuple(lab.targets(proto))))
+    return arms
+
+
+def sliced_summary(run_: Dict[str, Any]) -> Dict[str, Any]:
+    """Per arm: throughput, latency and errors; per pair of SLICED_PAIRS: the
+    throughput ratio with its 95% interval over the cycles, and the p99 ratio
+    (over the whole run and per block)."""
+    arms: Dict[str, Any] = run_["arms"]
+    out: Dict[str, Any] = {"arms": {}, "vs": {}, "cpu": run_["cpu"], "slice_s": run_["slice_s"]}
+    for name, r in arms.items():
+        out["arms"][name] = {
+            "rps": r["rps"],
+            "requests": r["requests"],
+            "latency_us": r["latency_us"],
+            "errors": r["errors"],
+            "errors_by_kind": r["errors_by_kind"],
+            "blocks": r["slices"]["blocks"],
+        }
+    for a, b in SLICED_PAIRS:
+        if a not in arms or b not in arms:
+            continue
+        sa, sb = arms[a]["slices"], arms[b]["slices"]
+        lo, hi = max(sa["warmup_cycles"], sb["warmup_cycles"]), min(sa["full_cycles"], sb["full_cycles"])
+        pair = sliced_ratio(sa["counts"][lo:hi], sb["counts"][lo:hi])
+        pa, pb = float(arms[a]["latency_us"]["p99"]), float(arms[b]["latency_us"]["p99"])
+        pair["p99_ratio"] = round(pa / pb, 4) if pb else None
+        pair["p99_ratio_blocks"] = [
+            round(float(x["p99"]) / float(y["p99"]), 4) if float(y["p99"]) else None
+            for x, y in zip(sa["blocks"], sb["blocks"])
+        ]
+        out["vs"][f"{a}/{b}"] = pair
+    return out
+
+
+def _sliced(modes: Modes, workloads: List[Workload], cfg: Config, scale: int, say: Log) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for w in workloads:
+        arms = sliced_arms(modes, w.proto)
+        sw = Workload(w.proto, cfg.sliced_duration, max(w.warmup, 0.5), w.concurrency, w.req_size, w.resp_size)
+        if cfg.quiet_wait > 0:
+            wait_quiet(cfg.quiet_wait)
+        res = sliced_summary(
+            run_sliced(arms, sw, cfg.slice_ms / 1000.0, seed=1000 * scale + 7, blocks=cfg.sliced_blocks)
+        )
+        out[w.proto] = res
+        text = "  ".join(
+            f"{k} {v['ratio']:.3f} (+-{v['half_width']:.1%}) p99 {v['p99_ratio']:.3f}"
+            for k, v in res["vs"].items()
+            if v.get("ratio") is not None and v.get("p99_ratio") is not None
+        )
+        say(f"[bench]   sliced {w.proto}: {text}")
+    return out
 
 
 def _pinning(spec: str) -> Optional[Tuple[str, str]]:
@@ -276,6 +367,15 @@ def _method(cfg: Config) -> Dict[str, str]:
             "sending CPU), the server CPU the server's calls and the path of the replies"
         ),
         "direct": "the client picks a backend pod at random per TCP connection / per UDP socket (thread)",
+        "sliced": (
+            f"the targets' ratios: after the rounds, one run per workload of {cfg.sliced_duration:g} s in which a load "
+            "generator per arm (socklb; direct and direct-aa: the socklb lab's client pod in two sibling cgroups that "
+            "socklb is not attached to, dialling the backend pods; iptables; nftables) time-shares the client CPU in "
+            f"slices of {cfg.slice_ms:g} ms, each cycle giving every arm one slice in a random order, so that the "
+            "machine's noise (which comes in phases of milliseconds to seconds) hits every arm alike; a ratio is the "
+            "ratio of the arms' requests over all cycles, with a 95% interval from the per-cycle spread; direct-aa "
+            "against direct measures the method's own error, and a run where it is not 1 within 1% is not judged"
+        ),
         "tables": (
             "N TCP services 10.96.x.y:80 plus one UDP service :53; the measured TCP and UDP services are in the middle "
             "with one endpoint per backend pod; the other services have 2 endpoints each (iptables-nft cannot load "

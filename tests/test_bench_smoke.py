@@ -31,6 +31,7 @@ def test_bench_smoke(tmp_path: Any) -> None:
         changes=2,
         hook_duration=0.3,
         quiet_wait=0,
+        sliced_duration=1.0,
         out_dir=out,
     )
     lines: list[str] = []
@@ -53,6 +54,16 @@ def test_bench_smoke(tmp_path: Any) -> None:
         hook = res["hook_cost"][scale]["avg_ns"]
         for prog in ("socklb_connect4", "socklb_sendmsg4", "socklb_recvmsg4"):
             assert hook[prog] is not None and hook[prog] > 0, (scale, prog, hook)
+        # The time-sliced A/B: every arm ran and every pair has a ratio and its interval.
+        for proto in ("tcp", "udp"):
+            sliced = res["sliced"][scale][proto]
+            assert set(sliced["arms"]) == {"socklb", "direct", "direct-aa", "iptables", "nftables"}
+            for arm, a in sliced["arms"].items():
+                assert a["requests"] > 0 and a["errors"] == 0, (scale, proto, arm, a["errors_by_kind"])
+            assert set(sliced["vs"]) == {"socklb/direct", "direct-aa/direct", "socklb/iptables", "socklb/nftables"}
+            for pair, v in sliced["vs"].items():
+                lo, hi = v["ci95"]
+                assert lo <= v["ratio"] <= hi and v["cycles"] > 10 and v["p99_ratio"] > 0, (scale, proto, pair, v)
         assert res["control_plane"]["iptables"][scale]["partial_sync_one_change_s"]["median"] > 0
         assert res["control_plane"]["nftables"][scale]["one_change_s"]["median"] > 0
     cp = res["control_plane"]["socklb"]["10"]
@@ -75,6 +86,8 @@ def test_bench_smoke(tmp_path: Any) -> None:
     with open(os.path.join(out, "results.md"), encoding="utf-8") as f:
         md = f.read()
     assert "## TCP connect/request/response/close" in md and "## Targets" in md
+    assert "## Time-sliced A/B" in md
+    assert any(t["target"].startswith("TCP CRR socklb >= 0.97x direct (1 svc, sliced)") for t in res["targets"])
     if importlib.util.find_spec("matplotlib") is not None:
         for png in ("throughput.png", "p99.png", "hook_cost.png", "ratios.png"):
             with open(os.path.join(out, png), "rb") as f:
@@ -101,8 +114,8 @@ def test_noisy_runs_are_reported_unusable() -> None:
     ok, why = report.usable(res, "10000", "tcp")
     assert not ok and "ratio" in why
     judged = {t["target"]: t for t in report.targets(res)}
-    assert judged["TCP CRR socklb >= 0.97x direct (1 svc)"]["met"] is False
-    noisy = judged["TCP CRR socklb >= 0.97x direct (1,000 svc)"]
+    assert judged["TCP CRR socklb >= 0.97x direct (1 svc, rounds)"]["met"] is False
+    noisy = judged["TCP CRR socklb >= 0.97x direct (1,000 svc, rounds)"]
     assert noisy["met"] is None and "direct baseline" in noisy["why_not_judged"]
     assert "UNUSABLE" in report.summary(res)
 
@@ -149,3 +162,87 @@ def test_hook_cost_smoke() -> None:
     # An empty program costs less than one that translates (a generous bound:
     # 50 calls, other work on the machine).
     assert res["floor:connect4"][0] < res["tcp:connect4"][0] * 2, res
+
+
+def test_sliced_runs_are_judged_by_their_aa_pair() -> None:
+    """The targets read the sliced A/B when a scale has one; it is judged only
+    when its A/A pair (two identical direct arms) reads 1 within 1% and the
+    socklb/direct interval is narrow enough."""
+    from bench import report
+    from bench.stats import sliced_ratio
+
+    def pair(ratio: float, half: float, p99: float = 1.0) -> dict[str, Any]:
+        return {"ratio": ratio, "ci95": [ratio - half, ratio + half], "half_width": half / ratio, "p99_ratio": p99}
+
+    def scale(aa: float, socklb: float, half: float, aa_p99: float = 1.0) -> dict[str, Any]:
+        vs = {"direct-aa/direct": pair(aa, 0.004, aa_p99), "socklb/direct": pair(socklb, half, 1.02)}
+        vs["socklb/iptables"] = pair(1.3, 0.01)
+        return {w: {"vs": vs, "arms": {"socklb": {"errors": 0}}} for w in ("tcp", "udp")}
+
+    res: dict[str, Any] = {
+        "scales": {},
+        "sliced": {
+            "1": scale(1.002, 0.985, 0.004),
+            "1000": scale(1.03, 0.985, 0.004),
+            "10000": scale(1.0, 0.96, 0.03),
+            "50000": scale(1.0, 0.95, 0.004, aa_p99=1.2),
+        },
+    }
+    judged = {t["target"]: t for t in report.targets(res)}
+    assert judged["TCP CRR socklb >= 0.97x direct (1 svc, sliced)"]["met"] is True
+    assert judged["TCP CRR socklb p99 <= 1.05x direct (1 svc, sliced)"]["met"] is True
+    assert judged["TCP CRR socklb >= 1.15x iptables (1 svc, sliced)"]["met"] is True
+    aa_off = judged["TCP CRR socklb >= 0.97x direct (1,000 svc, sliced)"]
+    assert aa_off["met"] is None and "A/A pair read 1.030" in aa_off["why_not_judged"]
+    wide = judged["UDP RR socklb >= 0.97x direct (10,000 svc, sliced)"]
+    assert wide["met"] is None and "interval" in wide["why_not_judged"]
+    assert judged["TCP CRR socklb >= 0.97x direct (50,000 svc, sliced)"]["met"] is False
+    assert judged["TCP CRR socklb p99 <= 1.05x direct (50,000 svc, sliced)"]["met"] is None
+    md = report.markdown(res)
+    assert "| 1 | tcp |" in md and "0.985 (0.981-0.989)" in md
+
+    # The interval: identical arms read 1 and it holds 1; a 10% gap is resolved.
+    same = sliced_ratio([100, 96, 104, 100] * 50, [100, 100, 100, 100] * 50)
+    assert same["ratio"] == 1.0 and same["ci95"][0] < 1.0 < same["ci95"][1]
+    gap = sliced_ratio([90, 92, 88, 90] * 50, [100, 101, 99, 100] * 50)
+    assert gap["ci95"][1] < 0.92 and gap["cycles"] == 200
+
+
+def test_loadgen_slices_share_the_client(tmp_path: Any) -> None:
+    """Two load generators with the same --slices take turns: each runs in
+    its own slice of every cycle, they split the time, and each cycle's
+    requests are reported; a bad --slices is refused."""
+    require_root()
+    import subprocess
+    import time
+
+    from bench.build import build
+
+    from socklb.lab import Lab
+
+    bins = build()
+    bad = subprocess.run(
+        [bins["loadgen"], "--proto", "tcp", "--target", "10.0.0.1:1", "--slices", "1:2:3"], check=False
+    )
+    assert bad.returncode == 2
+    with Lab() as lab:
+        client, server = lab.add_pod("client"), lab.add_pod("server")
+        srv = server.popen([bins["server"], "--tcp", "8080", "--udp", "5353"], stdout=subprocess.PIPE, text=True)
+        assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
+        start = time.monotonic_ns() + 300_000_000
+        procs = []
+        for arm, place in enumerate((client, client.sibling("other"))):
+            argv = [bins["loadgen"], "--proto", "tcp", "--target", f"{server.ipv4}:8080", "--duration", "1"]
+            argv += ["--warmup", "0.2", "--slices", f"{start}:5000000:2:{arm}:7", "--blocks", "2"]
+            procs.append(place.popen(argv, stdout=subprocess.PIPE, text=True))
+        outs = [json.loads(p.communicate(timeout=30)[0]) for p in procs]
+    for o in outs:
+        sl = o["slices"]
+        assert sl["arms"] == 2 and sl["slice_ns"] == 5_000_000
+        measured = sl["counts"][sl["warmup_cycles"] : sl["full_cycles"]]
+        assert len(measured) >= 100 and sum(1 for n in measured if n > 0) >= 0.9 * len(measured), measured
+        assert sum(measured) <= o["requests"] and o["errors"] == 0
+        assert len(sl["blocks"]) == 2 and all(b["requests"] > 0 for b in sl["blocks"])
+        # Half of the window each: one slice per cycle.
+        assert 0.4 <= o["window_s"] <= 0.6, o["window_s"]
+    assert 0.5 < outs[0]["requests"] / outs[1]["requests"] < 2.0

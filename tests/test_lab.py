@@ -370,6 +370,38 @@ def test_popen_in_pod_cgroup_and_netns(lab: Lab) -> None:
     assert "'eth0'" in out
 
 
+def test_sibling_shares_the_netns_not_the_cgroup(lab: Lab) -> None:
+    """A pod's sibling: its network namespace (and address), another cgroup
+    beside the pod's, so a balancer attached to the pod does not see it."""
+    from socklb import Backend, Balancer, Service
+
+    client, web = lab.add_pod("client"), lab.add_pod("web")
+    web.serve("web", tcp=[8080])
+    bare = client.sibling("bare")
+    assert client.sibling("bare") is bare and bare.netns == client.netns
+    assert os.path.dirname(bare.cgroup) == os.path.dirname(client.cgroup) and bare.cgroup != client.cgroup
+    with pytest.raises(LabError, match="invalid sibling name"):
+        client.sibling("Bad/Name")
+    code = (
+        "import socket, sys\n"
+        "s = socket.socket(); s.settimeout(3)\n"
+        "try:\n"
+        "    s.connect((sys.argv[1], int(sys.argv[2]))); print('ok', s.getsockname()[0])\n"
+        "except OSError as e:\n"
+        "    print('error', e.errno)\n"
+    )
+    with Balancer() as lb:
+        lb.upsert(Service("10.96.0.10", 80, "tcp", [Backend(web.ipv4, 8080)]))
+        lb.attach(client.cgroup)
+        assert client.python(code, "10.96.0.10", "80") == f"ok {client.ipv4}\n"
+        # The sibling's connect() is not translated: the service range is unreachable in a pod.
+        assert bare.python(code, "10.96.0.10", "80").startswith("error ")
+        assert bare.python(code, web.ipv4, "8080") == f"ok {client.ipv4}\n"
+    path = bare.cgroup
+    lab.close()
+    assert not os.path.exists(path)
+
+
 def test_run_and_python(lab: Lab) -> None:
     a = lab.add_pod("a")
     assert a.run(["echo", "hi"]).stdout == "hi\n"

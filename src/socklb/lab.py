@@ -510,6 +510,31 @@ class Pod(Sandbox):
         self.ifname: str = "eth0"
         #: The name of the node's end of the pod's veth pair.
         self.node_ifname: str = f"veth{index}"
+        self._siblings: dict[str, Sandbox] = {}
+        self._siblings_lock = threading.Lock()
+
+    def sibling(self, name: str) -> Sandbox:
+        """The pod's network namespace with another cgroup, ``<lab>/<pod>.<name>``:
+        a process started there talks from the pod's address, but programs
+        attached to the pod's cgroup do not see its sockets (the cgroup is a
+        sibling, not a child).  Made on first use, the same object after; the
+        lab removes it with the rest.  ``name`` follows the pod-name rules.
+
+        Example::
+
+            >>> bare = client.sibling("bare")             # doctest: +SKIP
+            >>> bare.run(["curl", "-s", "10.244.2.2:8080"])  # doctest: +SKIP
+        """
+        self._lab._check_open()
+        if not isinstance(name, str) or not _POD_NAME_RE.match(name):
+            raise LabError(f"invalid sibling name {name!r}: use 1-41 characters a-z, 0-9 and '-' (not at either end)")
+        with self._siblings_lock:
+            got = self._siblings.get(name)
+            if got is None:
+                path = os.path.join(os.path.dirname(self.cgroup), f"{self.name}.{name}")
+                got = Sandbox(self._lab, f"{self.name}.{name}", self.netns, _cg.make_cgroup(path))
+                self._siblings[name] = got
+        return got
 
 
 class Lab:
