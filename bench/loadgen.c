@@ -13,7 +13,7 @@
  *
  * With several --target, a TCP request picks one at random per connection
  * and a UDP thread picks one at random for its socket ("direct" mode: the
- * client balances by itself).  Latency is the time of the whole request
+ * client balances by itself; with --slices, UDP thread i takes target i).  Latency is the time of the whole request
  * (socket() to close() for tcp), kept in a log-linear histogram with 256
  * sub-buckets per power of two (< 0.4% error).  Only requests that start after
  * the warm-up and end before the deadline count; errors count throughout.
@@ -352,7 +352,12 @@ static void *tcp_thread(void *arg)
 static void *udp_thread(void *arg)
 {
 	struct thread *t = arg;
-	const struct target *tg = &targets[ntargets == 1 ? 0 : next_rand(&t->rng) % (uint64_t)ntargets];
+	/* With --slices, thread i dials target i (mod their number): the same
+	 * layout in every arm, where a random pick would make the arms differ
+	 * in which servers their threads share for the whole run. */
+	const struct target *tg =
+		&targets[slicing ? (uint64_t)t->idx % (uint64_t)ntargets
+				 : ntargets == 1 ? 0 : next_rand(&t->rng) % (uint64_t)ntargets];
 	unsigned char *req = malloc(BENCH_MAX_MSG), *buf = malloc(BENCH_MAX_MSG);
 	uint64_t seq = (uint64_t)t->idx << 48;
 	int fd;
@@ -366,26 +371,12 @@ static void *udp_thread(void *arg)
 		return NULL;
 	}
 	set_timeouts(fd);
-	for (int64_t last = -1;;) {
+	for (;;) {
 		uint64_t k_end;
 		int64_t k = my_slice(&k_end);
 
 		if (k < 0)
 			break;
-		/* --slices: a new socket (and random target) in each slice, so that
-		 * which backends the threads' sockets share (a balancer picks per
-		 * socket) averages out over the cycles as it does for TCP. */
-		if (slicing && k != last && last >= 0) {
-			close(fd);
-			tg = &targets[ntargets == 1 ? 0 : next_rand(&t->rng) % (uint64_t)ntargets];
-			fd = socket(tg->family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-			if (fd < 0) {
-				fail(t, errno_kind(errno));
-				break;
-			}
-			set_timeouts(fd);
-		}
-		last = k;
 		uint64_t t0 = now_ns(), t1;
 		int kind = 0;
 
@@ -423,8 +414,7 @@ static void *udp_thread(void *arg)
 		else
 			record(t, t0, t1, slicing ? k : -1, k_end);
 	}
-	if (fd >= 0)
-		close(fd);
+	close(fd);
 	free(req);
 	free(buf);
 	return NULL;

@@ -50,6 +50,12 @@ UDP_PORT = 5353
 #: The service ports clients dial.
 SVC_TCP_PORT = 80
 SVC_UDP_PORT = 53
+#: The sliced A/B's UDP services: port 54 + i has one endpoint, backend pod
+#: i, and the load generator's thread i dials it (or, direct, the pod).  A
+#: UDP socket keeps its backend for the whole run, so with several endpoints
+#: a run's outcome would hang on which pods the client's sockets happened to
+#: share.
+SVC_UDP_ONE_PORT = 54
 #: The measured services' address: the same at every scale.  (A client that
 #: reuses ports must keep dialling the same VIP: TCP derives a connection's
 #: initial sequence number and timestamp offset from the address it dials, so
@@ -73,8 +79,9 @@ class Workload:
 def services_for_scale(
     n: int, backend_ips: Sequence[str], filler_endpoints: int = FILLER_ENDPOINTS
 ) -> Tuple[List[Svc], int]:
-    """``n`` TCP services plus the measured UDP service, and the index of the
-    measured TCP service (the middle of the table; the UDP one follows it).
+    """``n`` TCP services plus the measured UDP services, and the index of the
+    measured TCP service (the middle of the table; the UDP one follows it, then
+    the one-endpoint UDP service of the sliced A/B).
 
     Filler services have ``filler_endpoints`` endpoints each: the backend pods
     on ports 8080, 8081, ... (fillers are never dialled).  The measured
@@ -93,6 +100,8 @@ def services_for_scale(
             out.append(Svc("bench", "measured", MEASURED_VIP, SVC_TCP_PORT, "tcp", eps))
             ueps = tuple((ip, UDP_PORT) for ip in backend_ips)
             out.append(Svc("bench", "measured", MEASURED_VIP, SVC_UDP_PORT, "udp", ueps))
+            for j, ip in enumerate(backend_ips):
+                out.append(Svc("bench", "measured", MEASURED_VIP, SVC_UDP_ONE_PORT + j, "udp", ((ip, UDP_PORT),)))
         else:
             # Fillers from 10.96.1.0 up: never the measured address.
             out.append(Svc("bench", f"svc-{i}", rules.vip(255 + i), SVC_TCP_PORT, "tcp", fill))
@@ -155,6 +164,14 @@ class ModeLab:
         """What the load generator dials for this workload."""
         svc = self.services[self.mid + (1 if proto == "udp" else 0)]
         return [f"{svc.ip}:{svc.port}"]
+
+    def sliced_targets(self, proto: str) -> List[str]:
+        """What the load generator dials in the sliced A/B: as in the rounds
+        for TCP; for UDP the one-endpoint services, one per thread (see
+        SVC_UDP_ONE_PORT)."""
+        if proto != "udp":
+            return self.targets(proto)
+        return [f"{s.ip}:{s.port}" for s in self.services[self.mid + 2 : self.mid + 2 + len(self.backends)]]
 
     def before_run(self) -> None:
         pass
@@ -372,7 +389,8 @@ class Arm:
 
 
 def direct_targets(lab: ModeLab, proto: str) -> Tuple[str, ...]:
-    """The backend pods' addresses (dialled without a service)."""
+    """What a direct arm of the sliced A/B dials: the backend pods (for UDP in
+    the order of the one-endpoint services, see SVC_UDP_ONE_PORT)."""
     port = UDP_PORT if proto == "udp" else TCP_PORT
     return tuple(f"{ip}:{port}" for ip in lab.backend_ips)
 

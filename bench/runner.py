@@ -263,14 +263,14 @@ def sliced_arms(modes: Modes, proto: str) -> List[Arm]:
     nftables labs."""
     sl = modes.labs["socklb"]
     arms = [
-        Arm("socklb", sl, sl.client, tuple(sl.targets(proto))),
+        Arm("socklb", sl, sl.client, tuple(sl.sliced_targets(proto))),
         Arm("direct", sl, sl.client.sibling("direct"), direct_targets(sl, proto)),
         Arm("direct-aa", sl, sl.client.sibling("direct-aa"), direct_targets(sl, proto)),
     ]
     for name in ("iptables", "nftables"):
         lab = modes.labs.get(name)
         if lab is not None:
-            arms.append(Arm(name, lab, lab.client, tuple(lab.targets(proto))))
+            arms.append(Arm(name, lab, lab.client, tuple(lab.sliced_targets(proto))))
     return arms
 
 
@@ -377,8 +377,10 @@ def _method(cfg: Config) -> Dict[str, str]:
             "against direct measures the method's own error, and a run where it is not 1 within 1% is not judged"
         ),
         "tables": (
-            "N TCP services 10.96.x.y:80 plus one UDP service :53; the measured TCP and UDP services are in the middle "
-            "with one endpoint per backend pod; the other services have 2 endpoints each (iptables-nft cannot load "
+            "N TCP services 10.96.x.y:80 plus the UDP services :53 and :54-:57; the measured TCP and UDP services are "
+            "in the middle with one endpoint per backend pod; :54+i, which the sliced A/B's UDP thread i dials, has "
+            "one, pod i (a UDP socket keeps its backend, so with several a run would hang on which pods the client's "
+            "sockets happened to share); the other services have 2 endpoints each (iptables-nft cannot load "
             "50,000 x 10 in practical time); the control-plane tables are N x 10"
         ),
         "tcp": "TCP_CRR-like: per request socket/connect/send/recv response/recv FIN/close; server closes first",
