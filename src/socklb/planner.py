@@ -336,7 +336,6 @@ class State:
     still to be cleaned up."""
 
     def __init__(self, id_limit: int = 0xFFFFFFFF, spread: int = 0) -> None:
-        self._id_limit, self._spread = id_limit, spread
         self.services: Dict[ServiceKey, Programmed] = {}
         self.values: Dict[ServiceKey, Service] = {}
         """The service of each entry of ``services``: what plan() compares a wanted list with, in C."""
@@ -418,7 +417,7 @@ class State:
         self._settle()
 
     def clear(self) -> None:
-        self.__init__(self._id_limit, self._spread)  # type: ignore[misc]
+        self.__init__()  # type: ignore[misc]
 
 
 @dataclass

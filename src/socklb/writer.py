@@ -222,9 +222,3 @@ def _rollback(t: Tables, state: State, p: Plan, written: List[Tuple[Map, Rows]])
             else:
                 state.garbage.maglev.append((k, i))
                 state.garbage.list_ids.append(i)
-    if t.selections is not None and len(p.new_backend_ids):
-        # A new backend may have been chosen before the swap was undone: its
-        # counter goes back to 0 before its id does (else it waits as garbage).
-        for i in stats.zero_selections(t.selections, list(p.new_backend_ids), t.selections_size):
-            p.new_backend_ids.remove(i)
-            state.garbage.backends.append((U32.pack(i), i))
