@@ -180,15 +180,6 @@ static struct bpf_map *internal_map(struct bpf_object *obj, const char *suffix)
 	return NULL;
 }
 
-uint32_t socklb_selection_slots(uint32_t max_backends)
-{
-	uint32_t n = 1;
-
-	while (n < max_backends && n < (1u << 31))
-		n <<= 1;
-	return n;
-}
-
 static int size_map(struct bpf_object *obj, const char *name, uint32_t entries)
 {
 	struct bpf_map *map = bpf_object__find_map_by_name(obj, name);
@@ -540,7 +531,7 @@ static int open_common(const struct socklb_config *cfg, const char *pin_dir, str
 	if ((err = size_map(lb->obj, "services", cfg->max_services)) ||
 	    (err = size_map(lb->obj, "slots", cfg->max_slots)) ||
 	    (err = size_map(lb->obj, "backends", cfg->max_backends)) ||
-	    (err = size_map(lb->obj, "selections", socklb_selection_slots(cfg->max_backends))) ||
+	    (err = size_map(lb->obj, "selections", cfg->max_backends)) ||
 	    (err = size_map(lb->obj, "affinity", cfg->max_affinity)) ||
 	    (err = size_map(lb->obj, "maglev", cfg->max_maglev)))
 		goto fail;
@@ -569,7 +560,6 @@ static int open_common(const struct socklb_config *cfg, const char *pin_dir, str
 	if ((err = set_rodata_u32(lb->obj, rodata, "maglev_size", cfg->maglev_size)) ||
 	    (err = set_rodata_u32(lb->obj, rodata, "tcp_by_cookie", (uint32_t)lb->tcp_by_cookie)) ||
 	    (err = set_rodata_u32(lb->obj, rodata, "udp_flows", cfg->udp_flows)) ||
-	    (err = set_rodata_u32(lb->obj, rodata, "sel_mask", socklb_selection_slots(cfg->max_backends) - 1)) ||
 	    (err = size_sock_dgram(lb->obj, cfg->udp_flows)))
 		goto fail;
 

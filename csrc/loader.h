@@ -170,10 +170,6 @@ int socklb_tcp_by_cookie(struct socklb *lb);
  * holds. */
 int64_t socklb_tcp_slots_used(int fd);
 
-/* Entries of the selections array for a backends map of max_backends
- * entries: the power of two at or above it (its index is id & (n - 1)). */
-uint32_t socklb_selection_slots(uint32_t max_backends);
-
 /* Kernel features this library needs that are missing (SOCKLB_MISSING_*). */
 uint32_t socklb_probe(void);
 

@@ -46,8 +46,6 @@ const volatile __u32 tcp_by_cookie = 0;
 #endif
 /* Entries of each socket's sock_dgram value (the loader sizes the map to it). */
 const volatile __u32 udp_flows = SOCKLB_DEFAULT_UDP_FLOWS;
-/* The selections array's size - 1 (a power of two - 1; set by the loader). */
-const volatile __u32 sel_mask = 0;
 
 /* udp_flows as the loops and indexes use it: read-only data, so the
  * verifier knows the value and checks every entry access against the map's
@@ -128,15 +126,12 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-/* selections: times the datapath chose a backend, per CPU, at index
- * (backend id & sel_mask) of a per-CPU array (an inlined lookup, where a
- * hash keyed by backend id cost ~45 ns per connect).  The control plane
- * never gives two live backends ids with the same index (planner.Ids'
- * spread) and zeroes a backend's counter when it deletes the backend; the
- * loader sizes the array to a power of two, at least the backends map's
- * entries, and sets sel_mask to its size - 1. */
+/* selections: backend id -> times the datapath chose it (per CPU).  Entries
+ * are made by the datapath the first time a backend is chosen and deleted by
+ * the control plane with the backend; sized like backends by the loader. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 1); /* sized by the loader (spec.py) */
 	__type(key, __u32);
 	__type(value, __u64);
@@ -231,12 +226,21 @@ static __always_inline void count_hook(__u32 which, bool v6)
 	count(v6 ? which + SOCKLB_CNT_V6 : which);
 }
 
-/* One more choice of backend id: its counter in the selections array. */
+/* One more choice of backend id: a lookup on the hot path; the first choice
+ * of a backend inserts its entry (another CPU may insert it first: then the
+ * entry is there to count in). */
 static __always_inline void count_selection(__u32 id)
 {
-	__u32 i = id & sel_mask;
-	__u64 *n = bpf_map_lookup_elem(&selections, &i);
+	__u64 *n = bpf_map_lookup_elem(&selections, &id);
+	__u64 one = 1;
 
+	if (n) {
+		*n += 1;
+		return;
+	}
+	if (bpf_map_update_elem(&selections, &id, &one, BPF_NOEXIST) == 0)
+		return;
+	n = bpf_map_lookup_elem(&selections, &id);
 	if (n)
 		*n += 1;
 }

@@ -130,7 +130,7 @@ def adopt(t: Tables, spec: DatapathSpec) -> Tuple[State, List[Service]]:
     """The state the pinned maps hold, with orphans queued as garbage, and
     the services that must be rewritten."""
     r = _Tables(t, spec)
-    state = State(spread=spec.map_entries()["selections"])
+    state = State()
     used_lists, used_backends, dirty = set(), set(), []
     for key, value in r.services:
         v = abi.SVC_VAL.unpack(value)

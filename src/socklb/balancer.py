@@ -198,7 +198,6 @@ class Balancer:
             maglev=m("maglev", U32.size, 4 * spec.maglev_size),
             affinity=m("affinity", AFFINITY_KEY.size, AFFINITY_VAL.size),
             selections=m("selections", U32.size, 8),
-            selections_size=spec.map_entries()["selections"],
         )
         self._node_cfg = m("node_cfg", U32.size, 8)
         self._node_addrs = m("node_addrs", 16, 4)
@@ -216,7 +215,7 @@ class Balancer:
             bool(terminate_sockets) and bool(dp.termination),
             record=lambda n, n_tcp: stats.add_counters(counters, terminated=n, terminated_tcp=n_tcp),
         )
-        self._state = planner.State(spread=self.spec.map_entries()["selections"])
+        self._state = planner.State()
         self.write_stats = stats.WriteStats()
         """Durations of this balancer's updates (socklb.metrics reads them)."""
         try:
@@ -768,8 +767,7 @@ class Balancer:
         with self._lock:
             self._open()
             assert self._tables.selections is not None
-            ids = [bid for lv in self._state.services.values() for bid in lv.ids]
-            sel = stats.read_selections(self._tables.selections, ids, self.spec.map_entries()["selections"])
+            sel = stats.read_selections(self._tables.selections, self.spec.map_entries()["selections"])
             return {
                 k: {be: sel.get(bid, 0) for be, bid in lv.backend_ids.items()} for k, lv in self._state.services.items()
             }
@@ -799,12 +797,9 @@ class Balancer:
             t, e = self._tables, self.spec.map_entries()
             maps = {"services": t.services, "slots": t.slots, "backends": t.backends, "maglev": t.maglev}
             maps["affinity"] = t.affinity
-            out = {name: (len(m.keys(e[name])), e[name]) for name, m in maps.items()}
             if t.selections is not None:
-                # An array: the counters in use are the live backends' that count.
-                ids = [bid for lv in self._state.services.values() for bid in lv.ids]
-                sel = stats.read_selections(t.selections, ids, e["selections"])
-                out["selections"] = (sum(1 for n in sel.values() if n), e["selections"])
+                maps["selections"] = t.selections
+            out = {name: (len(m.keys(e[name])), e[name]) for name, m in maps.items()}
             out["sock_tcp"] = (self._open().tcp_records(), int(lib.SOCKLB_SOCK_TCP_SLOTS))
             return out
 

@@ -23,7 +23,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import adopt, features, pins, stats
 from ._core import check, ffi, lib
@@ -219,24 +219,20 @@ class PinnedView:
     def services(self) -> List[Service]:
         return adopt.read_services(self.tables(), self.spec)
 
-    def selections(self, ids: Optional[Iterable[int]] = None) -> Optional[Dict[int, int]]:
-        """Backend id -> times chosen, summed over CPUs, for ``ids`` (default:
-        every programmed backend's); None when the pins have no selection
-        counters."""
+    def selections(self) -> Optional[Dict[int, int]]:
+        """Backend id -> times chosen, summed over CPUs; None when the pins
+        have no selection counters."""
         m = self.maps.get("selections")
         if m is None:
             return None
-        if ids is None:
-            ids = [bid for _, by in adopt.read_programmed(self.tables(), self.spec) for bid in by.values()]
-        return stats.read_selections(m, ids, self.max_entries["selections"])
+        return stats.read_selections(m, self.max_entries["selections"])
 
     def service_views(self, frontend: Optional[Tuple[str, Optional[int]]] = None) -> List[ServiceView]:
         """Every service (or those of one ``(address, port)`` frontend) with
         its backends' ids and selection counts, sorted by address and port."""
-        programmed = adopt.read_programmed(self.tables(), self.spec)
-        sel = self.selections([bid for _, by in programmed for bid in by.values()])
+        sel = self.selections()
         out = []
-        for svc, ids in programmed:
+        for svc, ids in adopt.read_programmed(self.tables(), self.spec):
             if frontend is not None and (
                 svc.address != frontend[0] or (frontend[1] is not None and svc.port != frontend[1])
             ):
@@ -299,8 +295,6 @@ class PinnedView:
             n: Optional[int]
             if name == "sock_tcp":  # slots held by a socket
                 n = check(int(lib.socklb_tcp_slots_used(m.fd)), "reading sock_tcp")
-            elif name == "selections":  # an array: the programmed backends' counters that count
-                n = sum(1 for v in (self.selections() or {}).values() if v)
             elif t in (_BPF_MAP_TYPE_ARRAY, _BPF_MAP_TYPE_PERCPU_ARRAY):
                 n = cap
             elif t in _MAP_TYPES and t not in (_BPF_MAP_TYPE_SK_STORAGE, 27):

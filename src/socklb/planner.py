@@ -140,19 +140,13 @@ class Ids:
     id taken is recorded and every id given back is forgotten.
     """
 
-    def __init__(self, in_use: Callable[[], Iterable[int]], limit: int = 0xFFFFFFFF, spread: int = 0) -> None:
+    def __init__(self, in_use: Callable[[], Iterable[int]], limit: int = 0xFFFFFFFF) -> None:
         self._in_use = in_use
         self._limit = limit
         self._next = 1
         self._used: Optional[Set[int]] = None  # recorded only once the counter wrapped
         self._recent: List[Iterable[int]] = []  # ranges taken since the last settle()
         self._recent_ones: List[int] = []  # single ids taken since then
-        # spread (a power of two, 0 = none): no two ids held at once are equal
-        # modulo spread (backend ids index the selection counters by id &
-        # (spread - 1)); _index[i] says whether an id held has index i.
-        self._mask = spread - 1 if spread else 0
-        self._index = bytearray(spread)
-        self._held = 0
 
     def settle(self) -> None:
         """What was taken is now in the state (committed) or given back (aborted)."""
@@ -168,20 +162,6 @@ class Ids:
         return used
 
     def take(self) -> int:
-        if self._index:
-            if self._held >= len(self._index):
-                raise CapacityError("backend ids with a selection counter", self._held + 1, len(self._index))
-            while True:  # ends: an index is free
-                i = self._take()
-                if not self._index[i & self._mask]:
-                    self._index[i & self._mask] = 1
-                    self._held += 1
-                    return i
-                if self._used is not None:  # skipped: another id holds its index
-                    self._used.discard(i)
-        return self._take()
-
-    def _take(self) -> int:
         used = self._used
         if used is None:
             i = self._next
@@ -198,48 +178,19 @@ class Ids:
                 return i
         raise CapacityError("ids", self._limit + 1, self._limit)
 
-    def _indexes_free(self, start: int, n: int) -> bool:
-        """Whether ids start..start+n-1 all have indexes no id held has."""
-        if not self._index:
-            return True
-        size = len(self._index)
-        if n > size - self._held:
-            return False
-        a = start & self._mask
-        if a + n <= size:
-            return 1 not in self._index[a : a + n]
-        return 1 not in self._index[a:] and 1 not in self._index[: a + n - size]
-
-    def _hold_range(self, start: int, n: int) -> None:
-        if not self._index:
-            return
-        size = len(self._index)
-        a = start & self._mask
-        if a + n <= size:
-            self._index[a : a + n] = b"\1" * n
-        else:
-            self._index[a:] = b"\1" * (size - a)
-            self._index[: a + n - size] = b"\1" * (a + n - size)
-        self._held += n
-
     def take_many(self, n: int) -> Sequence[int]:
-        """n ids; a contiguous range unless the counter is about to wrap (or,
-        with a spread, the range's indexes are not all free)."""
+        """n ids; a contiguous range unless the counter is about to wrap."""
         start = self._next
-        if self._used is None and start + n - 1 <= self._limit and self._indexes_free(start, n):
+        if self._used is None and start + n - 1 <= self._limit:
             r = range(start, start + n)
             self._next = start + n
             self._recent.append(r)
-            self._hold_range(start, n)
             return r
         return [self.take() for _ in range(n)]
 
     def give(self, i: int) -> None:
         if self._used is not None:
             self._used.discard(i)
-        if self._index and self._index[i & self._mask]:
-            self._index[i & self._mask] = 0
-            self._held -= 1
 
     def mark(self, i: int) -> None:
         """Record an id found in use (adopting pinned state)."""
@@ -247,9 +198,6 @@ class Ids:
             self._used.add(i)
         if i >= self._next:
             self._next = i + 1  # past the limit: the next take wraps
-        if self._index and not self._index[i & self._mask]:
-            self._index[i & self._mask] = 1
-            self._held += 1
 
 
 class Programmed:
@@ -335,7 +283,7 @@ class State:
     totals the limits are checked against, the id allocators and what is
     still to be cleaned up."""
 
-    def __init__(self, id_limit: int = 0xFFFFFFFF, spread: int = 0) -> None:
+    def __init__(self, id_limit: int = 0xFFFFFFFF) -> None:
         self.services: Dict[ServiceKey, Programmed] = {}
         self.values: Dict[ServiceKey, Service] = {}
         """The service of each entry of ``services``: what plan() compares a wanted list with, in C."""
@@ -345,8 +293,7 @@ class State:
         self.n_maglev = 0
         self.svc_ids = Ids(self._svc_ids_in_use, id_limit)
         self.list_ids = Ids(self._list_ids_in_use, id_limit)
-        # Backend ids index the selection counters (spread: their array's size).
-        self.backend_ids = Ids(self._backend_ids_in_use, id_limit, spread)
+        self.backend_ids = Ids(self._backend_ids_in_use, id_limit)
         self.garbage = Garbage()
 
     # What is in use when an id counter wraps (see Ids).

@@ -88,8 +88,7 @@ class DatapathSpec:
         return {
             "services": HEADROOM * self.max_services,
             "backends": HEADROOM * self.max_backends,
-            # a per-CPU array indexed by backend id & (size - 1): a power of two
-            "selections": int(lib.socklb_selection_slots(HEADROOM * self.max_backends)),
+            "selections": HEADROOM * self.max_backends,
             "slots": HEADROOM * self.max_backends,
             "maglev": HEADROOM * self.max_maglev_services,
             "affinity": self.max_affinity,

@@ -5,12 +5,11 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, List, Optional
 
 from ._core import lib, possible_cpus
 from .abi import U32
 from .datapath import Datapath, Map
-from .errors import KernelError
 
 __all__ = [
     "COUNTERS",
@@ -118,32 +117,15 @@ def add_counters(counters: Map, **amounts: int) -> None:
         counters.update(key, bytes(raw), 1)
 
 
-def read_selections(selections: Map, ids: Iterable[int], size: int) -> Dict[int, int]:
-    """Backend id -> times the datapath chose it, summed over the possible
-    CPUs, for each of ``ids``: the counter at index ``id & (size - 1)`` of the
-    per-CPU selections array (``size`` entries, a power of two)."""
+def read_selections(selections: Map, cap: int) -> Dict[int, int]:
+    """Backend id -> times the datapath chose it, summed over the possible CPUs."""
     ncpu = possible_cpus()
-    mask = size - 1
     out = {}
-    for i in ids:
-        raw = selections.lookup(U32.pack(i & mask), 8 * ncpu)
-        out[i] = 0 if raw is None else sum(int.from_bytes(raw[j : j + 8], sys.byteorder) for j in range(0, len(raw), 8))
+    for k in selections.keys(cap):
+        raw = selections.lookup(k, 8 * ncpu)
+        if raw is not None:
+            out[U32.unpack(k)[0]] = sum(int.from_bytes(raw[i : i + 8], sys.byteorder) for i in range(0, len(raw), 8))
     return out
-
-
-def zero_selections(selections: Map, ids: Iterable[int], size: int) -> List[int]:
-    """Set the counters of ``ids`` (backends being deleted) back to 0, so that
-    a backend given the same index later starts from 0; returns the ids whose
-    counter could not be written."""
-    zero = bytes(8 * possible_cpus())
-    mask = size - 1
-    failed = []
-    for i in ids:
-        try:
-            selections.update(U32.pack(i & mask), zero, 1)
-        except KernelError:
-            failed.append(i)
-    return failed
 
 
 def program_stats(datapath: Datapath) -> List[ProgramStats]:

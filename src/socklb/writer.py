@@ -23,7 +23,6 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from . import stats
 from ._core import check, ffi, lib
 from .abi import SLOT_KEY, U32
 from .datapath import Map, update_rows_parallel, write_threads
@@ -53,9 +52,7 @@ class Tables:
     maglev: Map
     affinity: Map
     selections: Optional[Map] = None
-    """Per-backend selection counters (zeroed when their backends are deleted)."""
-    selections_size: int = 0
-    """Entries of ``selections`` (a power of two: a counter's index is id & (size - 1))."""
+    """Per-backend selection counters (deleted with their backends)."""
 
 
 def apply(t: Tables, state: State, p: Plan, terminate: Terminate) -> None:
@@ -110,16 +107,11 @@ def collect(t: Tables, state: State, terminate: Terminate) -> None:
     g.services = _delete(t.services, g.services)
     g.slots = _delete(t.slots, g.slots)
     g.maglev = _delete_owned(t.maglev, g.maglev, None)
-    kept: List[Tuple[bytes, int]] = []
     if t.selections is not None and g.backends:
-        # A backend's counter goes back to 0 before its id (and so its
-        # index) is given back: the next backend with that index starts
-        # from 0.  One whose counter could not be written stays pending.
-        failed = set(stats.zero_selections(t.selections, [i for _, i in g.backends], t.selections_size))
-        if failed:
-            kept = [e for e in g.backends if e[1] in failed]
-            g.backends = [e for e in g.backends if e[1] not in failed]
-    g.backends = _delete_owned(t.backends, g.backends, state.backend_ids.give) + kept
+        # Best effort: a counter left behind is only a stale number; ids
+        # are not reused until the id counter wraps.
+        _delete(t.selections, [k for k, _ in g.backends])
+    g.backends = _delete_owned(t.backends, g.backends, state.backend_ids.give)
     if not g.slots and not g.maglev:
         # A list id is free once its slots and its Maglev table are gone.
         for i in g.list_ids:

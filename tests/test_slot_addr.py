@@ -1,11 +1,8 @@
-"""The TCP connect hot path (issue 14, part 1).  A selectable slot carries
-its backend's address: the random pick and a weighted pick that keeps its
-slot's backend read the address from the slot, without a backends lookup; an
-alias taken is looked up.  The selection counters are a per-CPU array indexed
-by backend id & (size - 1): no two live backends share an index, and a
-counter is zeroed with its backend.  The rows, the picks through real
-sockets, the counts, and the adoption of pins that hold a wrong slot
-address."""
+"""A selectable slot carries its backend's address (issue 14, part 1): the
+random pick and a weighted pick that keeps its slot's backend read the
+address from the slot, without a backends lookup; an alias taken is looked
+up.  The rows, the picks through real sockets, the selection counts and the
+adoption of pins that hold a wrong slot address."""
 
 from __future__ import annotations
 
@@ -14,14 +11,12 @@ import socket
 from collections import Counter
 from typing import Any, Dict, List
 
-import pytest
 from helpers import TCP_PORT, VIP4, VIP6, World, dial, raw_map
 from test_pins import pinned_dir
 
-from socklb import Backend, Balancer, CapacityError, Service, abi, planner
+from socklb import Backend, Balancer, Service, abi
 from socklb._core import check, lib
 from socklb.abi import SLOT_KEY, SLOT_VAL
-from socklb.spec import HEADROOM, DatapathSpec
 
 
 def slot_values(version: abi.Version, list_id: int = 7) -> List[Any]:
@@ -127,57 +122,3 @@ def test_a_pinned_slot_with_a_wrong_address_is_rewritten_on_adoption(world: Worl
             lb.attach(world.client.cgroup)
             res = dial(world.client, "tcp", VIP4, 80, 60)
             assert res["errors"] == [] and set(res["served"]) == {"b1", "b2"}, res
-
-
-# --- the selection counters: an array indexed by backend id & (size - 1) --------
-
-
-def test_backend_ids_held_at_once_never_share_a_counter() -> None:
-    ids = planner.Ids(lambda: [], spread=8)
-    first = ids.take_many(5)
-    assert first == range(1, 6)
-    more = [ids.take() for _ in range(3)]
-    held = list(first) + more
-    assert len({i & 7 for i in held}) == 8
-    with pytest.raises(CapacityError):
-        ids.take()  # every counter is some live backend's
-    # 3 goes: the next id with its index (11) is the one taken, ids 9 and 10
-    # (whose indexes 1 and 2 are held) are skipped, never handed out.
-    ids.give(3)
-    assert ids.take() == 11
-    ids.give(1)
-    ids.give(2)
-    got = ids.take_many(2)  # not a range of consecutive ids: 12, 13 have held indexes
-    assert sorted(i & 7 for i in got) == [1, 2] and all(i > 11 for i in got)
-
-
-def test_adopted_ids_hold_their_counters() -> None:
-    ids = planner.Ids(lambda: [], spread=4)
-    for i in (5, 6):
-        ids.mark(i)
-    got = [ids.take(), ids.take()]
-    assert sorted(i & 3 for i in got) == [0, 3] and min(got) > 6
-
-
-def test_spec_and_loader_agree_on_the_counter_array() -> None:
-    for n in (1, 2, 3, 64, 65, 1000, 1 << 20):
-        size = DatapathSpec(max_services=1, max_backends=n).map_entries()["selections"]
-        assert size >= HEADROOM * n and size & (size - 1) == 0 and size < 2 * HEADROOM * n
-
-
-def test_selection_counters_start_from_zero_when_an_index_comes_back(world: World) -> None:
-    """A small balancer (a 4-entry counter array) whose backends come and go:
-    a backend that gets a removed one's counter index starts from 0, and
-    every count stays with the backend that was chosen."""
-    ip = {k: p.ipv4 for k, p in world.backends.items()}
-    with Balancer(max_services=2, max_backends=2) as lb:
-        assert lb.map_usage()["selections"][1] == 4
-        lb.attach(world.client.cgroup)
-        names = ["b1", "b2", "b3", "b1", "b2", "b3"]
-        for k, name in enumerate(names):
-            svc = Service(VIP4, 80, "tcp", [Backend(ip[name], TCP_PORT)])
-            lb.upsert(svc)  # replaces the previous backend: its id (and index) goes
-            res = dial(world.client, "tcp", VIP4, 80, 5 + k)
-            assert res["errors"] == [] and set(res["served"]) == {name}, res
-            assert lb.selections()[svc.key] == {(ip[name], TCP_PORT): 5 + k}
-            assert lb.map_usage()["selections"] == (1, 4)
