@@ -167,7 +167,8 @@ def measure(n: int, rounds: int, services: int) -> Dict[str, List[float]]:
 def _start_other(python: str, n: int, services: int) -> subprocess.Popen[str]:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     argv = [python, "-m", "bench.hook_cost", "-n", str(n), "--rounds", "1", "--services", str(services), "--raw"]
-    return subprocess.Popen(argv, cwd=here, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the other build imports its own socklb
+    return subprocess.Popen(argv, cwd=here, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_other(python: str, p: subprocess.Popen[str]) -> Dict[str, List[float]]:
