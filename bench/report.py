@@ -408,7 +408,9 @@ def markdown(results: Dict[str, Any]) -> str:
         lines += [
             "Median over the hook-cost runs of each scale (lowest in brackets).  The statistics time a program "
             "from its start to its end, interrupts that land in between included: sock_release does the same "
-            "work at every scale, so its spread shows how much of the rest is the machine.",
+            "work at every scale, so its spread shows how much of the rest is the machine.  "
+            "floor_connect4 and floor_sendmsg4 are empty programs (`r0 = 1`) attached after socklb's on the same "
+            "cgroup: what the statistics' own clock reads cost on this machine, included in every number.",
             "",
         ]
         progs = sorted({p for v in hc.values() for p in v.get("avg_ns", {})})

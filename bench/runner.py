@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from bench import report, rules
 from bench.build import build
+from bench.hook_cost import Floor
 from bench.modes import (
     MODES,
     Arm,
@@ -472,22 +473,30 @@ def _hook_cost(lab: SocklbLab, workloads: List[Workload], cfg: Config) -> Dict[s
 
 
 def _hook_cost_once(lab: SocklbLab, workloads: List[Workload], cfg: Config) -> Dict[str, Any]:
-    before = {s.name: s for s in lab.balancer.program_stats()}
+    """One hook-cost run, with empty connect4/sendmsg4 programs attached after
+    socklb's (bench.hook_cost.Floor): what the statistics cost by themselves on
+    this machine, the "floor_*" rows."""
     runs: Dict[str, Any] = {}
-    with bpf_stats() as st:
-        for w in workloads:
-            short = Workload(w.proto, cfg.hook_duration, 0.1, w.concurrency, w.req_size, w.resp_size)
-            r = lab.run_load(short, seed=99)
-            runs[w.proto] = {"rps": r["rps"], "p99_us": r["latency_us"]["p99"], "errors": r["errors"]}
-    after = lab.balancer.program_stats()
+    with Floor(lab.client.cgroup) as floor:
+
+        def sample() -> Dict[str, Tuple[int, int]]:
+            out = {s.name: (s.run_cnt, s.run_time_ns) for s in lab.balancer.program_stats()}
+            out.update(floor.stats())
+            return out
+
+        with bpf_stats() as st:
+            before = sample()
+            for w in workloads:
+                short = Workload(w.proto, cfg.hook_duration, 0.1, w.concurrency, w.req_size, w.resp_size)
+                r = lab.run_load(short, seed=99)
+                runs[w.proto] = {"rps": r["rps"], "p99_us": r["latency_us"]["p99"], "errors": r["errors"]}
+            after = sample()
     avg: Dict[str, Any] = {}
     counts: Dict[str, int] = {}
-    for s in after:
-        b = before.get(s.name)
-        cnt = s.run_cnt - (b.run_cnt if b else 0)
-        ns = s.run_time_ns - (b.run_time_ns if b else 0)
-        counts[s.name] = cnt
-        avg[s.name] = round(ns / cnt, 1) if cnt else None
+    for name, (cnt1, ns1) in after.items():
+        cnt0, ns0 = before.get(name, (0, 0))
+        counts[name] = cnt1 - cnt0
+        avg[name] = round((ns1 - ns0) / (cnt1 - cnt0), 1) if cnt1 > cnt0 else None
     return {"how": st.how, "avg_ns": avg, "run_cnt": counts, "runs": runs}
 
 

@@ -52,7 +52,7 @@ def test_bench_smoke(tmp_path: Any) -> None:
             assert per["socklb"]["vs_detached"]["rps_ratio"] > 0
             assert per["detached"]["requests"] > 0
         hook = res["hook_cost"][scale]["avg_ns"]
-        for prog in ("socklb_connect4", "socklb_sendmsg4", "socklb_recvmsg4"):
+        for prog in ("socklb_connect4", "socklb_sendmsg4", "socklb_recvmsg4", "floor_connect4", "floor_sendmsg4"):
             assert hook[prog] is not None and hook[prog] > 0, (scale, prog, hook)
         # The time-sliced A/B: every arm ran and every pair has a ratio and its interval.
         for proto in ("tcp", "udp"):
