@@ -30,9 +30,10 @@
  * that nothing periodic on the machine lines up with one arm).  This process
  * (arm ARM, 0-based) runs requests only in its slices and sleeps in the
  * others.  Warm-up and duration count from START_NS.  A request counts in its
- * slice when it starts and ends inside it.  The output adds the requests of
- * each cycle and, with B blocks (runs of consecutive cycles), each block's
- * requests and percentiles.
+ * slice when it starts and ends inside it; one that outruns its slice adds
+ * the part of it inside the slice to the slice's "work".  The output adds the
+ * requests and work of each cycle and, with B blocks (runs of consecutive
+ * cycles), each block's requests and percentiles.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -84,6 +85,7 @@ struct thread {
 	uint64_t hist[NBUCKETS];
 	uint64_t sum_ns, max_ns;
 	uint32_t *slice_counts;	/* --slices: requests counted per cycle */
+	double *slice_work;	/* --slices: the same, with a part of each request that outran its slice */
 	uint64_t *block_hist;	/* --slices: NBUCKETS per block */
 };
 
@@ -155,8 +157,11 @@ static unsigned block_of(uint64_t c)
 }
 
 /* A completed request; with --slices, k is the cycle of the slice it
- * started in and k_end the end of that slice (it counts only if it ended by
- * then). */
+ * started in and k_end the end of that slice.  It counts (in the latency
+ * histograms too) if it ended by then; one that ran past the end (into
+ * another arm's slice) is credited with the part of it inside the slice, in
+ * the slice's work: a slow arm (a request of 1 ms in 2 ms slices) would
+ * otherwise lose half its requests. */
 static void record(struct thread *t, uint64_t t0, uint64_t t1, int64_t k, uint64_t k_end)
 {
 	uint64_t d = t1 - t0;
@@ -166,8 +171,14 @@ static void record(struct thread *t, uint64_t t0, uint64_t t1, int64_t k, uint64
 	if (t0 < t_warm || t1 > t_end)
 		return;
 	if (k >= 0) {
-		if (t1 > k_end || (uint64_t)k >= ncycles)
+		if ((uint64_t)k >= ncycles)
 			return;
+		if (t1 > k_end) {
+			if (t0 < k_end && d)
+				t->slice_work[k] += (double)(k_end - t0) / (double)d;
+			return;
+		}
+		t->slice_work[k] += 1.0;
 		t->slice_counts[k]++;
 		t->block_hist[(size_t)block_of((uint64_t)k) * NBUCKETS + bucket_of(d)]++;
 	}
@@ -571,6 +582,14 @@ static void print_slices(void)
 			n += threads[i].slice_counts[k];
 		printf("%s%llu", k ? ", " : "", (unsigned long long)n);
 	}
+	printf("], \"work\": [");
+	for (uint64_t k = 0; k < ncycles; k++) {
+		double w = 0;
+
+		for (int i = 0; i < concurrency; i++)
+			w += threads[i].slice_work[k];
+		printf("%s%.3f", k ? ", " : "", w);
+	}
 	printf("], \"blocks\": [");
 	for (int b = 0; b < nblocks; b++) {
 		uint64_t n = 0;
@@ -658,8 +677,9 @@ int main(int argc, char **argv)
 		threads[i].idx = i;
 		if (slicing) {
 			threads[i].slice_counts = calloc(ncycles, sizeof(uint32_t));
+			threads[i].slice_work = calloc(ncycles, sizeof(double));
 			threads[i].block_hist = calloc((size_t)nblocks * NBUCKETS, sizeof(uint64_t));
-			if (!threads[i].slice_counts || !threads[i].block_hist) {
+			if (!threads[i].slice_counts || !threads[i].slice_work || !threads[i].block_hist) {
 				perror("calloc");
 				return 1;
 			}

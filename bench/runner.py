@@ -257,22 +257,27 @@ SLICED_PAIRS = (
 )
 
 
-def sliced_arms(modes: Modes, proto: str) -> List[Arm]:
-    """The arms of a scale's sliced run: socklb and two direct arms in the
-    socklb lab's client pod (the direct ones in sibling cgroups, which
-    socklb's programs do not see), and the client pods of the iptables and
-    nftables labs."""
+def sliced_arms(modes: Modes, proto: str) -> Tuple[List[Arm], List[Arm]]:
+    """The arms of a scale's two sliced runs.  First socklb and two direct arms
+    in the socklb lab's client pod (the direct ones in sibling cgroups, which
+    socklb's programs do not see): arms whose requests take about as long,
+    so that what one arm's last request of a slice leaves to the next slice
+    (it runs into it) is the same for all.  Then socklb against the client
+    pods of the iptables and nftables labs, whose requests take up to 20
+    times longer (empty when neither mode runs)."""
     sl = modes.labs["socklb"]
-    arms = [
-        Arm("socklb", sl, sl.client, tuple(sl.sliced_targets(proto))),
+    socklb = Arm("socklb", sl, sl.client, tuple(sl.sliced_targets(proto)))
+    near = [
+        socklb,
         Arm("direct", sl, sl.client.sibling("direct"), direct_targets(sl, proto)),
         Arm("direct-aa", sl, sl.client.sibling("direct-aa"), direct_targets(sl, proto)),
     ]
-    for name in ("iptables", "nftables"):
-        lab = modes.labs.get(name)
-        if lab is not None:
-            arms.append(Arm(name, lab, lab.client, tuple(lab.sliced_targets(proto))))
-    return arms
+    tables = [
+        Arm(name, lab, lab.client, tuple(lab.sliced_targets(proto)))
+        for name in ("iptables", "nftables")
+        if (lab := modes.labs.get(name)) is not None
+    ]
+    return near, [socklb, *tables] if tables else []
 
 
 def sliced_summary(run_: Dict[str, Any]) -> Dict[str, Any]:
@@ -295,7 +300,9 @@ def sliced_summary(run_: Dict[str, Any]) -> Dict[str, Any]:
             continue
         sa, sb = arms[a]["slices"], arms[b]["slices"]
         lo, hi = max(sa["warmup_cycles"], sb["warmup_cycles"]), min(sa["full_cycles"], sb["full_cycles"])
-        pair = sliced_ratio(sa["counts"][lo:hi], sb["counts"][lo:hi])
+        # "work": requests, with the part inside the slice of those that outran it.
+        wa, wb = sa.get("work", sa["counts"]), sb.get("work", sb["counts"])
+        pair = sliced_ratio(wa[lo:hi], wb[lo:hi])
         pa, pb = float(arms[a]["latency_us"]["p99"]), float(arms[b]["latency_us"]["p99"])
         pair["p99_ratio"] = round(pa / pb, 4) if pb else None
         pair["p99_ratio_blocks"] = [
@@ -309,13 +316,19 @@ def sliced_summary(run_: Dict[str, Any]) -> Dict[str, Any]:
 def _sliced(modes: Modes, workloads: List[Workload], cfg: Config, scale: int, say: Log) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for w in workloads:
-        arms = sliced_arms(modes, w.proto)
+        near, tables = sliced_arms(modes, w.proto)
         sw = Workload(w.proto, cfg.sliced_duration, max(w.warmup, 0.5), w.concurrency, w.req_size, w.resp_size)
         if cfg.quiet_wait > 0:
             wait_quiet(cfg.quiet_wait)
-        res = sliced_summary(
-            run_sliced(arms, sw, cfg.slice_ms / 1000.0, seed=1000 * scale + 7, blocks=cfg.sliced_blocks)
-        )
+        res = sliced_summary(run_sliced(near, sw, cfg.slice_ms / 1000.0, 1000 * scale + 7, cfg.sliced_blocks))
+        if tables:
+            tw = Workload(w.proto, cfg.sliced_duration / 2, sw.warmup, w.concurrency, w.req_size, w.resp_size)
+            if cfg.quiet_wait > 0:
+                wait_quiet(cfg.quiet_wait)
+            other = sliced_summary(run_sliced(tables, tw, cfg.slice_ms / 1000.0, 1000 * scale + 8, cfg.sliced_blocks))
+            res["arms"].update({k: v for k, v in other["arms"].items() if k != "socklb"})
+            res["vs"].update(other["vs"])
+            res["cpu_tables"] = other["cpu"]
         out[w.proto] = res
         text = "  ".join(
             f"{k} {v['ratio']:.3f} (+-{v['half_width']:.1%}) p99 {v['p99_ratio']:.3f}"
@@ -369,12 +382,15 @@ def _method(cfg: Config) -> Dict[str, str]:
         ),
         "direct": "the client picks a backend pod at random per TCP connection / per UDP socket (thread)",
         "sliced": (
-            f"the targets' ratios: after the rounds, one run per workload of {cfg.sliced_duration:g} s in which a load "
+            f"the targets' ratios: after the rounds, per workload, a run of {cfg.sliced_duration:g} s in which a load "
             "generator per arm (socklb; direct and direct-aa: the socklb lab's client pod in two sibling cgroups that "
-            "socklb is not attached to, dialling the backend pods; iptables; nftables) time-shares the client CPU in "
+            "socklb is not attached to, dialling the backend pods) time-shares the client CPU in "
             f"slices of {cfg.slice_ms:g} ms, each cycle giving every arm one slice in a random order, so that the "
             "machine's noise (which comes in phases of milliseconds to seconds) hits every arm alike; a ratio is the "
-            "ratio of the arms' requests over all cycles, with a 95% interval from the per-cycle spread; direct-aa "
+            "ratio of the arms' requests over all cycles, with a 95% interval from the per-cycle spread (then a run "
+            f"of {cfg.sliced_duration / 2:g} s of socklb, iptables and nftables the same way: their requests take up "
+            "to 20 times longer, and what an arm's last request of a slice takes from the next slice would otherwise "
+            "weigh on the direct arms' tails unevenly); direct-aa "
             "against direct measures the method's own error, and a run where it is not 1 within 1% is not judged"
         ),
         "tables": (

@@ -123,9 +123,9 @@ def paired_ratios(mode_runs: List[Dict[str, Any]], base_runs: List[Dict[str, Any
     return out
 
 
-def sliced_ratio(a: Sequence[int], b: Sequence[int]) -> Dict[str, Any]:
+def sliced_ratio(a: Sequence[float], b: Sequence[float]) -> Dict[str, Any]:
     """Throughput ratio of arm a to arm b from a time-sliced run: the requests
-    each arm completed in every cycle (one slice per arm per cycle, so the two
+    (loadgen's "work") each arm completed in every cycle (one slice per arm per cycle, so the two
     lists are paired).  The estimate is the ratio of the sums; its 95%
     interval comes from the spread of the per-cycle residuals a - r b (the
     delta method for a ratio estimator over independent cycles).

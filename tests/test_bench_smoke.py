@@ -242,6 +242,9 @@ def test_loadgen_slices_share_the_client(tmp_path: Any) -> None:
         measured = sl["counts"][sl["warmup_cycles"] : sl["full_cycles"]]
         assert len(measured) >= 100 and sum(1 for n in measured if n > 0) >= 0.9 * len(measured), measured
         assert sum(measured) <= o["requests"] and o["errors"] == 0
+        # Work: whole requests plus parts of those that outran their slice.
+        work = sl["work"][sl["warmup_cycles"] : sl["full_cycles"]]
+        assert all(n <= w < n + 2 for n, w in zip(measured, work)), (measured, work)
         assert len(sl["blocks"]) == 2 and all(b["requests"] > 0 for b in sl["blocks"])
         # Half of the window each: one slice per cycle.
         assert 0.4 <= o["window_s"] <= 0.6, o["window_s"]
