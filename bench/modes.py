@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from bench import rules
 from bench.rules import Svc, Table
-from bench.system import busy_fraction, cpu_sample, proc_cpu_seconds
+from bench.system import CpuSample, busy_fraction, cpu_sample, proc_cpu_seconds
 from socklb.lab import Lab, Pod, Sandbox
 
 __all__ = [
@@ -235,16 +235,8 @@ class ModeLab:
         out: Dict[str, Any] = json.loads(r.stdout)
         done = max(int(out["completed_total"]), 1)
         client_cpu = float(out["cpu_s"]["user"]) + float(out["cpu_s"]["sys"])
-        busy = busy_fraction(c0, c1)
-        ncpu = max(len(busy["per_cpu_busy"]), 1)
-        # CPU time used by anything but this load generator and these servers
-        # (other processes on the machine, and the hypervisor's steal): noise,
-        # reported per run, with the steal on its own.
-        foreign = busy["busy"] * (t1 - t0) * ncpu - client_cpu - (s1 - s0)
         out["cpu"] = {
-            **busy,
-            "foreign_share": round(max(foreign, 0.0) / ((t1 - t0) * ncpu), 3),
-            "steal_share": round(float(busy["steal"]), 3),
+            **cpu_use(c0, c1, t1 - t0, client_cpu + (s1 - s0)),
             "server_s": s1 - s0,
             "client_s": client_cpu,
             "server_us_per_req": (s1 - s0) * 1e6 / done,
@@ -378,6 +370,21 @@ class NftablesLab(ModeLab):
         }
 
 
+def cpu_use(c0: CpuSample, c1: CpuSample, elapsed: float, own_cpu_s: float) -> Dict[str, Any]:
+    """The machine's CPU use between two samples, with the share taken by
+    anything but the measured processes (``own_cpu_s`` of CPU time: load
+    generators and servers), i.e. other processes and the hypervisor's steal:
+    noise, reported per run, with the steal on its own."""
+    busy = busy_fraction(c0, c1)
+    ncpu = max(len(busy["per_cpu_busy"]), 1)
+    foreign = busy["busy"] * elapsed * ncpu - own_cpu_s
+    return {
+        **busy,
+        "foreign_share": round(max(foreign, 0.0) / (elapsed * ncpu), 3),
+        "steal_share": round(float(busy["steal"]), 3),
+    }
+
+
 @dataclass(frozen=True)
 class Arm:
     """One arm of a time-sliced run: who runs the load generator, where, and what it dials."""
@@ -428,16 +435,8 @@ def run_sliced(
                 proc.kill()
                 proc.wait()
     c1, s1, t1 = cpu_sample(), proc_cpu_seconds(servers), time.monotonic()
-    busy = busy_fraction(c0, c1)
-    ncpu = max(len(busy["per_cpu_busy"]), 1)
     client = sum(float(r["cpu_s"]["user"]) + float(r["cpu_s"]["sys"]) for r in out["arms"].values())
-    foreign = busy["busy"] * (t1 - t0) * ncpu - client - (s1 - s0)
-    out["cpu"] = {
-        **busy,
-        "foreign_share": round(max(foreign, 0.0) / ((t1 - t0) * ncpu), 3),
-        "steal_share": round(float(busy["steal"]), 3),
-        "elapsed_s": t1 - t0,
-    }
+    out["cpu"] = {**cpu_use(c0, c1, t1 - t0, client + (s1 - s0)), "elapsed_s": t1 - t0}
     out["slice_s"] = slice_s
     out["seed"] = seed
     return out

@@ -625,21 +625,9 @@ const char *socklb_prog_name(int i)
 
 int socklb_prog_stats(struct socklb *lb, int i, struct socklb_prog_stats *out)
 {
-	struct bpf_prog_info info = {};
-	__u32 len = sizeof(info);
-	int err;
-
 	if (i < 0 || i >= SOCKLB_NPROGS)
 		return -EINVAL;
-	err = bpf_obj_get_info_by_fd(bpf_program__fd(lb->progs[i]), &info, &len);
-	if (err)
-		return -errno;
-	out->run_cnt = info.run_cnt;
-	out->run_time_ns = info.run_time_ns;
-	out->id = info.id;
-	memcpy(out->name, info.name, sizeof(out->name));
-	out->name[sizeof(out->name) - 1] = '\0';
-	return 0;
+	return socklb_fd_prog_stats(bpf_program__fd(lb->progs[i]), out);
 }
 
 const char *socklb_group_prog_name(int group, int i)
