@@ -86,7 +86,7 @@ def _node_address_arg(value: object) -> Union[str, Dict[bytes, str]]:
 
 @dataclass(frozen=True)
 class SyncResult:
-    """What :meth:`Balancer.sync` changed, by service key."""
+    """What :meth:`Balancer.sync` or :meth:`Balancer.apply` changed, by service key."""
 
     added: Tuple[ServiceKey, ...] = ()
     updated: Tuple[ServiceKey, ...] = ()
@@ -564,6 +564,82 @@ class Balancer:
                 raise NotFoundError(f"no service {k}")
             self._write({k: None})
 
+    def apply(
+        self,
+        upserts: Iterable[Service] = (),
+        removals: Iterable[Union[Service, ServiceKey, Tuple[str, int]]] = (),
+        *,
+        missing_ok: bool = False,
+    ) -> SyncResult:
+        """Add or replace ``upserts`` and remove ``removals`` (services or keys)
+        in one plan and one map write, leaving every service not named alone:
+        the batch form of :meth:`upsert` and :meth:`remove`.  Returns what
+        changed, as :meth:`sync` does (``unchanged`` counts the upserts equal
+        to what was programmed).
+
+        All or nothing, like :meth:`sync`: the input is checked (a key named
+        twice, or both upserted and removed, raises
+        :class:`~socklb.errors.InvalidValueError`; removing a key that is not
+        programmed raises :class:`~socklb.errors.NotFoundError`, as
+        :meth:`remove` does, unless ``missing_ok``) and the capacity is
+        checked for the end state (:class:`~socklb.errors.CapacityError`)
+        before anything is written; a kernel error during the write is rolled
+        back.  Nothing is changed when it raises.
+
+        >>> from socklb import Balancer, Service, Backend
+        >>> a = Service("10.96.0.10", 80, backends=[Backend("10.244.1.2", 8080)])
+        >>> b = Service("10.96.0.11", 80, backends=[Backend("10.244.1.3", 8080)])
+        >>> with Balancer() as lb:                        # doctest: +SKIP
+        ...     lb.sync([a])
+        ...     r = lb.apply(upserts=[b], removals=[a.key])
+        ...     (r.added, r.removed, lb.services() == [b])
+        ((('10.96.0.11', 80, 'tcp'),), (('10.96.0.10', 80, 'tcp'),), True)
+        """
+        want = self._batch(upserts, removals)
+        with self._lock:
+            self._mutating("apply")
+            live = self._state.services
+            for k, v in want.items():
+                if v is None and k not in live and not missing_ok:
+                    raise NotFoundError(f"no service {k}")
+            p = self._write(want)
+            return self._result(p, sum(v is not None for v in want.values()))
+
+    @staticmethod
+    def _batch(
+        upserts: Iterable[Service], removals: Iterable[Union[Service, ServiceKey, Tuple[str, int]]]
+    ) -> Dict[ServiceKey, Optional[Service]]:
+        """apply()'s arguments as one plan's ``want``, checked."""
+        for name, arg in (("upserts", upserts), ("removals", removals)):
+            if arg is None or isinstance(arg, (str, bytes, Service)):
+                raise InvalidValueError(name, f"must be an iterable, not {arg!r}")
+        given = upserts if isinstance(upserts, (list, tuple)) else list(upserts)
+        want = Balancer._wanted(given)
+        for i, r in enumerate(removals):
+            try:
+                k = normalize_key(r)
+            except InvalidValueError as e:
+                raise InvalidValueError(f"removals[{i}]", str(e)) from None
+            if k in want:
+                what = "upserted and removed" if want[k] is not None else "listed twice"
+                raise InvalidValueError(f"removals[{i}]", f"service {k} is {what}")
+            want[k] = None
+        return want
+
+    @staticmethod
+    def _result(p: planner.Plan, n_given: int) -> SyncResult:
+        added = p.added
+        updated: List[ServiceKey] = []
+        removed: List[ServiceKey] = []
+        if len(added) != len(p.live):
+            new = set(added)
+            for k, lv in p.live.items():
+                if lv is None:
+                    removed.append(k)
+                elif k not in new:
+                    updated.append(k)
+        return SyncResult(tuple(added), tuple(updated), tuple(removed), n_given - len(added) - len(updated), p.writes)
+
     def sync(self, services: Iterable[Service], *, batch: Optional[int] = None) -> SyncResult:
         """Make the programmed services exactly ``services``, with the fewest map
         writes; unchanged services are not touched.  Returns what changed.
@@ -589,19 +665,7 @@ class Balancer:
                 want = self._wanted(given)
             if batch is not None and len(want) > batch:
                 return self._sync_batches(len(given), want, exclusive, batch)
-            p = self._write(want, exclusive=exclusive)
-            added = p.added
-            updated: List[ServiceKey] = []
-            removed: List[ServiceKey] = []
-            if len(added) != len(p.live):
-                new = set(added)
-                for k, lv in p.live.items():
-                    if lv is None:
-                        removed.append(k)
-                    elif k not in new:
-                        updated.append(k)
-            unchanged = len(given) - len(added) - len(updated)
-            return SyncResult(tuple(added), tuple(updated), tuple(removed), unchanged, p.writes)
+            return self._result(self._write(want, exclusive=exclusive), len(given))
 
     def _sync_batches(
         self, n_given: int, want: Dict[ServiceKey, Optional[Service]], exclusive: bool, batch: int
