@@ -113,7 +113,7 @@ class FakeSyncResult:
 
 
 class RecordingBalancer:
-    """What the agent needs of a Balancer (upsert, remove, sync, services), recorded; no kernel."""
+    """What the agent needs of a Balancer (apply, sync, services), recorded; no kernel."""
 
     def __init__(self, fail: Iterable[ServiceKey] = ()) -> None:
         self.programmed: Dict[ServiceKey, Service] = {}
@@ -121,6 +121,7 @@ class RecordingBalancer:
         self.fail = set(fail)
         self.lock = threading.Lock()
         self.node_addresses: List[List[str]] = []  # every set_node_addresses call
+        self.batches: List[Tuple[List[Service], List[ServiceKey]]] = []  # every apply call
 
     def set_node_addresses(self, addresses: Iterable[str]) -> None:
         with self.lock:
@@ -146,6 +147,31 @@ class RecordingBalancer:
             if k not in self.programmed:
                 raise NotFoundError(f"no service {k}")
             del self.programmed[k]
+
+    def apply(
+        self, upserts: Iterable[Service] = (), removals: Iterable[Any] = (), *, missing_ok: bool = False
+    ) -> FakeSyncResult:
+        """Balancer.apply: recorded as one upsert or remove call per service (one
+        batch in ``batches``), all or nothing."""
+        ups = list(upserts)
+        rems = [normalize_key(k) for k in removals]
+        with self.lock:
+            now = time.monotonic()
+            self.calls += [Call("upsert", s, now) for s in ups] + [Call("remove", k, now) for k in rems]
+            self.batches.append((ups, rems))
+            for k in [s.key for s in ups] + rems:
+                self._check(k)
+            missing = [k for k in rems if k not in self.programmed]
+            if missing and not missing_ok:
+                raise NotFoundError(f"no service {missing[0]}")
+            added = tuple(s.key for s in ups if s.key not in self.programmed)
+            updated = tuple(s.key for s in ups if s.key in self.programmed and self.programmed[s.key] != s)
+            removed = tuple(k for k in rems if k in self.programmed)
+            for s in ups:
+                self.programmed[s.key] = s
+            for k in removed:
+                del self.programmed[k]
+            return FakeSyncResult(added, updated, removed)
 
     def sync(self, services: Iterable[Service], batch: Optional[int] = None) -> FakeSyncResult:
         want = {s.key: s for s in services}

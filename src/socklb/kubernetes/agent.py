@@ -7,8 +7,10 @@ label).  The agent applies what changed:
 - **incrementally**: an event marks the Service it concerns (a slice's owner is
   its ``kubernetes.io/service-name`` label, the old and the new one) as dirty;
   the apply thread translates only the dirty Services (with their slices) and
-  writes only the frontends whose :class:`socklb.Service` value changed, with
-  :meth:`Balancer.upsert` and :meth:`Balancer.remove`;
+  writes only the frontends whose :class:`socklb.Service` value changed, all
+  in one :meth:`Balancer.apply` (one plan, one map write; if the balancer
+  refuses the batch, each service on its own, so that one it refuses holds
+  back only itself);
 - **coalesced** like kube-proxy's ``minSyncPeriod``: an apply starts at once
   when the last one started at least ``min_sync_period`` seconds ago, else
   when that much time has passed; everything that arrived meanwhile goes in one
@@ -60,19 +62,57 @@ import zlib
 from collections import deque
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Protocol, Sequence, Set, Tuple, Union
 
-from ..errors import NotFoundError
 from ..model import Algorithm, Service, ServiceKey
 from ..node import usable_node_address
 from .reflector import Event, Reflector, list_function
 from .translation import LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, Node, translate_with_notes
 
-__all__ = ["ANNOTATION_TRIGGER_TIME", "Agent", "Compact", "Samples", "compact", "expand", "parse_trigger_time"]
+__all__ = [
+    "ANNOTATION_TRIGGER_TIME",
+    "Agent",
+    "Changes",
+    "Compact",
+    "Samples",
+    "ServiceWriter",
+    "compact",
+    "expand",
+    "parse_trigger_time",
+]
 
 logger = logging.getLogger("socklb.kubernetes")
 
 ANNOTATION_TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time"
+
+
+class Changes(Protocol):
+    """What :meth:`Balancer.sync` returns that the agent reads (:class:`socklb.SyncResult`)."""
+
+    @property
+    def added(self) -> Sequence[ServiceKey]: ...
+    @property
+    def updated(self) -> Sequence[ServiceKey]: ...
+    @property
+    def removed(self) -> Sequence[ServiceKey]: ...
+
+
+class ServiceWriter(Protocol):
+    """What the agent needs of a :class:`socklb.Balancer`: a full sync, a
+    partial batch, the services programmed, and the node's addresses."""
+
+    def sync(self, services: Iterable[Service], *, batch: Optional[int] = None) -> Changes: ...
+
+    def apply(
+        self, upserts: Iterable[Service] = (), removals: Iterable[ServiceKey] = (), *, missing_ok: bool = False
+    ) -> Changes: ...
+
+    def services(self) -> List[Service]: ...
+
+    def set_node_addresses(self, addresses: Iterable[str]) -> None: ...
+
+    def refresh_node_addresses(self) -> List[str]: ...
+
 
 SvcId = Tuple[str, str]  # (namespace, name) of a Service
 Obj = Dict[str, Any]
@@ -430,7 +470,8 @@ class Agent:
     """Keep ``balancer`` programmed with the Services of the cluster ``api_client`` talks to, for ``node_name``.
 
     :param balancer: a :class:`socklb.Balancer` (attached by the caller to the
-        cgroups it should balance); the agent only programs services.
+        cgroups it should balance), or anything with the methods of
+        :class:`ServiceWriter`; the agent only programs services.
     :param node_name: this node's name (endpoints' ``nodeName``, the Node object read for its zone).
     :param api_client: a ``kubernetes.client.ApiClient``.
     :param proxy_name: this proxy's ``service.kubernetes.io/service-proxy-name`` (None: the Services without it).
@@ -466,7 +507,7 @@ class Agent:
 
     def __init__(
         self,
-        balancer: Any,
+        balancer: ServiceWriter,
         *,
         node_name: str,
         api_client: Any,
@@ -887,26 +928,51 @@ class Agent:
     def _write(
         self, keys: Iterable[ServiceKey], before: Dict[ServiceKey, Optional[Service]], force: Set[ServiceKey]
     ) -> Set[ServiceKey]:
-        failed: Set[ServiceKey] = set()
+        """Write the frontends among ``keys`` whose value differs from ``before``
+        (or that are in ``force``) with one :meth:`Balancer.apply`; if that batch
+        is refused, each on its own, so that one bad service holds back only
+        itself.  Returns the keys that failed (retried later)."""
+        upserts: List[Service] = []
+        removals: List[ServiceKey] = []
         for k in keys:
             new = self._value(k)
             if new == before.get(k) and k not in force:
                 continue
+            if new is None:
+                removals.append(k)
+            else:
+                upserts.append(new)
+        if len(upserts) + len(removals) > 1:
             try:
-                if new is None:
-                    try:
-                        self.balancer.remove(k)
-                    except NotFoundError:
-                        pass
-                    self.counts["removes"] += 1
-                else:
-                    self.balancer.upsert(new)
-                    self.counts["upserts"] += 1
+                self.balancer.apply(upserts=upserts, removals=removals, missing_ok=True)
+                self.counts["upserts"] += len(upserts)
+                self.counts["removes"] += len(removals)
+                return set()
             except Exception as e:
-                failed.add(k)
-                self.counts["writes_failed"] += 1
-                logger.warning("programming %s failed: %s: %s (will retry)", new or k, type(e).__name__, e)
+                logger.warning(
+                    "programming %d services at once failed (%s: %s): programming them one by one",
+                    len(upserts) + len(removals),
+                    type(e).__name__,
+                    e,
+                )
+        failed: Set[ServiceKey] = set()
+        for u in upserts:
+            failed |= self._write_one([u], [])
+        for r in removals:
+            failed |= self._write_one([], [r])
         return failed
+
+    def _write_one(self, upserts: List[Service], removals: List[ServiceKey]) -> Set[ServiceKey]:
+        try:
+            self.balancer.apply(upserts=upserts, removals=removals, missing_ok=True)
+        except Exception as e:
+            what = upserts[0] if upserts else removals[0]
+            self.counts["writes_failed"] += 1
+            logger.warning("programming %s failed: %s: %s (will retry)", what, type(e).__name__, e)
+            return {upserts[0].key if upserts else removals[0]}
+        self.counts["upserts"] += len(upserts)
+        self.counts["removes"] += len(removals)
+        return set()
 
     def _program_node(self, node: Node) -> None:
         """Give the balancer the node's addresses (see ``node_addresses``);

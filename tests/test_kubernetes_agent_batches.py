@@ -1,0 +1,105 @@
+"""The agent writes each batch of dirty Services with one Balancer.apply (issue 21)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterator
+
+import pytest
+from k8s_objects import RecordingBalancer, endpoint, eslice, service
+
+from socklb.kubernetes.agent import Agent
+from socklb.kubernetes.testing import FakeApiServer
+
+pytest.importorskip("kubernetes")
+
+FAST = {"watch_timeout": 5, "read_timeout_margin": 2, "backoff_initial": 0.05, "backoff_max": 0.3}
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    with FakeApiServer() as server:
+        yield server
+
+
+def until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"{what} not reached in {timeout} s"
+        time.sleep(0.005)
+
+
+def start(api: FakeApiServer, lb: Any, **kw: Any) -> Agent:
+    kw.setdefault("reflector_options", FAST)
+    agent = Agent(lb, node_name="node-a", api_client=api.api_client(), **kw)
+    agent.start()
+    assert agent.wait_synced(15), agent.stats()
+    return agent
+
+
+def web(api: FakeApiServer, i: int, *ips: str) -> None:
+    api.apply(service(f"s{i}", f"10.96.1.{i + 1}"))
+    api.apply(eslice(f"s{i}-a", f"s{i}", [endpoint(ip) for ip in ips or (f"10.244.{i + 1}.2",)]))
+
+
+def test_changes_that_arrive_together_are_one_apply(api: FakeApiServer) -> None:
+    for i in range(10):
+        web(api, i)
+    web(api, 20)
+    lb = RecordingBalancer()
+    agent = start(api, lb, min_sync_period=0.5)
+    try:
+        time.sleep(0.6)
+        lb.clear()
+        applies = agent.stats()["applies"]
+        api.apply(eslice("s0-a", "s0", [endpoint("10.244.9.1")]))  # starts an apply at once
+        for i in range(1, 10):  # these wait for the period, then go together
+            api.apply(eslice(f"s{i}-a", f"s{i}", [endpoint(f"10.244.9.{i + 1}")]))
+        api.delete("Service", "default", "s20")
+        until(lambda: ("10.96.1.21", 80, "tcp") not in lb.programmed and agent.wait_idle(0.01))
+        until(lambda: all(lb.backends((f"10.96.1.{i + 1}", 80, "tcp"))[0][0] == f"10.244.9.{i + 1}" for i in range(10)))
+        assert agent.wait_idle()
+        batches = lb.batches[-(agent.stats()["applies"] - applies) :]
+        # Every apply was one batch, and there were far fewer than the 11 changes.
+        assert 1 <= len(batches) <= 3, batches
+        assert sum(len(u) for u, _ in batches) == 10
+        assert [r for _, r in batches if r] == [[("10.96.1.21", 80, "tcp")]]
+        assert max(len(u) + len(r) for u, r in batches) >= 5
+        st = agent.stats()
+        assert st["writes_failed"] == 0 and st["removes"] == 1
+    finally:
+        agent.stop()
+
+
+def test_a_refused_batch_is_written_one_by_one_and_only_the_refused_service_is_retried(api: FakeApiServer) -> None:
+    for i in range(3):
+        web(api, i)
+    refused = ("10.96.1.9", 80, "tcp")
+    lb = RecordingBalancer(fail=[refused])
+    agent = start(api, lb, min_sync_period=0.3, retry_initial=0.05, retry_max=0.1)
+    try:
+        time.sleep(0.4)
+        lb.clear()
+        api.apply(service("s8", "10.96.1.9"))
+        api.apply(eslice("s8-a", "s8", [endpoint("10.244.8.2")]))
+        for i in range(3):
+            api.apply(eslice(f"s{i}-a", f"s{i}", [endpoint(f"10.244.7.{i + 2}")]))
+        until(
+            lambda: all(
+                lb.backends((f"10.96.1.{i + 1}", 80, "tcp")) == [(f"10.244.7.{i + 2}", 8080, "active")]
+                for i in range(3)
+            )
+        )
+        until(lambda: agent.stats()["writes_failed"] >= 3, what="the refused service retried")
+        assert refused not in lb.programmed and agent.stats()["retrying"] == 1
+        # The others went in (in a batch or on their own) and are not written again by the retries.
+        ok = [c for c in lb.ops("upsert") if c.arg.key != refused]
+        assert len({c.arg.key for c in ok}) == 3
+        n_ok = len(ok)
+        time.sleep(0.3)
+        assert len([c for c in lb.ops("upsert") if c.arg.key != refused]) == n_ok
+        lb.fail.clear()
+        until(lambda: refused in lb.programmed, what="the retry succeeding")
+        until(lambda: agent.stats()["retrying"] == 0)
+    finally:
+        agent.stop()
