@@ -67,17 +67,27 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Protoco
 from ..model import Algorithm, Service, ServiceKey
 from ..node import usable_node_address
 from .reflector import Event, Reflector, list_function
-from .translation import LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, Node, translate_with_notes
+from .translation import (
+    LABEL_HEADLESS,
+    LABEL_SERVICE_NAME,
+    LABEL_SERVICE_PROXY_NAME,
+    Node,
+    SliceRead,
+    read_slice,
+    translate_with_notes,
+)
 
 __all__ = [
     "ANNOTATION_TRIGGER_TIME",
     "Agent",
     "Changes",
     "Compact",
+    "KeptSlice",
     "Samples",
     "ServiceWriter",
     "compact",
     "expand",
+    "keep_slice",
     "parse_trigger_time",
 ]
 
@@ -331,10 +341,7 @@ class Compact:
     __slots__ = ("_rv", "data", "owner", "trigger")
 
     def __init__(self, rv: str, data: bytes, owner: Optional[SvcId], trigger: Optional[float]) -> None:
-        # A resourceVersion is opaque, but etcd's are decimal revisions: kept as an int
-        # (32 bytes instead of 64) when it reads back as the same text.
-        decimal = rv.isascii() and rv.isdigit() and len(rv) < 19 and str(int(rv)) == rv
-        self._rv: Union[int, str] = int(rv) if decimal else rv
+        self._rv = _rv_value(rv)
         self.data = data
         """Compact JSON, or deflated compact JSON after a ``0x01`` byte."""
         self.owner = owner
@@ -363,6 +370,54 @@ class Compact:
         if value is None:
             raise KeyError(key)
         return value
+
+
+class KeptSlice(SliceRead):
+    """An EndpointSlice as the agent keeps it (see :func:`keep_slice`): the
+    slice as the translation reads it (a
+    :class:`~socklb.kubernetes.translation.SliceRead`, read once per change
+    and given to every translation of its Service as it is), with its
+    resourceVersion, the Service it is filed under (its label, ``owner``) and
+    the last-change trigger time."""
+
+    __slots__ = ("_rv", "owner", "trigger")
+
+    def __init__(self, rv: str, owner: Optional[SvcId], trigger: Optional[float]) -> None:
+        super().__init__()
+        self._rv = _rv_value(rv)
+        self.owner = owner
+        self.trigger = trigger
+
+    @property
+    def rv(self) -> str:
+        """The resourceVersion."""
+        rv = self._rv
+        return rv if isinstance(rv, str) else str(rv)
+
+
+def keep_slice(obj: Obj) -> KeptSlice:
+    """An EndpointSlice as the agent keeps it: read for the translation once, here.
+
+    >>> k = keep_slice({"metadata": {"name": "a", "namespace": "n", "resourceVersion": "7",
+    ...                              "labels": {"kubernetes.io/service-name": "web"}}, "addressType": "IPv4",
+    ...                 "ports": [{"port": 8080}], "endpoints": [{"addresses": ["10.1.2.3"]}]})
+    >>> k.rv, k.owner, k.ports, k.addresses
+    ('7', ('n', 'web'), ((('', 'TCP'), 8080),), b'\\n\\x01\\x02\\x03')
+    """
+    meta = _meta(obj)
+    ann = meta.get("annotations")
+    trigger = parse_trigger_time(ann.get(ANNOTATION_TRIGGER_TIME)) if isinstance(ann, dict) else None
+    rv = meta.get("resourceVersion")
+    kept = KeptSlice(str(rv) if rv is not None else "", _slice_owner(obj), trigger)
+    read_slice(obj, into=kept)
+    return kept
+
+
+def _rv_value(rv: str) -> Union[int, str]:
+    # A resourceVersion is opaque, but etcd's are decimal revisions: kept as an int
+    # (32 bytes instead of 64) when it reads back as the same text.
+    decimal = rv.isascii() and rv.isdigit() and len(rv) < 19 and str(int(rv)) == rv
+    return int(rv) if decimal else rv
 
 
 def compact(obj: Obj, kind: str = "EndpointSlice") -> Compact:
@@ -431,7 +486,9 @@ def _meta(obj: Optional[Obj]) -> Dict[str, Any]:
 
 
 def _rv_of(obj: Any) -> Any:
-    return obj._rv if isinstance(obj, Compact) else _meta(obj).get("resourceVersion")  # as kept: no new str
+    if isinstance(obj, (Compact, KeptSlice)):
+        return obj._rv  # as kept: no new str
+    return _meta(obj).get("resourceVersion")
 
 
 def _slice_owner(obj: Optional[Obj]) -> Optional[SvcId]:
@@ -450,7 +507,7 @@ def _first(pair: Tuple[Any, Any]) -> Any:
 
 
 def _owner_of(obj: Any) -> Optional[SvcId]:
-    return obj.owner if isinstance(obj, Compact) else _slice_owner(obj)
+    return obj.owner if isinstance(obj, (Compact, KeptSlice)) else _slice_owner(obj)
 
 
 def _service_id(key: Optional[Tuple[str, str]]) -> Optional[SvcId]:
@@ -460,7 +517,7 @@ def _service_id(key: Optional[Tuple[str, str]]) -> Optional[SvcId]:
 
 
 def _trigger_time(obj: Any) -> Optional[float]:
-    if isinstance(obj, Compact):
+    if isinstance(obj, (Compact, KeptSlice)):
         return obj.trigger
     ann = _meta(obj).get("annotations")
     return parse_trigger_time(ann.get(ANNOTATION_TRIGGER_TIME)) if isinstance(ann, dict) else None
@@ -485,9 +542,12 @@ class Agent:
     :param node_timeout: how long the first sync waits for this node's Node object
         (its zone); after that it goes on without a zone (no zone hints are used)
         until the Node can be read, and re-syncs then.
-    :param compact_objects: keep Services and EndpointSlices as :func:`compact`
-        makes them (what the translation reads, as compact JSON: a tenth of the
-        memory of the decoded objects); the reflectors' stores then hold that form.
+    :param compact_objects: keep Services as :func:`compact` makes them (what
+        the translation reads, as compact JSON: a tenth of the memory of the
+        decoded objects) and EndpointSlices as :func:`keep_slice` does (read for
+        the translation once, when they arrive: their endpoints are the
+        backends the translated services share); the reflectors' stores then
+        hold that form.
     :param node_addresses: where the balancer's node addresses (on which
         NodePorts answer) come from: ``"node"`` (default), the Node object's
         InternalIP and ExternalIP addresses, given to
@@ -569,11 +629,9 @@ class Agent:
             }
         opts = dict(reflector_options or {})
         opts.pop("transform", None)
-        keep = (
-            {"Service": None, "EndpointSlice": None}
-            if not compact_objects
-            else {kind: (lambda o, kind=kind: compact(o, kind)) for kind in ("Service", "EndpointSlice")}
-        )
+        keep: Dict[str, Optional[Callable[[Obj], Any]]] = {"Service": None, "EndpointSlice": None}
+        if compact_objects:
+            keep = {"Service": lambda o: compact(o, "Service"), "EndpointSlice": keep_slice}
         self.services_reflector = Reflector(
             lists["/api/v1/services"],
             self._on_service,
@@ -857,7 +915,7 @@ class Agent:
         else:
             t = translate_with_notes(
                 [expand(obj)],
-                [expand(o) for _, o in found],
+                [o if isinstance(o, KeptSlice) else expand(o) for _, o in found],
                 node,
                 self.proxy_name,
                 algorithm=self.algorithm,

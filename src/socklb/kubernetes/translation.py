@@ -86,12 +86,15 @@ topology), each with a test in ``tests/test_kubernetes_translate.py``:
 from __future__ import annotations
 
 import logging
+import sys
 from collections import abc
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import InvalidValueError
-from ..model import Affinity, Algorithm, Backend, BackendState, Service, ServiceKey
+from ..model import _V4_MAPPED, Affinity, Algorithm, Backend, BackendState, Service, ServiceKey
+from ..model import _active_backend as active_backend
+from ..model import _address as model_address
 
 __all__ = [
     "LABEL_HEADLESS",
@@ -100,8 +103,10 @@ __all__ = [
     "LABEL_ZONE",
     "Node",
     "Note",
+    "SliceRead",
     "Translation",
     "as_dict",
+    "read_slice",
     "translate",
     "translate_with_notes",
 ]
@@ -357,16 +362,23 @@ def _fullname(ns: str, name: str) -> str:
 # ---------------------------------------------------------------------------
 
 
-@dataclass
 class _Endpoint:
-    backend: Backend  # ACTIVE, validated; the address normalized
-    version: int
-    local: bool
-    ready: bool
-    serving: bool
-    terminating: bool
-    zones: FrozenSet[str]
-    nodes: FrozenSet[str]
+    __slots__ = ("backend", "local", "nodes", "ready", "serving", "terminating", "version", "zones")
+
+    def __init__(
+        self,
+        backend: Backend,  # ACTIVE, validated; the address normalized
+        version: int,
+        local: bool,
+        ready: bool,
+        serving: bool,
+        terminating: bool,
+        zones: FrozenSet[str],
+        nodes: FrozenSet[str],
+    ) -> None:
+        self.backend, self.version, self.local = backend, version, local
+        self.ready, self.serving, self.terminating = ready, serving, terminating
+        self.zones, self.nodes = zones, nodes
 
     def as_backend(self, state: BackendState) -> Backend:
         b = self.backend
@@ -374,7 +386,7 @@ class _Endpoint:
 
 
 PortKey = Tuple[str, str]  # (port name, protocol) as in the API: ("http", "TCP")
-Endpoints = Dict[PortKey, Dict[Tuple[str, int], _Endpoint]]
+Endpoints = Dict[PortKey, Dict[Tuple[bytes, int], _Endpoint]]  # by (16-byte address, port)
 
 
 class _Collector:
@@ -382,8 +394,18 @@ class _Collector:
         self.notes: List[Note] = []
 
     def note(self, kind: str, name: str, reason: str, level: int = logging.WARNING) -> None:
-        self.notes.append(Note(kind, name, reason, level))
-        logger.log(level, "%s %s: %s", kind, name, reason)
+        self.add(Note(kind, name, reason, level))
+
+    def add(self, n: Note) -> None:
+        self.notes.append(n)
+        logger.log(n.level, "%s %s: %s", n.kind, n.name, n.reason)
+
+
+class _Silent(_Collector):
+    """Notes kept to be given (and logged) later, by each translation that reads them."""
+
+    def add(self, n: Note) -> None:
+        self.notes.append(n)
 
 
 _NO_NAMES: FrozenSet[str] = frozenset()
@@ -426,8 +448,87 @@ def _read_endpoint(raw: Any, i: int) -> _EndpointFields:
     return (address, ready, serving, terminating, node_name, zones, nodes)
 
 
-def _slice_endpoints(d: Mapping[str, Any], where: str, node: Node, out: Endpoints, notes: _Collector) -> None:
-    """Add the endpoints of one (already accepted) slice to ``out``."""
+_NO_HINTS: Tuple[FrozenSet[str], FrozenSet[str]] = (_NO_NAMES, _NO_NAMES)
+_READY, _SERVING, _TERMINATING = 1, 2, 4  # SliceRead.flags: ready and serving unless false, terminating if true
+
+
+class SliceRead:
+    """An EndpointSlice as the translation reads it (:func:`read_slice`): its
+    Service, ports and endpoints checked once, for any node;
+    :func:`translate_with_notes` takes it in place of the object, as many
+    times as needed, without reading it again.  The endpoints are kept as
+    columns of plain values (a slice of 10 endpoints in a few hundred bytes,
+    nothing for the cyclic garbage collector to walk)."""
+
+    __slots__ = ("addresses", "flags", "hints", "nodes", "notes", "owner_notes", "ports", "service", "version", "where")
+
+    def __init__(self, where: str = "") -> None:
+        self.where = where
+        self.service: Optional[Tuple[str, str]] = None
+        """(namespace, Service name), or None when the slice is skipped."""
+        self.owner_notes: Tuple[Note, ...] = ()  # why it was skipped (given by every translation)
+        self.notes: Tuple[Note, ...] = ()  # what was skipped of it (given when its Service is translated)
+        self.version = 4
+        self.ports: Tuple[Tuple[PortKey, int], ...] = ()
+        self.addresses = b""  # each endpoint's address, checked as a backend's: 4 bytes each (IPv4) or 16 (IPv6)
+        self.nodes: Tuple[str, ...] = ()  # each endpoint's nodeName ("" if none)
+        self.flags = b""  # each endpoint's _READY | _SERVING | _TERMINATING
+        self.hints: Optional[Tuple[Tuple[FrozenSet[str], FrozenSet[str]], ...]] = None  # each one's (zones, nodes)
+
+
+_SHARED: Dict[Any, Any] = {}  # equal port lists, node name lists and flags of many slices: one copy
+
+
+def _shared(value: Any) -> Any:
+    got = _SHARED.get(value)
+    if got is not None:
+        return got
+    if len(_SHARED) < 65536:
+        _SHARED[value] = value
+    return value
+
+
+def read_slice(obj: Any, index: int = 0, *, into: Optional[SliceRead] = None) -> SliceRead:
+    """The EndpointSlice ``obj`` (a dict or a client model) as :class:`SliceRead`:
+    what :func:`translate` would read of it, checked, for any node.  ``index``
+    names an object without a name in notes (its position in the input);
+    ``into`` is the (new) SliceRead to fill, of a subclass, say.
+
+    >>> r = read_slice({"metadata": {"name": "web-x1", "namespace": "default",
+    ...                              "labels": {"kubernetes.io/service-name": "web"}},
+    ...                 "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+    ...                 "endpoints": [{"addresses": ["10.244.1.5"], "nodeName": "node-a"}]})
+    >>> r.service, r.ports, r.nodes, len(r.addresses)
+    (('default', 'web'), ((('http', 'TCP'), 8080),), ('node-a',), 4)
+    """
+    d = as_dict(obj)
+    r = into if into is not None else SliceRead()
+    r.where = _fullname(*_meta_name(d, index, "EndpointSlice"))
+    notes = _Silent()
+    if d is None:
+        notes.note("EndpointSlice", r.where, f"skipped: not an API object ({type(obj).__name__})")
+    elif d.get("kind") is not None and d.get("kind") != "EndpointSlice":
+        notes.note("EndpointSlice", r.where, f"skipped: kind is {_describe(d.get('kind'))}, not EndpointSlice")
+    else:
+        try:
+            r.service = _slice_owner(d, r.where, notes)
+        except _Malformed as e:
+            notes.note("EndpointSlice", r.where, f"skipped: {e}")
+    r.owner_notes = tuple(notes.notes)
+    if r.service is None or d is None:
+        return r
+    notes = _Silent()
+    try:
+        _read_slice_endpoints(d, r, notes)
+    except _Malformed as e:
+        notes.note("EndpointSlice", r.where, f"skipped: {e}")
+    r.notes = tuple(notes.notes)
+    return r
+
+
+def _read_slice_endpoints(d: Mapping[str, Any], r: SliceRead, notes: _Collector) -> None:
+    """Fill ``r`` with the ports and endpoints of one (already accepted) slice."""
+    where = r.where
     address_type = d.get("addressType")
     if address_type == "IPv4":
         version = 4
@@ -452,45 +553,59 @@ def _slice_endpoints(d: Mapping[str, Any], where: str, node: Node, out: Endpoint
     endpoints = _list(d.get("endpoints"), "endpoints")
     if not ports:
         return
+    addresses = bytearray()
+    nodes: List[str] = []
+    flags = bytearray()
+    hints: List[Tuple[FrozenSet[str], FrozenSet[str]]] = []
+    intern = sys.intern
     for i, raw in enumerate(endpoints):
         try:
-            address, ready, serving, terminating, node_name, zones, nodes = _read_endpoint(raw, i)
+            address, ready, serving, terminating, node_name, zones, for_nodes = _read_endpoint(raw, i)
         except _Malformed as err:
             notes.note("EndpointSlice", where, f"{err}: that endpoint is skipped")
             continue
-        local = node_name == node.name
-        first = True
-        for key, number in ports:
-            try:
-                backend = Backend(address, number)
-            except InvalidValueError as err:
-                if first:  # one line per endpoint, not one per port
-                    notes.note("EndpointSlice", where, f"endpoints[{i}] {address!r}: {err}: that endpoint is skipped")
-                break
-            first = False
-            got = 6 if ":" in backend.address else 4
-            if got != version:
-                notes.note(
-                    "EndpointSlice",
-                    where,
-                    f"endpoints[{i}] {backend.address} is IPv{got} in an {address_type} slice: dropped",
-                )
-                break
-            ep = _Endpoint(
-                backend,
-                version,
-                local,
-                ready is not False,
-                serving is not False,
-                terminating is True,
-                zones,
-                nodes,
-            )
-            by_addr = out.setdefault(key, {})
+        try:
+            text, a16, got = model_address(address, "address", backend=True)  # as Backend(address, port) checks it
+        except InvalidValueError as err:
+            notes.note("EndpointSlice", where, f"endpoints[{i}] {address!r}: {err}: that endpoint is skipped")
+            continue
+        if got != version:
+            notes.note("EndpointSlice", where, f"endpoints[{i}] {text} is IPv{got} in an {address_type} slice: dropped")
+            continue
+        addresses += a16[12:] if version == 4 else a16
+        nodes.append(intern(node_name))
+        flags.append(
+            (_READY if ready is not False else 0)
+            | (_SERVING if serving is not False else 0)
+            | (_TERMINATING if terminating is True else 0)
+        )
+        hints.append((zones, for_nodes))
+    r.version = version
+    r.ports = _shared(tuple(ports))
+    r.addresses = bytes(addresses)
+    r.nodes = _shared(tuple(nodes))
+    r.flags = _shared(bytes(flags))
+    r.hints = tuple(hints) if any(z or n for z, n in hints) else None
+
+
+def _slice_endpoints(r: SliceRead, node: Node, out: Endpoints) -> None:
+    """Add the endpoints of one (already accepted) slice, read, to ``out`` for ``node``."""
+    ports = r.ports
+    if not ports:
+        return
+    version, name, hints, addresses = r.version, node.name, r.hints, r.addresses
+    by_port = [(out.setdefault(key, {}), number) for key, number in ports]
+    for i, (node_name, f) in enumerate(zip(r.nodes, r.flags)):
+        local = node_name == name
+        zones, nodes = hints[i] if hints is not None else _NO_HINTS
+        ready, serving, terminating = f & _READY != 0, f & _SERVING != 0, f & _TERMINATING != 0
+        a16 = _V4_MAPPED + addresses[4 * i : 4 * i + 4] if version == 4 else addresses[16 * i : 16 * i + 16]
+        for by_addr, number in by_port:
             # kube-proxy: the first copy of an address:port wins, unless a later one is local.
-            where_at = (backend.address, backend.port)
-            if where_at not in by_addr or local:
-                by_addr[where_at] = ep
+            at = (a16, number)
+            if local or at not in by_addr:
+                backend = active_backend(a16, number)
+                by_addr[at] = _Endpoint(backend, version, local, ready, serving, terminating, zones, nodes)
 
 
 def _topology(eps: Sequence[_Endpoint], node: Node) -> Optional[str]:
@@ -687,6 +802,10 @@ def _objects(items: Any, kind: str, notes: _Collector) -> Iterable[Tuple[Mapping
         yield d, where
 
 
+def _where_of(r: SliceRead) -> str:
+    return r.where
+
+
 def translate_with_notes(
     services: Iterable[Any],
     endpointslices: Iterable[Any],
@@ -724,24 +843,21 @@ def translate_with_notes(
     specs.sort(key=lambda s: (s.ns, s.name))
     wanted = {(s.ns, s.name) for s in specs}
 
-    slices: List[Tuple[Tuple[str, str], str, Mapping[str, Any]]] = []
-    for d, where in _objects(endpointslices, "EndpointSlice", notes):
-        try:
-            owner = _slice_owner(d, where, notes)
-        except _Malformed as e:
-            notes.note("EndpointSlice", where, f"skipped: {e}")
-            continue
-        if owner is not None and owner in wanted:
-            slices.append((owner, where, d))
+    slices: List[SliceRead] = []
+    for i, obj in enumerate(_items(endpointslices)):
+        r = obj if isinstance(obj, SliceRead) else read_slice(obj, i)
+        for n in r.owner_notes:
+            notes.add(n)
+        if r.service is not None and r.service in wanted:
+            slices.append(r)
     # The first slice by name wins a duplicate endpoint: make that independent of input order.
-    slices.sort(key=lambda t: t[1])
+    slices.sort(key=_where_of)
     endpoints: Dict[Tuple[str, str], Endpoints] = {}
-    for owner, where, sd in slices:
-        eps = endpoints.setdefault(owner, {})
-        try:
-            _slice_endpoints(sd, where, node, eps, notes)
-        except _Malformed as e:
-            notes.note("EndpointSlice", where, f"skipped: {e}")
+    for r in slices:
+        for n in r.notes:
+            notes.add(n)
+        assert r.service is not None
+        _slice_endpoints(r, node, endpoints.setdefault(r.service, {}))
 
     claimed: Dict[ServiceKey, str] = {}
     for spec in specs:
