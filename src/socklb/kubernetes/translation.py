@@ -90,8 +90,8 @@ from collections import abc
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..errors import InvalidValueError
-from ..model import Affinity, Algorithm, Backend, BackendState, Service, ServiceKey
+from socklb.errors import InvalidValueError
+from socklb.model import Affinity, Algorithm, Backend, BackendState, Service, ServiceKey
 
 __all__ = [
     "LABEL_HEADLESS",

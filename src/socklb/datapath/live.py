@@ -1,7 +1,7 @@
 """The live datapath: the loaded BPF object, its maps and its links.
 
 :class:`Datapath` owns the native handle (``struct socklb *``) made from a
-:class:`~socklb.spec.DatapathSpec`.  Its children hold a reference to it and
+:class:`~socklb.datapath.spec.DatapathSpec`.  Its children hold a reference to it and
 check it on every call, so no file descriptor or pointer is used after the
 owner closed: a :class:`Map` for each map, a :class:`LinkSet` for the links
 of one cgroup.  Every native call on a handle runs under the datapath's lock,
@@ -18,10 +18,9 @@ import threading
 from contextlib import ExitStack
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import features
-from ._core import check, ffi, lib
-from .errors import ClosedError, KernelError, PermissionDeniedError, VerifierError
-from .spec import DatapathSpec
+from socklb._native import check, features, ffi, lib
+from socklb.datapath.spec import DatapathSpec
+from socklb.errors import ClosedError, KernelError, PermissionDeniedError, VerifierError
 
 __all__ = [
     "Datapath",

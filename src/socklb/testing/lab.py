@@ -15,7 +15,7 @@ crash).
 
 Example::
 
-    from socklb.lab import Lab
+    from socklb.testing.lab import Lab
 
     with Lab() as lab:
         client = lab.add_pod("client")
@@ -70,8 +70,9 @@ from typing import Any, Optional, TypeVar
 from pyroute2 import IPRoute  # type: ignore[import-untyped,unused-ignore]
 from pyroute2 import netns as _pr_netns  # type: ignore[import-untyped,unused-ignore]
 
-from socklb import cgroup as _cg
-from socklb.errors import LabError, SocklbError
+from socklb.datapath import cgroup as _cg
+from socklb.errors import SocklbError
+from socklb.testing.errors import LabError
 
 __all__ = [
     "Lab",
@@ -355,7 +356,7 @@ class Sandbox:
     ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` to completion here and return its output (text mode).
 
-        Raises :class:`~socklb.errors.LabError`, including the standard error
+        Raises :class:`~socklb.testing.LabError`, including the standard error
         output, when it exits with a non-zero status (if ``check``) or runs
         longer than ``timeout`` seconds (it is killed then).
 
@@ -397,7 +398,7 @@ class Sandbox:
     def python(self, code: str, *args: str, timeout: float = 60) -> str:
         """Run ``python -c code args...`` here (same interpreter) and return its stdout.
 
-        Raises :class:`~socklb.errors.LabError` with the stderr output when it fails.
+        Raises :class:`~socklb.testing.LabError` with the stderr output when it fails.
 
         Example::
 
@@ -414,10 +415,10 @@ class Sandbox:
         wait: float = 0.25,
         ready_timeout: float = _READY_TIMEOUT,
     ) -> subprocess.Popen[str]:
-        """Start :mod:`socklb.labserver` here, answering with ``name`` (default: this pod's name).
+        """Start :mod:`socklb.testing.server` here, answering with ``name`` (default: this pod's name).
 
         Returns once the server listens on every port (it printed ``ready``);
-        raises :class:`~socklb.errors.LabError` if it does not within
+        raises :class:`~socklb.testing.LabError` if it does not within
         ``ready_timeout`` seconds.  Stop it with ``terminate()``; the lab
         kills it on close otherwise.  ``wait`` is the server's ``--wait``.
 
@@ -429,7 +430,7 @@ class Sandbox:
         """
         if not tcp and not udp:
             raise LabError("serve: give at least one TCP or UDP port")
-        server = os.path.join(os.path.dirname(os.path.abspath(__file__)), "labserver.py")
+        server = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server.py")
         argv = [sys.executable, "-I", server, "--name", self.name if name is None else name, "--wait", repr(wait)]
         for port in tcp:
             argv += ["--tcp", str(int(port))]
@@ -689,7 +690,7 @@ class Lab:
 
         ``name`` is 1-41 characters of ``a-z``, ``0-9`` and ``-`` (not at either
         end), unique in the lab and not ``node``.  If anything fails, whatever
-        was created for the pod is removed and :class:`~socklb.errors.LabError`
+        was created for the pod is removed and :class:`~socklb.testing.LabError`
         is raised.
 
         Example::
@@ -790,7 +791,7 @@ class Lab:
         In a forked child of the process that built the lab, close() only marks
         this copy closed and leaves the lab to its owner.
 
-        Raises :class:`~socklb.errors.LabError` listing what could not be
+        Raises :class:`~socklb.testing.LabError` listing what could not be
         removed (after trying everything).
 
         Example::

@@ -21,7 +21,7 @@ import socket
 import threading
 from typing import Callable, List, Optional, TypeVar
 
-from .errors import InvalidValueError, MissingFeatureError, SocklbError
+from socklb.errors import InvalidValueError, MissingFeatureError, SocklbError
 
 __all__ = ["netns_cookie", "discover_addresses", "usable_node_address"]
 

@@ -31,8 +31,8 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Tuple
 
-from ._core import lib
-from .errors import MissingFeatureError
+from socklb._native import lib
+from socklb.errors import MissingFeatureError
 
 __all__ = [
     "Feature",

@@ -1,12 +1,12 @@
 """Continuous connections from a lab pod, read as they are made: the load
 under which examples and tests change a service and count what failed.
 
-    python -m socklb.labload 10.96.0.10 80 --max-n 20000 --max-seconds 30 --pause 0.001
+    python -m socklb.testing.load 10.96.0.10 80 --max-n 20000 --max-seconds 30 --pause 0.001
 
 The process prints ``ready``, then one line per TCP connection: its start
 time, the time it was connected (or failed), both from ``CLOCK_MONOTONIC``,
 which every process of the machine shares whatever its namespace, and who
-answered (the :mod:`socklb.labserver` name) or ``error:ERRNO``.  It stops on
+answered (the :mod:`socklb.testing.server` name) or ``error:ERRNO``.  It stops on
 SIGTERM (the connection under way finishes), after ``--max-n`` connections or
 ``--max-seconds``, whichever comes first, so the load is always bounded.
 
@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from typing import Any, List, NamedTuple, Optional, Sequence
 
-from .labclient import _err, _family, _readline
+from socklb.testing.client import _err, _family, _readline
 
 __all__ = ["Connection", "Load", "main"]
 
@@ -71,7 +71,7 @@ def _dial(host: str, port: int, timeout: float) -> Connection:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The load itself (run in a pod); see the module's docstring."""
-    ap = argparse.ArgumentParser(prog="python -m socklb.labload", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m socklb.testing.load", description=__doc__.split("\n\n")[0])
     ap.add_argument("host")
     ap.add_argument("port", type=int)
     ap.add_argument("--max-n", type=int, default=10000, help="connections at most (default 10,000)")
@@ -94,7 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 class Load:
-    """:func:`main` running in ``pod`` (a :class:`socklb.lab.Pod`), its
+    """:func:`main` running in ``pod`` (a :class:`socklb.testing.lab.Pod`), its
     connections read as they are made.  Thread-safe; a context manager that
     stops the load on exit."""
 
@@ -108,7 +108,7 @@ class Load:
         pause: float = 0.001,
         timeout: float = 3.0,
     ) -> None:
-        argv = [sys.executable, "-m", "socklb.labload", host, str(port), "--max-n", str(max_n)]
+        argv = [sys.executable, "-m", "socklb.testing.load", host, str(port), "--max-n", str(max_n)]
         argv += ["--max-seconds", str(max_seconds), "--pause", str(pause), "--timeout", str(timeout)]
         self.proc: subprocess.Popen[str] = pod.popen(argv, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
@@ -116,7 +116,7 @@ class Load:
         if first != "ready":
             self.proc.kill()
             self.proc.wait()
-            raise RuntimeError(f"socklb.labload did not start in {getattr(pod, 'name', pod)}: {first!r}")
+            raise RuntimeError(f"socklb.testing.load did not start in {getattr(pod, 'name', pod)}: {first!r}")
         self._log: List[Connection] = []
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, name="socklb-labload", daemon=True)

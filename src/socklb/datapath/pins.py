@@ -56,9 +56,9 @@ import re
 import stat
 from typing import List, Optional, Tuple
 
-from ._core import ffi, lib
-from .datapath import GROUP_PROGRAMS, MAPS, PROGRAMS
-from .errors import InvalidValueError, KernelError, PermissionDeniedError, PinLockedError
+from socklb._native import ffi, lib
+from socklb.datapath.live import GROUP_PROGRAMS, MAPS, PROGRAMS
+from socklb.errors import InvalidValueError, KernelError, PermissionDeniedError, PinLockedError
 
 __all__ = [
     "BPF_FS_MAGIC",

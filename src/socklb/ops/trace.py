@@ -17,7 +17,7 @@ is on ``<pin_dir>``); a second one is refused, naming the first one's pid.
 
 Example::
 
-    >>> from socklb.trace import Tracer
+    >>> from socklb.ops.trace import Tracer
     >>> with Tracer("/sys/fs/bpf/my-controller") as t:              # doctest: +SKIP
     ...     for ev in t.events(count=3):
     ...         print(ev.vip, "->", ev.backend, ev.outcome)
@@ -34,10 +34,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from . import abi, pins
-from ._core import check, ffi, lib
-from .abi import Record
-from .errors import InvalidValueError, NotFoundError, PermissionDeniedError, SocklbError
+from socklb._native import abi, check, ffi, lib
+from socklb._native.abi import TRACE_CTL as CTL
+from socklb._native.abi import Record
+from socklb.datapath import pins
+from socklb.errors import InvalidValueError, NotFoundError, PermissionDeniedError, SocklbError
 
 __all__ = ["Tracer", "TraceEvent", "TraceBusyError", "LEASE", "EVENT", "CTL"]
 
@@ -49,7 +50,6 @@ class TraceBusyError(SocklbError):
 LEASE = 2.0
 """Seconds a lease lasts; the reader renews it four times as often."""
 EVENT = Record("struct socklb_trace_event")
-CTL = Record("struct socklb_trace_ctl")
 _OUTCOMES = {
     lib.SOCKLB_TRACE_TRANSLATED: "translated",
     lib.SOCKLB_TRACE_NO_BACKEND: "no_backend",
@@ -129,7 +129,7 @@ class Tracer:
     renewed it since) and closes the ring buffer."""
 
     def __init__(self, pin_dir: str, lease: float = LEASE) -> None:
-        from .inspect import PinnedView
+        from socklb.ops.view import PinnedView
 
         PinnedView(pin_dir).close()  # the clear error if it is not a socklb pin directory
         self.pin_dir = os.path.realpath(pin_dir)
@@ -266,7 +266,7 @@ class _Ctl:
     """The trace_ctl array (one record)."""
 
     def __init__(self, fd: int) -> None:
-        from .datapath import Map
+        from socklb.datapath.live import Map
 
         self._map = Map(None, "trace_ctl", fd, 4, CTL.size)
 

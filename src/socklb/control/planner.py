@@ -14,7 +14,7 @@ A ``connect()`` that runs meanwhile sees the old list or the new one; if it
 read the old one just before its deletion, it reads the service again.
 
 >>> from socklb.model import Service, Backend
->>> from socklb.spec import DatapathSpec
+>>> from socklb.datapath.spec import DatapathSpec
 >>> st = State()
 >>> p = plan(st, {("10.96.0.10", 80, "tcp"): Service("10.96.0.10", 80, backends=[Backend("10.1.0.1", 80)])},
 ...          DatapathSpec(), terminate=False)
@@ -30,12 +30,11 @@ from itertools import accumulate, compress, filterfalse, repeat
 from operator import attrgetter, is_, itemgetter, not_
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Sized, Tuple, Union, cast
 
-from . import abi
-from ._core import ffi
-from .abi import U32
-from .errors import CapacityError
-from .model import Algorithm, BackendState, Protocol, Service, ServiceKey
-from .spec import DatapathSpec
+from socklb._native import abi, ffi
+from socklb._native.abi import U32
+from socklb.datapath.spec import DatapathSpec
+from socklb.errors import CapacityError
+from socklb.model import Algorithm, BackendState, Protocol, Service, ServiceKey
 
 __all__ = ["Ids", "Programmed", "State", "Plan", "plan", "Garbage"]
 

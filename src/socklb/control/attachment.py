@@ -21,18 +21,15 @@ from __future__ import annotations
 import os
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
-from . import pins
-from .abi import ATTACH_INFO, U64
-from .cgroup import check_cgroup2_dir
-from .datapath import GROUP_EXCLUDE, GROUP_HOSTONLY, GROUP_PROGRAMS, Datapath, LinkSet, Map
-from .errors import ClosedError, InvalidValueError, SocklbError
-from .model import path_text
-from .spec import MAX_ATTACHMENTS, PinPaths
-
-if TYPE_CHECKING:
-    from .balancer import Balancer
+from socklb._native.abi import ATTACH_INFO, U64
+from socklb.datapath import pins
+from socklb.datapath.cgroup import check_cgroup2_dir
+from socklb.datapath.live import GROUP_EXCLUDE, GROUP_HOSTONLY, GROUP_PROGRAMS, Datapath, LinkSet, Map
+from socklb.datapath.spec import MAX_ATTACHMENTS, PinPaths
+from socklb.errors import ClosedError, InvalidValueError, SocklbError
+from socklb.model import path_text
 
 __all__ = ["Attachment", "Attachments", "cgroup_path"]
 
@@ -93,7 +90,7 @@ class Attachments:
         with self._lock:
             return sum(e.pin is None for e in self._entries.values())
 
-    def handle(self, owner: Balancer, cgroup: str) -> Attachment:
+    def handle(self, owner: object, cgroup: str) -> Attachment:
         with self._lock:
             entry = self._entries[cgroup]
             att = self._handles.get(cgroup)
@@ -102,7 +99,7 @@ class Attachments:
                 self._handles[cgroup] = att
             return att
 
-    def handles(self, owner: Balancer) -> List[Attachment]:
+    def handles(self, owner: object) -> List[Attachment]:
         with self._lock:
             return [self.handle(owner, c) for c in self._entries]
 
@@ -376,8 +373,8 @@ class Attachment:
     leaves them attached, and the next :meth:`Balancer.open` adopts them.
     """
 
-    def __init__(self, owner: Balancer, registry: Attachments, entry: _Entry) -> None:
-        self._owner = owner  # a handle keeps its balancer alive
+    def __init__(self, owner: object, registry: Attachments, entry: _Entry) -> None:
+        self._owner = owner  # a handle keeps its balancer (the owner of the links) alive
         self._registry = registry
         self._entry = entry
         self.cgroup = entry.cgroup

@@ -38,8 +38,8 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
-from .errors import InvalidValueError, NotFoundError
-from .model import Affinity, Backend, Service
+from socklb.errors import InvalidValueError, NotFoundError
+from socklb.model import Affinity, Backend, Service
 
 __all__ = ["load", "parse", "diff", "diff_pinned", "apply", "diff_text", "result_text"]
 
@@ -204,12 +204,12 @@ def diff_pinned(pin_dir: Optional[str], want: List[Service]) -> Dict[str, Any]:
     an empty or missing directory counts as no services."""
     have: List[Service] = []
     if pin_dir is not None and os.path.exists(os.path.join(pin_dir, "maps", "meta")):
-        from .inspect import PinnedView
+        from socklb.ops.view import PinnedView
 
         with PinnedView(pin_dir) as v:
             have = v.services()
     elif pin_dir is not None and os.path.isdir(pin_dir) and os.listdir(pin_dir):
-        from .inspect import PinnedView
+        from socklb.ops.view import PinnedView
 
         PinnedView(pin_dir).close()  # raises the reason it is not a socklb pin directory
     return diff(have, want)
@@ -232,7 +232,7 @@ def apply(pin_dir: Optional[str], want: List[Service]) -> Dict[str, Any]:
     """``sync(want)`` on the balancer pinned in ``pin_dir`` (made if the
     directory holds none), under its owner lock; the balancer is closed after,
     its pinned maps and links stay."""
-    from .balancer import Balancer
+    from socklb.balancer import Balancer
 
     if pin_dir is None:
         raise InvalidValueError("pin_dir", "apply needs --pin-dir: an unpinned balancer would vanish when socklb exits")

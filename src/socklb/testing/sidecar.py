@@ -7,7 +7,7 @@ original destination) and relays.  Before the upstream's bytes it sends one
 line to the client, ``via-sidecar orig=<addr:port> upstream=<addr:port>``,
 so a test can see what the sidecar saw.
 
-    python -m socklb.labsidecar 15001 --route 10.96.0.10:80=10.244.2.2:8080
+    python -m socklb.testing.sidecar 15001 --route 10.96.0.10:80=10.244.2.2:8080
 
 :func:`install_redirect` writes the rules (run inside the pod's namespace):
 the sidecar's own connections carry the mark ``SIDECAR_MARK`` and are left
@@ -94,7 +94,7 @@ def _serve(conn: socket.socket, routes: Dict[Addr, List[Addr]]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m socklb.labsidecar", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m socklb.testing.sidecar", description=__doc__.split("\n\n")[0])
     ap.add_argument("port", type=int, help="where the REDIRECT rule sends connections")
     ap.add_argument("--route", action="append", default=[], help="VIP:PORT=BACKEND:PORT[,BACKEND:PORT...]")
     ap.add_argument("--install", action="store_true", help="write the iptables REDIRECT rules first")

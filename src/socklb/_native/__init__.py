@@ -10,10 +10,10 @@ from __future__ import annotations
 import errno as _errno
 import socket
 
-from .errors import KernelError, PermissionDeniedError
+from socklb.errors import KernelError, PermissionDeniedError
 
 try:
-    from ._native import ffi, lib
+    from socklb._native._lib import ffi, lib
 except ImportError as e:  # pragma: no cover - only without a build
     raise ImportError(
         "socklb's native extension is not built: install the package with pip "

@@ -2,7 +2,7 @@
 
 :class:`SocklbCollector` reads, on every scrape, a :class:`~socklb.Balancer`
 of this process or the balancer pinned in a directory by any process (read
-only, no lock; see :mod:`socklb.inspect`).  ``socklb exporter --pin-dir DIR
+only, no lock; see :mod:`socklb.ops.view`).  ``socklb exporter --pin-dir DIR
 --port N`` serves it on ``/metrics``; :func:`start_http_server` embeds it in a
 controller.
 
@@ -34,7 +34,7 @@ name                                            type      labels / meaning
 Example::
 
     >>> from prometheus_client import CollectorRegistry, generate_latest
-    >>> from socklb.metrics import SocklbCollector
+    >>> from socklb.ops.metrics import SocklbCollector
     >>> reg = CollectorRegistry()
     >>> reg.register(SocklbCollector("/sys/fs/bpf/my-controller"))    # doctest: +SKIP
     >>> print(generate_latest(reg).decode())                           # doctest: +SKIP
@@ -51,14 +51,14 @@ try:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
     from prometheus_client.registry import Collector
 except ImportError as e:  # pragma: no cover - the extra is not installed
-    raise ImportError("socklb.metrics needs prometheus-client: pip install 'socklb[metrics]'") from e
+    raise ImportError("socklb.ops.metrics needs prometheus-client: pip install 'socklb[metrics]'") from e
 
-from .errors import SocklbError
-from .model import Service
-from .stats import WRITE_BUCKETS
+from socklb.control.stats import WRITE_BUCKETS
+from socklb.errors import SocklbError
+from socklb.model import Service
 
 if TYPE_CHECKING:
-    from .balancer import Balancer
+    from socklb.balancer import Balancer
 
 __all__ = ["SocklbCollector", "start_http_server", "registry"]
 
@@ -107,7 +107,7 @@ class SocklbCollector(Collector):
     # -- the two sources ----------------------------------------------------------
 
     def _from_pins(self, pin_dir: str) -> Iterator[Metric]:
-        from .inspect import PinnedView
+        from socklb.ops.view import PinnedView
 
         with PinnedView(pin_dir) as v:
             counters = v.counters()
@@ -204,7 +204,7 @@ class SocklbCollector(Collector):
         yield sv
         be = GaugeMetricFamily("socklb_backends", "Service backends programmed, by state.", labels=["state"])
         states = Counter(b.state.value for s in services for b in s.backends)
-        from .model import BackendState
+        from socklb.model import BackendState
 
         for st in BackendState:
             be.add_metric([st.value], states.get(st.value, 0))

@@ -1,7 +1,7 @@
 """Reading pinned state back: the meta record, the services, the repairs.
 
 A restarted controller (``Balancer.open``) rebuilds its
-:class:`~socklb.planner.State` from the maps.  A service is read back from its
+:class:`~socklb.control.planner.State` from the maps.  A service is read back from its
 current list, which holds exactly one version of it (every member with its
 weight and state), so a service whose update was interrupted is exactly its
 old or its new version.  Whatever no current list refers to was written by an
@@ -19,17 +19,17 @@ import socket
 from array import array
 from typing import Dict, List, Optional, Tuple
 
-from . import abi, pins
-from ._core import check, ffi, lib
-from .abi import ATTACH_INFO, BACKEND_VAL, META, SLOT_KEY, U32, U64, Member
-from .attachment import Attachments
-from .cgroup import cgroup2_mount
-from .datapath import GROUP_EXCLUDE, GROUP_PROGRAMS, Map
-from .errors import IncompatiblePinsError, InvalidValueError, NotFoundError, PermissionDeniedError
-from .model import Algorithm, Service
-from .planner import Programmed, State
-from .spec import MAX_ATTACHMENTS, DatapathSpec, PinPaths
-from .writer import Tables
+from socklb._native import abi, check, ffi, lib
+from socklb._native.abi import ATTACH_INFO, BACKEND_VAL, META, SLOT_KEY, U32, U64, Member
+from socklb.control.attachment import Attachments
+from socklb.control.planner import Programmed, State
+from socklb.control.writer import Tables
+from socklb.datapath import pins
+from socklb.datapath.cgroup import cgroup2_mount
+from socklb.datapath.live import GROUP_EXCLUDE, GROUP_PROGRAMS, Map
+from socklb.datapath.spec import MAX_ATTACHMENTS, DatapathSpec, PinPaths
+from socklb.errors import IncompatiblePinsError, InvalidValueError, NotFoundError, PermissionDeniedError
+from socklb.model import Algorithm, Service
 
 __all__ = [
     "read_meta",

@@ -42,9 +42,18 @@ from typing import (
     TypeVar,
 )
 
-from ._core import check, ffi, lib
-from .errors import InvalidValueError
-from .model import MAX_BACKENDS_PER_SERVICE, Affinity, Algorithm, Backend, BackendState, Frontend, Protocol, Service
+from socklb._native import check, ffi, lib
+from socklb.errors import InvalidValueError
+from socklb.model import (
+    MAX_BACKENDS_PER_SERVICE,
+    Affinity,
+    Algorithm,
+    Backend,
+    BackendState,
+    Frontend,
+    Protocol,
+    Service,
+)
 
 __all__ = [
     "Record",
@@ -56,6 +65,7 @@ __all__ = [
     "BACKEND_VAL",
     "META",
     "ATTACH_INFO",
+    "TRACE_CTL",
     "AFFINITY_KEY",
     "AFFINITY_VAL",
     "U32",
@@ -149,6 +159,7 @@ ATTACH_INFO = Record("struct socklb_attach_info")
 AFFINITY_KEY = Record("struct socklb_affinity_key")
 AFFINITY_VAL = Record("struct socklb_affinity_val")
 CONFIG = Record("struct socklb_config")
+TRACE_CTL = Record("struct socklb_trace_ctl")
 U32 = struct.Struct("=I")
 U64 = struct.Struct("=Q")
 

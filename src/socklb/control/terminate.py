@@ -16,8 +16,8 @@ import os
 import threading
 from typing import Callable, Iterable, List, Optional, Sequence
 
-from ._core import lib
-from .datapath import Datapath
+from socklb._native import lib
+from socklb.datapath.live import Datapath
 
 log = logging.getLogger("socklb")
 

@@ -1,10 +1,10 @@
 """A client for lab pods: dials an address many times and reports, as JSON,
 which backend answered, what ``getpeername()``/``recvfrom()`` showed and which
-errors happened.  The counterpart of :mod:`socklb.labserver`.
+errors happened.  The counterpart of :mod:`socklb.testing.server`.
 
-    python -m socklb.labclient tcp 10.96.0.10 80 -n 100
-    python -m socklb.labclient udp fd00:96::a 53 -n 20            # one unconnected socket
-    python -m socklb.labclient udp 10.96.0.10 53 -n 20 --connected
+    python -m socklb.testing.client tcp 10.96.0.10 80 -n 100
+    python -m socklb.testing.client udp fd00:96::a 53 -n 20            # one unconnected socket
+    python -m socklb.testing.client udp 10.96.0.10 53 -n 20 --connected
 
 Output: ``{"served": [name...], "peers": ["addr:port"...], "errors": ["ECONNREFUSED"...]}``.
 Every operation has a timeout; the run is bounded by ``-n`` and ``--deadline``.
@@ -135,7 +135,7 @@ def _udp_socket(host: str, port: int, n: int, connected: bool, timeout: float, e
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m socklb.labclient")
+    ap = argparse.ArgumentParser(prog="python -m socklb.testing.client")
     ap.add_argument("proto", choices=["tcp", "udp"])
     ap.add_argument("host")
     ap.add_argument("port", type=int)

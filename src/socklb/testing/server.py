@@ -2,7 +2,7 @@
 
 Run it as::
 
-    python -m socklb.labserver --name b1 --tcp 8080 --udp 5353
+    python -m socklb.testing.server --name b1 --tcp 8080 --udp 5353
 
 or, without importing the ``socklb`` package (it only needs the standard
 library), as ``python path/to/labserver.py ...``.  It binds the dual-stack
@@ -26,7 +26,7 @@ gets the answer from that address.
 
 Example::
 
-    $ python -m socklb.labserver --name b1 --tcp 8080 --udp 8080 &
+    $ python -m socklb.testing.server --name b1 --tcp 8080 --udp 8080 &
     ready
     $ printf 'peer\\n' | nc -q1 127.0.0.1 8080
     b1 127.0.0.1 50312
@@ -327,7 +327,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         >>> main(["--name", "b1", "--tcp", "8080"])   # serves until SIGTERM  # doctest: +SKIP
         0
     """
-    parser = argparse.ArgumentParser(prog="python -m socklb.labserver", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m socklb.testing.server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--name", required=True, help="the name to answer with")
     parser.add_argument("--tcp", type=_port, action="append", default=[], metavar="PORT", help="TCP port (repeatable)")
     parser.add_argument("--udp", type=_port, action="append", default=[], metavar="PORT", help="UDP port (repeatable)")

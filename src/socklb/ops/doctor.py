@@ -3,7 +3,7 @@
 :func:`report` gathers the kernel release, the cgroup v2 mount (a hybrid
 layout, cgroup v1 controllers beside a cgroup2 mount such as
 ``/sys/fs/cgroup/unified``, is found too), bpffs, BTF, each feature of
-:data:`socklb.features.FEATURES` and the process's privileges; ``verdict``
+:data:`socklb._native.features.FEATURES` and the process's privileges; ``verdict``
 says what socklb can do here.  Nothing is written (the feature probe loads
 small test programs and unloads them).
 """
@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List
 
-from . import features, pins
-from .cgroup import MOUNTINFO, parse_mountinfo
+from socklb._native import features
+from socklb.datapath import pins
+from socklb.datapath.cgroup import MOUNTINFO, parse_mountinfo
+from socklb.ops.output import table
 
 __all__ = ["report", "text"]
 
@@ -121,8 +123,6 @@ def report() -> Dict[str, Any]:
 def text(r: Dict[str, Any]) -> str:
     def yn(v: object) -> str:
         return "yes" if v is True else "no" if v is False else "not probed (needs privileges)"
-
-    from .opscli import table
 
     p = r["privileges"]
     lines = [

@@ -1,7 +1,7 @@
 """What a datapath is made of, before it exists: limits, map sizes, pin paths.
 
 A :class:`DatapathSpec` is a pure, validated value (like cilium/ebpf's
-CollectionSpec); :class:`~socklb.datapath.Datapath` is the live object loaded
+CollectionSpec); :class:`~socklb.datapath.live.Datapath` is the live object loaded
 from it.  The headroom rule lives here and only here: maps hold
 :data:`HEADROOM` times the limits, because an update writes a service's new
 entries before it deletes the old ones (memory is used per entry, not per slot).
@@ -22,9 +22,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from . import abi
-from ._core import ffi, lib
-from .errors import CapacityError, InvalidValueError
+from socklb._native import abi, ffi, lib
+from socklb.errors import CapacityError, InvalidValueError
 
 __all__ = ["DatapathSpec", "PinPaths", "HEADROOM", "MAX_ATTACHMENTS", "DEFAULT_UDP_FLOWS", "MAX_UDP_FLOWS"]
 

@@ -6,11 +6,11 @@ owner keeps its lock and its maps are unchanged, byte for byte.  It decodes
 what the kernel serves (the services, their backends and ids), the datapath
 counters, the per-backend selection counts, how full each map is, and which
 cgroups the pinned links attach to.  ``socklb status|services|stats`` print
-these; :mod:`socklb.metrics` exports them.
+these; :mod:`socklb.ops.metrics` exports them.
 
 Example::
 
-    >>> from socklb.inspect import PinnedView
+    >>> from socklb.ops.view import PinnedView
     >>> with PinnedView("/sys/fs/bpf/my-controller") as v:     # doctest: +SKIP
     ...     [str(s) for s in v.services()]
     ['10.96.0.10:80/tcp']
@@ -25,15 +25,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import adopt, features, pins, stats
-from ._core import check, ffi, lib
-from .abi import ATTACH_INFO, U64
-from .datapath import Map
-from .errors import InvalidValueError, KernelError, NotFoundError, PermissionDeniedError
-from .model import Service
-from .spec import MAX_ATTACHMENTS, DatapathSpec, PinPaths
-from .terminate import client_netns
-from .writer import Tables
+from socklb._native import check, features, ffi, lib
+from socklb._native.abi import ATTACH_INFO, TRACE_CTL, U64
+from socklb.control import adopt, stats
+from socklb.control.terminate import client_netns
+from socklb.control.writer import Tables
+from socklb.datapath import pins
+from socklb.datapath.live import Map
+from socklb.datapath.spec import MAX_ATTACHMENTS, DatapathSpec, PinPaths
+from socklb.errors import InvalidValueError, KernelError, NotFoundError, PermissionDeniedError
+from socklb.model import Service
 
 __all__ = ["PinnedView", "BackendView", "ServiceView", "LinkView", "parse_frontend"]
 
@@ -383,12 +384,11 @@ class PinnedView:
         m = self.maps.get("trace_ctl")
         if m is None:
             return None
-        from .trace import CTL
 
         raw = m.lookup(b"\0\0\0\0")
         if raw is None:
             return None
-        c = CTL.unpack(raw)
+        c = TRACE_CTL.unpack(raw)
         left = (c.lease_until_ns - time.clock_gettime_ns(time.CLOCK_MONOTONIC)) / 1e9
         return {"on": left > 0, "lease_left_s": round(max(left, 0.0), 3), "dropped": int(c.dropped)}
 
