@@ -23,6 +23,8 @@ import time
 import warnings
 from typing import Iterable, List, Optional, Tuple, Union
 
+from typing_extensions import Self
+
 from socklb._native.abi import (
     DEFAULT_MAGLEV_SIZE,
     U32,
@@ -198,7 +200,7 @@ class Balancer(Observability):
             finally:
                 self.close()
 
-    def __enter__(self) -> Balancer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -23,6 +23,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Union
 
+from typing_extensions import Self
+
 from socklb._native.abi import ATTACH_INFO, U64
 from socklb.datapath import pins
 from socklb.datapath.cgroup import check_cgroup2_dir
@@ -440,7 +442,7 @@ class Attachment:
         """Let go of the attachment: detach it unless it is pinned."""
         self._registry.release(self._entry)
 
-    def __enter__(self) -> Attachment:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

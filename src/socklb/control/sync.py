@@ -15,6 +15,8 @@ from itertools import compress, count
 from operator import attrgetter, is_not
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from typing_extensions import TypeAlias
+
 from socklb.control.planner import Plan, State
 from socklb.datapath.spec import DatapathSpec
 from socklb.errors import CapacityError, InvalidValueError
@@ -22,7 +24,7 @@ from socklb.model import Algorithm, Service, ServiceKey
 
 __all__ = ["SyncResult", "Wanted", "batched", "positional_changes", "result", "wanted"]
 
-Wanted = Dict[ServiceKey, Optional[Service]]
+Wanted: TypeAlias = Dict[ServiceKey, Optional[Service]]
 """Services by key; None removes the key."""
 
 _skey_of = attrgetter("_skey")

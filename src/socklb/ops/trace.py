@@ -34,6 +34,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from typing_extensions import Self
+
 from socklb._native import abi, check, ffi, lib
 from socklb._native.abi import TRACE_CTL as CTL
 from socklb._native.abi import Record
@@ -255,7 +257,7 @@ class Tracer:
         if lock is not None:
             os.close(lock)
 
-    def __enter__(self) -> Tracer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from typing_extensions import Self
+
 from socklb._native import check, features, ffi, lib
 from socklb._native.abi import ATTACH_INFO, TRACE_CTL, U64
 from socklb.control import adopt, stats
@@ -192,7 +194,7 @@ class PinnedView:
         for fd in fds:
             os.close(fd)
 
-    def __enter__(self) -> PinnedView:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -31,6 +31,8 @@ import time
 from collections import Counter
 from typing import Any, List, NamedTuple, Optional, Sequence
 
+from typing_extensions import Self
+
 from socklb.testing.client import _err, _family, _readline
 
 __all__ = ["Connection", "Load", "main"]
@@ -171,7 +173,7 @@ class Load:
         self._reader.join(10)
         return self.connections()
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
