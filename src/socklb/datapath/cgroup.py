@@ -11,7 +11,7 @@ system it is at ``/sys/fs/cgroup/unified`` while the v1 controllers occupy
 
 Example::
 
-    >>> from socklb import cgroup
+    >>> from socklb.datapath import cgroup
     >>> root = cgroup.cgroup2_mount()            # doctest: +SKIP
     >>> path = cgroup.make_cgroup(root + "/demo")  # doctest: +SKIP
     >>> cgroup.move_pid(path, os.getpid())        # doctest: +SKIP

@@ -42,7 +42,7 @@ crash or a SIGKILL.
 Example (removing what a balancer of another layout version left; only
 socklb's entries go)::
 
-    >>> from socklb import pins
+    >>> from socklb.datapath import pins
     >>> pins.remove("/sys/fs/bpf/my-lb")          # doctest: +SKIP
 """
 
