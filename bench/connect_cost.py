@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Sequence
 
 from bench.system import bpf_stats
 from socklb import Backend, Balancer, Service
-from socklb.lab import Lab
+from socklb.testing.lab import Lab
 
 CLIENT = r"""
 import socket, sys

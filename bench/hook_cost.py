@@ -40,8 +40,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from bench.system import bpf_stats
 from socklb import Backend, Balancer, Service
-from socklb._core import check, ffi, lib
-from socklb.lab import Lab
+from socklb._native import check, ffi, lib
+from socklb.testing.lab import Lab
 
 CLIENT = r"""
 import socket, sys

@@ -1,6 +1,6 @@
 """The four ways a client reaches a service, each in a lab of its own.
 
-Every mode gets an identical :class:`socklb.lab.Lab`: a client pod and
+Every mode gets an identical :class:`socklb.testing.lab.Lab`: a client pod and
 ``backends`` backend pods, each running ``bench/bin/server`` (TCP and UDP).
 One lab per mode keeps each mode's state to itself: iptables and nftables
 rules (and the connection tracking they switch on in the node namespace) stay
@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from bench import rules
 from bench.rules import Svc, Table
 from bench.system import CpuSample, busy_fraction, cpu_sample, proc_cpu_seconds
-from socklb.lab import Lab, Pod, Sandbox
+from socklb.testing.lab import Lab, Pod, Sandbox
 
 __all__ = [
     "MODES",

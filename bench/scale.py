@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from bench.system import bpf_stats, rss_kib
 from socklb import Backend, Balancer, Service
-from socklb.lab import Lab
+from socklb.testing.lab import Lab
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 SCALES = [1, 1000, 10000, 50000, 200000]

@@ -24,8 +24,8 @@ from typing import Dict, List, Optional, Sequence
 from bench.connect_cost import CLIENT, _connect4
 from bench.system import bpf_stats
 from socklb import Backend, Balancer, Service
-from socklb.lab import Lab
-from socklb.trace import Tracer
+from socklb.ops.trace import Tracer
+from socklb.testing.lab import Lab
 
 
 def measure(n: int, rounds: int) -> Dict[str, object]:

@@ -1,4 +1,4 @@
-"""Build the socklb native extension (``socklb._native``).
+"""Build the socklb native extension (``socklb._native._lib``).
 
 Runs on its own (``python csrc/build_ffi.py`` builds in place under build/)
 and as the ``cffi_modules`` entry of setup.py.  Steps:
@@ -47,9 +47,7 @@ def _multiarch() -> str:
     if arch:
         return str(arch)
     try:
-        return subprocess.run(
-            ["gcc", "-print-multiarch"], check=True, capture_output=True, text=True
-        ).stdout.strip()
+        return subprocess.run(["gcc", "-print-multiarch"], check=True, capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return ""
 
@@ -128,7 +126,7 @@ ffibuilder.cdef(
 )
 _gen = compile_bpf()
 ffibuilder.set_source(
-    "socklb._native",
+    "socklb._native._lib",
     '#include <stdint.h>\n#include <linux/types.h>\n#include "socklb_maps.h"\n#include "loader.h"\n#include "rows.h"\n',
     sources=[os.path.join(HERE, "loader.c"), os.path.join(HERE, "rows.c")],
     include_dirs=[HERE, _gen],

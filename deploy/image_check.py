@@ -127,8 +127,22 @@ def main() -> int:
                 f,
             )
         port = free_port()
-        argv = ["socklb", "kubernetes", "--node-name", "node-a", "--cgroup", args.cgroup, "--kubeconfig", kubeconfig,
-                "--pin-dir", args.pin_dir, "--healthz-port", str(port), "--healthz-address", "127.0.0.1"]
+        argv = [
+            "socklb",
+            "kubernetes",
+            "--node-name",
+            "node-a",
+            "--cgroup",
+            args.cgroup,
+            "--kubeconfig",
+            kubeconfig,
+            "--pin-dir",
+            args.pin_dir,
+            "--healthz-port",
+            str(port),
+            "--healthz-address",
+            "127.0.0.1",
+        ]
         step("starting " + " ".join(argv))
         agent = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
         try:

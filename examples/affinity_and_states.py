@@ -10,7 +10,7 @@ import sys
 from collections import Counter
 
 from socklb import Affinity, Backend, BackendState, Balancer, Service
-from socklb.lab import Lab
+from socklb.testing.lab import Lab
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
             pod.serve(pod.name, tcp=[8080])
 
         def dial(n: int) -> Counter[str]:
-            argv = [sys.executable, "-m", "socklb.labclient", "tcp", "10.96.0.10", "80", "-n", str(n)]
+            argv = [sys.executable, "-m", "socklb.testing.client", "tcp", "10.96.0.10", "80", "-n", str(n)]
             return Counter(json.loads(client.run(argv).stdout)["served"])
 
         with Balancer() as lb:

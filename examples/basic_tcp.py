@@ -3,7 +3,7 @@
 Run as root:  .venv/bin/python examples/basic_tcp.py
 
 Everything happens in a throwaway lab (network namespaces and cgroups that
-socklb.lab creates and removes), never in the host's network.
+socklb.testing.lab creates and removes), never in the host's network.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import sys
 from collections import Counter
 
 from socklb import Backend, Balancer, Service
-from socklb.lab import Lab
+from socklb.testing.lab import Lab
 
 
 def dial(pod, host: str, port: int, n: int) -> Counter[str]:  # type: ignore[no-untyped-def]
     """Connect n times from inside the pod; count which backend answered."""
-    out = pod.run([sys.executable, "-m", "socklb.labclient", "tcp", host, str(port), "-n", str(n)]).stdout
+    out = pod.run([sys.executable, "-m", "socklb.testing.client", "tcp", host, str(port), "-n", str(n)]).stdout
     res = json.loads(out)
     assert not res["errors"], res["errors"]
     assert set(res["peers"]) == {f"{host}:{port}"}, "getpeername() shows the service address"

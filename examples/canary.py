@@ -2,10 +2,10 @@
 
 Run as root:  .venv/bin/python examples/canary.py
 
-It builds its own lab with socklb.lab (network namespaces and cgroups it
+It builds its own lab with socklb.testing.lab (network namespaces and cgroups it
 creates and removes; no packet leaves them): a client pod, two v1 pods and
 two v2 pods, each serving TCP 8080 with its name.  A client process in the
-client pod (socklb.labload) connects to the service 10.96.0.10:80 in a loop,
+client pod (socklb.testing.load) connects to the service 10.96.0.10:80 in a loop,
 without pause, and reports every connection.  Meanwhile the balancer moves the traffic from
 v1 to v2 in four steps of weights - 100/0, 90/10, 50/50, 0/100 - by updating
 the backends' weights (a version of weight 0 is drained: kept, never chosen
@@ -31,8 +31,8 @@ import time
 from typing import List
 
 from socklb import Backend, Balancer, Service
-from socklb.lab import Lab
-from socklb.labload import Load
+from socklb.testing.lab import Lab
+from socklb.testing.load import Load
 
 VIP, PORT, TARGET_PORT = "10.96.0.10", 80, 8080
 STEPS = [(100, 0), (90, 10), (50, 50), (0, 100)]

@@ -22,7 +22,7 @@ pod uses its service account::
 (or ``config.load_kube_config()`` outside the cluster; ``socklb kubernetes
 --node-name ... --cgroup ...`` is the same agent as a command).
 
-The lab (socklb.lab) has a client pod and four backend pods; the Balancer is
+The lab (socklb.testing.lab) has a client pod and four backend pods; the Balancer is
 attached to the client pod's cgroup, as the agent on a node attaches to the
 node's kubepods cgroup.  The Service ``shop/web`` (``10.96.0.30:80``) starts
 with web-1 and web-2; then the EndpointSlice changes the way a Deployment's
@@ -49,8 +49,8 @@ from socklb import Balancer
 from socklb.errors import NotFoundError
 from socklb.kubernetes import Agent
 from socklb.kubernetes.testing import FakeApiServer
-from socklb.lab import Lab
-from socklb.labload import Load
+from socklb.testing.lab import Lab
+from socklb.testing.load import Load
 
 VIP, PORT, TARGET = "10.96.0.30", 80, 8080
 STEP_SECONDS = 0.6  # and at least 50 connections

@@ -22,7 +22,7 @@ made to them finish.  The phases:
 
 For each phase it prints where the connections that started and finished in
 that phase went, and at the end how many connections failed in the whole run
-(0).  The lab (socklb.lab) has one node namespace, so the zones here are just
+(0).  The lab (socklb.testing.lab) has one node namespace, so the zones here are just
 labels the controller reads; in a cluster they are the nodes'
 ``topology.kubernetes.io/zone``.  With Kubernetes, ``socklb.kubernetes`` makes
 the same decision from the EndpointSlice's zone hints (kube-proxy's topology
@@ -41,8 +41,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from socklb import Backend, Balancer, Service
-from socklb.lab import Lab
-from socklb.labload import Load
+from socklb.testing.lab import Lab
+from socklb.testing.load import Load
 
 VIP, PORT, TARGET = "10.96.0.20", 80, 8080
 PHASE_SECONDS = 0.8  # and at least 50 connections

@@ -20,7 +20,7 @@ before its parents' (see "Nested and overlapping attachments" in the README).
 Then pod B alone is moved to version 1 with one ``upsert`` on its Balancer;
 pod A and pod C see no change.
 
-Everything runs in a throwaway lab (socklb.lab: network namespaces and cgroups
+Everything runs in a throwaway lab (socklb.testing.lab: network namespaces and cgroups
 that are removed at the end); in each step the three pods make 150 short
 connections each, at the same time.
 """
@@ -34,7 +34,7 @@ from collections import Counter
 from typing import Any
 
 from socklb import Backend, Balancer, Service
-from socklb.lab import Lab
+from socklb.testing.lab import Lab
 
 VIP, PORT, TARGET = "10.96.0.10", 80, 8080
 N = 150  # connections per pod and step
@@ -43,7 +43,7 @@ N = 150  # connections per pod and step
 def dial(pods: dict[str, Any]) -> dict[str, Counter[str]]:
     """N connections from inside each pod to the VIP, the pods at the same time:
     which backend answered each one."""
-    argv = [sys.executable, "-m", "socklb.labclient", "tcp", VIP, str(PORT), "-n", str(N)]
+    argv = [sys.executable, "-m", "socklb.testing.client", "tcp", VIP, str(PORT), "-n", str(N)]
     procs = {name: pod.popen(argv, stdout=subprocess.PIPE, text=True) for name, pod in pods.items()}
     seen = {}
     for name, proc in procs.items():

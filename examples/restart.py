@@ -14,7 +14,7 @@ import sys
 import uuid
 
 from socklb import Backend, Balancer, Service
-from socklb.lab import Lab
+from socklb.testing.lab import Lab
 
 PIN_DIR = f"/sys/fs/bpf/socklb-example-{uuid.uuid4().hex[:8]}"
 
@@ -25,7 +25,7 @@ def main() -> None:
         web.serve("web", tcp=[8080])
 
         def dial() -> list[str]:
-            argv = [sys.executable, "-m", "socklb.labclient", "tcp", "10.96.0.10", "80", "-n", "3"]
+            argv = [sys.executable, "-m", "socklb.testing.client", "tcp", "10.96.0.10", "80", "-n", "3"]
             return list(json.loads(client.run(argv).stdout)["served"])
 
         svc = Service("10.96.0.10", 80, "tcp", [Backend(web.ipv4, 8080)])

@@ -12,10 +12,10 @@ policy and telemetry.  The mesh agent therefore excludes its pods from the
 balancer's attachment (``Attachment.exclude``), at run time, as pods come and
 go; the other pods keep socket-level balancing.
 
-What it does, in a throwaway lab (namespaces and cgroups that socklb.lab
+What it does, in a throwaway lab (namespaces and cgroups that socklb.testing.lab
 creates and removes; no packet leaves them):
 
-1. ``meshed`` is a pod with a toy sidecar (``socklb.labsidecar``: a REDIRECT
+1. ``meshed`` is a pod with a toy sidecar (``socklb.testing.sidecar``: a REDIRECT
    rule and a small proxy that has its own table of services) and ``plain`` a
    pod without one; ``web-1`` and ``web-2`` serve the service 10.96.0.10:80.
 2. The balancer is attached to the cgroup above every pod (a subtree
@@ -41,7 +41,7 @@ import sys
 from collections import Counter
 
 from socklb import Backend, Balancer, Service
-from socklb.lab import SERVICE_CIDR4, Lab
+from socklb.testing.lab import SERVICE_CIDR4, Lab
 
 VIP, PORT = "10.96.0.10", 80
 SIDECAR_PORT = 15001
@@ -83,7 +83,7 @@ def main() -> None:
         meshed.run(["ip", "route", "del", "unreachable", SERVICE_CIDR4])
         route = f"{VIP}:{PORT}=" + ",".join(f"{p.ipv4}:8080" for p in web)
         proxy = meshed.popen(
-            [sys.executable, "-m", "socklb.labsidecar", str(SIDECAR_PORT), "--install", "--route", route],
+            [sys.executable, "-m", "socklb.testing.sidecar", str(SIDECAR_PORT), "--install", "--route", route],
             stdout=subprocess.PIPE,
             text=True,
         )

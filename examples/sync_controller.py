@@ -9,7 +9,7 @@ only what changed, and reports what it did.
 from __future__ import annotations
 
 from socklb import Backend, BackendState, Balancer, Service
-from socklb.lab import Lab
+from socklb.testing.lab import Lab
 
 
 def desired(pods: list[str], version: int) -> list[Service]:

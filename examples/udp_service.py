@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from socklb import Backend, Balancer, Service
-from socklb.lab import Lab
+from socklb.testing.lab import Lab
 
 CLIENT = r"""
 import json, socket

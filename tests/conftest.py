@@ -9,14 +9,14 @@ import pytest
 from helpers import BACKENDS, TCP_PORT, UDP_PORT, World, require_root
 
 if TYPE_CHECKING:
-    from socklb.lab import Lab
+    from socklb.testing.lab import Lab
 
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    """A fresh, empty :class:`socklb.lab.Lab` (node namespace only); closed after the test."""
+    """A fresh, empty :class:`socklb.testing.lab.Lab` (node namespace only); closed after the test."""
     require_root()
-    from socklb.lab import Lab
+    from socklb.testing.lab import Lab
 
     with Lab() as the_lab:
         yield the_lab
@@ -25,7 +25,7 @@ def lab() -> Iterator[Lab]:
 @pytest.fixture(scope="session")
 def world() -> Iterator[World]:
     require_root()
-    from socklb.lab import Lab
+    from socklb.testing.lab import Lab
 
     with Lab() as the_lab:
         client = the_lab.add_pod("client")

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 import pytest
 
 if TYPE_CHECKING:
-    from socklb.datapath import Map
-    from socklb.lab import Lab
+    from socklb.datapath.live import Map
+    from socklb.testing.lab import Lab
 
 TCP_PORT = 8080
 UDP_PORT = 5353
@@ -43,9 +43,9 @@ CI=true allows a skip for a feature the feature table says it lacks."""
 
 def require_feature(name: str) -> None:
     """Skip the calling test if the kernel lacks the feature ``name`` of
-    socklb.features (by the probe, not by version) - or fail it in CI, unless
+    socklb._native.features (by the probe, not by version) - or fail it in CI, unless
     the kernel matrix (MATRIX_ENV) runs the suite on an old kernel."""
-    from socklb import features
+    from socklb._native import features
 
     f = next(f for f in features.FEATURES if f.name == name)
     if not features.lacks(f):
@@ -70,7 +70,7 @@ def refused() -> str:
     """The errno name a connect()/sendmsg() to a service without usable
     backends fails with here: ECONNREFUSED, or EPERM where the kernel lacks
     bpf_set_retval (the documented fallback)."""
-    from socklb import features
+    from socklb._native import features
 
     return "EPERM" if features.lacks(features.SET_RETVAL) else "ECONNREFUSED"
 
@@ -93,9 +93,9 @@ class World:
 def dial(
     pod: Any, proto: str, host: str, port: int, n: int = 1, *extra: str, timeout: float = 120
 ) -> Dict[str, List[str]]:
-    """Run socklb.labclient in ``pod``; returns its JSON result."""
+    """Run socklb.testing.client in ``pod``; returns its JSON result."""
     out = pod.run(
-        [sys.executable, "-m", "socklb.labclient", proto, host, str(port), "-n", str(n), *extra],
+        [sys.executable, "-m", "socklb.testing.client", proto, host, str(port), "-n", str(n), *extra],
         timeout=timeout,
     ).stdout
     return json.loads(out)  # type: ignore[no-any-return]
@@ -103,7 +103,7 @@ def dial(
 
 def raw_map(fd: int, name: str, key_size: int, value_size: int) -> Map:
     """A map by a file descriptor the test owns (a pinned map read as another tool would)."""
-    from socklb.datapath import Map
+    from socklb.datapath.live import Map
 
     return Map(None, name, fd, key_size, value_size)
 

@@ -7,9 +7,10 @@ import struct
 import pytest
 from cffi import FFI
 
-from socklb import Affinity, Backend, CapacityError, Service, abi, features, planner
-from socklb._core import ffi, lib
-from socklb.spec import HEADROOM, DatapathSpec
+from socklb import Affinity, Backend, CapacityError, Service
+from socklb._native import abi, features, ffi, lib
+from socklb.control import planner
+from socklb.datapath.spec import HEADROOM, DatapathSpec
 
 VIP = "10.96.0.10"
 

@@ -218,7 +218,7 @@ def test_loadgen_slices_share_the_client(tmp_path: Any) -> None:
 
     from bench.build import build
 
-    from socklb.lab import Lab
+    from socklb.testing.lab import Lab
 
     bins = build()
     bad = subprocess.run(

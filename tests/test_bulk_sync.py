@@ -11,9 +11,11 @@ from typing import Dict, List, Tuple
 import pytest
 from helpers import require_root
 
-from socklb import Affinity, Backend, Balancer, KernelError, Service, abi, planner, writer
-from socklb.datapath import Map
-from socklb.spec import DatapathSpec
+from socklb import Affinity, Backend, Balancer, KernelError, Service
+from socklb._native import abi
+from socklb.control import planner, writer
+from socklb.datapath.live import Map
+from socklb.datapath.spec import DatapathSpec
 
 SPEC = DatapathSpec(max_services=4096, max_backends=65536)
 
@@ -176,7 +178,7 @@ def test_wildcard_port_bits_follow_each_write() -> None:
     require_root()
 
     def bit(lb: Balancer, port: int) -> bool:
-        raw = lb._wild_ports.lookup(abi.U32.pack(port >> 6))
+        raw = lb._node._wild_ports.lookup(abi.U32.pack(port >> 6))
         return bool(raw is not None and int.from_bytes(raw, "little") >> (port & 63) & 1)
 
     be4, be6 = [Backend("10.244.9.1", 80)], [Backend("fd00:244::9", 80)]
@@ -191,8 +193,8 @@ def test_wildcard_port_bits_follow_each_write() -> None:
         assert bit(lb, 30080)  # the UDP one is still there
         lb.remove(udp.key)
         assert not bit(lb, 30080) and bit(lb, 30081)
-        words = dict(lb._wild_words)
-        lb._sync_wild_ports()  # a recount of every service changes nothing
-        assert lb._wild_words == words
+        words = dict(lb._node._words)
+        lb._node.sync_wild_ports(lb._state.services)  # a recount of every service changes nothing
+        assert lb._node._words == words
         lb.sync([])
-        assert not bit(lb, 30081) and not lb._wild_words
+        assert not bit(lb, 30081) and not lb._node._words

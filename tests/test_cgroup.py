@@ -1,4 +1,4 @@
-"""Tests of socklb.cgroup: mountinfo parsing (pure) and cgroup management (root)."""
+"""Tests of socklb.datapath.cgroup: mountinfo parsing (pure) and cgroup management (root)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from helpers import require_root
 
-from socklb import cgroup
+from socklb.datapath import cgroup
 from socklb.errors import InvalidValueError, MissingFeatureError, NotCgroupV2Error
 
 HYBRID = textwrap.dedent(
@@ -213,7 +213,7 @@ def test_remove_refuses_root_and_own_cgroup(scratch: str) -> None:
     code = textwrap.dedent(
         """
         import os, sys
-        from socklb import cgroup
+        from socklb.datapath import cgroup
         from socklb.errors import InvalidValueError
         cgroup.move_pid(sys.argv[1], os.getpid())
         try:

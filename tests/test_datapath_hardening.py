@@ -15,8 +15,8 @@ import pytest
 from helpers import BACKENDS, TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial, in_ci, require_termination
 
 from socklb import Backend, Balancer, Service
-from socklb.cgroup import make_cgroup, remove_cgroup
-from socklb.lab import Sandbox
+from socklb.datapath.cgroup import make_cgroup, remove_cgroup
+from socklb.testing.lab import Sandbox
 
 VIP_A4, VIP_B4 = "10.96.0.71", "10.96.0.72"
 VIP_A6, VIP_B6 = "fd00:96::71", "fd00:96::72"

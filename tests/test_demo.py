@@ -18,7 +18,7 @@ def left_behind(new: set[str]) -> set[str]:
     """Of these lab namespaces, the ones no live lab owns.  Other labs (other test runs on
     this machine) come and go meanwhile; a lab holds its lock from before it creates its
     first namespace until after it removed its last."""
-    from socklb.lab import LOCK_DIR, _lock_is_free
+    from socklb.testing.lab import LOCK_DIR, _lock_is_free
 
     return {ns for ns in new if not ns.startswith("slb-") or _lock_is_free(f"{LOCK_DIR}/{ns[4:10]}.lock")}
 

@@ -104,7 +104,7 @@ def test_the_image_check_passes_on_this_checkout(tmp_path: Any) -> None:
 
     from helpers import child_env, require_root
 
-    from socklb.cgroup import cgroup2_mount
+    from socklb.datapath.cgroup import cgroup2_mount
     from socklb.kubernetes import testing  # noqa: F401  (the script needs the extra)
 
     require_root()
@@ -141,6 +141,6 @@ def test_the_image_check_passes_on_this_checkout(tmp_path: Any) -> None:
     finally:
         os.rmdir(cgroup)
         if os.path.exists(pin_dir):
-            from socklb import pins
+            from socklb.datapath import pins
 
             pins.remove(pin_dir)

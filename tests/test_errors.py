@@ -7,17 +7,16 @@ import errno
 import pytest
 from helpers import require_feature, require_root
 
+import socklb._native as _core
 from socklb import (
     KernelError,
     MissingFeatureError,
     PermissionDeniedError,
     SocklbError,
     VerifierError,
-    _core,
-    abi,
-    features,
 )
-from socklb import datapath as datapath_mod
+from socklb._native import abi, features
+from socklb.datapath import live as datapath_mod
 
 
 def test_this_kernel_has_every_feature() -> None:

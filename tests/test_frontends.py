@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 import pytest
 from helpers import require_root
 
-from socklb import features
+from socklb._native import features
 
 VIP = "10.96.0.10"
 NODE_PORT = 30080
@@ -36,7 +36,7 @@ class Site:
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
     require_root()
-    from socklb.lab import SERVICE_CIDR4, Lab
+    from socklb.testing.lab import SERVICE_CIDR4, Lab
 
     with Lab() as lab:
         client, side = lab.add_pod("client"), lab.add_pod("side")
@@ -46,9 +46,9 @@ def site() -> Iterator[Site]:
         # The sidecar pod routes the service range (to the node, which refuses
         # it) so that an untranslated connect() reaches its nat OUTPUT rule.
         side.run(["ip", "route", "del", "unreachable", SERVICE_CIDR4])
-        side.run([sys.executable, "-c", "from socklb.labsidecar import install_redirect; install_redirect(15001)"])
+        side.run([sys.executable, "-c", "from socklb.testing.sidecar import install_redirect; install_redirect(15001)"])
         proc = side.popen(
-            [sys.executable, "-m", "socklb.labsidecar", "15001", "--route", f"{VIP}:80={b1.ipv4}:8080"],
+            [sys.executable, "-m", "socklb.testing.sidecar", "15001", "--route", f"{VIP}:80={b1.ipv4}:8080"],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -57,7 +57,8 @@ def site() -> Iterator[Site]:
 
 
 def dial(sb: Any, proto: str, host: str, port: int, n: int = 4, *extra: str) -> Dict[str, List[str]]:
-    out = sb.run([sys.executable, "-m", "socklb.labclient", proto, host, str(port), "-n", str(n), *extra], timeout=60)
+    argv = [sys.executable, "-m", "socklb.testing.client", proto, host, str(port), "-n", str(n), *extra]
+    out = sb.run(argv, timeout=60)
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
@@ -233,7 +234,8 @@ def test_host_netns_only_translates_the_node_not_the_pods(site: Site) -> None:
 
 
 def test_scopes_and_exclusions_survive_a_restart(site: Site) -> None:
-    from socklb import Backend, Balancer, Service, SocklbError, node
+    from socklb import Backend, Balancer, Service, SocklbError
+    from socklb.datapath import node
 
     lab = site.lab
     pin_dir = f"/sys/fs/bpf/socklb-test-fe-{uuid.uuid4().hex}"
@@ -300,7 +302,7 @@ def test_scope_and_exclusion_errors(site: Site) -> None:
 def test_frontend_values_are_validated() -> None:
     from socklb import Backend, Frontend, InvalidValueError, Service
     from socklb.model import normalize_key
-    from socklb.servicefile import parse
+    from socklb.ops.servicefile import parse
 
     be = [Backend("10.244.1.2", 8080)]
     with pytest.raises(InvalidValueError, match=r"Service\.node_port"):

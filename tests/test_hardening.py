@@ -24,7 +24,7 @@ def svc_for(world: World) -> Service:
 HAMMER = r"""
 import sys, threading, time
 from socklb import Balancer, ClosedError
-from socklb.datapath import PROGRAMS
+from socklb.datapath.live import PROGRAMS
 cg = sys.argv[1]
 lb = Balancer()
 stop = time.monotonic() + 3

@@ -11,7 +11,8 @@ import sys
 import pytest
 from helpers import TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial, require_feature, require_root
 
-from socklb import Backend, Balancer, MissingFeatureError, Service, features
+from socklb import Backend, Balancer, MissingFeatureError, Service
+from socklb._native import features
 
 HELD = r"""
 import socket, sys
@@ -35,7 +36,7 @@ def test_forcing_features_missing() -> None:
         with features.forced_missing("nope"):
             pass
     # The environment variable is the same seam, for a whole process.
-    code = "from socklb import features; print(sorted(f.name for f in features.missing()))"
+    code = "from socklb._native import features; print(sorted(f.name for f in features.missing()))"
     env = dict(os.environ, **{features.FORCE_ENV: "sock_destroy"})
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert "sock_destroy" in out
@@ -151,7 +152,7 @@ def test_without_so_netns_cookie_balancing_works_and_host_scope_names_the_featur
     (SO_NETNS_COOKIE, found by booting 5.10): the balancer still loads and
     balances; only host-netns-only attachments refuse, naming the feature."""
     require_root()
-    from socklb import node
+    from socklb.datapath import node
 
     monkeypatch.setattr(node, "_SO_NETNS_COOKIE", 0x7FFF)  # no such option: ENOPROTOOPT, as on 5.10
     with pytest.raises(MissingFeatureError, match=r"Linux 5\.14"):

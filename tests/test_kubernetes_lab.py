@@ -66,7 +66,7 @@ def cluster() -> Iterator[Cluster]:
     require_root()
     if kubernetes is None:
         pytest.fail("the kubernetes package is missing: install socklb[dev] (CI=true forbids skipping)")
-    from socklb.lab import Lab
+    from socklb.testing.lab import Lab
 
     with Lab() as lab:
         yield Cluster(lab)
@@ -170,7 +170,7 @@ def test_api_changes_reach_real_connects(api: FakeApiServer, cluster: Cluster, a
 
 def _loop(pod: Any, vip: str, seconds: float, port: int = 80) -> subprocess.Popen[str]:
     """Connections one after the other for ``seconds`` (at most 200,000)."""
-    argv = [sys.executable, "-m", "socklb.labclient", "tcp", vip, str(port), "-n", "200000"]
+    argv = [sys.executable, "-m", "socklb.testing.client", "tcp", vip, str(port), "-n", "200000"]
     argv += ["--timeout", "3", "--deadline", str(seconds)]
     return pod.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # type: ignore[no-any-return]
 
@@ -410,7 +410,7 @@ def test_sigkill_and_restart_converge_with_pinned_state(api: FakeApiServer, clus
         assert metrics["socklb_agent_upserts_total"] == 2, metrics
         assert metrics["socklb_agent_removes_total"] == 1, metrics
         assert metrics["socklb_agent_full_syncs_total"] >= 1
-        # the balancer's datapath metrics (socklb.metrics) on the same endpoint
+        # the balancer's datapath metrics (socklb.ops.metrics) on the same endpoint
         assert metrics["socklb_attachments"] == 1, metrics
         assert all(k.startswith("error:") and k != "error:ECONNREFUSED" for k in served(client, deleted, n=3))
         res = _result(loop)

@@ -1,4 +1,4 @@
-"""Tests of socklb.lab and socklb.labserver.  They build real namespaces: root only."""
+"""Tests of socklb.testing.lab and socklb.testing.server.  They build real namespaces: root only."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from collections.abc import Iterator
 import pytest
 from helpers import require_root
 
-from socklb import cgroup
-from socklb import lab as lab_module
-from socklb.errors import LabError
-from socklb.lab import SERVICE_CIDR4, SERVICE_CIDR6, Lab, Pod, cleanup_leftovers
+from socklb.datapath import cgroup
+from socklb.testing import lab as lab_module
+from socklb.testing.errors import LabError
+from socklb.testing.lab import SERVICE_CIDR4, SERVICE_CIDR6, Lab, Pod, cleanup_leftovers
 
 NETNS_DIR = lab_module._NETNS_DIR
 
@@ -522,11 +522,11 @@ def test_serve_failure_is_reported(lab: Lab) -> None:
 
 
 def test_labserver_cli_module() -> None:
-    """``python -m socklb.labserver`` works too (here on loopback in a lab pod)."""
+    """``python -m socklb.testing.server`` works too (here on loopback in a lab pod)."""
     with Lab() as lab:
         a = lab.add_pod("a")
         p = a.popen(
-            [sys.executable, "-m", "socklb.labserver", "--name", "m", "--tcp", "7000", "--udp", "7000"],
+            [sys.executable, "-m", "socklb.testing.server", "--name", "m", "--tcp", "7000", "--udp", "7000"],
             stdout=subprocess.PIPE,
             text=True,
             env=child_env(),
@@ -546,7 +546,7 @@ def test_labserver_cli_module() -> None:
 CRASHER = textwrap.dedent(
     """
     import sys, time
-    from socklb.lab import Lab
+    from socklb.testing.lab import Lab
     lab = Lab()
     a = lab.add_pod("a")
     lab.add_pod("b")
@@ -558,7 +558,7 @@ CRASHER = textwrap.dedent(
 
 
 def test_atexit_closes_forgotten_lab() -> None:
-    code = "from socklb.lab import Lab; lab = Lab(); lab.add_pod('a').popen(['sleep', '60']); print(lab.id)"
+    code = "from socklb.testing.lab import Lab; lab = Lab(); lab.add_pod('a').popen(['sleep', '60']); print(lab.id)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=child_env())
     assert r.returncode == 0, r.stderr
     assert_lab_gone(r.stdout.strip())
@@ -643,9 +643,9 @@ def test_cleanup_leftovers_orphans_without_lock() -> None:
 
 
 def test_labload_counts_who_answered_and_what_failed(lab: Lab) -> None:
-    """socklb.labload: bounded continuous connections from a pod, each with
+    """socklb.testing.load: bounded continuous connections from a pod, each with
     who answered; a port nobody listens on reads as refused, not as served."""
-    from socklb.labload import Load
+    from socklb.testing.load import Load
 
     client, server = lab.add_pod("client"), lab.add_pod("server")
     srv = server.serve("srv-1", tcp=[8080])

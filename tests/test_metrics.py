@@ -1,4 +1,4 @@
-"""socklb.metrics and ``socklb exporter``: scraped by a REAL Prometheus server
+"""socklb.ops.metrics and ``socklb exporter``: scraped by a REAL Prometheus server
 (Debian's ``prometheus``, started here on 127.0.0.1) whose HTTP API is then
 queried for the socklb_* series; ``promtool check metrics`` is clean.  The
 balancer is owned by another process (pinned) or embedded
@@ -186,7 +186,7 @@ def test_embedded_start_http_server(world: World) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     from socklb import Balancer
-    from socklb.metrics import start_http_server
+    from socklb.ops.metrics import start_http_server
 
     b1 = world.backends["b1"]
     with Balancer(max_services=8, max_backends=16) as lb:

@@ -31,8 +31,8 @@ from socklb import (
     NotFoundError,
     Service,
 )
-from socklb._core import lib
-from socklb.abi import BACKEND_VAL, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32, maglev_table
+from socklb._native import lib
+from socklb._native.abi import BACKEND_VAL, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32, maglev_table
 
 ServiceKey = Tuple[str, int, str]
 

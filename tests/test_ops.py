@@ -29,10 +29,11 @@ from helpers import (
 )
 from test_pins import holder, obj_get, pinned_dir, tree
 
-from socklb import Affinity, Backend, BackendState, Service, servicefile
-from socklb import pins as pins_mod
-from socklb.datapath import PROGRAMS
+from socklb import Affinity, Backend, BackendState, Service
+from socklb.datapath import pins as pins_mod
+from socklb.datapath.live import PROGRAMS
 from socklb.errors import InvalidValueError
+from socklb.ops import servicefile
 
 socklb = socklb_cli
 
@@ -65,7 +66,7 @@ def snapshot(pd: str) -> Tuple[Dict[str, int], Dict[str, Dict[bytes, bytes]], Li
 
 
 def _info(fd: int) -> Tuple[int, int, bool]:
-    from socklb._core import ffi, lib
+    from socklb._native import ffi, lib
 
     t, k, v, m = (ffi.new("uint32_t *") for _ in range(4))
     assert lib.socklb_map_info(fd, t, k, v, m) == 0
@@ -73,7 +74,7 @@ def _info(fd: int) -> Tuple[int, int, bool]:
 
 
 def _ncpu() -> int:
-    from socklb._core import possible_cpus
+    from socklb._native import possible_cpus
 
     return possible_cpus()
 
@@ -161,7 +162,7 @@ def test_read_only_commands_against_another_owner(world: World) -> None:
 
         # status: owner, layout, limits, maps, the attachment with every program
         assert status["owner_pid"] == owner.pid
-        from socklb._core import lib
+        from socklb._native import lib
 
         assert status["layout_version"] == lib.SOCKLB_LAYOUT_VERSION
         assert status["limits"]["max_services"] == 65536
@@ -304,7 +305,7 @@ def test_doctor() -> None:
     r = socklb("doctor", "-o", "json")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
-    from socklb import features
+    from socklb._native import features
 
     assert [f["name"] for f in rep["features"]] == [f.name for f in features.FEATURES]
     assert all(f["present"] is True for f in rep["features"] if f["required"])
@@ -344,9 +345,9 @@ def test_service_file_parsing() -> None:
 def test_doctests_of_the_ops_modules() -> None:
     import doctest
 
-    from socklb import doctor, inspect, opscli
+    from socklb.ops import doctor, output, view
 
-    for m in (servicefile, inspect, opscli, doctor):
+    for m in (servicefile, view, output, doctor):
         assert doctest.testmod(m, optionflags=doctest.ELLIPSIS).failed == 0, m.__name__
 
 

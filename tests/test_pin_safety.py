@@ -1,4 +1,4 @@
-"""What a pinned balancer may touch on bpffs (socklb.pins): only its own
+"""What a pinned balancer may touch on bpffs (socklb.datapath.pins): only its own
 entries.  destroy() and pins.remove() leave other programs' pins alone; the
 bpffs root, a directory inside another balancer's pin tree and a non-empty
 directory that holds no socklb layout are refused; an existing directory keeps
@@ -27,10 +27,10 @@ from helpers import raw_map, require_root
 from test_pins import _bpf, holder, obj_get, pinned_dir, prog_exists, read_pinned, tree, write_meta
 
 from socklb import Backend, Balancer, Service
-from socklb import pins as pins_mod
-from socklb._core import ffi, lib
-from socklb.abi import META, U32
-from socklb.cgroup import cgroup2_mount
+from socklb._native import ffi, lib
+from socklb._native.abi import META, U32
+from socklb.datapath import pins as pins_mod
+from socklb.datapath.cgroup import cgroup2_mount
 from socklb.errors import IncompatiblePinsError, InvalidValueError, PinLockedError
 
 MAIN_PROGS = [ffi.string(lib.socklb_prog_name(i)).decode() for i in range(lib.SOCKLB_NPROGS)]
@@ -215,7 +215,7 @@ def test_adopt_and_destroy_leave_foreign_link_entries(pin_dir: str) -> None:
 
 @pytest.mark.parametrize("how", ["version", "magic"])
 def test_incompatible_pins_removal_as_recommended_is_safe(pin_dir: str, cgroup: str, how: str) -> None:
-    """IncompatiblePinsError recommends socklb.pins.remove(pin_dir): following
+    """IncompatiblePinsError recommends socklb.datapath.pins.remove(pin_dir): following
     that advice removes socklb's pins (detaching what they attach), nothing else."""
     with Balancer(pin_dir=pin_dir) as lb:
         lb.upsert(SVC)
@@ -234,7 +234,7 @@ def test_incompatible_pins_removal_as_recommended_is_safe(pin_dir: str, cgroup: 
     if how == "version":
         with pytest.raises(IncompatiblePinsError) as e:
             Balancer.open(pin_dir)
-        assert "socklb.pins.remove(pin_dir)" in str(e.value)
+        assert "socklb.datapath.pins.remove(pin_dir)" in str(e.value)
         assert "only socklb's own entries" in str(e.value)
         pins_mod.remove(pin_dir)
         assert socklb_entries(pin_dir) == []

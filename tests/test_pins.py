@@ -52,10 +52,10 @@ from socklb import (
     NotFoundError,
     Service,
 )
-from socklb import pins as pins_mod
-from socklb._core import lib
-from socklb.abi import BACKEND_VAL, META, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32
-from socklb.cgroup import cgroup2_mount
+from socklb._native import lib
+from socklb._native.abi import BACKEND_VAL, META, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32
+from socklb.datapath import pins as pins_mod
+from socklb.datapath.cgroup import cgroup2_mount
 from socklb.errors import IncompatiblePinsError, PinLockedError
 
 UNREACHABLE = {"ENETUNREACH", "EHOSTUNREACH"}
@@ -535,7 +535,7 @@ def test_layout_and_permissions(world: World, pin_dir: str) -> None:
 UNPRIVILEGED = r"""
 import json, os, sys
 from socklb import Balancer, SocklbError
-from socklb._core import ffi, lib
+from socklb._native import ffi, lib
 pd = sys.argv[1]
 # Everything is imported; now become nobody (the interpreter's files may be unreadable to it).
 os.setgroups([]); os.setgid(65534); os.setuid(65534)

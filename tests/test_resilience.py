@@ -50,8 +50,8 @@ from socklb import (
     NotFoundError,
     Service,
 )
-from socklb._core import lib
-from socklb.abi import BACKEND_VAL, DEFAULT_MAGLEV_SIZE, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32
+from socklb._native import lib
+from socklb._native.abi import BACKEND_VAL, DEFAULT_MAGLEV_SIZE, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32
 
 FLEET = ("r1", "r2", "r3", "r4", "r5", "r6")
 
@@ -74,7 +74,7 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
     require_root()
-    from socklb.lab import Lab
+    from socklb.testing.lab import Lab
 
     with Lab() as lab:
         yield Fleet(lab)

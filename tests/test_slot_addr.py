@@ -14,9 +14,9 @@ from typing import Any, Dict, List
 from helpers import TCP_PORT, VIP4, VIP6, World, dial, raw_map
 from test_pins import pinned_dir
 
-from socklb import Backend, Balancer, Service, abi
-from socklb._core import check, lib
-from socklb.abi import SLOT_KEY, SLOT_VAL
+from socklb import Backend, Balancer, Service
+from socklb._native import abi, check, lib
+from socklb._native.abi import SLOT_KEY, SLOT_VAL
 
 
 def slot_values(version: abi.Version, list_id: int = 7) -> List[Any]:

@@ -14,8 +14,8 @@ import pytest
 from helpers import TCP_PORT, VIP4, World, dial, in_ci
 from test_pins import pinned_dir
 
-from socklb import Backend, Balancer, Service, features
-from socklb._core import ffi, lib
+from socklb import Backend, Balancer, Service
+from socklb._native import features, ffi, lib
 
 
 @pytest.fixture(autouse=True)

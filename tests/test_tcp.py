@@ -21,7 +21,7 @@ from socklb import (
     PermissionDeniedError,
     Service,
 )
-from socklb.cgroup import cgroup2_mount
+from socklb.datapath.cgroup import cgroup2_mount
 
 
 def svc_for(world: World, vip: str = VIP4, names: tuple[str, ...] = BACKENDS, port: int = 80) -> Service:

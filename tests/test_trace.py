@@ -18,7 +18,7 @@ from helpers import refused as refused_errno
 from test_pins import holder, pinned_dir
 
 from socklb import Backend, Service
-from socklb.trace import LEASE, lease_state
+from socklb.ops.trace import LEASE, lease_state
 
 # In the client pod: connect n times to host:port, say which backend served
 # each connect (labserver protocol); then n_udp datagrams with sendto().

@@ -15,10 +15,10 @@ from helpers import TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial
 from scipy.stats import chisquare
 
 from socklb import Affinity, Backend, BackendState, Balancer, Service
-from socklb.abi import KEEP_ALL, alias_table, encode
+from socklb._native.abi import KEEP_ALL, alias_table, encode
+from socklb.datapath.spec import DEFAULT_UDP_FLOWS, MAX_UDP_FLOWS
 from socklb.errors import InvalidValueError
 from socklb.model import MAX_BACKENDS_PER_SERVICE, MAX_WEIGHT
-from socklb.spec import DEFAULT_UDP_FLOWS, MAX_UDP_FLOWS
 
 # A correct split fails this check once in a thousand runs; the sample sizes
 # below make a clearly wrong split (1:1 for 3:1, see the test) fail it always.

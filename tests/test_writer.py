@@ -12,7 +12,7 @@ import pytest
 from helpers import UDP_PORT, World, require_root
 
 from socklb import Affinity, Backend, Balancer, KernelError, Service
-from socklb.datapath import Map
+from socklb.datapath.live import Map
 
 
 class FailingMap(Map):

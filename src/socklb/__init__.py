@@ -9,14 +9,13 @@ rewritten once, in the system call, to a chosen backend; replies and
 ('10.96.0.10', 80, 'tcp')
 """
 
-from .balancer import Attachment, Balancer, ProgramStats, SyncResult
-from .errors import (
+from socklb.balancer import Attachment, Balancer, ProgramStats, SyncResult
+from socklb.errors import (
     CapacityError,
     ClosedError,
     IncompatiblePinsError,
     InvalidValueError,
     KernelError,
-    LabError,
     MissingFeatureError,
     NotCgroupV2Error,
     NotFoundError,
@@ -25,7 +24,7 @@ from .errors import (
     SocklbError,
     VerifierError,
 )
-from .model import Affinity, Algorithm, Backend, BackendState, Frontend, Protocol, Service, ServiceKey
+from socklb.model import Affinity, Algorithm, Backend, BackendState, Frontend, Protocol, Service, ServiceKey
 
 __version__ = "0.1.0"
 
@@ -42,7 +41,6 @@ __all__ = [
     "IncompatiblePinsError",
     "InvalidValueError",
     "KernelError",
-    "LabError",
     "MissingFeatureError",
     "NotCgroupV2Error",
     "NotFoundError",

@@ -9,98 +9,41 @@ adoption, termination and statistics together behind one lock.
 ...     lb.services() == [svc]
 True
 
+Each method takes the lock and delegates: values are checked in
+:mod:`socklb.model`, plans made by :mod:`socklb.control.planner` and written by
+:mod:`socklb.control.writer`; the node's maps are :class:`socklb.control.nodes.Node`'s.
 See the README's "How the code is laid out" for the path of a ``sync()``.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 import warnings
-from dataclasses import dataclass
-from itertools import compress, count
-from operator import attrgetter, is_not, itemgetter
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Tuple, Union
 
-from . import abi, adopt, features, node, pins, planner, stats, writer
-from ._core import lib
-from .abi import (
-    AFFINITY_KEY,
-    AFFINITY_VAL,
-    ATTACH_INFO,
-    BACKEND_VAL,
-    DEFAULT_MAGLEV_SIZE,
-    META,
-    SLOT_KEY,
-    SLOT_VAL,
-    SVC_KEY,
-    SVC_VAL,
-    U32,
-    U64,
-)
-from .abi import maglev_table as maglev_table
-from .attachment import Attachment, Attachments, cgroup_path
-from .datapath import Datapath
-from .errors import CapacityError, InvalidValueError, MissingFeatureError, NotFoundError, SocklbError
-from .model import Algorithm, Protocol, Service, ServiceKey, normalize_key, path_text
-from .model import _address as model_address
-from .spec import DEFAULT_UDP_FLOWS, DatapathSpec, PinPaths
-from .stats import ProgramStats
-from .terminate import Terminator, client_netns
+from typing_extensions import Self
+
+from socklb._native.abi import DEFAULT_MAGLEV_SIZE, U32
+from socklb._native.abi import maglev_table as maglev_table
+from socklb.control import adopt, planner, stats, sync, writer
+from socklb.control.attachment import Attachment, cgroup_path
+from socklb.control.nodes import node_address_arg
+from socklb.control.observe import Observability
+from socklb.control.runtime import Runtime, open_runtime
+from socklb.control.stats import ProgramStats
+from socklb.control.sync import SyncResult
+from socklb.datapath import node, pins
+from socklb.datapath.live import Datapath
+from socklb.datapath.spec import DEFAULT_UDP_FLOWS, DatapathSpec, PinPaths
+from socklb.errors import InvalidValueError, NotFoundError, SocklbError
+from socklb.model import Service, ServiceKey, normalize_key, path_text
 
 __all__ = ["Balancer", "Attachment", "SyncResult", "ProgramStats", "DEFAULT_MAGLEV_SIZE", "maglev_table"]
-log = logging.getLogger("socklb")
+
+_Key = Union[Service, ServiceKey, Tuple[str, int]]
 
 
-NODE_ADDRS_MAX = int(lib.SOCKLB_MAX_NODE_ADDRS)
-
-
-_WILD = ("0.0.0.0", "::")  # the keys' addresses of wildcard frontends (NodePort, hostPort)
-_PROTOS = tuple(p.value for p in Protocol)
-_WILD_SET = frozenset(_WILD)
-_address_of, _port_of = itemgetter(0), itemgetter(1)
-_skey_of = attrgetter("_skey")
-
-
-def _node_address_arg(value: object) -> Union[str, Dict[bytes, str]]:
-    """ "discover", or the addresses as {16-byte key: text}, validated."""
-    if value == "discover":
-        return "discover"
-    if isinstance(value, (str, bytes)) or value is None:
-        raise InvalidValueError("node_addresses", f"must be an iterable of addresses or 'discover', not {value!r}")
-    try:
-        items = list(value)  # type: ignore[call-overload]
-    except TypeError:
-        raise InvalidValueError("node_addresses", f"must be an iterable of addresses, not {value!r}") from None
-    out: Dict[bytes, str] = {}
-    for i, a in enumerate(items):
-        text, a16, version = model_address(a, f"node_addresses[{i}]", backend=True)
-        if (version == 4 and a16[12] == 127) or (version == 6 and a16 == bytes(15) + b"\1"):
-            raise InvalidValueError(
-                f"node_addresses[{i}]", f"{text} is loopback, which reaches NodePorts from the node's namespace anyway"
-            )
-        out[a16] = text
-    return out
-
-
-@dataclass(frozen=True)
-class SyncResult:
-    """What :meth:`Balancer.sync` or :meth:`Balancer.apply` changed, by service key."""
-
-    added: Tuple[ServiceKey, ...] = ()
-    updated: Tuple[ServiceKey, ...] = ()
-    removed: Tuple[ServiceKey, ...] = ()
-    unchanged: int = 0
-    map_writes: int = 0
-    """Map elements written or deleted."""
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.added or self.updated or self.removed)
-
-
-class Balancer:
+class Balancer(Observability):
     """Loads socklb's BPF programs and maps and programs services into them.
 
     Limits are fixed when the balancer is made; exceeding one raises
@@ -145,12 +88,11 @@ class Balancer:
         node_netns: Union[str, bytes, os.PathLike[str], None] = None,
         node_addresses: Union[Iterable[str], str, None] = None,
     ) -> None:
+        self._rt: Optional[Runtime] = None
         self._datapath: Optional[Datapath] = None
-        self._lock_fd: Optional[int] = None
-        self._node_fd: Optional[int] = None
-        self._node_fd_is_node = True
+        # 1. every argument checked before anything is opened
         netns_path = None if node_netns is None else node.check_netns_path(path_text(node_netns, "node_netns"))
-        wanted_addrs = None if node_addresses is None else _node_address_arg(node_addresses)
+        wanted_addrs = None if node_addresses is None else node_address_arg(node_addresses)
         spec = DatapathSpec(
             max_services, max_backends, maglev_size, max_maglev_services, max_affinity, udp_flows_per_socket
         )
@@ -160,72 +102,23 @@ class Balancer:
             raise InvalidValueError("adopt_only", f"must be a bool, not {adopt_only!r}")
         if adopt_only and pin_dir is None:
             raise InvalidValueError("adopt_only", "needs a pin_dir to adopt from")
-        paths: Optional[PinPaths] = None
-        pinned: Optional[DatapathSpec] = None
-        if pin_dir is not None:
-            pin_path = os.path.abspath(path_text(pin_dir, "pin_dir"))
-            if adopt_only:
-                adopt.check_adoptable(pin_path)
-            paths = PinPaths(pins.prepare(pin_path))
-            self._lock_fd = pins.lock(paths.root)
-            try:
-                pinned = adopt.read_meta(paths)
-                if pinned is None and adopt_only:
-                    raise NotFoundError(f"nothing is pinned in {paths.root}")
-            except BaseException:
-                self._unlock()
-                raise
-            spec = pinned or spec  # adopting: the pinned maps fix the limits
-        try:
-            dp = Datapath(spec, paths.root if paths else None)
-        except BaseException:
-            self._unlock()
-            raise
-        if terminate_sockets is True and not dp.termination:
-            dp.close()
-            self._unlock()
-            raise features.SOCK_DESTROY.error(dp.termination_reason)
-        self.spec = spec
-        self._paths = paths
-        self._pid = os.getpid()
-        self._datapath = dp
-        self._lock = dp.lock
-        m = dp.map
-        self._tables = writer.Tables(
-            services=m("services", SVC_KEY.size, SVC_VAL.size),
-            slots=m("slots", SLOT_KEY.size, SLOT_VAL.size),
-            backends=m("backends", U32.size, BACKEND_VAL.size),
-            maglev=m("maglev", U32.size, 4 * spec.maglev_size),
-            affinity=m("affinity", AFFINITY_KEY.size, AFFINITY_VAL.size),
-            selections=m("selections", U32.size, 8),
-        )
-        self._node_cfg = m("node_cfg", U32.size, 8)
-        self._node_addrs = m("node_addrs", 16, 4)
-        self._wild_ports = m("wild_ports", U32.size, 8)
-        self._wild_words: Dict[int, int] = {}
-        self._node_set: Dict[bytes, str] = {}
-        self._meta = m("meta", U32.size, META.size)
-        self._record = m("attachments", U64.size, ATTACH_INFO.size)
-        self._counters = m("counters", U32.size, 8)
-        self._attachments = Attachments(dp, paths, self._record if paths else None)
-        counters = self._counters
-        self._terminator = Terminator(
-            dp,
-            self._attachments.cgroups,
-            bool(terminate_sockets) and bool(dp.termination),
-            record=lambda n, n_tcp: stats.add_counters(counters, terminated=n, terminated_tcp=n_tcp),
-        )
+        # 2. pins locked, datapath loaded, maps bound, the node's namespace open (all undone on failure)
+        rt = self._rt = open_runtime(spec, pin_dir, adopt_only, terminate_sockets, netns_path)
+        self.spec, self._paths, self._pid = rt.spec, rt.paths, os.getpid()
+        self._datapath, self._lock = rt.datapath, rt.datapath.lock
+        self._tables, self._node, self._attachments = rt.tables, rt.node, rt.attachments
+        self._terminator = rt.terminator
         self._state = planner.State()
         self.write_stats = stats.WriteStats()
-        """Durations of this balancer's updates (socklb.metrics reads them)."""
+        """Durations of this balancer's updates (socklb.ops.metrics reads them)."""
+        # 3. the node and the pinned state
         try:
-            self._node_fd = os.open(netns_path or "/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            self._set_node_netns(pinned is not None and node_netns is None)
-            if paths is not None:
-                if pinned is None:
-                    self._meta.update(U32.pack(0), spec.meta(), 1)
+            rt.node.set_netns(rt.adopted and node_netns is None)
+            if rt.paths is not None:
+                if not rt.adopted:
+                    rt.meta.update(U32.pack(0), rt.spec.meta(), 1)
                 else:
-                    self._adopt(paths)
+                    self._adopt(rt.paths)
             if wanted_addrs == "discover":
                 self.refresh_node_addresses()
             elif isinstance(wanted_addrs, dict):
@@ -256,42 +149,6 @@ class Balancer:
         """
         return cls(pin_dir=pin_dir, terminate_sockets=terminate_sockets, adopt_only=True, node_netns=node_netns)
 
-    # -- limits and properties ----------------------------------------------------
-
-    max_services = property(lambda self: self.spec.max_services, doc="Services at once (the limit).")
-    max_backends = property(lambda self: self.spec.max_backends, doc="Backends at once, over all services.")
-    maglev_size = property(lambda self: self.spec.maglev_size, doc="Entries of each Maglev table.")
-    max_maglev_services = property(lambda self: self.spec.max_maglev_services, doc="Maglev services at once.")
-    udp_flows_per_socket = property(
-        lambda self: self.spec.udp_flows_per_socket, doc="Unconnected-UDP flows each socket remembers."
-    )
-
-    @property
-    def pin_dir(self) -> Optional[str]:
-        return self._paths.root if self._paths else None
-
-    @property
-    def terminates_sockets(self) -> bool:
-        """Whether sockets connected to a removed backend are terminated
-        (the kernel has ``bpf_sock_destroy``, Linux 6.5, or sock_diag's
-        SOCK_DESTROY, and it was not turned off); see :attr:`termination`."""
-        return self._terminator.enabled
-
-    @property
-    def termination(self) -> str:
-        """How sockets on removed backends are terminated: ``"bpf_sock_destroy"``
-        (socket iterators in the kernel), ``"sock_diag"`` (SOCK_DESTROY from
-        user space, kernels before 6.5), or ``"off: <reason>"``."""
-        with self._lock:
-            dp = self._open()
-            if not self._terminator.enabled:
-                return "off: " + (dp.termination_reason or "terminate_sockets=False")
-            return dp.termination
-
-    @property
-    def closed(self) -> bool:
-        return self._datapath is None or self._datapath.closed
-
     # -- lifecycle ----------------------------------------------------------------
 
     def _open(self) -> Datapath:
@@ -308,11 +165,6 @@ class Balancer:
             )
         return dp
 
-    def _unlock(self) -> None:
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            pins.unlock(fd)
-
     def close(self) -> None:
         """Detach every attachment this balancer made (pinned ones stay, for the
         next owner) and free its programs and maps.
@@ -325,14 +177,9 @@ class Balancer:
         if dp is None:
             return
         with dp.lock:
-            self._attachments.close_all(detach_pinned=False)
-            dp.close()
+            assert self._rt is not None
+            self._rt.close(unlock=os.getpid() == self._pid)
             self._state.clear()
-            fd, self._node_fd = self._node_fd, None
-            if fd is not None:
-                os.close(fd)
-            if os.getpid() == self._pid:
-                self._unlock()
 
     def destroy(self) -> None:
         """Detach everything, remove the pins this balancer owns and close.
@@ -347,7 +194,7 @@ class Balancer:
             finally:
                 self.close()
 
-    def __enter__(self) -> Balancer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -389,7 +236,7 @@ class Balancer:
         excluded = [cgroup_path(x) for x in exclude]
         with self._lock:
             self._mutating("attach")
-            known = int.from_bytes(self._node_cfg.lookup(U32.pack(0)) or bytes(8), "little")
+            known = self._node.cookie()
             if scope == "host-netns-only" and not known:
                 node.netns_cookie()  # raises MissingFeatureError (SO_NETNS_COOKIE, 5.14) where that is why
                 raise InvalidValueError("scope", "the node's network namespace is not known to this balancer")
@@ -398,56 +245,29 @@ class Balancer:
 
     # -- the node ------------------------------------------------------------------
 
-    def _set_node_netns(self, keep_pinned: bool) -> None:
-        assert self._node_fd is not None
-        try:
-            cookie = node.netns_cookie(f"/proc/self/fd/{self._node_fd}")
-        except MissingFeatureError as e:
-            # Before Linux 5.14: the node's addresses still work; loopback
-            # NodePorts and host-netns-only attachments do not (0: no node).
-            log.info("%s", e)
-            cookie = 0
-        self._node_fd_is_node = True
-        if keep_pinned:
-            raw = self._node_cfg.lookup(U32.pack(0))
-            pinned = int.from_bytes(raw or bytes(8), "little")
-            if pinned:
-                # Adopted without node_netns: the pinned node stays the node.
-                self._node_fd_is_node = pinned == cookie
-                return
-        self._node_cfg.update(U32.pack(0), cookie.to_bytes(8, "little"), 1)
-
     @property
     def node_netns_cookie(self) -> int:
         """The cookie of the node's network namespace, as the datapath holds it."""
         with self._lock:
             self._open()
-            raw = self._node_cfg.lookup(U32.pack(0))
-            return int.from_bytes(raw or bytes(8), "little")
+            return self._node.cookie()
 
     def node_addresses(self) -> List[str]:
         """The node's addresses the wildcard frontends answer on."""
         with self._lock:
             self._open()
-            return list(self._node_set.values())
+            return self._node.addresses()
 
     def set_node_addresses(self, addresses: Iterable[str]) -> None:
         """Make the node's addresses exactly ``addresses`` (unicast IPv4 or
         IPv6; IPv6 link-local is refused, it needs a zone).  NodePorts and
         HostPorts without an address are reached on them from any client,
         and on loopback from the node's network namespace."""
-        want = _node_address_arg(addresses)
+        want = node_address_arg(addresses)
         assert not isinstance(want, str)
         with self._lock:
             self._mutating("set_node_addresses")
-            if len(want) > NODE_ADDRS_MAX:
-                raise InvalidValueError("addresses", f"{len(want)} addresses; a node has at most {NODE_ADDRS_MAX}")
-            add = {a16: text for a16, text in want.items() if a16 not in self._node_set}
-            gone = [a16 for a16 in self._node_set if a16 not in want]
-            if add:
-                self._node_addrs.update(b"".join(add), U32.pack(1) * len(add), len(add))
-            self._node_addrs.delete(gone)
-            self._node_set = dict(want)
+            self._node.set_addresses(want)
 
     def refresh_node_addresses(self) -> List[str]:
         """Read the node's addresses again from its network namespace (with
@@ -456,45 +276,9 @@ class Balancer:
         addresses change (an agent does on a timer or a netlink event)."""
         with self._lock:
             self._mutating("refresh_node_addresses")
-            assert self._node_fd is not None
-            if not self._node_fd_is_node:
-                raise SocklbError(
-                    "refresh_node_addresses: the pinned balancer's node is another network namespace than this "
-                    "thread's; open it with Balancer.open(pin_dir, node_netns=...) to read the node's addresses"
-                )
-            found = node.discover_addresses(f"/proc/self/fd/{self._node_fd}")
+            found = self._node.discover()
             self.set_node_addresses(found)
             return found
-
-    def _sync_wild_ports(self, keys: Optional[Iterable[ServiceKey]] = None) -> None:
-        """Set the bit of every port that has a wildcard frontend (wild_ports):
-        of every port, or only of the ports of ``keys`` (the services a write
-        changed: a port's bit is whether one of its four wildcard keys is
-        programmed, so an upsert costs the same with 50,000 services)."""
-        if keys is None:
-            words: Dict[int, int] = {}
-            for k in self._state.services:
-                if k[0] in _WILD:
-                    words[k[1] >> 6] = words.get(k[1] >> 6, 0) | 1 << (k[1] & 63)
-        else:
-            keys = list(keys)
-            ports = set(map(_port_of, compress(keys, map(_WILD_SET.__contains__, map(_address_of, keys)))))
-            if not ports:
-                return
-            words = dict(self._wild_words)
-            live = self._state.services
-            for port in ports:
-                on = any((a, port, proto) in live for a in _WILD for proto in _PROTOS)
-                w, bit = port >> 6, 1 << (port & 63)
-                words[w] = words.get(w, 0) | bit if on else words.get(w, 0) & ~bit
-                if not words[w]:
-                    del words[w]
-        changed = [w for w in set(words) | set(self._wild_words) if words.get(w, 0) != self._wild_words.get(w, 0)]
-        if changed:
-            raw = b"".join(U32.pack(w) for w in changed)
-            vals = b"".join(words.get(w, 0).to_bytes(8, "little") for w in changed)
-            self._wild_ports.update(raw, vals, len(changed))
-        self._wild_words = words
 
     def attachments(self) -> List[Attachment]:
         """The attachments this balancer made that are still attached."""
@@ -504,15 +288,12 @@ class Balancer:
     def _adopt(self, paths: PinPaths) -> None:
         self._state, dirty = adopt.adopt(self._tables, self.spec)
         writer.collect(self._tables, self._state, self._terminator)
-        # What the pinned bitmap says, so that _sync_wild_ports rewrites what differs.
-        for k, v in self._wild_ports.items(lib.SOCKLB_WILD_PORT_WORDS):
-            if int.from_bytes(v, "little"):
-                self._wild_words[U32.unpack(k)[0]] = int.from_bytes(v, "little")
+        self._node.adopt()
         if dirty:
             self._write({s.key: s for s in dirty})
-        self._sync_wild_ports()
-        self._node_set = {k: abi.addr_text(k) for k in self._node_addrs.keys(NODE_ADDRS_MAX)}
-        adopt.adopt_attachments(self._attachments, self._record, paths)
+        self._node.sync_wild_ports(self._state.services)
+        assert self._rt is not None
+        adopt.adopt_attachments(self._attachments, self._rt.record, paths)
 
     # -- services ------------------------------------------------------------------
 
@@ -522,7 +303,7 @@ class Balancer:
             self._open()
             return [lv.service for lv in self._state.services.values()]
 
-    def get(self, key: Union[Service, ServiceKey, Tuple[str, int]]) -> Service:
+    def get(self, key: _Key) -> Service:
         """The programmed service with this key; :class:`~socklb.errors.NotFoundError` if none."""
         k = normalize_key(key)
         with self._lock:
@@ -532,19 +313,9 @@ class Balancer:
                 raise NotFoundError(f"no service {k}")
             return lv.service
 
-    def _write(self, want: Dict[ServiceKey, Optional[Service]], exclusive: bool = False) -> planner.Plan:
-        t0 = time.monotonic()
-        ok = False
-        try:
-            p = planner.plan(self._state, want, self.spec, terminate=self._terminator.enabled, exclusive=exclusive)
-            try:
-                writer.apply(self._tables, self._state, p, self._terminator)
-            finally:
-                self._sync_wild_ports(p.live)
-            ok = True
-            return p
-        finally:
-            self.write_stats.observe(time.monotonic() - t0, ok)
+    def _write(self, want: sync.Wanted, exclusive: bool = False) -> planner.Plan:
+        t = (self._tables, self._terminator, self._node, self.write_stats)
+        return sync.write(self._state, want, self.spec, *t, exclusive)
 
     def upsert(self, service: Service) -> bool:
         """Add the service or replace the one with the same key.  Returns whether
@@ -555,7 +326,7 @@ class Balancer:
             self._mutating("upsert")
             return self._write({service.key: service}).writes > 0
 
-    def remove(self, key: Union[Service, ServiceKey, Tuple[str, int]]) -> None:
+    def remove(self, key: _Key) -> None:
         """Remove a service, given as a Service or its (address, port, protocol) key."""
         k = normalize_key(key)
         with self._lock:
@@ -563,82 +334,6 @@ class Balancer:
             if k not in self._state.services:
                 raise NotFoundError(f"no service {k}")
             self._write({k: None})
-
-    def apply(
-        self,
-        upserts: Iterable[Service] = (),
-        removals: Iterable[Union[Service, ServiceKey, Tuple[str, int]]] = (),
-        *,
-        missing_ok: bool = False,
-    ) -> SyncResult:
-        """Add or replace ``upserts`` and remove ``removals`` (services or keys)
-        in one plan and one map write, leaving every service not named alone:
-        the batch form of :meth:`upsert` and :meth:`remove`.  Returns what
-        changed, as :meth:`sync` does (``unchanged`` counts the upserts equal
-        to what was programmed).
-
-        All or nothing, like :meth:`sync`: the input is checked (a key named
-        twice, or both upserted and removed, raises
-        :class:`~socklb.errors.InvalidValueError`; removing a key that is not
-        programmed raises :class:`~socklb.errors.NotFoundError`, as
-        :meth:`remove` does, unless ``missing_ok``) and the capacity is
-        checked for the end state (:class:`~socklb.errors.CapacityError`)
-        before anything is written; a kernel error during the write is rolled
-        back.  Nothing is changed when it raises.
-
-        >>> from socklb import Balancer, Service, Backend
-        >>> a = Service("10.96.0.10", 80, backends=[Backend("10.244.1.2", 8080)])
-        >>> b = Service("10.96.0.11", 80, backends=[Backend("10.244.1.3", 8080)])
-        >>> with Balancer() as lb:                        # doctest: +SKIP
-        ...     lb.sync([a])
-        ...     r = lb.apply(upserts=[b], removals=[a.key])
-        ...     (r.added, r.removed, lb.services() == [b])
-        ((('10.96.0.11', 80, 'tcp'),), (('10.96.0.10', 80, 'tcp'),), True)
-        """
-        want = self._batch(upserts, removals)
-        with self._lock:
-            self._mutating("apply")
-            live = self._state.services
-            for k, v in want.items():
-                if v is None and k not in live and not missing_ok:
-                    raise NotFoundError(f"no service {k}")
-            p = self._write(want)
-            return self._result(p, sum(v is not None for v in want.values()))
-
-    @staticmethod
-    def _batch(
-        upserts: Iterable[Service], removals: Iterable[Union[Service, ServiceKey, Tuple[str, int]]]
-    ) -> Dict[ServiceKey, Optional[Service]]:
-        """apply()'s arguments as one plan's ``want``, checked."""
-        for name, arg in (("upserts", upserts), ("removals", removals)):
-            if arg is None or isinstance(arg, (str, bytes, Service)):
-                raise InvalidValueError(name, f"must be an iterable, not {arg!r}")
-        given = upserts if isinstance(upserts, (list, tuple)) else list(upserts)
-        want = Balancer._wanted(given)
-        for i, r in enumerate(removals):
-            try:
-                k = normalize_key(r)
-            except InvalidValueError as e:
-                raise InvalidValueError(f"removals[{i}]", str(e)) from None
-            if k in want:
-                what = "upserted and removed" if want[k] is not None else "listed twice"
-                raise InvalidValueError(f"removals[{i}]", f"service {k} is {what}")
-            want[k] = None
-        return want
-
-    @staticmethod
-    def _result(p: planner.Plan, n_given: int) -> SyncResult:
-        added = p.added
-        updated: List[ServiceKey] = []
-        removed: List[ServiceKey] = []
-        if len(added) != len(p.live):
-            new = set(added)
-            for k, lv in p.live.items():
-                if lv is None:
-                    removed.append(k)
-                elif k not in new:
-                    updated.append(k)
-        return SyncResult(tuple(added), tuple(updated), tuple(removed), n_given - len(added) - len(updated), p.writes)
 
     def sync(self, services: Iterable[Service], *, batch: Optional[int] = None) -> SyncResult:
         """Make the programmed services exactly ``services``, with the fewest map
@@ -652,135 +347,37 @@ class Balancer:
         capacity is checked for the end state before anything is written; but
         if a write fails part way (a kernel error), the batches before it stay
         written."""
-        if services is None or isinstance(services, (str, bytes, Service)):
-            raise InvalidValueError("services", f"must be an iterable of Service, not {services!r}")
-        if batch is not None and (not isinstance(batch, int) or isinstance(batch, bool) or batch < 1):
-            raise InvalidValueError("batch", f"must be a positive integer or None, not {batch!r}")
-        given = services if isinstance(services, (list, tuple)) else list(services)
+        given = sync.checked(services, batch)
         with self._lock:
             self._mutating("sync")
-            want = self._positional_changes(given)
+            want = sync.positional_changes(self._state, given)
             exclusive = want is None
             if want is None:
-                want = self._wanted(given)
+                want = sync.wanted(given)
             if batch is not None and len(want) > batch:
-                return self._sync_batches(len(given), want, exclusive, batch)
-            return self._result(self._write(want, exclusive=exclusive), len(given))
+                return sync.batched(self._write, self._state, self.spec, len(given), want, exclusive, batch)
+            return sync.result(self._write(want, exclusive=exclusive), len(given))
 
-    def _sync_batches(
-        self, n_given: int, want: Dict[ServiceKey, Optional[Service]], exclusive: bool, batch: int
+    def apply(
+        self, upserts: Iterable[Service] = (), removals: Iterable[_Key] = (), *, missing_ok: bool = False
     ) -> SyncResult:
-        """sync() in plans of at most ``batch`` services (see :meth:`sync`)."""
-        st = self._state
-        live = st.services
-        maglev, maglev_size = Algorithm.MAGLEV, self.spec.maglev_size
-        # Removals first, then updates by growth (shrinking ones first), then new services:
-        # the programmed total never exceeds the larger of now and the end state.
-        removals: List[ServiceKey] = []
-        updates: List[Tuple[int, ServiceKey]] = []
-        adds: List[ServiceKey] = []  # keys only: a first sync of 50,000 makes no tuple per service
-        n_services, n_backends, n_maglev = len(live), st.n_backends, st.n_maglev
-        for k, svc in want.items():
-            old = live.get(k)
-            if svc is None:
-                if old is not None:
-                    removals.append(k)
-                continue
-            if old is not None and old.service == svc and not old.dirty:
-                continue
-            n_backends += len(svc.backends)
-            if svc.algorithm is maglev:
-                n_maglev += 1
-                if len(svc.backends) > maglev_size:
-                    raise CapacityError(f"backends of maglev service {svc}", len(svc.backends), maglev_size)
-            if old is None:
-                n_services += 1
-                adds.append(k)
-            else:
-                n_backends -= len(old.ids)
-                n_maglev -= old.service.algorithm is maglev
-                updates.append((len(svc.backends) - len(old.ids), k))
-        if exclusive:
-            removals.extend(live.keys() - want.keys())
-        for k in removals:
-            old = live[k]
-            n_services -= 1
-            n_backends -= len(old.ids)
-            n_maglev -= old.service.algorithm is maglev
-        self.spec.check_capacity(n_services, n_backends, n_maglev)
-        updates.sort(key=lambda u: u[0])
-        order = removals + [k for _, k in updates] + adds
-        del updates, adds
-        added: List[ServiceKey] = []
-        updated: List[ServiceKey] = []
-        removed: List[ServiceKey] = []
-        writes = 0
-        get = want.get
-        for i in range(0, len(order), batch):
-            p = self._write({k: get(k) for k in order[i : i + batch]})
-            writes += p.writes
-            new_ids = set(p.new_svc_ids)
-            for k, lv in p.live.items():
-                if lv is None:
-                    removed.append(k)
-                elif lv.svc_id in new_ids:
-                    added.append(k)
-                else:
-                    updated.append(k)
-            del p
-        return SyncResult(tuple(added), tuple(updated), tuple(removed), n_given - len(added) - len(updated), writes)
+        """Add or replace ``upserts`` and remove ``removals`` (services or keys) in one plan,
+        leaving the services not named alone; returns what changed.  All or nothing, as
+        :meth:`sync`: a key named twice, or upserted and removed (InvalidValueError), a removal
+        not programmed (NotFoundError as from :meth:`remove`, unless ``missing_ok``) and the
+        capacity for the end state are checked before anything is written.
 
-    @staticmethod
-    def _wanted(given: Sequence[Service]) -> Dict[ServiceKey, Optional[Service]]:
-        """The services by key; InvalidValueError naming the first one that is
-        not a Service or is listed twice.  The checks and the index are C loops."""
-        if not set(map(type, given)) <= {Service}:
-            for i, s in enumerate(given):
-                if not isinstance(s, Service):
-                    raise InvalidValueError(f"services[{i}]", f"must be a Service, not {type(s).__name__}")
-        want: Dict[ServiceKey, Optional[Service]] = dict(zip(map(_skey_of, given), given))
-        if len(want) != len(given):
-            seen = set()
-            for i, s in enumerate(given):
-                if s.key in seen:
-                    raise InvalidValueError(f"services[{i}]", f"service {s} is listed twice")
-                seen.add(s.key)
-        return want
-
-    def _positional_changes(self, given: Sequence[Service]) -> Optional[Dict[ServiceKey, Optional[Service]]]:
-        """What a controller that passes the same list again, a few entries
-        replaced, asks for: the services that are not the very objects
-        programmed at their position (in the order first programmed), and the
-        keys they replaced that are gone.  One C loop over pointers finds them
-        (no hashing, no attribute read).  None when the list is not such a
-        list (reordered, many changes, a duplicate, not a Service): then the
-        general path decides, and raises for what is invalid."""
-        st = self._state
-        if len(given) < 1024 or not st.values:
-            return None
-        cur = list(st.values.values())
-        diff = list(compress(count(), map(is_not, given, cur)))
-        if len(diff) + abs(len(given) - len(cur)) > max(64, len(given) >> 6):
-            return None
-        new = [given[i] for i in diff] + list(given[len(cur) :])
-        replaced = {cur[i]._skey for i in diff} | {s._skey for s in cur[len(given) :]}
-        want: Dict[ServiceKey, Optional[Service]] = {}
-        live = st.values
-        for s in new:
-            if s.__class__ is not Service:
-                return None
-            k = s._skey
-            if k in want or (k in live and k not in replaced):
-                return None  # listed twice: the general path names it
-            want[k] = s
-        for k in replaced:
-            if k not in want:
-                want[k] = None
-        if st.has_dirty():
-            for k, lv in st.services.items():
-                if lv.dirty and k not in want:
-                    want[k] = lv.service
-        return want
+        >>> a, b = (Service(f"10.96.0.{i}", 80, backends=[Backend("10.244.1.2", 8080)]) for i in (10, 11))
+        >>> with Balancer() as lb:                        # doctest: +SKIP
+        ...     r = lb.sync([a])
+        ...     lb.apply(upserts=[b], removals=[a.key]).removed, lb.services() == [b]
+        ((('10.96.0.10', 80, 'tcp'),), True)
+        """
+        want = sync.batch(upserts, removals)
+        with self._lock:
+            self._mutating("apply")
+            upserted = sync.check_removals(self._state, want, missing_ok)
+            return sync.result(self._write(want), upserted)
 
     def reconcile(self) -> int:
         """Retry the clean-up that an earlier update could not finish (it is
@@ -795,90 +392,6 @@ class Balancer:
         with self._lock:
             self._open()
             return len(self._state.garbage)
-
-    # -- observability -------------------------------------------------------------
-
-    def socket_states(self) -> int:
-        """How many per-socket entries socklb holds right now: one per socket it
-        connected, one per unconnected UDP socket it translated (socket-local
-        storage, freed with the socket).  Counted by socket iterators in the
-        network namespaces of the processes in the attached cgroups."""
-        with self._lock:
-            dp = self._open()
-            if dp.iter_error:
-                f = features.ITER_STORAGE if features.ITER_STORAGE in dp.missing else features.SOCK_DESTROY
-                raise f.error(os.strerror(dp.iter_error))
-            fds = client_netns(self._attachments.cgroups())
-            try:
-                return dp.count_states(fds) if fds else 0
-            finally:
-                for fd in fds:
-                    os.close(fd)
-
-    def counters(self) -> Dict[str, int]:
-        """Datapath counters summed over CPUs: translations made, refusals, retries."""
-        with self._lock:
-            self._open()
-            # "terminated" comes from the map: pinned, it counts across owners.
-            return stats.read_counters(self._counters)
-
-    def selections(self) -> Dict[ServiceKey, Dict[Tuple[str, int], int]]:
-        """How many times the datapath chose each backend, by service key and
-        backend (address, port), summed over CPUs: every ``connect()`` and every
-        new unconnected-UDP flow it translated (ClientIP affinity hits
-        included; datagrams of a flow that keeps its backend are not choices).
-        A backend's count starts again from 0 if it is removed and added back."""
-        with self._lock:
-            self._open()
-            assert self._tables.selections is not None
-            sel = stats.read_selections(self._tables.selections, self.spec.map_entries()["selections"])
-            return {
-                k: {be: sel.get(bid, 0) for be, bid in lv.backend_ids.items()} for k, lv in self._state.services.items()
-            }
-
-    def dump(self) -> Dict[str, Dict[bytes, bytes]]:
-        """The raw contents of the service, slot, backend and Maglev maps, by map
-        name: packed keys to packed values, as the datapath sees them."""
-        with self._lock:
-            self._open()
-            t, e = self._tables, self.spec.map_entries()
-            return stats.dump(
-                {t.services: e["services"], t.slots: e["slots"], t.backends: e["backends"], t.maglev: e["maglev"]}
-            )
-
-    def kernel_services(self) -> List[Service]:
-        """The services the kernel's tables describe, decoded from the maps (what
-        a restarted controller would adopt); equal to :meth:`services` except
-        while an update is being written."""
-        with self._lock:
-            self._open()
-            return adopt.read_services(self._tables, self.spec)
-
-    def map_usage(self) -> Dict[str, Tuple[int, int]]:
-        """Entries in use and capacity (max_entries) of each sized map, by name."""
-        with self._lock:
-            self._open()
-            t, e = self._tables, self.spec.map_entries()
-            maps = {"services": t.services, "slots": t.slots, "backends": t.backends, "maglev": t.maglev}
-            maps["affinity"] = t.affinity
-            if t.selections is not None:
-                maps["selections"] = t.selections
-            out = {name: (len(m.keys(e[name])), e[name]) for name, m in maps.items()}
-            out["sock_tcp"] = (self._open().tcp_records(), int(lib.SOCKLB_SOCK_TCP_SLOTS))
-            return out
-
-    def map_memory(self) -> Dict[str, int]:
-        """Kernel memory charged to each of the balancer's maps, in bytes."""
-        with self._lock:
-            return self._open().map_memory()
-
-    def program_stats(self) -> List[ProgramStats]:
-        """Per-program run counts and run time from the kernel's BPF statistics.
-
-        The kernel counts only while ``/proc/sys/kernel/bpf_stats_enabled`` is 1.
-        """
-        with self._lock:
-            return stats.program_stats(self._open())
 
     def __repr__(self) -> str:
         if self.closed:

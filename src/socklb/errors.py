@@ -23,7 +23,6 @@ __all__ = [
     "CapacityError",
     "ClosedError",
     "NotFoundError",
-    "LabError",
     "PinLockedError",
     "IncompatiblePinsError",
 ]
@@ -124,10 +123,6 @@ class NotFoundError(SocklbError, KeyError):
         return str(self.args[0]) if self.args else "not found"
 
 
-class LabError(SocklbError):
-    """Building or tearing down a lab (namespaces, veths, cgroups) failed."""
-
-
 class PinLockedError(SocklbError):
     """Another process owns the pin directory (it holds the directory's lock)."""
 
@@ -148,7 +143,8 @@ class IncompatiblePinsError(SocklbError):
         self.expected = expected
         msg = (
             f"{pin_dir} holds maps of layout version {found}, this socklb uses {expected}; "
-            "no migration exists between them: remove socklb's pins with socklb.pins.remove(pin_dir), which removes "
+            "no migration exists between them: remove socklb's pins with socklb.datapath.pins.remove(pin_dir), "
+            "which removes "
             "only socklb's own entries (not the whole directory) and detaches what they attach, or run the socklb "
             "version that wrote them"
         )

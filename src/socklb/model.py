@@ -36,7 +36,7 @@ from typing import (
     cast,
 )
 
-from .errors import InvalidValueError
+from socklb.errors import InvalidValueError
 
 __all__ = [
     "Affinity",

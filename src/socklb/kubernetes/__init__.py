@@ -16,8 +16,8 @@ See :mod:`socklb.kubernetes.translation` for the rules, and
 agent that keeps a :class:`socklb.Balancer` programmed from the API server.
 """
 
-from . import translation
-from .agent import Agent
-from .translation import *  # noqa: F403 - the translation's public names are the package's
+from socklb.kubernetes import translation
+from socklb.kubernetes.agent import Agent
+from socklb.kubernetes.translation import *  # noqa: F403 - the translation's public names are the package's
 
 __all__ = ["Agent", *translation.__all__]

@@ -64,10 +64,9 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Protocol, Sequence, Set, Tuple, Union
 
-from ..model import Algorithm, Service, ServiceKey
-from ..node import usable_node_address
-from .reflector import Event, Reflector, list_function
-from .translation import (
+from socklb.datapath.node import usable_node_address
+from socklb.kubernetes.reflector import Event, Reflector, list_function
+from socklb.kubernetes.translation import (
     LABEL_HEADLESS,
     LABEL_SERVICE_NAME,
     LABEL_SERVICE_PROXY_NAME,
@@ -76,6 +75,7 @@ from .translation import (
     read_slice,
     translate_with_notes,
 )
+from socklb.model import Algorithm, Service, ServiceKey
 
 __all__ = [
     "ANNOTATION_TRIGGER_TIME",
@@ -1145,7 +1145,7 @@ class Agent:
 
     def metrics(self) -> str:
         """The statistics in the Prometheus text format (summaries with quantiles,
-        counters), followed by the balancer's own metrics (:mod:`socklb.metrics`)
+        counters), followed by the balancer's own metrics (:mod:`socklb.ops.metrics`)
         when ``socklb[metrics]`` is installed."""
         st = self.stats()
         lines: List[str] = []
@@ -1167,17 +1167,17 @@ class Agent:
         if st["last_apply_time"]:
             lines.append(f"socklb_sync_proxy_rules_last_timestamp_seconds {st['last_apply_time']:.3f}")
         text = "\n".join(lines) + "\n"
-        from ..balancer import Balancer
+        from socklb.balancer import Balancer
 
         if not isinstance(self.balancer, Balancer):
             return text  # a stand-in (tests): no datapath to report
         try:
             from prometheus_client import generate_latest
 
-            from .. import metrics as balancer_metrics
+            from socklb.ops import metrics as balancer_metrics
         except ImportError:  # without socklb[metrics]: the agent's own figures only
             return text
-        # The balancer's datapath metrics (socklb.metrics) on the same endpoint.
+        # The balancer's datapath metrics (socklb.ops.metrics) on the same endpoint.
         return text + generate_latest(balancer_metrics.registry(self.balancer)).decode()
 
     @property

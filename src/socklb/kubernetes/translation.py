@@ -91,10 +91,10 @@ from collections import abc
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..errors import InvalidValueError
-from ..model import _V4_MAPPED, Affinity, Algorithm, Backend, BackendState, Service, ServiceKey
-from ..model import _active_backend as active_backend
-from ..model import _address as model_address
+from socklb.errors import InvalidValueError
+from socklb.model import _V4_MAPPED, Affinity, Algorithm, Backend, BackendState, Service, ServiceKey
+from socklb.model import _active_backend as active_backend
+from socklb.model import _address as model_address
 
 __all__ = [
     "LABEL_HEADLESS",

@@ -1,0 +1,247 @@
+"""Declarative service files for ``socklb apply``: YAML or JSON of the
+:class:`~socklb.Service` and :class:`~socklb.Backend` fields.
+
+A file is a list of services, or a mapping with one key ``services``::
+
+    services:
+      - address: 10.96.0.10
+        port: 80
+        protocol: tcp              # default tcp
+        algorithm: random          # random (default; by weight), weighted (= random), maglev
+        affinity: {timeout: 600}   # or a number of seconds, or null
+        terminate_tcp: false
+        backends:
+          - {address: 10.244.1.2, port: 8080, weight: 3}
+          - {address: 10.244.2.2, port: 8080, state: terminating}
+      - address: 0.0.0.0           # a NodePort: every node address
+        port: 30080
+        frontend: node_port        # address (default), node_port, host_port
+        backends: [{address: 10.244.1.2, port: 8080}]
+
+JSON is read with the standard library; YAML needs PyYAML (``socklb[yaml]``).
+Unknown fields are errors that name them (a typo never passes silently).  The
+``id`` and ``selections`` fields that ``socklb services -o json`` prints are
+accepted and ignored, so its output can be applied back.
+
+>>> [str(s) for s in parse('[{"address": "10.96.0.10", "port": 80, "backends": []}]')]
+['10.96.0.10:80/tcp']
+>>> parse('[{"address": "10.96.0.10", "port": 80, "weight": 2}]')  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+socklb.errors.InvalidValueError: services[0]: unknown field 'weight' (known: address, port, ...)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Dict, List, Optional
+
+from socklb.errors import InvalidValueError, NotFoundError
+from socklb.model import Affinity, Backend, Service
+
+__all__ = ["load", "parse", "diff", "diff_pinned", "apply", "diff_text", "result_text"]
+
+_SVC_FIELDS = ("address", "port", "protocol", "backends", "algorithm", "affinity", "terminate_tcp", "frontend")
+_BE_FIELDS = ("address", "port", "weight", "state")
+_READ_ONLY = ("id", "selections")
+
+
+def _fields(d: object, where: str, known: tuple[str, ...], required: tuple[str, ...]) -> Dict[str, Any]:
+    if not isinstance(d, dict):
+        raise InvalidValueError(where, f"must be a mapping of fields, not {type(d).__name__}")
+    for k in d:
+        if k not in known and k not in _READ_ONLY:
+            raise InvalidValueError(where, f"unknown field {k!r} (known: {', '.join(known)})")
+    for k in required:
+        if k not in d:
+            raise InvalidValueError(where, f"missing field {k!r}")
+    return {k: v for k, v in d.items() if k in known}
+
+
+def _affinity(v: object, where: str) -> Optional[Affinity]:
+    if v is None or v is False:
+        return None
+    if isinstance(v, dict):
+        f = _fields(v, where, ("timeout",), ())
+        return Affinity(f["timeout"]) if "timeout" in f else Affinity()
+    if v is True:
+        return Affinity()
+    return Affinity(v)  # type: ignore[arg-type]
+
+
+def services_from(data: object) -> List[Service]:
+    """Services from decoded JSON/YAML (a list, or ``{"services": [...]}``)."""
+    if isinstance(data, dict):
+        _fields(data, "file", ("services",), ("services",))
+        data = data["services"]
+    if data is None:
+        data = []
+    if not isinstance(data, list):
+        raise InvalidValueError("file", f"must hold a list of services, not {type(data).__name__}")
+    out = []
+    for i, d in enumerate(data):
+        where = f"services[{i}]"
+        f = _fields(d, where, _SVC_FIELDS, ("address", "port"))
+        bes = f.pop("backends", None) or []
+        if not isinstance(bes, list):
+            raise InvalidValueError(f"{where}.backends", "must be a list")
+        backends = []
+        for j, b in enumerate(bes):
+            bw = f"{where}.backends[{j}]"
+            backends.append(Backend(**_fields(b, bw, _BE_FIELDS, ("address", "port"))))
+        if "affinity" in f:
+            f["affinity"] = _affinity(f["affinity"], f"{where}.affinity")
+        try:
+            out.append(Service(backends=backends, **f))
+        except InvalidValueError as e:
+            raise InvalidValueError(f"{where}.{e.field}" if getattr(e, "field", None) else where, _msg(e)) from None
+    return out
+
+
+def _msg(e: InvalidValueError) -> str:
+    text = str(e)
+    field = getattr(e, "field", None)
+    return text[len(field) + 2 :] if field and text.startswith(f"{field}: ") else text
+
+
+def parse(text: str, name: str = "<file>") -> List[Service]:
+    """Services from the text of a JSON or YAML file."""
+    stripped = text.lstrip()
+    if name.endswith(".json") or stripped.startswith(("[", "{")):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InvalidValueError(
+                "file", f"{name}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+            ) from None
+    else:
+        try:
+            import yaml
+        except ImportError:
+            raise InvalidValueError(
+                "file",
+                f"{name} looks like YAML, which needs PyYAML (pip install 'socklb[yaml]'); JSON works without it",
+            ) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            at = f" at line {where.line + 1} column {where.column + 1}" if where is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise InvalidValueError("file", f"{name}: not valid YAML: {problem}{at}") from None
+    return services_from(data)
+
+
+def load(path: str) -> List[Service]:
+    if path == "-":
+        return parse(sys.stdin.read(), "<stdin>")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise NotFoundError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidValueError("file", f"{path}: cannot read it: {e}") from None
+    return parse(text, path)
+
+
+def _svc_text(s: Service) -> str:
+    return (
+        f"{s.address}:{s.port}/{s.protocol.value}"
+        if ":" not in s.address
+        else f"[{s.address}]:{s.port}/{s.protocol.value}"
+    )
+
+
+def diff(have: List[Service], want: List[Service]) -> Dict[str, Any]:
+    """What ``sync(want)`` would change on ``have``, as plain data."""
+    h = {s.key: s for s in have}
+    w = {}
+    for i, s in enumerate(want):
+        if s.key in w:
+            raise InvalidValueError(f"services[{i}]", f"service {s} is listed twice")
+        w[s.key] = s
+    added = [_svc_text(s) for k, s in w.items() if k not in h]
+    removed = [_svc_text(s) for k, s in h.items() if k not in w]
+    changed = []
+    for k, s in w.items():
+        old = h.get(k)
+        if old is None or old == s:
+            continue
+        ob = {(b.address, b.port): b for b in old.backends}
+        nb = {(b.address, b.port): b for b in s.backends}
+        what = []
+        for attr in ("algorithm", "affinity", "terminate_tcp", "frontend"):
+            a, b = getattr(old, attr), getattr(s, attr)
+            if a != b:
+                what.append(f"{attr} {_v(a)} -> {_v(b)}")
+        what += [f"+backend {_b(b)}" for key, b in nb.items() if key not in ob]
+        what += [f"-backend {_b(b)}" for key, b in ob.items() if key not in nb]
+        for key, b in nb.items():
+            o = ob.get(key)
+            if o is not None and o != b:
+                parts = [f"weight {o.weight} -> {b.weight}"] if o.weight != b.weight else []
+                parts += [f"state {o.state.value} -> {b.state.value}"] if o.state != b.state else []
+                what.append(f"backend {_b(b)}: {', '.join(parts)}")
+        changed.append({"service": _svc_text(s), "changes": what})
+    return {"added": added, "updated": changed, "removed": removed, "unchanged": len(w) - len(added) - len(changed)}
+
+
+def _v(x: object) -> str:
+    if isinstance(x, Affinity):
+        return f"ClientIP {x.timeout}s"
+    return str(getattr(x, "value", x))
+
+
+def _b(b: Backend) -> str:
+    return f"[{b.address}]:{b.port}" if ":" in b.address else f"{b.address}:{b.port}"
+
+
+def diff_pinned(pin_dir: Optional[str], want: List[Service]) -> Dict[str, Any]:
+    """The diff against what is pinned in ``pin_dir`` (read-only, no lock);
+    an empty or missing directory counts as no services."""
+    have: List[Service] = []
+    if pin_dir is not None and os.path.exists(os.path.join(pin_dir, "maps", "meta")):
+        from socklb.ops.view import PinnedView
+
+        with PinnedView(pin_dir) as v:
+            have = v.services()
+    elif pin_dir is not None and os.path.isdir(pin_dir) and os.listdir(pin_dir):
+        from socklb.ops.view import PinnedView
+
+        PinnedView(pin_dir).close()  # raises the reason it is not a socklb pin directory
+    return diff(have, want)
+
+
+def diff_text(d: Dict[str, Any]) -> str:
+    lines = [f"+ {s}" for s in d["added"]]
+    for u in d["updated"]:
+        lines.append(f"~ {u['service']}")
+        lines += [f"    {c}" for c in u["changes"]]
+    lines += [f"- {s}" for s in d["removed"]]
+    lines.append(
+        f"{len(d['added'])} to add, {len(d['updated'])} to update, {len(d['removed'])} to remove, "
+        f"{d['unchanged']} unchanged (dry run: nothing written)"
+    )
+    return "\n".join(lines)
+
+
+def apply(pin_dir: Optional[str], want: List[Service]) -> Dict[str, Any]:
+    """``sync(want)`` on the balancer pinned in ``pin_dir`` (made if the
+    directory holds none), under its owner lock; the balancer is closed after,
+    its pinned maps and links stay."""
+    from socklb.balancer import Balancer
+
+    if pin_dir is None:
+        raise InvalidValueError("pin_dir", "apply needs --pin-dir: an unpinned balancer would vanish when socklb exits")
+    d = diff_pinned(pin_dir, want)
+    with Balancer(pin_dir=pin_dir) as lb:
+        r = lb.sync(want)
+    return {**d, "map_writes": r.map_writes}
+
+
+def result_text(d: Dict[str, Any]) -> str:
+    text = diff_text(d).replace(" to add", " added").replace(" to update", " updated").replace(" to remove", " removed")
+    return text.replace(" (dry run: nothing written)", f" ({d['map_writes']} map writes)")
