@@ -103,3 +103,90 @@ def test_a_refused_batch_is_written_one_by_one_and_only_the_refused_service_is_r
         until(lambda: agent.stats()["retrying"] == 0)
     finally:
         agent.stop()
+
+
+def test_kept_slices_translate_exactly_as_the_objects_with_the_same_notes() -> None:
+    """keep_slice reads a slice once; translating what it kept gives the same
+    services, Local refusals and notes (in the same order) as the object."""
+    from socklb.kubernetes import Node
+    from socklb.kubernetes.agent import keep_slice
+    from socklb.kubernetes.translation import translate_with_notes
+
+    svcs = [
+        service("web", ["10.96.0.10", "fd00:96::a"], ports=[("http", 80, "TCP"), ("dns", 53, "UDP")]),
+        service("loc", "10.96.0.12", internalTrafficPolicy="Local"),
+        service("np", "10.96.0.13", type="NodePort"),
+    ]
+    svcs[2]["spec"]["ports"][0]["nodePort"] = 30080
+    eps = [
+        endpoint("10.244.1.2", node="node-a", zones=["z1"]),
+        endpoint("10.244.2.2", node="node-b", ready=False, serving=True, terminating=True, zones=["z2"]),
+        endpoint("10.244.3.2", ready=None, serving=None),
+        {"addresses": ["10.244.4.2"], "conditions": {"ready": "yes"}},
+        {"addresses": [], "targetRef": {"kind": "Pod"}},
+        {"addresses": ["fd00:244::9"]},
+        {"addresses": ["224.0.0.1"]},
+        endpoint("10.244.1.2", node="node-b"),
+    ]
+    slices = [
+        eslice("web-1", "web", eps, ports=[("http", 8080, "TCP"), ("dns", 5353, "UDP"), ("x", None, "TCP")]),
+        eslice("web-0", "web", [endpoint("10.244.1.2", node="node-a")], ports=[("http", 8081, "TCP")]),
+        eslice("web-6", "web", [endpoint("fd00:244:1::2"), endpoint("10.1.1.1")], family="IPv6"),
+        eslice("loc-1", "loc", eps[:3]),
+        eslice("np-1", "np", [*eps[:2], endpoint("10.244.5.5", node="node-a")]),
+        eslice("other-1", "nobody", eps[:1]),
+        {"metadata": {"name": "odd", "labels": {"kubernetes.io/service-name": "web"}}, "addressType": 4},
+        {
+            "metadata": {"name": "bad-ports", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [7],
+        },
+        {"metadata": {"name": "fqdn", "labels": {"kubernetes.io/service-name": "web"}}, "addressType": "FQDN"},
+        {"metadata": {"name": "nolabel"}, "addressType": "IPv4"},
+    ]
+    for s in slices:
+        s["metadata"].setdefault("namespace", "default")
+    for n in (Node("node-a", zone="z1"), Node("node-b", zone="z2"), Node("node-c")):
+        want = translate_with_notes(svcs, slices, n)
+        got = translate_with_notes(svcs, [keep_slice(s) for s in slices], n)
+        assert want.services and got.services == want.services, n
+        assert got.no_local_endpoints == want.no_local_endpoints
+        assert [str(x) for x in got.notes] == [str(x) for x in want.notes] and len(want.notes) > 5
+
+
+def test_docstring_examples_of_the_agents_modules() -> None:
+    import doctest
+
+    from socklb.kubernetes import health, programming, store
+
+    for m in (store, programming, health):
+        result = doctest.testmod(m)
+        assert result.failed == 0, m
+    assert doctest.testmod(store).attempted > 0
+
+
+def test_freeze_gc_pauses_the_collector_until_the_first_full_sync(api: FakeApiServer) -> None:
+    import gc
+
+    web(api, 1)
+    api.fail_next(500, times=2, match="endpointslices", watch=False)  # the first sync waits a little
+    lb = RecordingBalancer()
+    assert gc.isenabled()
+    agent = Agent(lb, node_name="node-a", api_client=api.api_client(), reflector_options=FAST, freeze_gc=True)
+    try:
+        agent.start()
+        assert not gc.isenabled()  # paused from the start
+        assert agent.wait_synced(15)
+        until(lambda: gc.isenabled(), what="the collector running again after the first full sync")
+        assert gc.get_freeze_count() > 0 and len(lb.programmed) == 1
+    finally:
+        agent.stop()
+        gc.unfreeze()
+        gc.enable()
+    # Stopped before any sync: the collector runs again too.
+    api.fail_next(500, times=10_000, match="endpointslices", watch=False)
+    agent = Agent(lb, node_name="node-a", api_client=api.api_client(), reflector_options=FAST, freeze_gc=True)
+    agent.start()
+    assert not gc.isenabled()
+    agent.stop()
+    assert gc.isenabled()
