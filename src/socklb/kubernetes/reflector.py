@@ -37,7 +37,6 @@ import re
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
@@ -352,65 +351,49 @@ class Reflector:
     def _list_all(self, paged: bool = True) -> Tuple[list[Tuple[Key, Obj]], Dict[Key, Obj], str]:
         """LIST everything: the objects that are new or changed (a resourceVersion
         other than the one held), the ones held that the list did not name, and
-        the list's resourceVersion.
-
-        The next page is asked for as soon as this one's ``continue`` token is
-        read (the API server puts ``metadata`` before ``items``), so that the
-        server makes it while this one is decoded."""
+        the list's resourceVersion."""
         changed: list[Tuple[Key, Obj]] = []
         unseen = dict(self.store)  # what is held and not listed (yet): deleted meanwhile
         pop = unseen.pop
-        with ThreadPoolExecutor(1, thread_name_prefix=f"reflector-{self.name}-page") as pool:
-            text = self._page(paged, None)
-            while True:
-                self.stats.list_pages += 1
-                top: Dict[str, Any] = {}
-                ahead: Optional[Future[str]] = None
-                # One item decoded at a time: a page of 500 objects as dicts is megabytes.
-                for o in list_items(text, top):
-                    if ahead is None and "metadata" in top:
-                        token = _continue(top)
-                        ahead = pool.submit(self._page, paged, token) if token else _DONE
-                    key = _key(o) if isinstance(o, dict) else None
-                    if key is not None:  # the key of the object as it came: a transform may drop the name
-                        before = pop(key, None)
-                        if before is None or _rv(before) != _rv(o) or not _rv(o):
-                            # New or changed.  (Unchanged: nothing is kept of the listed copy;
-                            # a re-list would otherwise hold two of everything.)
-                            changed.append((key, self._slim(o)))
-                    del o
-                del text
-                token = _continue(top)
-                if not token:
-                    if ahead is not None and ahead is not _DONE:
-                        ahead.result()  # (a server that said "continue" before the items and not after)
-                    meta = top.get("metadata")
-                    return changed, unseen, str(meta.get("resourceVersion", "") if isinstance(meta, dict) else "")
-                text = (
-                    ahead if ahead is not None and ahead is not _DONE else pool.submit(self._page, paged, token)
-                ).result()
-
-    def _page(self, paged: bool, token: Optional[str]) -> str:
-        """One page of the LIST, as text; _Gone when the continue token expired."""
-        kwargs: Dict[str, Any] = {
-            "_request_timeout": (self.connect_timeout, self.watch_timeout + self.read_timeout_margin)
-        }
-        if paged and self.page_size:
-            kwargs["limit"] = self.page_size
-        if token:
-            kwargs["_continue"] = token
-        try:
-            resp = self._call(**kwargs)
-        except Exception as e:
-            if getattr(e, "status", None) == 410 and token:
-                raise _Gone from None
-            raise
-        try:
-            raw = resp.data
-        finally:
-            _release(resp)
-        del resp
-        return raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else str(raw)
+        token: Optional[str] = None
+        timeout = (self.connect_timeout, self.watch_timeout + self.read_timeout_margin)
+        while True:
+            kwargs: Dict[str, Any] = {"_request_timeout": timeout}
+            if paged and self.page_size:
+                kwargs["limit"] = self.page_size
+            if token:
+                kwargs["_continue"] = token
+            try:
+                resp = self._call(**kwargs)
+            except Exception as e:
+                if getattr(e, "status", None) == 410 and token:
+                    raise _Gone from None
+                raise
+            try:
+                raw = resp.data
+            finally:
+                _release(resp)
+            del resp
+            text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else str(raw)
+            del raw
+            self.stats.list_pages += 1
+            top: Dict[str, Any] = {}
+            # One item decoded at a time: a page of 500 objects as dicts is megabytes.
+            for o in list_items(text, top):
+                key = _key(o) if isinstance(o, dict) else None
+                if key is not None:  # the key of the object as it came: a transform may drop the name
+                    before = pop(key, None)
+                    if before is None or _rv(before) != _rv(o) or not _rv(o):
+                        # New or changed.  (Unchanged: nothing is kept of the listed copy;
+                        # a re-list would otherwise hold two of everything.)
+                        changed.append((key, self._slim(o)))
+                del o
+            del text
+            meta = top.get("metadata")
+            meta = meta if isinstance(meta, dict) else {}
+            token = meta.get("continue") or None
+            if not token:
+                return changed, unseen, str(meta.get("resourceVersion", ""))
 
     # -- WATCH -------------------------------------------------------------
 
@@ -563,16 +546,6 @@ def list_items(text: str, top: Dict[str, Any]) -> Iterator[Any]:
             i = expect(i, ",")
     if text[ws(text, i).end() :]:
         raise json.JSONDecodeError("Extra data", text, i)
-
-
-def _continue(top: Dict[str, Any]) -> Optional[str]:
-    meta = top.get("metadata")
-    token = meta.get("continue") if isinstance(meta, dict) else None
-    return token if isinstance(token, str) and token else None
-
-
-_DONE: Future[str] = Future()  # no next page to ask for
-_DONE.set_result("")
 
 
 def _key(obj: Obj) -> Optional[Key]:
