@@ -269,6 +269,8 @@ def keep_slice(obj: Obj) -> KeptSlice:
     rv = meta.get("resourceVersion")
     kept = KeptSlice(str(rv) if rv is not None else "", _slice_owner(obj), trigger)
     read_slice(obj, into=kept)
+    if kept.service == kept.owner:
+        kept.owner = kept.service  # one tuple for both
     return kept
 
 

@@ -460,10 +460,22 @@ class SliceRead:
     columns of plain values (a slice of 10 endpoints in a few hundred bytes,
     nothing for the cyclic garbage collector to walk)."""
 
-    __slots__ = ("addresses", "flags", "hints", "nodes", "notes", "owner_notes", "ports", "service", "version", "where")
+    __slots__ = (
+        "_name",
+        "_ns",
+        "addresses",
+        "flags",
+        "hints",
+        "nodes",
+        "notes",
+        "owner_notes",
+        "ports",
+        "service",
+        "version",
+    )
 
-    def __init__(self, where: str = "") -> None:
-        self.where = where
+    def __init__(self, where: Tuple[str, str] = ("", "")) -> None:
+        self._ns, self._name = where  # the object's own strings: no new one per slice
         self.service: Optional[Tuple[str, str]] = None
         """(namespace, Service name), or None when the slice is skipped."""
         self.owner_notes: Tuple[Note, ...] = ()  # why it was skipped (given by every translation)
@@ -474,6 +486,11 @@ class SliceRead:
         self.nodes: Tuple[str, ...] = ()  # each endpoint's nodeName ("" if none)
         self.flags = b""  # each endpoint's _READY | _SERVING | _TERMINATING
         self.hints: Optional[Tuple[Tuple[FrozenSet[str], FrozenSet[str]], ...]] = None  # each one's (zones, nodes)
+
+    @property
+    def where(self) -> str:
+        """The slice's namespace/name, as notes name it."""
+        return _fullname(self._ns, self._name)
 
 
 _SHARED: Dict[Any, Any] = {}  # equal port lists, node name lists and flags of many slices: one copy
@@ -503,7 +520,7 @@ def read_slice(obj: Any, index: int = 0, *, into: Optional[SliceRead] = None) ->
     """
     d = as_dict(obj)
     r = into if into is not None else SliceRead()
-    r.where = _fullname(*_meta_name(d, index, "EndpointSlice"))
+    r._ns, r._name = _meta_name(d, index, "EndpointSlice")
     notes = _Silent()
     if d is None:
         notes.note("EndpointSlice", r.where, f"skipped: not an API object ({type(obj).__name__})")
