@@ -164,7 +164,7 @@ int64_t socklb_count_states(struct socklb *lb, const int *netns_fds, uint32_t nn
  * balancer. */
 int64_t socklb_count_pinned_states(int conn_fd, int dgram_fd, int tcp_fd, const int *netns_fds, uint32_t nns);
 /* Whether this balancer keeps TCP records by socket cookie (sock_tcp) rather
- * than in socket-local storage (see tcp_by_cookie in socklb.bpf.c). */
+ * than in socket-local storage (see tcp_by_cookie in bpf/maps.h). */
 int socklb_tcp_by_cookie(struct socklb *lb);
 /* Slots of a sock_tcp map (an fd) held by a socket: how many TCP records it
  * holds. */

@@ -24,7 +24,7 @@
 #include "socklb_maps.h"
 
 /* Reused from the datapath object (bpf_map__reuse_fd). */
-#include "socklb_sock_conn.bpf.h"
+#include "bpf/sock_maps.h"
 
 /* The full socket behind a TCP iterator's entry, or NULL: request and
  * time-wait sockets carry no storage. */
@@ -44,7 +44,7 @@ struct {
 } doomed SEC(".maps");
 
 /* The record of a socket socklb connected: sock_tcp by cookie for TCP (see
- * socklb_sock_conn.bpf.h), else socket-local storage. */
+ * bpf/sock_maps.h), else socket-local storage. */
 static __always_inline struct socklb_sock_entry *record(struct sock *sk, bool tcp)
 {
 	struct socklb_sock_entry *conn = NULL;

@@ -238,7 +238,7 @@ struct socklb_sock_dgram {
 
 /* sock_tcp: the record of a TCP socket socklb connected, in slot (cookie mod
  * SOCKLB_SOCK_TCP_SLOTS) of an array, where the kernel has cgroup/sock_release
- * and bpf_skc_to_mptcp_sock (tcp_by_cookie in socklb.bpf.c): connect() claims
+ * and bpf_skc_to_mptcp_sock (tcp_by_cookie in bpf/maps.h): connect() claims
  * a free slot (cookie 0) with one compare-and-swap and writes the record,
  * the socket's release frees it, getpeername() and the iterators find it by
  * cookie.  No allocation and no lock on the connect path.  A slot held by
