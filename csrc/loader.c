@@ -623,11 +623,13 @@ const char *socklb_prog_name(int i)
 	return prog_names[i];
 }
 
+static int fd_prog_stats(int prog_fd, struct socklb_prog_stats *out);
+
 int socklb_prog_stats(struct socklb *lb, int i, struct socklb_prog_stats *out)
 {
 	if (i < 0 || i >= SOCKLB_NPROGS)
 		return -EINVAL;
-	return socklb_fd_prog_stats(bpf_program__fd(lb->progs[i]), out);
+	return fd_prog_stats(bpf_program__fd(lb->progs[i]), out);
 }
 
 const char *socklb_group_prog_name(int group, int i)
@@ -1637,38 +1639,7 @@ int64_t socklb_count_pinned_states(int conn_fd, int dgram_fd, int tcp_fd, const 
 	return n;
 }
 
-int socklb_floor_attach(int hook, int cgroup_fd, int *link_fd)
-{
-	const struct bpf_insn insns[] = {
-		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 1 },
-		{ .code = BPF_JMP | BPF_EXIT },
-	};
-	enum bpf_attach_type type;
-	int prog, link;
-
-	if (hook == SOCKLB_FLOOR_CONNECT4)
-		type = BPF_CGROUP_INET4_CONNECT;
-	else if (hook == SOCKLB_FLOOR_SENDMSG4)
-		type = BPF_CGROUP_UDP4_SENDMSG;
-	else
-		return -EINVAL;
-	LIBBPF_OPTS(bpf_prog_load_opts, opts, .expected_attach_type = type);
-	prog = bpf_prog_load(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, hook == SOCKLB_FLOOR_CONNECT4 ? "floor_connect4" : "floor_sendmsg4",
-			     "GPL", insns, 2, &opts);
-	if (prog < 0)
-		return -errno;
-	link = bpf_link_create(prog, cgroup_fd, type, NULL);
-	if (link < 0) {
-		int err = -errno;
-
-		close(prog);
-		return err;
-	}
-	*link_fd = link;
-	return prog;
-}
-
-int socklb_fd_prog_stats(int prog_fd, struct socklb_prog_stats *out)
+static int fd_prog_stats(int prog_fd, struct socklb_prog_stats *out)
 {
 	struct bpf_prog_info info = {};
 	__u32 len = sizeof(info);

@@ -190,14 +190,3 @@ struct socklb_trace;
 int socklb_trace_open(int ringbuf_fd, struct socklb_trace **out);
 int socklb_trace_poll(struct socklb_trace *t, void *events, uint32_t cap, int timeout_ms, uint64_t *lost);
 void socklb_trace_close(struct socklb_trace *t);
-
-/* The measurement floor (bench/hook_cost.py): a program that does nothing but
- * allow (r0 = 1; exit), of type cgroup sock_addr for hook SOCKLB_FLOOR_*,
- * attached to the cgroup with a bpf_link after what is there.  Its bpf_stats
- * cost is what the kernel's clock reads and program dispatch take on this
- * machine.  Returns the program fd and sets *link_fd; close both to detach. */
-#define SOCKLB_FLOOR_CONNECT4 0
-#define SOCKLB_FLOOR_SENDMSG4 1
-int socklb_floor_attach(int hook, int cgroup_fd, int *link_fd);
-/* Kernel statistics of a program by fd. */
-int socklb_fd_prog_stats(int prog_fd, struct socklb_prog_stats *out);
