@@ -22,6 +22,13 @@
 #include "loader.h"
 #include "socklb_build.h" /* generated: SOCKLB_HAVE_ITER */
 
+/* SOCKLB_MISSING_<ID>: the feature bits of features.def. */
+enum {
+#define SOCKLB_FEATURE(id, name, bit, ...) SOCKLB_MISSING_##id = 1u << (bit),
+#include "features.def"
+#undef SOCKLB_FEATURE
+};
+
 struct bpf_link;
 struct bpf_program;
 struct socklb_bpf;	   /* the datapath's skeleton (socklb_bpf.skel.h) */

@@ -22,22 +22,6 @@
 #define SOCKLB_NGROUPS 3
 #define SOCKLB_LOG_SIZE 262144
 
-/* Feature bits reported by socklb_probe(): set when the kernel LACKS it. */
-#define SOCKLB_MISSING_CONNECT 1
-#define SOCKLB_MISSING_SENDMSG 2
-#define SOCKLB_MISSING_RECVMSG 4
-#define SOCKLB_MISSING_GETPEERNAME 8
-#define SOCKLB_MISSING_SET_RETVAL 16
-#define SOCKLB_MISSING_SK_STORAGE 32
-#define SOCKLB_MISSING_NETNS_COOKIE 64
-#define SOCKLB_MISSING_SOCK_DESTROY 128
-#define SOCKLB_MISSING_POST_BIND 256
-#define SOCKLB_MISSING_SOCK_RELEASE 512
-#define SOCKLB_MISSING_MPTCP_CAST 1024
-#define SOCKLB_MISSING_DIAG_DESTROY 2048
-#define SOCKLB_MISSING_ITER_STORAGE 4096
-#define SOCKLB_MISSING_JIFFIES64 8192
-
 struct socklb_config {
 	uint32_t max_services;
 	uint32_t max_backends;	/* service-backend pairs */
@@ -170,8 +154,20 @@ int socklb_tcp_by_cookie(struct socklb *lb);
  * holds. */
 int64_t socklb_tcp_slots_used(int fd);
 
-/* Kernel features this library needs that are missing (SOCKLB_MISSING_*). */
+/* Kernel features this library needs that are missing: the bits
+ * (SOCKLB_MISSING_*) of the rows of features.def the kernel lacks. */
 uint32_t socklb_probe(void);
+/* A row of the feature table (features.def), for Python's
+ * socklb.features.FEATURES. */
+struct socklb_feature {
+	const char *name;
+	const char *description;
+	const char *kernel;   /* the first Linux release that has it */
+	const char *fallback; /* what socklb does without it; "" when required */
+	uint32_t bit;	      /* set by socklb_probe() when the kernel lacks it */
+};
+/* Row i of the table (in the file's order), or NULL past the last. */
+const struct socklb_feature *socklb_feature(int i);
 
 /* Read-only inspection of a pinned balancer (socklb.inspect): open the object
  * pinned at path with BPF_F_RDONLY (maps) or no flags (links, which have no

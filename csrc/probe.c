@@ -109,30 +109,24 @@ static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
 
 static void probe_init(void)
 {
-	/* One row per feature bit; Python's feature table names them and
-	 * gives the first kernel that has each. */
+	/* One row per feature of features.def: how it is probed, the bit its
+	 * absence sets. */
 	static const struct {
-		enum bpf_attach_type attach; /* probed as a sock_addr program, or */
-		enum bpf_func_id helper;     /* as a helper of one, or */
-		const char *kfunc;	     /* as a kernel function in the BTF, or */
+		enum bpf_attach_type attach;	  /* probed as a sock_addr program, or */
+		enum bpf_func_id helper;	  /* as a helper of one, or */
+		const char *kfunc;		  /* as a kernel function in the BTF, or */
 		enum bpf_attach_type sock_attach; /* as a cgroup sock program, or */
-		int (*probe)(void);	     /* by a function of its own */
+		int (*probe)(void);		  /* by a function of its own */
 		uint32_t bit;
 	} probes[] = {
-		{ .attach = BPF_CGROUP_INET4_CONNECT, .bit = SOCKLB_MISSING_CONNECT },
-		{ .attach = BPF_CGROUP_UDP4_SENDMSG, .bit = SOCKLB_MISSING_SENDMSG },
-		{ .attach = BPF_CGROUP_UDP4_RECVMSG, .bit = SOCKLB_MISSING_RECVMSG },
-		{ .attach = BPF_CGROUP_INET4_GETPEERNAME, .bit = SOCKLB_MISSING_GETPEERNAME },
-		{ .helper = BPF_FUNC_set_retval, .bit = SOCKLB_MISSING_SET_RETVAL },
-		{ .helper = BPF_FUNC_sk_storage_get, .bit = SOCKLB_MISSING_SK_STORAGE },
-		{ .helper = BPF_FUNC_get_netns_cookie, .bit = SOCKLB_MISSING_NETNS_COOKIE },
-		{ .kfunc = "bpf_sock_destroy", .bit = SOCKLB_MISSING_SOCK_DESTROY },
-		{ .sock_attach = BPF_CGROUP_INET4_POST_BIND, .bit = SOCKLB_MISSING_POST_BIND },
-		{ .probe = probe_sock_release, .bit = SOCKLB_MISSING_SOCK_RELEASE },
-		{ .helper = BPF_FUNC_skc_to_mptcp_sock, .bit = SOCKLB_MISSING_MPTCP_CAST },
-		{ .probe = socklb__probe_diag_destroy, .bit = SOCKLB_MISSING_DIAG_DESTROY },
-		{ .probe = probe_iter_storage, .bit = SOCKLB_MISSING_ITER_STORAGE },
-		{ .helper = BPF_FUNC_jiffies64, .bit = SOCKLB_MISSING_JIFFIES64 },
+#define PROBE_ATTACH(type) .attach = (type)
+#define PROBE_HELPER(id) .helper = (id)
+#define PROBE_KFUNC(name) .kfunc = (name)
+#define PROBE_SOCK_ATTACH(type) .sock_attach = (type)
+#define PROBE_FUNC(fn) .probe = (fn)
+#define SOCKLB_FEATURE(id, name, bitno, kernel, how, ...) { how, .bit = SOCKLB_MISSING_##id },
+#include "features.def"
+#undef SOCKLB_FEATURE
 	};
 	uint32_t missing = 0;
 
@@ -156,4 +150,18 @@ uint32_t socklb_probe(void)
 	pthread_once(&probe_once, probe_init);
 	socklb__log_release();
 	return probed_missing;
+}
+
+static const struct socklb_feature features[] = {
+#define SOCKLB_FEATURE(id, name, bit, kernel, probe, description, fallback) \
+	{ name, description, kernel, fallback, SOCKLB_MISSING_##id },
+#include "features.def"
+#undef SOCKLB_FEATURE
+};
+
+const struct socklb_feature *socklb_feature(int i)
+{
+	if (i < 0 || i >= (int)(sizeof(features) / sizeof(features[0])))
+		return NULL;
+	return &features[i];
 }
