@@ -25,20 +25,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import abi, adopt, features, node, pins, planner, stats, writer
 from ._core import lib
-from .abi import (
-    AFFINITY_KEY,
-    AFFINITY_VAL,
-    ATTACH_INFO,
-    BACKEND_VAL,
-    DEFAULT_MAGLEV_SIZE,
-    META,
-    SLOT_KEY,
-    SLOT_VAL,
-    SVC_KEY,
-    SVC_VAL,
-    U32,
-    U64,
-)
+from .abi import DEFAULT_MAGLEV_SIZE, U32
 from .abi import maglev_table as maglev_table
 from .attachment import Attachment, Attachments, cgroup_path
 from .datapath import Datapath
@@ -192,21 +179,21 @@ class Balancer:
         self._lock = dp.lock
         m = dp.map
         self._tables = writer.Tables(
-            services=m("services", SVC_KEY.size, SVC_VAL.size),
-            slots=m("slots", SLOT_KEY.size, SLOT_VAL.size),
-            backends=m("backends", U32.size, BACKEND_VAL.size),
-            maglev=m("maglev", U32.size, 4 * spec.maglev_size),
-            affinity=m("affinity", AFFINITY_KEY.size, AFFINITY_VAL.size),
-            selections=m("selections", U32.size, 8),
+            services=m("services"),
+            slots=m("slots"),
+            backends=m("backends"),
+            maglev=m("maglev"),
+            affinity=m("affinity"),
+            selections=m("selections"),
         )
-        self._node_cfg = m("node_cfg", U32.size, 8)
-        self._node_addrs = m("node_addrs", 16, 4)
-        self._wild_ports = m("wild_ports", U32.size, 8)
+        self._node_cfg = m("node_cfg")
+        self._node_addrs = m("node_addrs")
+        self._wild_ports = m("wild_ports")
         self._wild_words: Dict[int, int] = {}
         self._node_set: Dict[bytes, str] = {}
-        self._meta = m("meta", U32.size, META.size)
-        self._record = m("attachments", U64.size, ATTACH_INFO.size)
-        self._counters = m("counters", U32.size, 8)
+        self._meta = m("meta")
+        self._record = m("attachments")
+        self._counters = m("counters")
         self._attachments = Attachments(dp, paths, self._record if paths else None)
         counters = self._counters
         self._terminator = Terminator(
