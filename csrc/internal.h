@@ -31,8 +31,8 @@ enum {
 
 struct bpf_link;
 struct bpf_program;
-struct socklb_bpf;	   /* the datapath's skeleton (socklb_bpf.skel.h) */
-struct socklb_iter;	   /* the socket iterators' in full (socklb_iter.skel.h) */
+struct socklb_bpf;	  /* the datapath's skeleton (socklb_bpf.skel.h) */
+struct socklb_iter;	  /* the socket iterators' in full (socklb_iter.skel.h) */
 struct socklb_iter_count; /* and counting only (socklb_iter_count.skel.h) */
 
 /* The socket iterators of a balancer: one of the two objects, loaded over
@@ -44,11 +44,11 @@ struct socklb_iters {
 	struct bpf_link *destroy_udp, *destroy_tcp; /* full */
 	struct bpf_link *list_udp, *list_tcp;	    /* counting only */
 	struct bpf_link *count_udp, *count_tcp;	    /* both */
-	int doomed_fd;	   /* backend ids to terminate */
-	int destroyed_fd;  /* full: its .bss, the count of sockets destroyed */
-	int err;	   /* 0 when one of the objects loaded */
-	int destroy_err;   /* 0 when the full object loaded */
-	pthread_mutex_t lock; /* one termination or count at a time */
+	int doomed_fd;				    /* backend ids to terminate */
+	int destroyed_fd;			    /* full: its .bss, the count of sockets destroyed */
+	int err;				    /* 0 when one of the objects loaded */
+	int destroy_err;			    /* 0 when the full object loaded */
+	pthread_mutex_t lock;			    /* one termination or count at a time */
 };
 
 struct socklb {

@@ -33,40 +33,40 @@
  * together by socklb_attach, and a scope group's (exclude_*, hostonly_*:
  * connect4, connect6, sendmsg4, sendmsg6).  The compiler checks each name
  * against the skeleton. */
-#define MAIN_PROGS(X)                                                                                                 \
-	X(socklb_connect4)                                                                                            \
-	X(socklb_connect6)                                                                                            \
-	X(socklb_sendmsg4)                                                                                            \
-	X(socklb_sendmsg6)                                                                                            \
-	X(socklb_recvmsg4)                                                                                            \
-	X(socklb_recvmsg6)                                                                                            \
-	X(socklb_getpeername4)                                                                                        \
-	X(socklb_getpeername6)                                                                                        \
-	X(socklb_sock_release)                                                                                        \
-	X(socklb_post_bind4)                                                                                          \
+#define MAIN_PROGS(X)          \
+	X(socklb_connect4)     \
+	X(socklb_connect6)     \
+	X(socklb_sendmsg4)     \
+	X(socklb_sendmsg6)     \
+	X(socklb_recvmsg4)     \
+	X(socklb_recvmsg6)     \
+	X(socklb_getpeername4) \
+	X(socklb_getpeername6) \
+	X(socklb_sock_release) \
+	X(socklb_post_bind4)   \
 	X(socklb_post_bind6)
 #define GATE_PROGS(X, prefix) X(prefix##_connect4) X(prefix##_connect6) X(prefix##_sendmsg4) X(prefix##_sendmsg6)
 
 /* The maps a pinned balancer pins, in the object's order: all but .rodata
  * (configuration fixed at load) and socklb_mark2, which is one for the
  * machine (see share_mark_map). */
-#define PINNED_MAPS(X)                                                                                                \
-	X(services)                                                                                                   \
-	X(slots)                                                                                                      \
-	X(backends)                                                                                                   \
-	X(maglev)                                                                                                     \
-	X(affinity)                                                                                                   \
-	X(sock_conn)                                                                                                  \
-	X(sock_dgram)                                                                                                 \
-	X(sock_tcp)                                                                                                   \
-	X(meta)                                                                                                       \
-	X(attachments)                                                                                                \
-	X(counters)                                                                                                   \
-	X(selections)                                                                                                 \
-	X(trace_ctl)                                                                                                  \
-	X(trace_events)                                                                                               \
-	X(node_addrs)                                                                                                 \
-	X(wild_ports)                                                                                                 \
+#define PINNED_MAPS(X)  \
+	X(services)     \
+	X(slots)        \
+	X(backends)     \
+	X(maglev)       \
+	X(affinity)     \
+	X(sock_conn)    \
+	X(sock_dgram)   \
+	X(sock_tcp)     \
+	X(meta)         \
+	X(attachments)  \
+	X(counters)     \
+	X(selections)   \
+	X(trace_ctl)    \
+	X(trace_events) \
+	X(node_addrs)   \
+	X(wild_ports)   \
 	X(node_cfg)
 
 #define NAME(x) #x,
@@ -328,8 +328,8 @@ static int open_common(const struct socklb_config *cfg, const char *pin_dir, str
 	/* TCP records by cookie where the kernel has what it takes (probed,
 	 * or forced off by a test); never in the object for kernels before
 	 * 5.18 (see TCP_BY_COOKIE in bpf/maps.h). */
-	lb->tcp_by_cookie = !(cfg->missing & (SOCKLB_MISSING_SOCK_RELEASE | SOCKLB_MISSING_MPTCP_CAST |
-					     SOCKLB_MISSING_SET_RETVAL));
+	lb->tcp_by_cookie =
+		!(cfg->missing & (SOCKLB_MISSING_SOCK_RELEASE | SOCKLB_MISSING_MPTCP_CAST | SOCKLB_MISSING_SET_RETVAL));
 	/* The verifier log of a failed program is appended to libbpf's own
 	 * messages by libbpf itself, so one buffer collects both. */
 	socklb__log_capture(log, log_size);

@@ -24,12 +24,12 @@
 
 struct socklb_config {
 	uint32_t max_services;
-	uint32_t max_backends;	/* service-backend pairs */
-	uint32_t max_slots;	/* selectable list entries, live + being replaced */
+	uint32_t max_backends; /* service-backend pairs */
+	uint32_t max_slots;    /* selectable list entries, live + being replaced */
 	uint32_t max_affinity;
-	uint32_t maglev_size;	/* entries per maglev table (a prime) */
-	uint32_t max_maglev;	/* maglev tables, live + being replaced */
-	uint32_t udp_flows;	/* unconnected-UDP flows per socket, 1..SOCKLB_MAX_UDP_FLOWS */
+	uint32_t maglev_size; /* entries per maglev table (a prime) */
+	uint32_t max_maglev;  /* maglev tables, live + being replaced */
+	uint32_t udp_flows;   /* unconnected-UDP flows per socket, 1..SOCKLB_MAX_UDP_FLOWS */
 	/* SOCKLB_MISSING_* bits to load for (the probe's, or forced by tests):
 	 * SET_RETVAL picks the datapath built without bpf_set_retval,
 	 * SOCK_DESTROY the counting-only socket iterators. */
@@ -50,8 +50,7 @@ struct socklb_links;
 /* Open the embedded BPF object, size its maps from cfg and load it.  On
  * failure, log (log_size bytes) holds the verifier's or libbpf's messages
  * and *failed_prog the index of the program that was rejected, or -1. */
-int socklb_open(const struct socklb_config *cfg, struct socklb **out, char *log, size_t log_size,
-		int *failed_prog);
+int socklb_open(const struct socklb_config *cfg, struct socklb **out, char *log, size_t log_size, int *failed_prog);
 /* The same with every map pinned under pin_dir/maps/<name>: maps already
  * pinned there are reused (libbpf checks that they are compatible), the
  * others are created and pinned.  pin_dir/maps must exist. */
@@ -90,16 +89,15 @@ void socklb_links_unpin(struct socklb_links *links);
  * missing from dir is attached anew to cgroup_fd and pinned. */
 int socklb_links_adopt(struct socklb *lb, int cgroup_fd, const char *dir, struct socklb_links **out);
 /* The same for the links of one group. */
-int socklb_links_adopt_group(struct socklb *lb, int group, int cgroup_fd, const char *dir,
-			     struct socklb_links **out);
+int socklb_links_adopt_group(struct socklb *lb, int group, int cgroup_fd, const char *dir, struct socklb_links **out);
 /* Id of the program a link runs now (for tests of upgrades). */
 int socklb_links_prog_id(struct socklb_links *links, int i, uint32_t *id);
 
 /* Map operations on n packed keys/values (key_size/value_size each).
  * update and delete stop at the first failure and report how many were
  * done in *done. */
-int socklb_map_update(int fd, const void *keys, const void *values, uint32_t n, uint32_t key_size,
-		      uint32_t value_size, uint64_t flags, uint32_t *done);
+int socklb_map_update(int fd, const void *keys, const void *values, uint32_t n, uint32_t key_size, uint32_t value_size,
+		      uint64_t flags, uint32_t *done);
 int socklb_map_delete(int fd, const void *keys, uint32_t n, uint32_t key_size, uint32_t *done);
 int socklb_map_lookup(int fd, const void *key, void *value);
 /* Walk the map: fills up to cap keys, returns how many. */
@@ -109,8 +107,8 @@ int socklb_map_keys(int fd, void *keys, uint32_t key_size, uint32_t cap);
  * ident is n records of ident_size bytes naming each backend (its hash seeds
  * the permutation); weights[i] == 0 leaves backend i out.  Returns 0, or
  * -EINVAL when m is not > 1 or no backend has weight. */
-int socklb_maglev(const uint8_t *ident, uint32_t ident_size, const uint32_t *weights, const uint32_t *ids,
-		  uint32_t n, uint32_t *table, uint32_t m);
+int socklb_maglev(const uint8_t *ident, uint32_t ident_size, const uint32_t *weights, const uint32_t *ids, uint32_t n,
+		  uint32_t *table, uint32_t m);
 
 /* Delete every affinity entry of the n services in svc_ids (sorted
  * ascending).  Returns how many entries were deleted. */
@@ -129,7 +127,7 @@ int socklb_iter_destroy_status(struct socklb *lb);
  * when tcp != 0.  *destroyed counts the sockets terminated, *destroyed_tcp the
  * TCP ones among them. */
 int socklb_terminate(struct socklb *lb, const uint32_t *backend_ids, uint32_t n, const int *netns_fds, uint32_t nns,
-		   int tcp, uint64_t *destroyed, uint64_t *destroyed_tcp);
+		     int tcp, uint64_t *destroyed, uint64_t *destroyed_tcp);
 
 /* The same from user space, for kernels without bpf_sock_destroy (the
  * counting-only iterator object): in each namespace, a listing iterator

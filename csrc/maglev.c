@@ -24,8 +24,8 @@ static uint64_t fnv1a(const uint8_t *p, uint32_t n, uint64_t h)
 	return h;
 }
 
-int socklb_maglev(const uint8_t *ident, uint32_t ident_size, const uint32_t *weights, const uint32_t *ids,
-		  uint32_t n, uint32_t *table, uint32_t m)
+int socklb_maglev(const uint8_t *ident, uint32_t ident_size, const uint32_t *weights, const uint32_t *ids, uint32_t n,
+		  uint32_t *table, uint32_t m)
 {
 	uint64_t *offset = NULL, *skip = NULL, *next = NULL, *credit = NULL;
 	uint32_t maxw = 0, filled = 0, i;

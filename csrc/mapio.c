@@ -55,8 +55,8 @@ out:
 	return err;
 }
 
-int socklb_map_update(int fd, const void *keys, const void *values, uint32_t n, uint32_t key_size,
-		      uint32_t value_size, uint64_t flags, uint32_t *done)
+int socklb_map_update(int fd, const void *keys, const void *values, uint32_t n, uint32_t key_size, uint32_t value_size,
+		      uint64_t flags, uint32_t *done)
 {
 	const char *k = keys, *v = values;
 	uint32_t i = 0;

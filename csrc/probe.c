@@ -131,11 +131,11 @@ static void probe_init(void)
 	uint32_t missing = 0;
 
 	for (size_t i = 0; i < sizeof(probes) / sizeof(probes[0]); i++) {
-		int ok = probes[i].probe ? probes[i].probe()
+		int ok = probes[i].probe	 ? probes[i].probe()
 			 : probes[i].sock_attach ? probe_sock_attach_type(probes[i].sock_attach)
-			 : probes[i].kfunc ? probe_kfunc(probes[i].kfunc)
-			 : probes[i].helper ? probe_helper(probes[i].helper)
-					    : probe_attach_type(probes[i].attach);
+			 : probes[i].kfunc	 ? probe_kfunc(probes[i].kfunc)
+			 : probes[i].helper	 ? probe_helper(probes[i].helper)
+						 : probe_attach_type(probes[i].attach);
 
 		if (!ok)
 			missing |= probes[i].bit;

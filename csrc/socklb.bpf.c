@@ -37,6 +37,9 @@
 #include "bpf/sockstate.h"
 #include "bpf/trace.h"
 
+/* clang-format leaves the hook macros as they are written: it would read
+ * their declarations made by token pasting as expressions. */
+/* clang-format off */
 /* The IPv4 and IPv6 programs of a hook differ only in how they read the
  * destination: one definition for both. */
 #define TRANSLATING_HOOKS(hook)                                        \
@@ -70,6 +73,8 @@
 		__u32 addr[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] }; \
 		return do_reverse(ctx, addr, true, dgram, counter);                                 \
 	}
+
+/* clang-format on */
 
 /* --- connect ------------------------------------------------------------ */
 
@@ -243,8 +248,7 @@ TRANSLATING_HOOKS(sendmsg)
 
 /* --- recvmsg and getpeername: show the VIP ------------------------------ */
 
-static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *addr, bool v6, bool dgram,
-				      __u32 counter)
+static __always_inline int do_reverse(struct bpf_sock_addr *ctx, const __u32 *addr, bool v6, bool dgram, __u32 counter)
 {
 	struct socklb_sock_entry *conn, *e;
 	struct socklb_sock_dgram *st;
@@ -414,6 +418,7 @@ static __always_inline int host_only(struct bpf_sock_addr *ctx, struct socklb_sv
 	return leave_alone(ctx, key, hook, v6);
 }
 
+/* clang-format off */
 #define GATE_HOOKS(prefix, hook, HOOK, fn)                               \
 	SEC("cgroup/" #hook "4")                                        \
 	int prefix##_##hook##4(struct bpf_sock_addr *ctx)                 \
@@ -429,6 +434,7 @@ static __always_inline int host_only(struct bpf_sock_addr *ctx, struct socklb_sv
 		key_from_v6(&key, ctx);                                  \
 		return fn(ctx, &key, HOOK, true);                        \
 	}
+/* clang-format on */
 
 GATE_HOOKS(exclude, connect, SOCKLB_HOOK_CONNECT, leave_alone)
 GATE_HOOKS(exclude, sendmsg, SOCKLB_HOOK_SENDMSG, leave_alone)

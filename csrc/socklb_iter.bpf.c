@@ -85,7 +85,8 @@ static __always_inline void list_doomed(struct bpf_iter_meta *meta, struct sock 
 		    conn->backend[3] != out.dst[0])
 			return;
 	} else {
-		bpf_probe_read_kernel(out.src, sizeof(out.src), __builtin_preserve_access_index(&skc->skc_v6_rcv_saddr));
+		bpf_probe_read_kernel(out.src, sizeof(out.src),
+				      __builtin_preserve_access_index(&skc->skc_v6_rcv_saddr));
 		bpf_probe_read_kernel(out.dst, sizeof(out.dst), __builtin_preserve_access_index(&skc->skc_v6_daddr));
 		if (conn->backend[0] != out.dst[0] || conn->backend[1] != out.dst[1] ||
 		    conn->backend[2] != out.dst[2] || conn->backend[3] != out.dst[3])

@@ -220,7 +220,7 @@ static int read_destroyed(struct socklb_iters *it, uint64_t *out)
 }
 
 int socklb_terminate(struct socklb *lb, const uint32_t *backend_ids, uint32_t n, const int *netns_fds, uint32_t nns,
-		   int tcp, uint64_t *destroyed, uint64_t *destroyed_tcp)
+		     int tcp, uint64_t *destroyed, uint64_t *destroyed_tcp)
 {
 	struct netns_job job = { .netns_fds = netns_fds, .nns = nns };
 	struct socklb_iters *it = &lb->iter;
@@ -341,8 +341,12 @@ static int diag_destroy_one(int nl, const struct socklb_doomed_sock *s)
 {
 	struct diag_req d = {
 		.nlh = { .nlmsg_type = SOCK_DESTROY, .nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK },
-		.r = { .sdiag_family = s->family, .sdiag_protocol = s->protocol, .idiag_states = ~0U,
-		       .id = { .idiag_sport = s->sport, .idiag_dport = s->dport, .idiag_if = s->ifindex,
+		.r = { .sdiag_family = s->family,
+		       .sdiag_protocol = s->protocol,
+		       .idiag_states = ~0U,
+		       .id = { .idiag_sport = s->sport,
+			       .idiag_dport = s->dport,
+			       .idiag_if = s->ifindex,
 			       .idiag_cookie = { INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE } } },
 	};
 	int err;
@@ -499,7 +503,9 @@ int socklb__probe_diag_destroy(void)
 	};
 	struct diag_req d = {
 		.nlh = { .nlmsg_type = SOCK_DESTROY, .nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK },
-		.r = { .sdiag_family = AF_INET, .sdiag_protocol = IPPROTO_TCP, .idiag_states = ~0U,
+		.r = { .sdiag_family = AF_INET,
+		       .sdiag_protocol = IPPROTO_TCP,
+		       .idiag_states = ~0U,
 		       .id = { .idiag_cookie = { INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE } } },
 	};
 	char buf[4096];

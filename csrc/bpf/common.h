@@ -100,4 +100,4 @@ static __always_inline void write_dst(struct bpf_sock_addr *ctx, const struct so
 		write_v4(ctx, be);
 }
 
-#define TCP_ESTABLISHED 1	/* also the state of a connected UDP socket */
+#define TCP_ESTABLISHED 1 /* also the state of a connected UDP socket */

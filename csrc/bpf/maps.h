@@ -38,13 +38,13 @@ static __always_inline __u32 flows(void)
 
 /* A hash map whose entries are allocated as used and whose size the loader
  * sets from the limits (spec.py); max_entries here is a placeholder. */
-#define SIZED_HASH(name, key_type, value_type)          \
-	struct {                                        \
-		__uint(type, BPF_MAP_TYPE_HASH);        \
-		__uint(map_flags, BPF_F_NO_PREALLOC);   \
-		__uint(max_entries, 1);                 \
-		__type(key, key_type);                  \
-		__type(value, value_type);              \
+#define SIZED_HASH(name, key_type, value_type)        \
+	struct {                                      \
+		__uint(type, BPF_MAP_TYPE_HASH);      \
+		__uint(map_flags, BPF_F_NO_PREALLOC); \
+		__uint(max_entries, 1);               \
+		__type(key, key_type);                \
+		__type(value, value_type);            \
 	} name SEC(".maps")
 
 /* (VIP, port, protocol) -> how to pick a backend */

@@ -210,8 +210,7 @@ static __always_inline void sent_to(struct bpf_sock_addr *ctx, struct socklb_soc
  * VIP go through), or nflows: the entry of the last datagram first, the
  * others only when it is another service's.  At most one entry per VIP is
  * current. */
-static __always_inline __u32 current_flow(struct socklb_sock_dgram *st, const struct socklb_svc_key *key,
-					  __u32 nflows)
+static __always_inline __u32 current_flow(struct socklb_sock_dgram *st, const struct socklb_svc_key *key, __u32 nflows)
 {
 	struct socklb_sock_entry *e;
 	__u32 r = st->recent;
@@ -264,7 +263,7 @@ static __always_inline bool from_backend(const struct socklb_sock_entry *e, cons
 	return e->vip_port && e->backend_port == port && same_addr(e->backend, addr);
 }
 
-#define PROTO_MPTCP 262	/* IPPROTO_MPTCP */
+#define PROTO_MPTCP 262 /* IPPROTO_MPTCP */
 
 /* An MPTCP socket is translated through its first subflow, the TCP socket
  * the kernel connects for it (the connect hooks run on the subflow), so the
