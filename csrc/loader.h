@@ -64,8 +64,8 @@ void socklb_close(struct socklb *lb);
 /* Map file descriptor by name ("services", "slots", ...), or -ENOENT. */
 int socklb_map_fd(struct socklb *lb, const char *name);
 /* Name of the i-th map a pinned balancer pins (internal maps such as .rodata
- * and the machine-wide socklb_mark left out), or NULL past the last; read
- * from the embedded object. */
+ * and the machine-wide socklb_mark left out), or NULL past the last; the
+ * loader's list, which the compiler checks against the object's skeleton. */
 const char *socklb_map_name(int i);
 /* Name of program i (0 <= i < SOCKLB_NPROGS), e.g. "socklb_connect4". */
 const char *socklb_prog_name(int i);

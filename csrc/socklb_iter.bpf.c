@@ -5,7 +5,7 @@
  * BTF), that shares the sock_conn, sock_dgram and sock_tcp maps of the datapath object.
  * Built twice: in full, and with -DSOCKLB_ITER_COUNT_ONLY (the counting
  * programs alone) for kernels without bpf_sock_destroy, where the control
- * plane terminates sockets through sock_diag instead (loader.c).
+ * plane terminates sockets through sock_diag instead (terminate.c).
  *
  *   iter/udp, iter/tcp      terminate sockets that socklb connected to a
  *                           backend that has gone away (bpf_sock_destroy,

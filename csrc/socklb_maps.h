@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
  * socklb map layouts: the one definition of every key and value shared by the
- * BPF programs (socklb.bpf.c), the C loader (loader.c) and Python (the cffi
+ * BPF programs (socklb.bpf.c), the native core (loader.c, ...) and Python (the cffi
  * declarations are generated from this file by build_ffi.py).
  *
  * The file is read by cffi's parser, so it holds only fixed-width struct
