@@ -41,8 +41,8 @@ int floor_attach(int hook, int cgroup_fd, int *link_fd)
 	else
 		return -EINVAL;
 	LIBBPF_OPTS(bpf_prog_load_opts, opts, .expected_attach_type = type);
-	prog = bpf_prog_load(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, hook == FLOOR_CONNECT4 ? "floor_connect4" : "floor_sendmsg4",
-			     "GPL", insns, 2, &opts);
+	prog = bpf_prog_load(BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+			     hook == FLOOR_CONNECT4 ? "floor_connect4" : "floor_sendmsg4", "GPL", insns, 2, &opts);
 	if (prog < 0)
 		return -errno;
 	link = bpf_link_create(prog, cgroup_fd, type, NULL);
