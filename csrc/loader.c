@@ -139,6 +139,16 @@ static struct socklb_bpf *open_datapath(bool noretval)
 		return NULL;
 	}
 	err = socklb_bpf__create_skeleton(skel);
+	if (!err) {
+		/* The object keeps the name it has always had, so its .rodata
+		 * map is still socklb.rodata in the kernel (bpftool names it
+		 * after the skeleton, socklb_bpf: struct socklb is the handle).
+		 * The skeleton then finds .rodata by its section name. */
+		skel->skeleton->name = "socklb";
+		for (int i = 0; i < skel->skeleton->map_cnt; i++)
+			if (skel->skeleton->maps[i].map == &skel->maps.rodata)
+				skel->skeleton->maps[i].name = ".rodata";
+	}
 	if (!err && noretval)
 		skel->skeleton->data = (void *)socklb_noretval_bpf__elf_bytes(&skel->skeleton->data_sz);
 	if (!err)
