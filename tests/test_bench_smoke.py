@@ -3,6 +3,7 @@ workload must work and the outputs must be written.  Speed is not checked."""
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
@@ -162,6 +163,17 @@ def test_hook_cost_smoke() -> None:
     # An empty program costs less than one that translates (a generous bound:
     # 50 calls, other work on the machine).
     assert res["floor:connect4"][0] < res["tcp:connect4"][0] * 2, res
+
+
+def test_the_floor_is_the_bench_own() -> None:
+    """The empty floor programs come from bench/floor.c (bench.build), not
+    from socklb's extension, which ships only what the library uses."""
+    from bench.hook_cost import floor_library
+    from socklb._native import lib
+
+    assert not hasattr(lib, "socklb_floor_attach") and not hasattr(lib, "socklb_fd_prog_stats")
+    floor = floor_library()
+    assert floor.floor_attach(7, -1, None) == -errno.EINVAL  # no such hook
 
 
 def test_sliced_runs_are_judged_by_their_aa_pair() -> None:
