@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import pytest
@@ -14,6 +15,11 @@ import pytest
 if TYPE_CHECKING:
     from socklb.datapath.live import Map
     from socklb.testing.lab import Lab
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+PROGRAMS = TESTS / "programs"
+"""The child programs the tests run (``[sys.executable, str(PROGRAMS / "name.py"), ...]``)."""
 
 TCP_PORT = 8080
 UDP_PORT = 5353

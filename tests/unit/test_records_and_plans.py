@@ -242,7 +242,7 @@ def test_planner_remove() -> None:
 def test_readme_lists_the_feature_table() -> None:
     import pathlib
 
-    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
     for f in features.FEATURES:
         assert f"| `{f.name}` | {f.description} | {f.kernel} |" in readme, f.name
 

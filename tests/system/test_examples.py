@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Tuple
 import pytest
 from helpers import require_root
 
-EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
+EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.py"))
 
 # The lines examples/sidecar_coexistence.py must print (regular expressions).
 SIDECAR_LINES = [

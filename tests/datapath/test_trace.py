@@ -15,7 +15,7 @@ from typing import Any, Dict, List
 
 from helpers import TCP_PORT, UDP_PORT, VIP4, World, child_env, dial, one_line_error, require_root, socklb_cli
 from helpers import refused as refused_errno
-from test_pins import holder, pinned_dir
+from pinned import holder, pinned_dir
 
 from socklb import Backend, Service
 from socklb.ops.trace import LEASE, lease_state

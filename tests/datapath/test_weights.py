@@ -290,7 +290,7 @@ def test_udp_flows_setting_evicts_and_counts(flow_servers: World) -> None:
 def test_udp_flows_setting_is_kept_with_the_pins(flow_servers: World) -> None:
     """The pinned maps fix the number: a restarted owner adopts it (the
     sockets' storage was sized with it), and the datapath keeps using it."""
-    from test_pins import pinned_dir
+    from pinned import pinned_dir
 
     world = flow_servers
     b1 = world.backends["b1"].ipv4

@@ -24,7 +24,7 @@ from typing import Dict, Iterator, List
 
 import pytest
 from helpers import raw_map, require_root
-from test_pins import _bpf, holder, obj_get, pinned_dir, prog_exists, read_pinned, tree, write_meta
+from pinned import _bpf, holder, obj_get, pinned_dir, prog_exists, read_pinned, tree, write_meta
 
 from socklb import Backend, Balancer, Service
 from socklb._native import ffi, lib

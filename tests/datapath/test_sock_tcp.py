@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 from helpers import TCP_PORT, VIP4, World, dial, in_ci
-from test_pins import pinned_dir
+from pinned import pinned_dir
 
 from socklb import Backend, Balancer, Service
 from socklb._native import features, ffi, lib

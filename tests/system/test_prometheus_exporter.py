@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 from helpers import TCP_PORT, VIP4, World, child_env, dial, in_ci, one_line_error, require_root, socklb_cli
-from test_pins import holder, pinned_dir
+from pinned import holder, pinned_dir
 
 from socklb import Backend, BackendState, Service
 

@@ -27,7 +27,7 @@ from helpers import (
     require_root,
     socklb_cli,
 )
-from test_pins import holder, obj_get, pinned_dir, tree
+from pinned import holder, obj_get, pinned_dir, tree
 
 from socklb import Affinity, Backend, BackendState, Service
 from socklb.datapath import pins as pins_mod

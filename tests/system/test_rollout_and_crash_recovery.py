@@ -23,14 +23,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import pytest
-from helpers import TCP_PORT, VIP4, VIP6, World, dial, raw_map, require_root
-from test_model_based import check_tables
-from test_pins import (
-    SVC_FROM_JSON,
+from helpers import PROGRAMS, TCP_PORT, VIP4, VIP6, World, child_env, dial, raw_map, require_root
+from pinned import (
     LoadLoop,
     attached_programs,
     by_key,
-    child_env,
     obj_get,
     pinned_dir,
     probe,
@@ -38,6 +35,7 @@ from test_pins import (
     svc_to_json,
     tree,
 )
+from tables import check_tables
 
 from socklb import (
     Affinity,
@@ -155,29 +153,6 @@ def test_rolling_replacement_under_load(fleet: Fleet, tmp_path: Path) -> None:
 
 N_SERVICES = 10_000
 UNTOUCHED_VIP = "10.96.200.1"
-
-KILL_CHILD = (
-    SVC_FROM_JSON
-    + r"""
-import json, sys, time
-from socklb import Balancer
-spec = json.load(open(sys.argv[1]))
-first = [svc_from_json(d) for d in spec["first"]]
-second = [svc_from_json(d) for d in spec["second"]]
-lb = Balancer(pin_dir=spec["pin_dir"], **spec["limits"])
-t = time.monotonic()
-lb.sync(first)
-print("synced %.3f" % (time.monotonic() - t), flush=True)
-lb.attach(spec["cgroup"])
-print("ready", flush=True)
-sys.stdin.readline()
-print("syncing", flush=True)
-t = time.monotonic()
-r = lb.sync(second)
-print("done %.3f %d" % (time.monotonic() - t, r.map_writes), flush=True)
-sys.stdin.read()  # until the test ends (or dies)
-"""
-)
 
 
 def _vip(i: int) -> str:
@@ -312,9 +287,8 @@ class SyncVictim:
         }
         path = tmp / f"spec-{os.getpid()}-{id(self)}.json"
         path.write_text(json.dumps(spec))
-        code = KILL_CHILD if cgroup else KILL_CHILD.replace('lb.attach(spec["cgroup"])', "pass")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, str(path)],
+            [sys.executable, str(PROGRAMS / "sync_victim.py"), str(path)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -365,18 +339,21 @@ class SyncVictim:
 
 
 @pytest.mark.parametrize("phase", ["writing", "swapping", "cleaning"])
-def test_sigkill_in_the_middle_of_a_10000_service_sync(fleet: Fleet, pin_dir: str, tmp_path: Path, phase: str) -> None:
+def test_sigkill_in_the_middle_of_a_10000_service_sync(
+    fleet: Fleet, pin_dir: str, tmp_path: Path, phase: str, seed: int
+) -> None:
     """A controller is SIGKILLed during one sync() that rewrites the backends of
     10,000 services: while it writes the new backends and lists ("writing"),
     while it swaps the services to their new lists ("swapping") or while it
     deletes the old lists and backends ("cleaning").  The kill is triggered by
-    watching the pinned maps change."""
+    watching the pinned maps change.  The services probed by real connects
+    are a sample drawn with the run's seed (SOCKLB_TEST_SEED)."""
     old, new, kept = ("r1", "r2"), ("r3", "r4"), ("r5", "r6")
     names = {frozenset(old): "old", frozenset(new): "new"}
     untouched = Service(UNTOUCHED_VIP, 80, "tcp", fleet.backends(kept))
     first = [untouched] + [Service(_vip(i), 80, "tcp", fleet.backends(old)) for i in range(N_SERVICES)]
     second = [untouched] + [s.with_backends(fleet.backends(new)) for s in first[1:]]
-    rng = random.Random()
+    rng = random.Random(seed)
     sample = [0, *rng.sample(range(1, N_SERVICES + 1), 40)]
     victim = SyncVictim(pin_dir, first, second, tmp_path, fleet.client.cgroup)
     log = victim.log

@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any, Dict, List
 
 from helpers import TCP_PORT, VIP4, VIP6, World, dial, raw_map
-from test_pins import pinned_dir
+from pinned import pinned_dir
 
 from socklb import Backend, Balancer, Service
 from socklb._native import abi, check, lib

@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 import pytest
 from helpers import in_ci
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 MANIFEST = DEPLOY / "socklb-agent.yaml"
 
 try:
