@@ -297,32 +297,3 @@ def test_scope_and_exclusion_errors(site: Site) -> None:
             os.rmdir(gone)
         att.include(gone)
         assert att.excluded == [site.side.cgroup]
-
-
-def test_frontend_values_are_validated() -> None:
-    from socklb import Backend, Frontend, InvalidValueError, Service
-    from socklb.model import normalize_key
-    from socklb.ops.servicefile import parse
-
-    be = [Backend("10.244.1.2", 8080)]
-    with pytest.raises(InvalidValueError, match=r"Service\.node_port"):
-        Service("0.0.0.0", 80, backends=be)  # the unspecified address is no ClusterIP
-    with pytest.raises(InvalidValueError, match="every node address"):
-        Service("10.96.0.10", 30080, backends=be, frontend="node_port")
-    with pytest.raises(InvalidValueError, match="family"):
-        Service.node_port(30080, backends=be, family=5)
-    with pytest.raises(InvalidValueError, match="frontend"):
-        Service("10.96.0.10", 80, frontend="cluster")
-    with pytest.raises(InvalidValueError, match="IPv4"):
-        Service.node_port(30080, backends=be, family=6)  # IPv4 backends, IPv6 NodePort
-    np = Service.node_port(30080, "udp", be)
-    assert np.wildcard and np.with_backends([]).frontend is Frontend.NODE_PORT
-    assert Service.host_port(8443, backends=be, address="192.0.2.10").frontend is Frontend.HOST_PORT
-    assert not Service.host_port(8443, backends=be, address="192.0.2.10").wildcard
-    assert Service.host_port(8443, backends=[Backend("fd00::2", 1)], family=6).key == ("::", 8443, "tcp")
-    assert normalize_key(("0.0.0.0", 30080, "udp")) == np.key
-    (back,) = parse(
-        '[{"address": "0.0.0.0", "port": 30080, "protocol": "udp", "frontend": "node_port",'
-        ' "backends": [{"address": "10.244.1.2", "port": 8080}]}]'
-    )
-    assert back == np

@@ -53,7 +53,7 @@ def main(argv: list[str]) -> None:
             s.connect((host, port))
             peer = s.getpeername()
             if ipaddress.ip_address(peer[0]) != vip or peer[1] != port:
-                fail("peer %s:%s" % peer[:2])
+                fail(f"peer {peer[0]}:{peer[1]}")
                 continue
             s.sendall(b"x\n")
             data = b""

@@ -21,7 +21,7 @@ def main(argv: list[str]) -> None:
             try:
                 s.connect((host, port))
                 p = s.getpeername()
-                r["peers"].append("%s:%s" % (p[0], p[1]))
+                r["peers"].append(f"{p[0]}:{p[1]}")
                 s.sendall(b"x\n")
                 data = b""
                 while not data.endswith(b"\n"):

@@ -23,7 +23,7 @@ def main(argv: list[str]) -> None:
     lb = Balancer(pin_dir=spec["pin_dir"], **spec["limits"])
     t = time.monotonic()
     lb.sync(first)
-    print("synced %.3f" % (time.monotonic() - t), flush=True)
+    print(f"synced {time.monotonic() - t:.3f}", flush=True)
     if spec["cgroup"]:
         lb.attach(spec["cgroup"])
     print("ready", flush=True)
@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
     print("syncing", flush=True)
     t = time.monotonic()
     r = lb.sync(second)
-    print("done %.3f %d" % (time.monotonic() - t, r.map_writes), flush=True)
+    print(f"done {time.monotonic() - t:.3f} {r.map_writes}", flush=True)
     sys.stdin.read()  # until the test ends (or dies)
 
 

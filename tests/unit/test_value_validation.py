@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import pickle
+import sys
 
 import pytest
 from helpers import in_ci
@@ -240,3 +242,53 @@ def test_backend_has_no_abi_encoding_fields() -> None:
     # what the rest of socklb uses stays
     assert b._a16 == bytes(10) + b"\xff\xff" + bytes([10, 244, 1, 2])
     assert b._version == 4 and b._key == ("10.244.1.2", 8080)
+
+
+def test_values_have_slots_and_stay_dataclasses() -> None:
+    b = Backend("10.244.1.2", 8080, weight=3)
+    s = Service("10.96.0.1", 80, backends=[b])
+    for v in (b, s):
+        assert not hasattr(v, "__dict__")
+        assert pickle.loads(pickle.dumps(v)) == v and hash(pickle.loads(pickle.dumps(v))) == hash(v)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            v.port = 1  # type: ignore[misc]
+    assert [f.name for f in dataclasses.fields(Backend)] == ["address", "port", "weight", "state"]
+    assert dataclasses.replace(s, port=81).key == ("10.96.0.1", 81, "tcp")
+    assert dataclasses.asdict(b)["address"] == "10.244.1.2"
+    # The address text is made from the packed bytes; ports are shared ints.
+    assert Backend("fd00:0::0001", 9000).address == "fd00::1"
+    assert Backend("10.1.1.1", 40000).port is Backend("10.1.1.2", 40000).port
+    # Equal values: equal and same hash; a differing one differs in its cached hash first.
+    assert s == Service("10.96.0.1", 80, backends=[Backend("10.244.1.2", 8080, weight=3)])
+    assert s != s.with_backends([Backend("10.244.1.2", 8080, weight=4)])
+    assert sys.getsizeof(b) <= 64  # four slots and the GC header: the IP version is computed from the bytes
+    assert (b._version, Backend("fd00::1", 80)._version) == (4, 6)
+
+
+def test_frontend_values_are_validated() -> None:
+    from socklb import Backend, Frontend, InvalidValueError, Service
+    from socklb.model import normalize_key
+    from socklb.ops.servicefile import parse
+
+    be = [Backend("10.244.1.2", 8080)]
+    with pytest.raises(InvalidValueError, match=r"Service\.node_port"):
+        Service("0.0.0.0", 80, backends=be)  # the unspecified address is no ClusterIP
+    with pytest.raises(InvalidValueError, match="every node address"):
+        Service("10.96.0.10", 30080, backends=be, frontend="node_port")
+    with pytest.raises(InvalidValueError, match="family"):
+        Service.node_port(30080, backends=be, family=5)
+    with pytest.raises(InvalidValueError, match="frontend"):
+        Service("10.96.0.10", 80, frontend="cluster")
+    with pytest.raises(InvalidValueError, match="IPv4"):
+        Service.node_port(30080, backends=be, family=6)  # IPv4 backends, IPv6 NodePort
+    np = Service.node_port(30080, "udp", be)
+    assert np.wildcard and np.with_backends([]).frontend is Frontend.NODE_PORT
+    assert Service.host_port(8443, backends=be, address="192.0.2.10").frontend is Frontend.HOST_PORT
+    assert not Service.host_port(8443, backends=be, address="192.0.2.10").wildcard
+    assert Service.host_port(8443, backends=[Backend("fd00::2", 1)], family=6).key == ("::", 8443, "tcp")
+    assert normalize_key(("0.0.0.0", 30080, "udp")) == np.key
+    (back,) = parse(
+        '[{"address": "0.0.0.0", "port": 30080, "protocol": "udp", "frontend": "node_port",'
+        ' "backends": [{"address": "10.244.1.2", "port": 8080}]}]'
+    )
+    assert back == np
