@@ -34,16 +34,13 @@ DEFAULT_SEED = 20211
 """The seed of every random generator of the tests unless SOCKLB_TEST_SEED says otherwise."""
 
 
-def test_seed() -> int:
+def run_seed() -> int:
     """The seed of this run: SOCKLB_TEST_SEED, else DEFAULT_SEED."""
     return int(os.environ.get(SEED_ENV, DEFAULT_SEED))
 
 
-test_seed.__test__ = False  # type: ignore[attr-defined]
-
-
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"{SEED_ENV}={test_seed()} (set it to reproduce a run of the randomised tests with another seed)"
+    return f"{SEED_ENV}={run_seed()} (set it to reproduce a run of the randomised tests with another seed)"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -64,14 +61,14 @@ def pytest_runtest_makereport(
     """A failed test that drew from the seed says which seed to reproduce it with."""
     report = yield
     if report.failed and "seed" in getattr(item, "fixturenames", ()):
-        report.sections.append(("seed", f"{SEED_ENV}={test_seed()} (set it to run again with this seed)"))
+        report.sections.append(("seed", f"{SEED_ENV}={run_seed()} (set it to run again with this seed)"))
     return report
 
 
 @pytest.fixture
 def seed() -> int:
     """The seed for a test's random generators (``random.Random(seed)``)."""
-    return test_seed()
+    return run_seed()
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ def check_tables(tables: Dict[str, Dict[bytes, bytes]], model: Dict[ServiceKey, 
     services, slots, backends = tables["services"], tables["slots"], tables["backends"]
     maglev = tables.get("maglev")
     assert len(services) == len(model), (len(services), sorted(model))
-    owned: Dict[int, Dict[Tuple[Any, int], Tuple[int, Tuple[Any, ...]]]] = {}
+    owned: Dict[int, Dict[Tuple[Any, int], Tuple[int, Any]]] = {}
     for k, v in backends.items():
         bid = U32.unpack(k)[0]
         f = BACKEND_VAL.unpack(v)
@@ -60,7 +60,7 @@ def check_tables(tables: Dict[str, Dict[bytes, bytes]], model: Dict[ServiceKey, 
     for k, v in services.items():
         sk = SVC_KEY.unpack(k)
         key = (str(_ip(sk.addr)), socket.ntohs(sk.port), PROTO_NAME[sk.proto])
-        svc = model.get(key)  # type: ignore[arg-type]
+        svc = model.get(key)
         assert svc is not None, f"{key} is in the maps but not in the model"
         sv = SVC_VAL.unpack(v)
         svc_id, list_id, count, total, members = sv.svc_id, sv.list_id, sv.count, sv.total_weight, sv.members

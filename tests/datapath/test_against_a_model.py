@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple, TypedDict
 
 import pytest
 from helpers import BACKENDS, TCP_PORT, UDP_PORT, World, refused
@@ -35,16 +35,27 @@ from socklb import (
 VIPS = ("10.96.0.20", "10.96.0.21", "fd00:96::20")
 KEYS: List[ServiceKey] = [(v, p, proto) for v in VIPS for p in (80, 81) for proto in ("tcp", "udp")]
 TCP_KEYS = [k for k in KEYS if k[2] == "tcp"]
+
+
+class Limits(TypedDict):
+    """The Balancer's limits a machine runs with."""
+
+    max_services: int
+    max_backends: int
+    maglev_size: int
+    max_maglev_services: int
+
+
 # Tight limits, reached often (and replacing near them must work); roomy ones, never reached.
-TIGHT = {"max_services": 5, "max_backends": 9, "maglev_size": 251, "max_maglev_services": 2}
-ROOMY = {"max_services": 64, "max_backends": 128, "maglev_size": 251, "max_maglev_services": 16}
+TIGHT: Limits = {"max_services": 5, "max_backends": 9, "maglev_size": 251, "max_maglev_services": 2}
+ROOMY: Limits = {"max_services": 64, "max_backends": 128, "maglev_size": 251, "max_maglev_services": 16}
 UNREACHABLE = {"ENETUNREACH", "EHOSTUNREACH"}
 
 
 # -- the model -----------------------------------------------------------------
 
 
-def over_capacity(model: Dict[ServiceKey, Service], limits: Dict[str, int]) -> bool:
+def over_capacity(model: Dict[ServiceKey, Service], limits: Limits) -> bool:
     """Whether the state would exceed a limit (limits are on the state, not on
     how a change gets there)."""
     services = list(model.values())
@@ -90,7 +101,7 @@ class BalancerMachine(RuleBasedStateMachine):
     pin_dirs: List[str]
     svc_strategy: st.SearchStrategy[Service]
     calls: Counter[str]
-    limits: Dict[str, int]
+    limits: Limits
 
     def __init__(self) -> None:
         super().__init__()
@@ -282,9 +293,10 @@ def machine(world: World, request: Any) -> Iterator[type]:
         assert [pd for pd in pin_dirs if os.path.lexists(pd)] == []
 
 
+@pytest.mark.slow
 def test_balancer_matches_a_model(machine: type) -> None:
     run_state_machine_as_test(
-        machine,  # type: ignore[arg-type]
+        machine,
         settings=settings(
             max_examples=40,
             stateful_step_count=25,

@@ -7,12 +7,11 @@ import os
 import secrets
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import require_root
+from helpers import program, require_root
 
 from socklb.datapath import cgroup
 from socklb.errors import InvalidValueError, NotCgroupV2Error
@@ -80,20 +79,10 @@ def test_remove_refuses_root_and_own_cgroup(scratch: str) -> None:
     with pytest.raises(NotCgroupV2Error):
         cgroup.remove_cgroup("/tmp")
     path = cgroup.make_cgroup(scratch)
-    code = textwrap.dedent(
-        """
-        import os, sys
-        from socklb.datapath import cgroup
-        from socklb.errors import InvalidValueError
-        cgroup.move_pid(sys.argv[1], os.getpid())
-        try:
-            cgroup.remove_cgroup(sys.argv[1])
-        except InvalidValueError as e:
-            print("refused:", e)
-        """
-    )
     env = dict(os.environ, PYTHONPATH=_src_dir() + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=30, env=env)
+    r = subprocess.run(
+        [sys.executable, program("remove_own_cgroup"), path], capture_output=True, text=True, timeout=30, env=env
+    )
     assert r.returncode == 0, r.stderr
     assert "refused" in r.stdout and "calling process" in r.stdout
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List
 
 import pytest
-from helpers import require_root
+from helpers import require_root, run_program
 
 from socklb._native import features
 
@@ -63,38 +63,14 @@ def dial(sb: Any, proto: str, host: str, port: int, n: int = 4, *extra: str) -> 
 
 
 # One TCP exchange; prints what came back (the sidecar's line first, if any) or the errno name.
-FETCH = (
-    "import errno, socket, sys\n"
-    "try:\n"
-    "    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)\n"
-    "except OSError as e:\n"
-    "    print(errno.errorcode.get(e.errno, e)); sys.exit(0)\n"
-    "s.sendall(b'hi\\n'); s.shutdown(socket.SHUT_WR); d = b''\n"
-    "while (x := s.recv(4096)):\n"
-    "    d += x\n"
-    "print(d.decode().strip().replace(chr(10), ' | '))\n"
-)
 
 
 def fetch(sb: Any, host: str = VIP, port: int = 80) -> str:
-    return str(sb.python(FETCH, host, str(port), timeout=30).strip())
-
-
-BIND = (
-    "import socket, sys\n"
-    "port = int(sys.argv[1])\n"
-    "for a in sys.argv[2:]:\n"
-    "    s = socket.socket(socket.AF_INET6 if ':' in a else socket.AF_INET, socket.SOCK_STREAM)\n"
-    "    try:\n"
-    "        s.bind((a, port)); print(a, 0)\n"
-    "    except OSError as e:\n"
-    "        print(a, e.errno)\n"
-    "    s.close()\n"
-)
+    return str(run_program(sb, "fetch", host, str(port), timeout=30).strip())
 
 
 def binds(sb: Any, port: int, *addrs: str) -> Dict[str, int]:
-    out = sb.python(BIND, str(port), *addrs, timeout=30)
+    out = run_program(sb, "bind_each", str(port), *addrs, timeout=30)
     return {a: int(e) for a, e in (line.split() for line in out.splitlines())}
 
 

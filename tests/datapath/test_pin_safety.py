@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from typing import Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import pytest
 from helpers import raw_map, require_root
@@ -267,7 +267,11 @@ def test_bpffs_root_is_refused(bpffs_root: str) -> None:
     planted = plant([os.path.join(bpffs_root, "foreign"), os.path.join(bpffs_root, "tc", "globals", "foreign")])
     planted.update(plant([os.path.join(bpffs_root, "maps", "services")]))  # another program's "maps/services"
     before = sorted(tree(bpffs_root).items())
-    for attempt in (lambda: Balancer(pin_dir=bpffs_root), lambda: Balancer(pin_dir=bpffs_root + "/")):
+    attempts: Tuple[Callable[[], Balancer], ...] = (
+        lambda: Balancer(pin_dir=bpffs_root),
+        lambda: Balancer(pin_dir=bpffs_root + "/"),
+    )
+    for attempt in attempts:
         lb = None
         try:
             with pytest.raises(InvalidValueError) as e:

@@ -20,20 +20,10 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
-from helpers import (
-    BACKENDS,
-    TCP_PORT,
-    UDP_PORT,
-    VIP4,
-    VIP6,
-    World,
-    child_env,
-    dial,
-    refused,
-)
+from helpers import BACKENDS, TCP_PORT, UDP_PORT, VIP4, VIP6, World, child_env, dial, program, refused
 from pinned import (
     PIN_ROOT,
     UNREACHABLE,
@@ -158,39 +148,9 @@ def test_layout_and_permissions(world: World, pin_dir: str) -> None:
     assert tree(pin_dir).keys() == modes.keys()
 
 
-UNPRIVILEGED = r"""
-import json, os, sys
-from socklb import Balancer, SocklbError
-from socklb._native import ffi, lib
-pd = sys.argv[1]
-# Everything is imported; now become nobody (the interpreter's files may be unreadable to it).
-os.setgroups([]); os.setgid(65534); os.setuid(65534)
-out = {}
-def attempt(name, fn):
-    try:
-        fn()
-        out[name] = "ok"
-    except Exception as e:
-        err = getattr(e, "errno", None)
-        out[name] = [type(e).__name__, err, isinstance(e, SocklbError), isinstance(e, PermissionError)]
-attempt("listdir", lambda: os.listdir(pd))
-attempt("listdir_maps", lambda: os.listdir(pd + "/maps"))
-attempt("open_services", lambda: open(pd + "/maps/services", "rb").read())
-def obj_get():
-    buf = ffi.new("uint8_t[]", 64); n = ffi.new("uint32_t *")
-    rc = lib.socklb_read_pinned((pd + "/maps/meta").encode(), buf, 64, n)
-    if rc < 0:
-        raise OSError(-rc, os.strerror(-rc))
-attempt("bpf_obj_get_meta", obj_get)
-attempt("balancer_open", lambda: Balancer.open(pd))
-attempt("balancer_pin_dir", lambda: Balancer(pin_dir=pd))
-print(json.dumps(out))
-"""
-
-
 def run_unprivileged(pd: str) -> Dict[str, Any]:
     r = subprocess.run(
-        [sys.executable, "-c", UNPRIVILEGED, pd], capture_output=True, text=True, env=child_env(), timeout=60
+        [sys.executable, program("unprivileged_pins"), pd], capture_output=True, text=True, env=child_env(), timeout=60
     )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)  # type: ignore[no-any-return]
@@ -324,30 +284,6 @@ def test_adopt_reproduces_everything(world: World, pin_dir: str) -> None:
         assert (lb.max_services, lb.max_backends) == (65536, 262144)
 
 
-LONG_LIVED = r"""
-import json, socket, sys
-vip, tport, uport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-def report():
-    out = {"tcp_peer": "%s:%s" % t.getpeername()[:2], "cu_peer": "%s:%s" % cu.getpeername()[:2]}
-    cu.send(b"x\n")
-    out["cu_served"] = cu.recv(4096).split()[0].decode()
-    u.sendto(b"x\n", (vip, uport))
-    data, src = u.recvfrom(4096)
-    out["u_src"] = "%s:%s" % src[:2]
-    out["u_served"] = data.split()[0].decode()
-    print(json.dumps(out), flush=True)
-t = socket.create_connection((vip, tport), timeout=5)
-cu = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-cu.settimeout(5)
-cu.connect((vip, uport))
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.settimeout(5)
-report()
-sys.stdin.readline()
-report()
-"""
-
-
 def test_sockets_keep_their_translation_across_an_upgrade(world: World, pin_dir: str) -> None:
     """Sockets opened before an adopt (programs swapped) still show the VIP:
     getpeername of TCP and connected UDP, the source of unconnected UDP
@@ -360,7 +296,7 @@ def test_sockets_keep_their_translation_across_an_upgrade(world: World, pin_dir:
         (att,) = [lb.attach(world.client.cgroup)]
         before_ids = att.program_ids()
         proc = world.client.popen(
-            [sys.executable, "-I", "-c", LONG_LIVED, VIP4, "80", str(UDP_PORT)],
+            [sys.executable, "-I", program("long_lived_sockets"), VIP4, "80", str(UDP_PORT)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -574,7 +510,8 @@ def test_incompatible_pins_are_refused_untouched(world: World, pin_dir: str, how
     else:
         os.unlink(os.path.join(pin_dir, "maps", "meta"))
     before = _pins_snapshot(pin_dir) if how != "no-meta" else sorted(tree(pin_dir).items())
-    for attempt in (lambda: Balancer.open(pin_dir), lambda: Balancer(pin_dir=pin_dir)):
+    attempts: Tuple[Callable[[], Balancer], ...] = (lambda: Balancer.open(pin_dir), lambda: Balancer(pin_dir=pin_dir))
+    for attempt in attempts:
         with pytest.raises(IncompatiblePinsError) as e:
             attempt()
         msg = str(e.value)
@@ -608,7 +545,11 @@ def test_incompatible_pins_are_refused_untouched(world: World, pin_dir: str, how
 def test_one_owner_at_a_time(world: World, pin_dir: str, end: str) -> None:
     services = rich_services(world)[:2]
     with holder(pin_dir, services, world.client.cgroup) as proc:
-        for attempt in (lambda: Balancer.open(pin_dir), lambda: Balancer(pin_dir=pin_dir)):
+        attempts: Tuple[Callable[[], Balancer], ...] = (
+            lambda: Balancer.open(pin_dir),
+            lambda: Balancer(pin_dir=pin_dir),
+        )
+        for attempt in attempts:
             with pytest.raises(PinLockedError) as e:
                 attempt()
             assert e.value.pid == proc.pid

@@ -8,8 +8,9 @@ import time
 from collections import Counter
 from typing import Sequence
 
+import pytest
 from helpers import BACKENDS, TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial, refused
-from scipy.stats import chisquare
+from scipy.stats import chisquare  # type: ignore[import-untyped]  # scipy ships no stubs
 
 from socklb import Affinity, Algorithm, Backend, BackendState, Balancer, Service
 
@@ -83,6 +84,7 @@ def test_affinity_gives_15_identical_backends(world: World, balancer: Balancer) 
     assert len(set(dial(world.outsider, "tcp", VIP4, 80, 15)["served"])) == 1
 
 
+@pytest.mark.slow
 def test_affinity_expires(world: World, balancer: Balancer) -> None:
     balancer.upsert(Service(VIP4, 80, "tcp", backends(world), affinity=Affinity(timeout=1)))
     balancer.attach(world.client.cgroup)

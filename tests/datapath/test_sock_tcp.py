@@ -11,7 +11,7 @@ import time
 from typing import Iterator
 
 import pytest
-from helpers import TCP_PORT, VIP4, World, dial, in_ci
+from helpers import TCP_PORT, VIP4, World, dial, in_ci, program, run_program
 from pinned import pinned_dir
 
 from socklb import Backend, Balancer, Service
@@ -34,36 +34,12 @@ def pin_dir() -> Iterator[str]:
         yield pd
 
 
-CHURN = r"""
-import errno, socket, sys, time
-vip, n, budget = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-end = time.monotonic() + budget
-done = 0
-while done < n and time.monotonic() < end:
-    for _ in range(1000):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setblocking(False)
-        rc = s.connect_ex((vip, 80))   # translated at once; the SYN goes to a closed port
-        s.close()
-        if rc not in (0, errno.EINPROGRESS, errno.ECONNREFUSED):
-            sys.exit(f"connect: {errno.errorcode.get(rc, rc)}")
-    done += 1000
-print(done)
-"""
-
-HOLD = r"""
-import json, socket, sys
-socks = [socket.create_connection((sys.argv[1], 80), timeout=5) for _ in range(int(sys.argv[2]))]
-print(json.dumps(sorted({"%s:%d" % s.getpeername()[:2] for s in socks})), flush=True)
-sys.stdin.readline()
-print(json.dumps(sorted({"%s:%d" % s.getpeername()[:2] for s in socks})), flush=True)
-sys.stdin.readline()
-"""
-
-
 def hold(world: World, n: int) -> subprocess.Popen[str]:
-    p = world.client.popen(
-        [sys.executable, "-c", HOLD, VIP4, str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    p: subprocess.Popen[str] = world.client.popen(
+        [sys.executable, program("tcp_hold_peers"), VIP4, str(n)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert p.stdout is not None
     assert json.loads(p.stdout.readline() or "null") == [f"{VIP4}:80"]
@@ -82,13 +58,14 @@ def end(p: subprocess.Popen[str]) -> None:
     p.wait()
 
 
+@pytest.mark.slow
 def test_a_million_short_lived_sockets_leave_no_record(world: World, balancer: Balancer) -> None:
     # A backend port nobody listens on: each connect() is answered by a reset.
     balancer.upsert(Service(VIP4, 80, "tcp", [Backend(world.backends["b1"].ipv4, 9)]))
     balancer.attach(world.client.cgroup)
     n, budget = 1_000_000, 20.0  # bounded in time: a loaded machine does fewer
     t0 = time.monotonic()
-    done = int(world.client.python(CHURN, VIP4, str(n), str(budget), timeout=budget + 60))
+    done = int(run_program(world.client, "tcp_connect_churn", VIP4, str(n), str(budget), timeout=budget + 60))
     elapsed = time.monotonic() - t0
     assert done >= 100_000, f"only {done} sockets in {elapsed:.0f} s"
     print(f"{done} TCP sockets in {elapsed:.1f} s")
@@ -158,18 +135,9 @@ def test_records_survive_a_restart_and_go_with_their_sockets(world: World, pin_d
 def test_sockets_created_before_attaching_are_tracked(world: World, balancer: Balancer) -> None:
     """The release program runs for any socket of the cgroup, so a socket
     made before attach() and connected after is freed like the others."""
-    script = r"""
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-print("made", flush=True)
-sys.stdin.readline()
-s.connect((sys.argv[1], 80))
-print("%s:%d" % s.getpeername()[:2], flush=True)
-sys.stdin.readline()
-"""
     balancer.upsert(Service(VIP4, 80, "tcp", [Backend(world.backends["b2"].ipv4, TCP_PORT)]))
     p = world.client.popen(
-        [sys.executable, "-c", script, VIP4], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, program("tcp_connect_on_line"), VIP4], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
         assert p.stdout is not None and p.stdin is not None

@@ -12,7 +12,19 @@ import uuid
 from typing import Any, Iterator
 
 import pytest
-from helpers import BACKENDS, TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial, in_ci, require_termination
+from helpers import (
+    BACKENDS,
+    TCP_PORT,
+    UDP_PORT,
+    VIP4,
+    VIP6,
+    World,
+    dial,
+    in_ci,
+    program,
+    require_termination,
+    run_program,
+)
 
 from socklb import Backend, Balancer, Service
 from socklb.datapath.cgroup import make_cgroup, remove_cgroup
@@ -37,8 +49,9 @@ def udp_svc(world: World, vip: str, names: tuple[str, ...] = BACKENDS, port: int
     return Service(vip, port, "udp", [Backend(addr(p, v6), UDP_PORT) for p in world.pods(*names)])
 
 
-def run_json(pod: Any, code: str, *args: str) -> Any:
-    return json.loads(pod.python(code, *args, timeout=60))
+def run_json(pod: Any, name: str, *args: str) -> Any:
+    """Run the child program ``name`` (tests/programs/) in ``pod``; its JSON output."""
+    return json.loads(run_program(pod, name, *args, timeout=60))
 
 
 # --- item 4: a UDP socket's connect record must not outlive the connection ---------
@@ -47,41 +60,6 @@ def run_json(pod: Any, code: str, *args: str) -> Any:
 # to the VIP unconnected, then connects straight to a pod; "unspec" connects to
 # VIP A, disconnects (AF_UNSPEC) and sends to VIP B with sendto(); "sendto" does
 # the same without disconnecting.  Prints what recvfrom() and getpeername() said.
-RECONNECT = r"""
-import ctypes, json, socket, sys
-mode, a, b, pod, pod_port = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-fam = socket.AF_INET6 if ":" in a else socket.AF_INET
-s = socket.socket(fam, socket.SOCK_DGRAM)
-s.settimeout(2)
-out = {"steps": []}
-
-def step(name, send, peer=True):
-    send()
-    data, src = s.recvfrom(100)
-    p = None
-    if peer:
-        p = list(s.getpeername()[:2])
-    out["steps"].append([name, data.decode().split()[0], list(src[:2]), p])
-
-if mode == "sendto-direct":
-    step("vip", lambda: s.sendto(b"peer\n", (a, 53)), peer=False)
-    out["steps"][-1][3] = [a, 53]
-else:
-    s.connect((a, 53))
-    step("vip", lambda: s.send(b"peer\n"))
-if mode in ("direct", "sendto-direct"):
-    s.connect((pod, pod_port))
-    step("direct", lambda: s.send(b"peer\n"))
-    step("direct", lambda: s.send(b"peer\n"))
-else:
-    if mode == "unspec":
-        libc = ctypes.CDLL(None, use_errno=True)
-        unspec = ctypes.create_string_buffer(28)  # sa_family 0 = AF_UNSPEC
-        assert libc.connect(s.fileno(), unspec, 28) == 0, ctypes.get_errno()
-    for _ in range(3):
-        step("other", lambda: s.sendto(b"peer\n", (b, 53)), peer=(mode == "sendto"))
-print(json.dumps(out))
-"""
 
 
 @pytest.mark.parametrize("first", ["direct", "sendto-direct"], ids=["after-connect", "after-sendto"])
@@ -92,7 +70,7 @@ def test_udp_reconnect_to_a_pod_address_shows_the_pod(world: World, balancer: Ba
     b1 = world.backends["b1"]
     balancer.upsert(udp_svc(world, a, ("b1",)))
     balancer.attach(world.client.cgroup)
-    out = run_json(world.client, RECONNECT, first, a, a, addr(b1, v6), str(UDP_PORT))
+    out = run_json(world.client, "udp_reconnect", first, a, a, addr(b1, v6), str(UDP_PORT))
     (_, served, src, peer), *direct = out["steps"]
     assert served == "b1" and src == [a, 53] and peer == [a, 53]
     # Connected straight to b1 (the very backend the VIP chose): b1 it is.
@@ -110,7 +88,7 @@ def test_udp_sendto_another_vip_with_the_same_backend(world: World, balancer: Ba
     balancer.upsert(udp_svc(world, a, ("b1",)))
     balancer.upsert(udp_svc(world, b, ("b1",)))
     balancer.attach(world.client.cgroup)
-    out = run_json(world.client, RECONNECT, mode, a, b, addr(b1, v6), str(UDP_PORT))
+    out = run_json(world.client, "udp_reconnect", mode, a, b, addr(b1, v6), str(UDP_PORT))
     (_, served, src, peer), *others = out["steps"]
     assert served == "b1" and src == [a, 53] and peer == [a, 53]
     assert len(others) == 3
@@ -123,25 +101,6 @@ def test_udp_sendto_another_vip_with_the_same_backend(world: World, balancer: Ba
 
 # sendto() VIP A first (the socket gets its flow memory), then connect() to VIP B
 # (another backend): each reply is reported from the VIP it answers.
-SENDTO_THEN_CONNECT = r"""
-import json, socket, sys
-a, b = sys.argv[1], sys.argv[2]
-s = socket.socket(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(2)
-out = []
-
-def step(send):
-    send()
-    data, src = s.recvfrom(100)
-    out.append([data.decode().split()[0], list(src[:2])])
-
-step(lambda: s.sendto(b"peer\n", (a, 53)))
-s.connect((b, 53))
-for _ in range(2):
-    step(lambda: s.send(b"peer\n"))
-out.append(list(s.getpeername()[:2]))
-print(json.dumps(out))
-"""
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
@@ -152,7 +111,7 @@ def test_udp_sendto_then_connect_to_another_vip(world: World, balancer: Balancer
     balancer.upsert(udp_svc(world, a, ("b1",)))
     balancer.upsert(udp_svc(world, b, ("b2",)))
     balancer.attach(world.client.cgroup)
-    *steps, peer = run_json(world.client, SENDTO_THEN_CONNECT, a, b)
+    *steps, peer = run_json(world.client, "udp_sendto_then_connect", a, b)
     assert steps == [["b1", [a, 53]], ["b2", [b, 53]], ["b2", [b, 53]]]
     assert peer == [b, 53]
 
@@ -163,20 +122,7 @@ def test_udp_socket_reused_for_many_connects(world: World, balancer: Balancer) -
     balancer.upsert(udp_svc(world, VIP_B4, ("b2",)))
     balancer.attach(world.client.cgroup)
     b3 = world.backends["b3"]
-    code = r"""
-import json, socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(2)
-out = []
-for _ in range(5):
-    for host, port in ((sys.argv[1], 53), (sys.argv[2], 53), (sys.argv[3], int(sys.argv[4]))):
-        s.connect((host, port))
-        s.send(b"peer\n")
-        data, src = s.recvfrom(100)
-        out.append([host, data.decode().split()[0], src[0], s.getpeername()[0]])
-print(json.dumps(out))
-"""
-    out = run_json(world.client, code, VIP_A4, VIP_B4, b3.ipv4, str(UDP_PORT))
+    out = run_json(world.client, "udp_connect_rotation", VIP_A4, VIP_B4, b3.ipv4, str(UDP_PORT))
     want = {VIP_A4: "b1", VIP_B4: "b2", b3.ipv4: "b3"}
     assert len(out) == 15
     for host, served, src, peer in out:
@@ -184,22 +130,6 @@ print(json.dumps(out))
 
 
 # --- item 6: MPTCP is balanced like TCP ---------------------------------------------
-
-MPTCP_CLIENT = r"""
-import json, socket, sys
-host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-out = {"served": [], "peers": [], "protocol": []}
-for _ in range(n):
-    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, 262)
-    s.settimeout(3)
-    s.connect((host, port))
-    out["protocol"].append(s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))
-    out["peers"].append(list(s.getpeername()[:2]))
-    s.sendall(b"peer\n")
-    out["served"].append(s.recv(100).decode().split()[0])
-    s.close()
-print(json.dumps(out))
-"""
 
 
 def require_mptcp(pod: Any) -> None:
@@ -217,27 +147,12 @@ def test_mptcp_is_balanced_like_tcp(world: World, balancer: Balancer, vip: str, 
     require_mptcp(world.client)
     balancer.upsert(tcp_svc(world, vip))
     balancer.attach(world.client.cgroup)
-    out = run_json(world.client, MPTCP_CLIENT, dialled, "80", "30")
+    out = run_json(world.client, "mptcp_client", dialled, "80", "30")
     assert set(out["protocol"]) == {262}, "the sockets were not MPTCP"
     assert set(out["served"]) == set(BACKENDS)
     assert {tuple(p) for p in out["peers"]} == {(dialled, 80)}, "getpeername() did not show the VIP"
     c = balancer.counters()
     assert c["connect"] == 30 and c["getpeername"] >= 30
-
-
-HELD_MPTCP = r"""
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
-s.settimeout(5)
-s.connect((sys.argv[1], 80))
-print("connected", flush=True)
-sys.stdin.readline()
-try:
-    s.sendall(b"peer\n"); data = s.recv(100)
-    print("alive" if data else "eof", flush=True)
-except OSError as e:
-    print("error", e.errno, flush=True)
-"""
 
 
 def test_mptcp_termination_like_tcp(world: World, balancer: Balancer) -> None:
@@ -249,7 +164,10 @@ def test_mptcp_termination_like_tcp(world: World, balancer: Balancer) -> None:
     balancer.upsert(svc)
     balancer.attach(world.client.cgroup)
     p = world.client.popen(
-        [sys.executable, "-c", HELD_MPTCP, VIP4], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, program("held_tcp"), VIP4, "80", "mptcp"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert p.stdout and p.stdin
@@ -392,21 +310,15 @@ def test_chain_on_one_cgroup_not_followed(world: World, balancer: Balancer, othe
 
 # --- item 11: after detach() ----------------------------------------------------------
 
-HELD = r"""
-import json, socket, sys
-s = socket.create_connection((sys.argv[1], 80), timeout=5)
-print(json.dumps(s.getpeername()[:2]), flush=True)
-sys.stdin.readline()
-print(json.dumps(s.getpeername()[:2]), flush=True)
-"""
-
 
 def test_after_detach_getpeername_shows_the_backend(world: World, balancer: Balancer) -> None:
     """Documented (README, "After detach()"): nothing answers for the socket any more."""
     b1 = world.backends["b1"]
     balancer.upsert(tcp_svc(world, VIP4, ("b1",)))
     att = balancer.attach(world.client.cgroup)
-    p = world.client.popen([sys.executable, "-c", HELD, VIP4], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    p = world.client.popen(
+        [sys.executable, program("tcp_peer_on_line"), VIP4], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert p.stdout and p.stdin
         assert json.loads(p.stdout.readline()) == [VIP4, 80]

@@ -99,9 +99,9 @@ def test_a_sync_in_batches_ends_where_one_write_does_and_holds_less_at_once() ->
                 before = tracemalloc.get_traced_memory()[0]
                 tracemalloc.reset_peak()
                 r = balancer.sync(first, batch=batch)
-                now, peak = tracemalloc.get_traced_memory()
-                extra.append(peak - now)  # what the write held on top of what it leaves
-                assert len(r.added) == 4000 and now > before
+                left, peak = tracemalloc.get_traced_memory()
+                extra.append(peak - left)  # what the write held on top of what it leaves
+                assert len(r.added) == 4000 and left > before
         finally:
             tracemalloc.stop()
         assert extra[1] < extra[0] / 2, f"a batched sync held {extra[1]} bytes at once, one write {extra[0]}"

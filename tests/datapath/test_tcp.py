@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 import pytest
-from helpers import BACKENDS, TCP_PORT, VIP4, VIP6, World, dial, refused
+from helpers import BACKENDS, TCP_PORT, VIP4, VIP6, World, dial, program, refused
 
 from socklb import (
     Backend,
@@ -237,13 +237,10 @@ def test_unprivileged_caller_is_told_what_is_needed() -> None:
         with pytest.raises(PermissionDeniedError):
             Balancer()
         return
-    code = (
-        "import os\nfrom socklb import Balancer, PermissionDeniedError\n"
-        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
-        "try:\n    Balancer()\nexcept PermissionDeniedError as e:\n    print('denied:', e)\n"
-    )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run(
+        [sys.executable, program("unprivileged_balancer")], capture_output=True, text=True, env=env, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     assert "denied:" in r.stdout and "CAP_BPF" in r.stdout and "root" in r.stdout
 

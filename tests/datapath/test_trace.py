@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any, Dict, List
 
-from helpers import TCP_PORT, UDP_PORT, VIP4, World, child_env, dial, one_line_error, require_root, socklb_cli
+from helpers import TCP_PORT, UDP_PORT, VIP4, World, child_env, dial, one_line_error, program, require_root, socklb_cli
 from helpers import refused as refused_errno
 from pinned import holder, pinned_dir
 
@@ -22,28 +22,6 @@ from socklb.ops.trace import LEASE, lease_state
 
 # In the client pod: connect n times to host:port, say which backend served
 # each connect (labserver protocol); then n_udp datagrams with sendto().
-CLIENT = r"""
-import json, os, socket, sys
-host, port, n, uhost = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-uport, n_udp = int(sys.argv[5]), int(sys.argv[6])
-served = []
-for _ in range(n):
-    s = socket.socket()
-    s.settimeout(5)
-    try:
-        s.connect((host, port))
-        s.sendall(b"peer\n")
-        served.append(s.recv(4096).decode().split()[0])
-    except OSError as e:
-        served.append("error:" + str(e.errno))
-    finally:
-        s.close()
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for _ in range(n_udp):
-    u.sendto(b"x", (uhost, uport))
-u.close()
-print(json.dumps({"pid": os.getpid(), "served": served}))
-"""
 
 
 def start_trace(pd: str, *extra: str) -> subprocess.Popen[str]:
@@ -95,21 +73,23 @@ def test_trace_matches_connects(world: World) -> None:
         assert len(second.stderr.strip().splitlines()) == 1
         try:
             run = world.client.run(
-                [sys.executable, "-c", CLIENT, VIP4, "80", str(n_tcp), "10.96.0.53", "53", str(n_udp)]
+                [sys.executable, program("trace_client"), VIP4, "80", str(n_tcp), "10.96.0.53", "53", str(n_udp)]
             )
             fails = world.client.run(
-                [sys.executable, "-c", CLIENT, "10.96.0.12", "81", str(n_refused), "10.96.0.53", "53", "0"]
+                [sys.executable, program("trace_client"), "10.96.0.12", "81", str(n_refused), "10.96.0.53", "53", "0"]
             )
             client = json.loads(run.stdout)
             failed = json.loads(fails.stdout)
             events = finish(all_events)
             # filters: only the refused frontend, only the client's cgroup
             refused_only = start_trace(pd, "--service", "10.96.0.12:81", "--count", "1", "--timeout", "60")
-            world.client.run([sys.executable, "-c", CLIENT, VIP4, "80", "1", "10.96.0.53", "53", "0"])
-            world.client.run([sys.executable, "-c", CLIENT, "10.96.0.12", "81", "1", "10.96.0.53", "53", "0"])
+            world.client.run([sys.executable, program("trace_client"), VIP4, "80", "1", "10.96.0.53", "53", "0"])
+            world.client.run(
+                [sys.executable, program("trace_client"), "10.96.0.12", "81", "1", "10.96.0.53", "53", "0"]
+            )
             refused = finish(refused_only)
             other_cgroup = start_trace(pd, "--cgroup", world.outsider.cgroup, "--timeout", "2")
-            world.client.run([sys.executable, "-c", CLIENT, VIP4, "80", "1", "10.96.0.53", "53", "0"])
+            world.client.run([sys.executable, program("trace_client"), VIP4, "80", "1", "10.96.0.53", "53", "0"])
             assert finish(other_cgroup) == []
         finally:
             for p in (all_events,):

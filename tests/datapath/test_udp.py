@@ -13,17 +13,25 @@ from collections import Counter
 from typing import Any, Iterator
 
 import pytest
-from helpers import BACKENDS, UDP_PORT, VIP4, VIP6, World, dial, in_ci, require_termination
+from helpers import (
+    BACKENDS,
+    UDP_PORT,
+    VIP4,
+    VIP6,
+    World,
+    dial,
+    in_ci,
+    program,
+    read_events,
+    require_termination,
+    run_program,
+    udp_svc,
+)
 
 from socklb import Backend, Balancer, Service
 
 DNS_VIP4 = "10.96.0.53"
 DNS_VIP6 = "fd00:96::35"
-
-
-def udp_svc(world: World, vip: str = VIP4, names: tuple[str, ...] = BACKENDS, port: int = 53) -> Service:
-    v6 = ":" in vip
-    return Service(vip, port, "udp", [Backend(p.ipv6 if v6 else p.ipv4, UDP_PORT) for p in world.pods(*names)])
 
 
 def bracket(host: str, port: int) -> str:
@@ -70,30 +78,13 @@ def test_non_service_udp_untouched(world: World, balancer: Balancer) -> None:
     assert balancer.counters()["sendmsg"] == 0
 
 
-MULTI = r"""
-import json, socket, sys
-vips = sys.argv[1:]
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(2)
-out = []
-for rnd in range(int(input())):
-    for v in vips:
-        s.sendto(b"peer\n", (v, 53))
-        data, src = s.recvfrom(100)
-        out.append([v, src[0], src[1], data.decode().split()[0]])
-    print(json.dumps(out), flush=True)
-    out = []
-    input()
-"""
-
-
 def test_one_socket_several_services_and_backend_changes(world: World, balancer: Balancer) -> None:
     vips = ["10.96.0.61", "10.96.0.62", "10.96.0.63"]
     for v, b in zip(vips, BACKENDS):
         balancer.upsert(udp_svc(world, v, (b,)))
     balancer.attach(world.client.cgroup)
     p = world.client.popen(
-        [sys.executable, "-c", MULTI, *vips], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, program("udp_multi"), *vips], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
         assert p.stdin and p.stdout
@@ -136,7 +127,7 @@ def test_a_flow_leaves_a_backend_whose_state_changes(world: World, balancer: Bal
     balancer.upsert(svc({}, {}))
     balancer.attach(world.client.cgroup)
     p = world.client.popen(
-        [sys.executable, "-c", MULTI, vip, vip, vip], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, program("udp_multi"), vip, vip, vip], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
 
     def step() -> list[Any]:
@@ -215,7 +206,7 @@ def dns_svc(world: World, vip: str) -> Service:
 def test_dig_through_the_vip(dns: World, balancer: Balancer, vip: str) -> None:
     balancer.upsert(dns_svc(dns, vip))
     balancer.attach(dns.client.cgroup)
-    answers = Counter()
+    answers: Counter[str] = Counter()
     for _ in range(30):
         # dig drops a reply whose source is not the server it asked: every
         # answer here proves recvmsg showed the VIP.
@@ -226,85 +217,15 @@ def test_dig_through_the_vip(dns: World, balancer: Balancer, vip: str) -> None:
     assert "status: NOERROR" in r.stdout and f"SERVER: {vip}#53" in r.stdout
 
 
-ASYNC_CLIENT = r"""
-import asyncio, json, sys
-
-VIP = sys.argv[1]
-
-def query(qid):
-    # A DNS query for whoami.lab TXT.
-    name = b"".join(bytes([len(p)]) + p for p in (b"whoami", b"lab")) + b"\0"
-    return qid.to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name + b"\x00\x10\x00\x01"
-
-class Proto(asyncio.DatagramProtocol):
-    def __init__(self):
-        self.got = asyncio.get_running_loop().create_future()
-    def datagram_received(self, data, addr):
-        if not self.got.done():
-            self.got.set_result((data, addr))
-
-async def main():
-    loop = asyncio.get_running_loop()
-    out = []
-    for i in range(20):
-        # Unconnected: no remote_addr; the reply's address comes from recvfrom.
-        tr, pr = await loop.create_datagram_endpoint(Proto, family=2, local_addr=("0.0.0.0", 0))
-        tr.sendto(query(i), (VIP, 53))
-        data, addr = await asyncio.wait_for(pr.got, 3)
-        # The answer's TXT rdata ends the message: a length byte, then the text.
-        txt = next((data[-n:].decode() for n in range(1, 40) if data[-n - 1] == n), "")
-        out.append([addr[0], addr[1], txt, int.from_bytes(data[:2], "big") == i])
-        tr.close()
-    print(json.dumps(out))
-
-asyncio.run(main())
-"""
-
-
 def test_asyncio_datagram_client(dns: World, balancer: Balancer) -> None:
     balancer.upsert(dns_svc(dns, DNS_VIP4))
     balancer.attach(dns.client.cgroup)
-    out = json.loads(dns.client.python(ASYNC_CLIENT, DNS_VIP4))
+    out = json.loads(run_program(dns.client, "udp_asyncio_dns", DNS_VIP4))
     assert all(addr == DNS_VIP4 and port == 53 and ok for addr, port, _txt, ok in out), out
     assert {txt for *_, txt, _ in out} <= set(BACKENDS)
 
 
 # --- sockets stuck on a removed backend -----------------------------------------------
-
-STREAM = r"""
-import errno, json, socket, sys, time
-vip, port = sys.argv[1], int(sys.argv[2])
-def connect():
-    s = socket.socket(socket.AF_INET6 if ":" in vip else socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(1)
-    s.connect((vip, port))
-    return s
-s = connect()
-end = time.monotonic() + 30
-while time.monotonic() < end:
-    try:
-        s.send(b"peer\n")
-        data = s.recv(100)
-        print(json.dumps({"served": data.decode().split()[0], "peer": s.getpeername()[0]}), flush=True)
-        time.sleep(0.02)
-    except OSError as e:
-        print(json.dumps({"error": errno.errorcode.get(e.errno, str(e)) if e.errno else "timeout"}), flush=True)
-        s.close()
-        s = connect()
-"""
-
-
-def read_events(p: subprocess.Popen[str], until: Any, limit: int = 2000) -> list[dict[str, str]]:
-    assert p.stdout
-    events: list[dict[str, str]] = []
-    for _ in range(limit):
-        line = p.stdout.readline()
-        if not line:
-            break
-        events.append(json.loads(line))
-        if until(events):
-            break
-    return events
 
 
 @pytest.mark.parametrize("vip", [VIP4, VIP6], ids=["ipv4", "ipv6"])
@@ -313,7 +234,7 @@ def test_connected_udp_client_moves_off_a_removed_backend(world: World, balancer
     svc = udp_svc(world, vip)
     balancer.upsert(svc)
     balancer.attach(world.client.cgroup)
-    p = world.client.popen([sys.executable, "-c", STREAM, vip, "53"], stdout=subprocess.PIPE, text=True)
+    p = world.client.popen([sys.executable, program("udp_stream"), vip, "53"], stdout=subprocess.PIPE, text=True)
     try:
         before = read_events(p, lambda ev: len(ev) >= 5)
         first = before[0]["served"]
@@ -342,17 +263,6 @@ def test_tcp_termination_is_opt_in(world: World, balancer: Balancer) -> None:
 
     require_termination(balancer)
 
-    held = r"""
-import socket, sys, time
-s = socket.create_connection((sys.argv[1], 80), timeout=5)
-print("connected", flush=True)
-sys.stdin.readline()
-try:
-    s.sendall(b"peer\n"); data = s.recv(100)
-    print("alive" if data else "eof", flush=True)
-except OSError as e:
-    print("error", e.errno, flush=True)
-"""
     results = {}
     for opt_in in (False, True):
         b1 = Backend(world.backends["b1"].ipv4, TCP_PORT)
@@ -362,7 +272,7 @@ except OSError as e:
         if not balancer.attachments():
             balancer.attach(world.client.cgroup)
         p = world.client.popen(
-            [sys.executable, "-c", held, VIP4], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, program("held_tcp"), VIP4, "80"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         try:
             assert p.stdout and p.stdin
@@ -383,44 +293,15 @@ except OSError as e:
 
 # --- per-socket state does not leak ------------------------------------------------------
 
-CHURN = r"""
-import socket, sys, time
-vip, n = sys.argv[1], int(sys.argv[2])
-end = time.monotonic() + 240
-done = 0
-for i in range(n):
-    if time.monotonic() > end:
-        break
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    if i % 10 == 0:
-        s.sendto(b"x", (vip, 53))      # sendmsg path
-    else:
-        s.connect((vip, 53))           # connect path: no packet at all
-    s.close()
-    done += 1
-print(done)
-"""
 
-
-HOLD = r"""
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[2])):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.connect((sys.argv[1], 53))
-    socks.append(s)
-print("open", flush=True)
-sys.stdin.readline()
-"""
-
-
+@pytest.mark.slow
 def test_state_is_freed_with_the_socket(world: World, balancer: Balancer) -> None:
     # A backend port nobody listens on: datagrams are answered by ICMP only.
     balancer.upsert(Service(VIP4, 53, "udp", [Backend(world.backends["b1"].ipv4, 9)]))
     balancer.attach(world.client.cgroup)
     base = balancer.socket_states()
     n = 1_000_000
-    done = int(world.client.python(CHURN, VIP4, str(n), timeout=300))
+    done = int(run_program(world.client, "udp_socket_churn", VIP4, str(n), timeout=300))
     assert done == n
     deadline = time.monotonic() + 10
     while balancer.socket_states() > base and time.monotonic() < deadline:
@@ -428,7 +309,10 @@ def test_state_is_freed_with_the_socket(world: World, balancer: Balancer) -> Non
     assert balancer.socket_states() == base
     # The count is real: sockets held open are counted, then freed.
     held = world.client.popen(
-        [sys.executable, "-c", HOLD, VIP4, "1000"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, program("udp_hold_connected"), VIP4, "1000"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert held.stdout and held.stdin and held.stdout.readline().strip() == "open"
@@ -444,24 +328,6 @@ def test_state_is_freed_with_the_socket(world: World, balancer: Balancer) -> Non
     assert c["connect"] + c["sendmsg"] >= n
 
 
-FLOWS = r"""
-import json, socket, sys
-vip, n = sys.argv[1], int(sys.argv[2])
-socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
-for s in socks:
-    s.settimeout(2)
-while True:
-    out = []
-    for s in socks:
-        s.sendto(b"peer\n", (vip, 53))
-        data, src = s.recvfrom(100)
-        out.append(data.decode().split()[0] if src == (vip, 53) else "wrong-source")
-    print(json.dumps(out), flush=True)
-    if not sys.stdin.readline():
-        break
-"""
-
-
 @pytest.mark.parametrize("algorithm", ["random", "maglev"])
 def test_udp_flows_stay_while_the_backend_set_changes(world: World, balancer: Balancer, algorithm: str) -> None:
     def svc(names: tuple[str, ...]) -> Service:
@@ -470,7 +336,7 @@ def test_udp_flows_stay_while_the_backend_set_changes(world: World, balancer: Ba
     balancer.upsert(svc(("b1", "b2")))
     balancer.attach(world.client.cgroup)
     p = world.client.popen(
-        [sys.executable, "-c", FLOWS, VIP4, "60"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, program("udp_flows"), VIP4, "60"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
         assert p.stdin and p.stdout

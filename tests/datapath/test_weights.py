@@ -4,21 +4,17 @@ flows a socket remembers (udp_flows_per_socket, the eviction counter)."""
 from __future__ import annotations
 
 import json
-import random
 import sys
 from collections import Counter
-from fractions import Fraction
-from typing import Dict, Iterator, List, Sequence
+from typing import Iterator, List, Sequence
 
 import pytest
-from helpers import TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial
-from scipy.stats import chisquare
+from helpers import TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial, program
+from scipy.stats import chisquare  # type: ignore[import-untyped]  # scipy ships no stubs
 
 from socklb import Affinity, Backend, BackendState, Balancer, Service
-from socklb._native.abi import KEEP_ALL, alias_table, encode
 from socklb.datapath.spec import DEFAULT_UDP_FLOWS, MAX_UDP_FLOWS
 from socklb.errors import InvalidValueError
-from socklb.model import MAX_BACKENDS_PER_SERVICE, MAX_WEIGHT
 
 # A correct split fails this check once in a thousand runs; the sample sizes
 # below make a clearly wrong split (1:1 for 3:1, see the test) fail it always.
@@ -33,81 +29,6 @@ def split_ok(counts: Sequence[int], weights: Sequence[int]) -> bool:
 
 
 # --- the table builder ---------------------------------------------------------
-
-
-def table_shares(weights: Sequence[int]) -> List[Fraction]:
-    """What the alias table of ``weights`` gives each slot, exactly."""
-    n, total = len(weights), sum(weights)
-    share = [Fraction(0)] * n
-    for i, (keep, alias) in enumerate(alias_table(weights)):
-        assert 0 <= keep <= total and 0 <= alias < n
-        share[i] += Fraction(keep, total * n)
-        share[alias] += Fraction(total - keep, total * n)
-    return share
-
-
-@pytest.mark.parametrize(
-    "weights",
-    [[1], [3, 1], [1, 3], [1, 3, 6], [1, 99], [2, 2, 2], [0, 5, 0, 1], [7, 11, 13, 17, 19], [MAX_WEIGHT, 1, 2]],
-)
-def test_alias_table_is_exact(weights: List[int]) -> None:
-    total = sum(weights)
-    assert table_shares(weights) == [Fraction(w, total) for w in weights]
-
-
-def test_alias_table_is_exact_for_random_weights() -> None:
-    rng = random.Random(13)
-    for _ in range(200):
-        weights = [rng.randint(0, 50) for _ in range(rng.randint(1, 40))]
-        weights[rng.randrange(len(weights))] += 1  # a positive sum
-        total = sum(weights)
-        assert table_shares(weights) == [Fraction(w, total) for w in weights], weights
-
-
-def test_alias_table_rejects_what_has_no_distribution() -> None:
-    for bad in ([], [0, 0], [3, -1]):
-        with pytest.raises(InvalidValueError, match="weights"):
-            alias_table(bad)
-
-
-def encoded_shares(svc: Service) -> Dict[int, float]:
-    """What the datapath's draw (slot from the high half of r * n, keep from
-    the low half) gives each backend id of the encoded service."""
-    ids = [i + 1 for i in range(len(svc.backends))]  # the id of each backend, in order
-    v = encode(svc, ids)
-    n = v.n_usable
-    share: Dict[int, float] = Counter()
-    for m in v.members[:n]:
-        p = 1.0 if m.alias_id == m.backend_id else m.keep / 2**32
-        share[m.backend_id] += p / n
-        share[m.alias_id] += (1 - p) / n
-    return share
-
-
-def test_encoding_uniform_costs_nothing_and_weights_make_a_table() -> None:
-    same = Service(VIP4, 80, backends=[Backend(f"10.1.0.{i}", 80, weight=5) for i in range(1, 4)])
-    v = encode(same, [i + 1 for i in range(len(same.backends))])
-    assert v.algo == 0 and all(m.alias_id == m.backend_id and m.keep == KEEP_ALL for m in v.members)
-    for algo in ("random", "weighted"):
-        svc = Service(
-            VIP4,
-            80,
-            backends=[Backend(f"10.1.0.{i}", 80, weight=w) for i, w in enumerate((1, 3, 6), 1)],
-            algorithm=algo,
-        )
-        got = encoded_shares(svc)
-        assert [round(got[i], 9) for i in (1, 2, 3)] == [0.1, 0.3, 0.6], (algo, got)
-
-
-def test_the_largest_service_encodes() -> None:
-    """65536 backends of the largest weight: the total fits the 32-bit field."""
-    n = MAX_BACKENDS_PER_SERVICE
-    bs = [Backend(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 80, weight=MAX_WEIGHT - (i == 0)) for i in range(n)]
-    svc = Service("10.96.0.1", 80, backends=bs)
-    v = encode(svc, [i + 1 for i in range(len(svc.backends))])
-    assert v.total_weight == n * MAX_WEIGHT - 1 < 2**32 and v.algo == 1
-    with pytest.raises(InvalidValueError, match="weight"):
-        Backend("10.1.0.1", 80, weight=MAX_WEIGHT + 1)
 
 
 def test_bad_weights_change_nothing(balancer: Balancer) -> None:
@@ -195,20 +116,6 @@ def test_weights_with_fallback_drain_and_affinity(world: World, balancer: Balanc
 # One socket sends a datagram to each VIP given, then (batch) reads every
 # reply, so each reply arrives after every send: a flow forgotten meanwhile
 # shows the backend's address.  Prints the sources seen, per round.
-BATCH = r"""
-import json, socket, sys
-rounds, vips = int(sys.argv[1]), sys.argv[2:]
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(3)
-for _ in range(rounds):
-    for v in vips:
-        s.sendto(b"peer\n", (v, 53))
-    seen = []
-    for _ in vips:
-        data, src = s.recvfrom(200)
-        seen.append("%s:%d" % src[:2])
-    print(json.dumps(sorted(seen)), flush=True)
-"""
 
 FLOW_PORTS = list(range(6001, 6018))  # one backend port per service: 17 distinct flows
 
@@ -229,7 +136,7 @@ def flow_services(world: World, n: int) -> List[Service]:
 
 
 def batch(world: World, rounds: int, vips: Sequence[str]) -> List[List[str]]:
-    out = world.client.run([sys.executable, "-c", BATCH, str(rounds), *vips], timeout=60).stdout
+    out = world.client.run([sys.executable, program("udp_batch"), str(rounds), *vips], timeout=60).stdout
     return [json.loads(line) for line in out.splitlines()]
 
 
@@ -249,22 +156,9 @@ def test_udp_flows_default(flow_servers: World, balancer: Balancer) -> None:
     # All 17 from one socket, each reply read before the next send: all VIPs.
     for v in vips:
         assert batch(world, 1, [v]) == [[f"{v}:53"]]
-    res = world.client.run([sys.executable, "-c", SEQUENTIAL, *vips], timeout=60).stdout
+    res = world.client.run([sys.executable, program("udp_sequential"), *vips], timeout=60).stdout
     assert json.loads(res) == [f"{v}:53" for v in vips]
     assert balancer.counters()["udp_evicted"] == 1  # the 17th flow of that socket
-
-
-SEQUENTIAL = r"""
-import json, socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(3)
-seen = []
-for v in sys.argv[1:]:
-    s.sendto(b"peer\n", (v, 53))
-    data, src = s.recvfrom(200)
-    seen.append("%s:%d" % src[:2])
-print(json.dumps(seen))
-"""
 
 
 def test_udp_flows_setting_evicts_and_counts(flow_servers: World) -> None:

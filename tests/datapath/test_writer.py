@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import pytest
 from helpers import UDP_PORT, World, require_root
@@ -57,7 +57,7 @@ class FailingTerminator:
         return 0
 
 
-def before_and_after() -> tuple:
+def before_and_after() -> Tuple[List[Service], List[Service]]:
     b = [Backend(f"10.244.1.{i}", 53) for i in range(1, 5)]
     old = [
         Service("10.96.0.53", 53, "udp", b[:3], algorithm="maglev", affinity=Affinity(60)),
@@ -100,7 +100,7 @@ STEPS = [
 
 
 @pytest.mark.parametrize("step", STEPS, ids=["-".join(s) for s in STEPS])
-def test_each_post_swap_step_failing_keeps_python_and_kernel_equal(step: tuple) -> None:
+def test_each_post_swap_step_failing_keeps_python_and_kernel_equal(step: Tuple[str, str]) -> None:
     require_root()
     old, new = before_and_after()
     with Balancer(max_maglev_services=4) as lb:

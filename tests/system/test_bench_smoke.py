@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Any
 
+import pytest
 from helpers import require_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -16,6 +17,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+@pytest.mark.slow
 def test_bench_smoke(tmp_path: Any) -> None:
     require_root()
     from bench.runner import Config, run

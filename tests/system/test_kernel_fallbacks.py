@@ -8,22 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from helpers import TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial, require_feature, require_root
+from helpers import TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial, program, require_feature, require_root
 
 from socklb import Backend, Balancer, MissingFeatureError, Service
 from socklb._native import features
-
-HELD = r"""
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-print("connected", flush=True)
-sys.stdin.readline()
-try:
-    s.sendall(b"peer\n"); data = s.recv(100)
-    print("alive" if data else "eof", flush=True)
-except OSError as e:
-    print("error", e.errno, flush=True)
-"""
 
 
 def test_without_set_retval_empty_services_refuse_with_eperm(world: World) -> None:
@@ -62,13 +50,13 @@ def test_without_sock_destroy_sock_diag_terminates_a_tcp_connection(world: World
         # A connection to the VIP and one straight to the same backend: only
         # the translated one is terminated (matched by its record too).
         direct = world.client.popen(
-            [sys.executable, "-c", HELD, b1.address, str(TCP_PORT)],
+            [sys.executable, program("held_tcp"), b1.address, str(TCP_PORT)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         p = world.client.popen(
-            [sys.executable, "-c", HELD, VIP4, "80"],
+            [sys.executable, program("held_tcp"), VIP4, "80"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

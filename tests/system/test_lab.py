@@ -9,12 +9,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import require_root
+from helpers import program, require_root, run_program
 
 from socklb.datapath import cgroup
 from socklb.testing import lab as lab_module
@@ -76,52 +75,12 @@ def child_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=path)
 
 
-PING_FALLBACK = textwrap.dedent(
-    r"""
-    # ICMP echo over a raw socket, for machines without the ping binary.
-    import os, socket, struct, sys, time
-    host = sys.argv[1]
-    v6 = ":" in host
-    if v6:
-        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-        req, rep = 128, 129
-    else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        req, rep = 8, 0
-    ident = os.getpid() & 0xFFFF
-    body = struct.pack("!HH", ident, 1) + b"socklb-lab"
-    def csum(b):
-        b += b"\0" * (len(b) & 1)
-        t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-        t = (t >> 16) + (t & 0xFFFF)
-        t += t >> 16
-        return ~t & 0xFFFF
-    pkt = struct.pack("!BBH", req, 0, 0) + body
-    if not v6:  # the kernel fills in the ICMPv6 checksum
-        pkt = struct.pack("!BBH", req, 0, csum(pkt)) + body
-    s.sendto(pkt, (host, 0))
-    deadline = time.monotonic() + 2
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            sys.exit("no echo reply from " + host)
-        s.settimeout(left)
-        data, _ = s.recvfrom(4096)
-        if not v6:
-            data = data[(data[0] & 0x0F) * 4 :]
-        if data[0] == rep and struct.unpack("!H", data[4:6])[0] == ident:
-            print("reply from", host)
-            break
-    """
-)
-
-
 def ping(pod: Pod, addr: str) -> None:
     """``ping -c1 -W2 addr`` in the pod (a raw-socket equivalent if ping is not installed)."""
     if shutil.which("ping"):
         pod.run(["ping", "-c1", "-W2", addr], timeout=10)
     else:
-        pod.python(PING_FALLBACK, addr, timeout=10)
+        run_program(pod, "icmp_echo", addr, timeout=10)
 
 
 # -- life cycle -----------------------------------------------------------------
@@ -284,29 +243,9 @@ def test_pod_to_pod_ping(lab: Lab) -> None:
 
 def test_service_cidr_fails_fast(lab: Lab) -> None:
     a = lab.add_pod("a")
-    code = textwrap.dedent(
-        """
-        import json, socket, sys, time
-        out = []
-        for host in sys.argv[1:]:
-            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
-                s.settimeout(10)
-                t = time.monotonic()
-                try:
-                    if kind == socket.SOCK_STREAM:
-                        s.connect((host, 80))
-                    else:
-                        s.sendto(b"x", (host, 53))
-                    err = 0
-                except OSError as e:
-                    err = e.errno or -1
-                out.append([host, kind == socket.SOCK_STREAM, err, time.monotonic() - t])
-                s.close()
-        print(json.dumps(out))
-        """
+    results = json.loads(
+        run_program(a, "connect_each_timed", "10.96.0.10", "10.96.255.254", "fd00:96::a", "::ffff:10.96.0.10")
     )
-    results = json.loads(a.python(code, "10.96.0.10", "10.96.255.254", "fd00:96::a", "::ffff:10.96.0.10"))
     assert len(results) == 8
     for host, _tcp, err, elapsed in results:
         assert err in (errno.EHOSTUNREACH, errno.ENETUNREACH), (host, err)
@@ -319,20 +258,7 @@ def test_node_drops_service_traffic(lab: Lab) -> None:
     # Remove the pod's own unreachable routes to exercise the node's.
     a.run(["ip", "-4", "route", "del", "unreachable", SERVICE_CIDR4])
     a.run(["ip", "-6", "route", "del", "unreachable", SERVICE_CIDR6])
-    code = textwrap.dedent(
-        """
-        import socket, sys
-        for host in sys.argv[1:]:
-            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-            s.settimeout(5)
-            try:
-                s.connect((host, 80))
-                print(host, "connected?!")
-            except OSError as e:
-                print(host, e.errno)
-        """
-    )
-    lines = a.python(code, "10.96.0.10", "fd00:96::a").split("\n")
+    lines = run_program(a, "connect_each", "10.96.0.10", "fd00:96::a").split("\n")
     assert lines[0] == f"10.96.0.10 {errno.EHOSTUNREACH}"
     assert lines[1] in (f"fd00:96::a {errno.ENETUNREACH}", f"fd00:96::a {errno.EHOSTUNREACH}")
 
@@ -382,21 +308,13 @@ def test_sibling_shares_the_netns_not_the_cgroup(lab: Lab) -> None:
     assert os.path.dirname(bare.cgroup) == os.path.dirname(client.cgroup) and bare.cgroup != client.cgroup
     with pytest.raises(LabError, match="invalid sibling name"):
         client.sibling("Bad/Name")
-    code = (
-        "import socket, sys\n"
-        "s = socket.socket(); s.settimeout(3)\n"
-        "try:\n"
-        "    s.connect((sys.argv[1], int(sys.argv[2]))); print('ok', s.getsockname()[0])\n"
-        "except OSError as e:\n"
-        "    print('error', e.errno)\n"
-    )
     with Balancer() as lb:
         lb.upsert(Service("10.96.0.10", 80, "tcp", [Backend(web.ipv4, 8080)]))
         lb.attach(client.cgroup)
-        assert client.python(code, "10.96.0.10", "80") == f"ok {client.ipv4}\n"
+        assert run_program(client, "connect_once", "10.96.0.10", "80") == f"ok {client.ipv4}\n"
         # The sibling's connect() is not translated: the service range is unreachable in a pod.
-        assert bare.python(code, "10.96.0.10", "80").startswith("error ")
-        assert bare.python(code, web.ipv4, "8080") == f"ok {client.ipv4}\n"
+        assert run_program(bare, "connect_once", "10.96.0.10", "80").startswith("error ")
+        assert run_program(bare, "connect_once", web.ipv4, "8080") == f"ok {client.ipv4}\n"
     path = bare.cgroup
     lab.close()
     assert not os.path.exists(path)
@@ -424,36 +342,6 @@ def test_run_and_python(lab: Lab) -> None:
 
 # -- labserver ------------------------------------------------------------------
 
-CLIENT = textwrap.dedent(
-    """
-    import json, socket, sys
-    host, port = sys.argv[1], int(sys.argv[2])
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    out = {}
-    s = socket.create_connection((host, port), timeout=5)
-    s.sendall(b"hello\\n")
-    out["tcp"] = s.recv(200).decode()
-    s.close()
-    s = socket.create_connection((host, port), timeout=5)
-    s.sendall(b"peer\\n")
-    out["tcp_peer"] = s.recv(200).decode()
-    out["tcp_local"] = list(s.getsockname()[:2])
-    s.close()
-    s = socket.create_connection((host, port), timeout=5)  # sends nothing
-    out["tcp_silent"] = s.recv(200).decode()
-    s.close()
-    u = socket.socket(fam, socket.SOCK_DGRAM)
-    u.settimeout(5)
-    u.sendto(b"hello", (host, port))
-    data, src = u.recvfrom(200)
-    out["udp"], out["udp_src"] = data.decode(), list(src[:2])
-    u.sendto(b"peer\\n", (host, port))
-    data, src = u.recvfrom(200)
-    out["udp_peer"], out["udp_local"] = data.decode(), list(u.getsockname()[:2])
-    print(json.dumps(out))
-    """
-)
-
 
 def test_labserver_tcp_udp(lab: Lab) -> None:
     client = lab.add_pod("client")
@@ -461,7 +349,7 @@ def test_labserver_tcp_udp(lab: Lab) -> None:
     srv = b1.serve(tcp=[8080], udp=[8080, 5353])
     try:
         for host in (b1.ipv4, b1.ipv6):
-            out = json.loads(client.python(CLIENT, host, "8080"))
+            out = json.loads(run_program(client, "lab_server_client", host, "8080"))
             assert out["tcp"] == "b1\n"
             assert out["tcp_silent"] == "b1\n"
             ip, port = out["tcp_local"]
@@ -473,16 +361,16 @@ def test_labserver_tcp_udp(lab: Lab) -> None:
             ip = client.ipv6 if ":" in host else client.ipv4
             assert out["udp_peer"] == f"b1 {ip} {port}\n"
         # A v4-mapped address on a v6 socket: the server reports the plain IPv4 peer.
-        out = json.loads(client.python(CLIENT, "::ffff:" + b1.ipv4, "8080"))
+        out = json.loads(run_program(client, "lab_server_client", "::ffff:" + b1.ipv4, "8080"))
         assert out["tcp_peer"] == f"b1 {client.ipv4} {out['tcp_local'][1]}\n"
         # The server inside its own pod answers on loopback, from loopback.
-        out = json.loads(b1.python(CLIENT, "127.0.0.1", "8080"))
+        out = json.loads(run_program(b1, "lab_server_client", "127.0.0.1", "8080"))
         assert out["udp_src"] == ["127.0.0.1", 8080]
         # UDP replies come from the address the request was sent to, not the primary one.
         b1.run(["ip", "addr", "add", "10.244.2.3/24", "dev", "eth0"])
         b1.run(["ip", "addr", "add", "fd00:244:2::3/64", "dev", "eth0", "nodad"])
         for host in ("10.244.2.3", "fd00:244:2::3"):
-            out = json.loads(client.python(CLIENT, host, "8080"))
+            out = json.loads(run_program(client, "lab_server_client", host, "8080"))
             assert out["udp_src"] == [host, 8080]
     finally:
         srv.terminate()
@@ -493,21 +381,7 @@ def test_labserver_named_and_many_connections(lab: Lab) -> None:
     client = lab.add_pod("client")
     b1 = lab.add_pod("b1")
     b1.serve("other-name", tcp=[80, 81])
-    code = textwrap.dedent(
-        """
-        import socket, sys, time
-        host, n = sys.argv[1], int(sys.argv[2])
-        t = time.monotonic()
-        names = set()
-        for i in range(n):
-            s = socket.create_connection((host, 80 + i % 2), timeout=5)
-            s.sendall(b"x\\n")
-            names.add(s.recv(100))
-            s.close()
-        print(names, n / (time.monotonic() - t))
-        """
-    )
-    names, rate = client.python(code, b1.ipv6, "2000").rsplit(" ", 1)
+    names, rate = run_program(client, "connect_many", b1.ipv6, "2000").rsplit(" ", 1)
     assert names == "{b'other-name\\n'}"
     assert float(rate) > 500, rate
 
@@ -543,19 +417,6 @@ def test_labserver_cli_module() -> None:
 
 # -- leftovers ------------------------------------------------------------------
 
-CRASHER = textwrap.dedent(
-    """
-    import sys, time
-    from socklb.testing.lab import Lab
-    lab = Lab()
-    a = lab.add_pod("a")
-    lab.add_pod("b")
-    a.serve(tcp=[80])
-    print(lab.id, flush=True)
-    time.sleep(60)
-    """
-)
-
 
 def test_atexit_closes_forgotten_lab() -> None:
     code = "from socklb.testing.lab import Lab; lab = Lab(); lab.add_pod('a').popen(['sleep', '60']); print(lab.id)"
@@ -582,7 +443,11 @@ def test_forked_child_does_not_close_parents_lab(lab: Lab) -> None:
 def crashed_lab() -> Iterator[str]:
     """The id of a lab whose owner was SIGKILLed."""
     p = subprocess.Popen(
-        [sys.executable, "-c", CRASHER], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()
+        [sys.executable, program("crashed_lab")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
     )
     try:
         assert p.stdout is not None

@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from typing import Any, Dict, List, Tuple
 
+import pytest
 from helpers import (
     TCP_PORT,
     UDP_PORT,
@@ -21,6 +22,7 @@ from helpers import (
     World,
     dial,
     one_line_error,
+    program,
     raw_map,
     refused,
     require_root,
@@ -122,6 +124,7 @@ def key_of(d: Dict[str, Any]) -> Tuple[str, int, str]:
     return (d["address"], d["port"], d["protocol"])
 
 
+@pytest.mark.slow
 def test_read_only_commands_against_another_owner(world: World) -> None:
     svcs = programmed(world)
     with pinned_dir() as pd, holder(pd, svcs, cgroup=world.client.cgroup) as owner:
@@ -312,7 +315,7 @@ def test_doctor() -> None:
 def test_terminated_sockets_are_counted_in_the_pins(world: World) -> None:
     """The owner records the sockets it terminates in the pinned counters:
     ``socklb stats`` (another process) sees them."""
-    from test_udp import STREAM, read_events, udp_svc
+    from helpers import read_events, udp_svc
 
     from socklb import Balancer
 
@@ -323,7 +326,9 @@ def test_terminated_sockets_are_counted_in_the_pins(world: World) -> None:
             assert lb.terminates_sockets
             lb.upsert(svc)
             lb.attach(world.client.cgroup)
-            p = world.client.popen([sys.executable, "-c", STREAM, VIP4, "53"], stdout=subprocess.PIPE, text=True)
+            p = world.client.popen(
+                [sys.executable, program("udp_stream"), VIP4, "53"], stdout=subprocess.PIPE, text=True
+            )
             try:
                 first = read_events(p, lambda ev: len(ev) >= 2)[0]["served"]
                 names = [n for n in ("b1", "b2", "b3")]
@@ -338,25 +343,15 @@ def test_terminated_sockets_are_counted_in_the_pins(world: World) -> None:
             lb.destroy()
 
 
-HOLD = r"""
-import socket, sys, time
-socks = []
-for _ in range(int(sys.argv[3])):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.connect((sys.argv[1], int(sys.argv[2])))
-    socks.append(s)
-print("held", flush=True)
-time.sleep(30)
-"""
-
-
 def test_stats_counts_live_socket_states_of_another_owner(world: World) -> None:
     """`socklb stats` counts the per-socket states of the owner's attached
     cgroups (read-only: a short-lived copy of the socket iterators)."""
     svc = Service(VIP4, 80, "tcp", [Backend(p.ipv4, TCP_PORT) for p in world.pods("b1", "b2")])
     with pinned_dir() as pd, holder(pd, [svc], cgroup=world.client.cgroup):
         assert ok_json("stats", "--pin-dir", pd)["socket_states"] == 0
-        proc = world.client.popen([sys.executable, "-c", HOLD, VIP4, "80", "5"], stdout=subprocess.PIPE, text=True)
+        proc = world.client.popen(
+            [sys.executable, program("tcp_hold_open"), VIP4, "80", "5"], stdout=subprocess.PIPE, text=True
+        )
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
             before = snapshot(pd)

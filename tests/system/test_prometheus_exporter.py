@@ -149,7 +149,10 @@ def test_exporter_scraped_by_prometheus(world: World, tmp_path: Any) -> None:
         try:
             assert exporter.stdout is not None
             line = exporter.stdout.readline()
-            assert "serving" in line, (line, exporter.stderr.read() if exporter.poll() is not None else "")
+            assert "serving" in line, (
+                line,
+                exporter.stderr.read() if exporter.poll() is not None and exporter.stderr else "",
+            )
             text = get(f"http://127.0.0.1:{port}/metrics")
             promtool_check(text)
             assert "socklb_up 1.0" in text

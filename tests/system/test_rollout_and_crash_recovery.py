@@ -202,7 +202,8 @@ class PinnedTables:
         self.slots = read_pinned(pd, "slots", 1 << 19)
         self.backends = read_pinned(pd, "backends", 1 << 18)
 
-    def service(self, vip: str, port: int = 80) -> Tuple[bytes, Tuple[int, ...]]:
+    def service(self, vip: str, port: int = 80) -> Tuple[bytes, Any]:
+        """The key and the decoded value (abi.SVC_VAL's named tuple) of a service."""
         for k, v in self.services.items():
             sk = SVC_KEY.unpack(k)
             if _addr(sk.addr) == vip and socket.ntohs(sk.port) == port:
@@ -309,6 +310,7 @@ class SyncVictim:
 
     def kill_during(self, phase: str) -> None:
         t0 = PinnedTables(self.pd)
+        watch: Tuple[str, bytes, bool, Optional[bytes]]
         if phase == "writing":
             watch = ("backends", U32.pack(max(U32.unpack(k)[0] for k in t0.backends) + 1), True, None)
         elif phase == "swapping":
@@ -324,7 +326,8 @@ class SyncVictim:
         self.proc.stdin.write("go\n")
         self.proc.stdin.flush()
         assert self.lines.next(60) == "syncing", self.log
-        seen = _wait_for(self.pd, *watch, limit=20, maglev_size=self.maglev_size)
+        map_name, key, present, value = watch
+        seen = _wait_for(self.pd, map_name, key, present, value, limit=20, maglev_size=self.maglev_size)
         self.proc.send_signal(signal.SIGKILL)
         assert self.proc.wait(30) == -signal.SIGKILL
         self.lines.rest()
@@ -338,6 +341,7 @@ class SyncVictim:
         return str(self.proc.communicate(timeout=30)[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", ["writing", "swapping", "cleaning"])
 def test_sigkill_in_the_middle_of_a_10000_service_sync(
     fleet: Fleet, pin_dir: str, tmp_path: Path, phase: str, seed: int
@@ -487,8 +491,7 @@ def test_sigkill_mid_sync_adopts_each_service_as_its_old_or_new_version(
     the services point at unused test addresses and nothing is attached."""
     require_root()
     first, second = _mid_sync_cases()[case]
-    limits = {"maglev_size": 251, "max_maglev_services": 4096}
-    victim = SyncVictim(pin_dir, first, second, tmp_path, **limits)
+    victim = SyncVictim(pin_dir, first, second, tmp_path, maglev_size=251, max_maglev_services=4096)
     try:
         victim.kill_during(phase)
     finally:
@@ -497,7 +500,7 @@ def test_sigkill_mid_sync_adopts_each_service_as_its_old_or_new_version(
         adopted = {s.key: s for s in lb.services()}
         assert len(adopted) == len(first)
         # What the balancer reports is what the kernel has.
-        check_tables(lb.dump(), adopted, lb.maglev_size)  # type: ignore[arg-type]
+        check_tables(lb.dump(), adopted, lb.maglev_size)
         mixed = [(a, b) for a, b in zip(first, second) if adopted[a.key] not in (a, b)]
         n_new = sum(1 for b in second if adopted[b.key] == b)
         assert mixed == [], (
@@ -507,7 +510,7 @@ def test_sigkill_mid_sync_adopts_each_service_as_its_old_or_new_version(
         )
         lb.sync(second)
         assert by_key(lb.services()) == by_key(second)
-        check_tables(lb.dump(), {s.key: s for s in second}, lb.maglev_size)  # type: ignore[arg-type]
+        check_tables(lb.dump(), {s.key: s for s in second}, lb.maglev_size)
 
 
 # =============================================================================
@@ -566,7 +569,7 @@ def test_invalid_input_changes_nothing(world: World, pin_dir: str) -> None:
                 ("weight 65536", lambda: Backend(b1.ipv4, 80, weight=65536), InvalidValueError),
                 ("weight float", lambda: Backend(b1.ipv4, 80, weight=1.5), InvalidValueError),  # type: ignore[arg-type]
                 ("weight bool", lambda: Backend(b1.ipv4, 80, weight=True), InvalidValueError),
-                ("state", lambda: Backend(b1.ipv4, 80, state="gone"), InvalidValueError),  # type: ignore[arg-type]
+                ("state", lambda: Backend(b1.ipv4, 80, state="gone"), InvalidValueError),
                 ("affinity 0", lambda: Affinity(0), InvalidValueError),
                 ("affinity 86401", lambda: Affinity(86401), InvalidValueError),
                 ("affinity int", lambda: Service(VIP4, 80, affinity=30), InvalidValueError),  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
+import pytest
 from helpers import require_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -15,6 +16,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+@pytest.mark.slow
 def test_scale_smoke() -> None:
     require_root()
     from bench.scale import ascii_plot, measure, probe_indexes, svg, table, vip

@@ -6,7 +6,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 from helpers import in_ci
@@ -16,17 +16,19 @@ from socklb.kubernetes.testing import FakeApiServer
 
 try:
     from kubernetes import client, watch
+
+    HAVE_KUBERNETES = True
 except ImportError:  # the dev extra installs it
     if not in_ci():
         pytest.skip(
             "the kubernetes package is not installed (pip install 'socklb[kubernetes]')", allow_module_level=True
         )
-    client = watch = None  # CI=true: every test here fails (below), none is skipped
+    HAVE_KUBERNETES = False  # CI=true: every test here fails (below), none is skipped
 
 
 @pytest.fixture(autouse=True)
 def _kubernetes_is_installed() -> None:
-    if client is None:
+    if not HAVE_KUBERNETES:
         pytest.fail("the kubernetes package is missing: install socklb[dev] (CI=true forbids skipping)")
 
 
@@ -412,7 +414,10 @@ def test_double_lists_with_selectors_and_gets_one_object(api: FakeApiServer) -> 
     api.apply(service("c", **{"service.kubernetes.io/service-proxy-name": "other"}))
     api.apply({"kind": "Node", "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "z1"}}})
     v1 = core(api)
-    names = lambda lst: sorted(i.metadata.name for i in lst.items)  # noqa: E731
+
+    def names(lst: Any) -> List[str]:
+        return sorted(i.metadata.name for i in lst.items)
+
     assert names(v1.list_service_for_all_namespaces()) == ["a", "b", "c"]
     assert names(v1.list_namespaced_service("kube-system")) == ["b"]
     assert names(v1.list_service_for_all_namespaces(label_selector="app=x")) == ["a"]
@@ -452,7 +457,7 @@ def test_double_serves_the_official_watch(api: FakeApiServer) -> None:
     """The client's own watch.Watch: initial ADDED from version 0, then live events, a selector exit as DELETED."""
     api.apply(service("a", app="x"))
     v1 = core(api)
-    w = watch.Watch()
+    w = watch.Watch()  # type: ignore[no-untyped-call]  # kubernetes.watch has no annotations
     got: List[Tuple[str, str]] = []
 
     def later() -> None:
@@ -461,10 +466,12 @@ def test_double_serves_the_official_watch(api: FakeApiServer) -> None:
         api.apply(service("a", app="moved"))  # leaves the selector
 
     threading.Thread(target=later).start()
-    for ev in w.stream(v1.list_service_for_all_namespaces, label_selector="app=x", timeout_seconds=2):
+    for ev in w.stream(  # type: ignore[no-untyped-call]  # kubernetes.watch has no annotations
+        v1.list_service_for_all_namespaces, label_selector="app=x", timeout_seconds=2
+    ):
         got.append((ev["type"], ev["object"].metadata.name))
         if len(got) == 3:
-            w.stop()
+            w.stop()  # type: ignore[no-untyped-call]  # kubernetes.watch has no annotations
     assert got == [("ADDED", "a"), ("ADDED", "b"), ("DELETED", "a")]
 
 
@@ -527,8 +534,10 @@ def test_a_transform_applies_to_listed_and_watched_objects(api: FakeApiServer) -
         assert "spec" in r.store[("default", "boom")]  # kept as it came
         api.apply(service("b", ip="10.96.0.3"))
         until(lambda: ("default", "b") in r.store)
-        assert r.store[("default", "b")]["slim"] is True
-        assert next(e.obj for e in rec.events if e.key == ("default", "b"))["slim"] is True
+        stored = r.store[("default", "b")]
+        assert stored is not None and stored["slim"] is True
+        event_obj = next(e.obj for e in rec.events if e.key == ("default", "b"))
+        assert event_obj is not None and event_obj["slim"] is True
     finally:
         r.stop()
 
@@ -542,9 +551,14 @@ def test_list_function_sends_what_the_generated_function_sends(api: FakeApiServe
     made = list_function(ac, "/api/v1/services")
     assert made is not None
     generated = client.CoreV1Api(ac).list_service_for_all_namespaces
-    kw = {"limit": 2, "label_selector": "a=b", "field_selector": "metadata.name!=x", "_request_timeout": (5, 30)}
+    kw: Dict[str, Any] = {
+        "limit": 2,
+        "label_selector": "a=b",
+        "field_selector": "metadata.name!=x",
+        "_request_timeout": (5, 30),
+    }
     for f in (made, generated):
-        resp = f(**kw, _preload_content=False)
+        resp: Any = f(**kw, _preload_content=False)
         assert resp.status == 200 and b'"ServiceList"' in resp.data
     a, b = api.requests[-2:]
     assert (a.method, a.path, a.query) == (b.method, b.path, b.query)

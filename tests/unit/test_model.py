@@ -24,9 +24,9 @@ def test_values_are_frozen_and_hashable() -> None:
     b = Backend("10.244.1.2", 80)
     svc = Service("10.96.0.1", 80, backends=[b])
     with pytest.raises(dataclasses.FrozenInstanceError):
-        svc.port = 81  # type: ignore[misc]
+        svc.port = 81
     with pytest.raises(dataclasses.FrozenInstanceError):
-        b.weight = 2  # type: ignore[misc]
+        b.weight = 2
     assert hash(svc) == hash(Service("10.96.0.1", 80, backends=[Backend("10.244.1.2", 80)]))
     assert svc == Service("10.96.0.1", 80, "tcp", (b,))
 
