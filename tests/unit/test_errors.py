@@ -32,6 +32,9 @@ def test_missing_feature_names_feature_and_kernel(monkeypatch: pytest.MonkeyPatc
 
 def test_verifier_rejection_keeps_the_log(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(features, "missing", lambda: [])
+    # A rejection by the verifier, as root: without root, EACCES says that
+    # privileges are missing (PermissionDeniedError) and no verifier ran.
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     log = "0: (b7) r0 = 1\n1: (95) exit\nR0 invalid mem access 'scalar'\n"
     with pytest.raises(VerifierError) as e:
         datapath_mod.raise_for_load(-errno.EACCES, log, 1)
