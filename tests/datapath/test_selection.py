@@ -97,6 +97,7 @@ def test_affinity_expires(world: World, balancer: Balancer) -> None:
     assert len(seen) > 1, "affinity never expired"
 
 
+@pytest.mark.slow
 def test_affinity_transitions_both_ways(world: World, balancer: Balancer) -> None:
     plain = Service(VIP4, 80, "tcp", backends(world))
     sticky = Service(VIP4, 80, "tcp", backends(world), affinity=Affinity(60))
