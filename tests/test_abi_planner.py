@@ -9,6 +9,7 @@ from cffi import FFI
 
 from socklb import Affinity, Backend, CapacityError, Service
 from socklb._native import abi, features, ffi, lib
+from socklb.control import encode as enc
 from socklb.control import planner
 from socklb.datapath.spec import HEADROOM, DatapathSpec
 
@@ -72,11 +73,11 @@ def test_encode_decode_round_trip() -> None:
         terminate_tcp=True,
     )
     ids = [10 + i for i in range(len(s.backends))]  # the id of each backend, in order
-    v = abi.encode(s, ids)
+    v = enc.encode(s, ids)
     assert v.n_usable == 1 and len(v.members) == 2 and v.algo == lib.SOCKLB_ALGO_MAGLEV
-    key, value = abi.service_key(s), abi.service_value(s, 7, 9, v)
-    backends = {bid: abi.backend_value(x, 7) for x, bid in zip(s.backends, ids)}
-    assert abi.decode(key, value, v.members, backends) == s
+    key, value = enc.service_key(s), enc.service_value(s, 7, 9, v)
+    backends = {bid: enc.backend_value(x, 7) for x, bid in zip(s.backends, ids)}
+    assert enc.decode(key, value, v.members, backends) == s
 
 
 def test_feature_table_is_the_one_source() -> None:
@@ -113,7 +114,7 @@ DEFAULT = DatapathSpec()
 def plan(st: planner.State, *services: Service, remove: tuple = (), spec: DatapathSpec = DEFAULT) -> planner.Plan:
     want: dict = {x.key: x for x in services}
     want.update({k: None for k in remove})
-    return planner.plan(st, want, spec, terminate=True)
+    return planner.plan(st, want, spec, codec=enc.NATIVE, terminate=True)
 
 
 def test_planner_new_service_writes_everything_once() -> None:
@@ -199,7 +200,7 @@ def test_ids_are_never_shared_across_a_wrap() -> None:
         for k in list(st.services):
             if k not in want and rnd.random() < 0.5:
                 want[k] = None
-        p = planner.plan(st, want, spec, terminate=False)
+        p = planner.plan(st, want, spec, codec=enc.NATIVE, terminate=False)
         if rnd.random() < 0.1:
             st.abort(p)
             continue

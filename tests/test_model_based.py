@@ -32,7 +32,8 @@ from socklb import (
     Service,
 )
 from socklb._native import lib
-from socklb._native.abi import BACKEND_VAL, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32, maglev_table
+from socklb._native.abi import BACKEND_VAL, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32
+from socklb.control.encode import maglev_table
 
 ServiceKey = Tuple[str, int, str]
 

@@ -17,10 +17,11 @@ from test_pins import pinned_dir
 from socklb import Backend, Balancer, Service
 from socklb._native import abi, check, lib
 from socklb._native.abi import SLOT_KEY, SLOT_VAL
+from socklb.control import encode as enc
 
 
-def slot_values(version: abi.Version, list_id: int = 7) -> List[Any]:
-    keys, vals = abi.slot_rows(list_id, version)
+def slot_values(version: enc.Version, list_id: int = 7) -> List[Any]:
+    keys, vals = enc.slot_rows(list_id, version)
     n = len(version.members)
     assert len(keys) == n * SLOT_KEY.size and len(vals) == n * SLOT_VAL.size
     return [SLOT_VAL.unpack(vals[i * SLOT_VAL.size : (i + 1) * SLOT_VAL.size]) for i in range(n)]
@@ -34,12 +35,12 @@ def test_selectable_slots_hold_their_backends_address_the_others_none() -> None:
         Backend("10.244.0.4", 81, state="quarantined"),
     ]
     svc = Service(VIP4, 80, "tcp", bs)
-    version = abi.encode(svc, [11, 12, 13, 14])
+    version = enc.encode(svc, [11, 12, 13, 14])
     assert version.algo == lib.SOCKLB_ALGO_WEIGHTED and version.n_usable == 2
     got = slot_values(version)
     for i, (s, m) in enumerate(zip(got, version.members)):
         # The control plane's fields are the Member's, read back the same.
-        assert abi.member_of(SLOT_VAL.pack(**s._asdict())) == m
+        assert enc.member_of(SLOT_VAL.pack(**s._asdict())) == m
         if i < version.n_usable:
             b = version.usable[i]
             assert (s.addr, socket.ntohs(s.port)) == (b._a16, b.port)
@@ -47,7 +48,7 @@ def test_selectable_slots_hold_their_backends_address_the_others_none() -> None:
             assert (s.addr, s.port) == (bytes(16), 0)
     # The alias of the light slot is the heavy one: another backend, whose
     # address the datapath looks up when it takes the alias.
-    assert got[0].alias_id == 12 and got[0].keep < abi.KEEP_ALL
+    assert got[0].alias_id == 12 and got[0].keep < enc.KEEP_ALL
 
 
 def test_packed_slots_carry_the_address_too() -> None:
@@ -56,14 +57,14 @@ def test_packed_slots_carry_the_address_too() -> None:
         Service(f"10.96.7.{i}", 80, "tcp", [Backend(f"10.244.7.{j}", 9000 + j) for j in range(1, i + 1)])
         for i in (1, 3)
     ]
-    rows = abi.UniformRows(svcs)
+    rows = enc.UniformRows(svcs)
     ids = range(100, 100 + rows.n_backends)
     out = rows.pack(range(1, 3), range(50, 52), ids)
     vals = bytes(out[5])
     at = 0
     for k, svc in enumerate(svcs):
         n = len(svc.backends)
-        want = abi.slot_rows(50 + k, abi.encode(svc, ids[at : at + n]))[1]
+        want = enc.slot_rows(50 + k, enc.encode(svc, ids[at : at + n]))[1]
         assert vals[at * SLOT_VAL.size : (at + n) * SLOT_VAL.size] == want
         at += n
     assert SLOT_VAL.unpack(vals[-SLOT_VAL.size :]).addr == svcs[1].backends[-1]._a16

@@ -15,7 +15,7 @@ from helpers import TCP_PORT, UDP_PORT, VIP4, VIP6, World, dial
 from scipy.stats import chisquare
 
 from socklb import Affinity, Backend, BackendState, Balancer, Service
-from socklb._native.abi import KEEP_ALL, alias_table, encode
+from socklb.control.encode import KEEP_ALL, alias_table, encode
 from socklb.datapath.spec import DEFAULT_UDP_FLOWS, MAX_UDP_FLOWS
 from socklb.errors import InvalidValueError
 from socklb.model import MAX_BACKENDS_PER_SERVICE, MAX_WEIGHT
