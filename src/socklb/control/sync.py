@@ -16,7 +16,7 @@ from operator import attrgetter, is_not
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from socklb.control.planner import Plan, State
-from socklb.datapath.spec import DatapathSpec
+from socklb.datapath.limits import Limits
 from socklb.errors import CapacityError, InvalidValueError
 from socklb.model import Algorithm, Service, ServiceKey
 
@@ -115,7 +115,7 @@ def positional_changes(st: State, given: Sequence[Service]) -> Optional[Wanted]:
 def batched(
     write: Callable[[Wanted], Plan],
     st: State,
-    spec: DatapathSpec,
+    spec: Limits,
     n_given: int,
     want: Wanted,
     exclusive: bool,
