@@ -36,7 +36,7 @@ def test_forcing_features_missing() -> None:
         with features.forced_missing("nope"):
             pass
     # The environment variable is the same seam, for a whole process.
-    code = "from socklb import features; print(sorted(f.name for f in features.missing()))"
+    code = "from socklb._native import features; print(sorted(f.name for f in features.missing()))"
     env = dict(os.environ, **{features.FORCE_ENV: "sock_destroy"})
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert "sock_destroy" in out
