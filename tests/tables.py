@@ -10,7 +10,8 @@ from typing import Any, Dict, List, Tuple
 
 from socklb import Algorithm, Backend, BackendState, Service
 from socklb._native import lib
-from socklb._native.abi import BACKEND_VAL, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32, maglev_table
+from socklb._native.abi import BACKEND_VAL, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32
+from socklb.control.encode import maglev_table
 
 ServiceKey = Tuple[str, int, str]
 

@@ -25,19 +25,17 @@ from typing import Iterable, List, Optional, Tuple, Union
 
 from typing_extensions import Self
 
-from socklb._native.abi import (
-    DEFAULT_MAGLEV_SIZE,
-    U32,
-)
-from socklb._native.abi import maglev_table as maglev_table
-from socklb.control import adopt, planner, stats, sync, writer
+from socklb._native.abi import U32
+from socklb.control import adopt, encode, planner, stats, sync, writer
 from socklb.control.attachment import Attachment, cgroup_path
+from socklb.control.encode import maglev_table as maglev_table
 from socklb.control.nodes import node_address_arg
 from socklb.control.observe import Observability
 from socklb.control.runtime import Runtime, open_runtime
 from socklb.control.stats import ProgramStats
 from socklb.control.sync import SyncResult
 from socklb.datapath import node, pins
+from socklb.datapath.limits import DEFAULT_MAGLEV_SIZE
 from socklb.datapath.live import Datapath
 from socklb.datapath.spec import DEFAULT_UDP_FLOWS, DatapathSpec, PinPaths
 from socklb.errors import InvalidValueError, NotFoundError, SocklbError
@@ -323,7 +321,14 @@ class Balancer(Observability):
         t0 = time.monotonic()
         ok = False
         try:
-            p = planner.plan(self._state, want, self.spec, terminate=self._terminator.enabled, exclusive=exclusive)
+            p = planner.plan(
+                self._state,
+                want,
+                self.spec,
+                codec=encode.NATIVE,
+                terminate=self._terminator.enabled,
+                exclusive=exclusive,
+            )
             try:
                 writer.apply(self._tables, self._state, p, self._terminator)
             finally:

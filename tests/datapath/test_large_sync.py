@@ -1,6 +1,6 @@
 """The bulk path of a large sync (issue 14, part 3): new services packed in C
-(``abi.UniformRows``, ``csrc/rows.c``) give byte for byte the rows the
-per-service path (``abi.encode``) gives, services the packer does not take go
+(``enc.UniformRows``, ``csrc/rows.c``) give byte for byte the rows the
+per-service path (``enc.encode``) gives, services the packer does not take go
 the per-service way, and the parallel map writes keep the writer's rollback."""
 
 from __future__ import annotations

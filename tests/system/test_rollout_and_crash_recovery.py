@@ -49,7 +49,8 @@ from socklb import (
     Service,
 )
 from socklb._native import lib
-from socklb._native.abi import BACKEND_VAL, DEFAULT_MAGLEV_SIZE, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32
+from socklb._native.abi import BACKEND_VAL, SLOT_KEY, SLOT_VAL, SVC_KEY, SVC_VAL, U32
+from socklb.datapath.limits import DEFAULT_MAGLEV_SIZE
 
 FLEET = ("r1", "r2", "r3", "r4", "r5", "r6")
 

@@ -14,7 +14,7 @@ import pytest
 from helpers import VIP4
 
 from socklb import Backend, Service
-from socklb._native.abi import KEEP_ALL, alias_table, encode
+from socklb.control.encode import KEEP_ALL, alias_table, encode
 from socklb.errors import InvalidValueError
 from socklb.model import MAX_BACKENDS_PER_SERVICE, MAX_WEIGHT
 

@@ -13,6 +13,7 @@ from helpers import VIP4
 from socklb import Affinity, Algorithm, Backend, BackendState, CapacityError, Protocol, Service
 from socklb._native import abi, features, ffi, lib
 from socklb._native.abi import SLOT_KEY, SLOT_VAL
+from socklb.control import encode as enc
 from socklb.control import planner
 from socklb.datapath.spec import HEADROOM, DatapathSpec
 from socklb.model import ServiceKey
@@ -77,11 +78,11 @@ def test_encode_decode_round_trip() -> None:
         terminate_tcp=True,
     )
     ids = [10 + i for i in range(len(s.backends))]  # the id of each backend, in order
-    v = abi.encode(s, ids)
+    v = enc.encode(s, ids)
     assert v.n_usable == 1 and len(v.members) == 2 and v.algo == lib.SOCKLB_ALGO_MAGLEV
-    key, value = abi.service_key(s), abi.service_value(s, 7, 9, v)
-    backends = {bid: abi.backend_value(x, 7) for x, bid in zip(s.backends, ids)}
-    assert abi.decode(key, value, v.members, backends) == s
+    key, value = enc.service_key(s), enc.service_value(s, 7, 9, v)
+    backends = {bid: enc.backend_value(x, 7) for x, bid in zip(s.backends, ids)}
+    assert enc.decode(key, value, v.members, backends) == s
 
 
 def test_feature_table_is_the_one_source() -> None:
@@ -120,7 +121,7 @@ def plan(
 ) -> planner.Plan:
     want: Dict[ServiceKey, Optional[Service]] = {x.key: x for x in services}
     want.update({k: None for k in remove})
-    return planner.plan(st, want, spec, terminate=True)
+    return planner.plan(st, want, spec, codec=enc.NATIVE, terminate=True)
 
 
 def test_planner_new_service_writes_everything_once() -> None:
@@ -206,7 +207,7 @@ def test_ids_are_never_shared_across_a_wrap(seed: int) -> None:
         for k in list(st.services):
             if k not in want and rnd.random() < 0.5:
                 want[k] = None
-        p = planner.plan(st, want, spec, terminate=False)
+        p = planner.plan(st, want, spec, codec=enc.NATIVE, terminate=False)
         if rnd.random() < 0.1:
             st.abort(p)
             continue
@@ -275,8 +276,8 @@ def test_a_wrap_skips_ids_the_plan_itself_took() -> None:
         plan(st, svc(b(1), b(2), b(3)), Service("10.96.0.11", 80, backends=[b(4), b(5)]))
 
 
-def slot_values(version: abi.Version, list_id: int = 7) -> List[Any]:
-    keys, vals = abi.slot_rows(list_id, version)
+def slot_values(version: enc.Version, list_id: int = 7) -> List[Any]:
+    keys, vals = enc.slot_rows(list_id, version)
     n = len(version.members)
     assert len(keys) == n * SLOT_KEY.size and len(vals) == n * SLOT_VAL.size
     return [SLOT_VAL.unpack(vals[i * SLOT_VAL.size : (i + 1) * SLOT_VAL.size]) for i in range(n)]
@@ -290,12 +291,12 @@ def test_selectable_slots_hold_their_backends_address_the_others_none() -> None:
         Backend("10.244.0.4", 81, state="quarantined"),
     ]
     svc = Service(VIP4, 80, "tcp", bs)
-    version = abi.encode(svc, [11, 12, 13, 14])
+    version = enc.encode(svc, [11, 12, 13, 14])
     assert version.algo == lib.SOCKLB_ALGO_WEIGHTED and version.n_usable == 2
     got = slot_values(version)
     for i, (s, m) in enumerate(zip(got, version.members)):
         # The control plane's fields are the Member's, read back the same.
-        assert abi.member_of(SLOT_VAL.pack(**s._asdict())) == m
+        assert enc.member_of(SLOT_VAL.pack(**s._asdict())) == m
         if i < version.n_usable:
             b = version.usable[i]
             assert (s.addr, socket.ntohs(s.port)) == (b._a16, b.port)
@@ -303,7 +304,7 @@ def test_selectable_slots_hold_their_backends_address_the_others_none() -> None:
             assert (s.addr, s.port) == (bytes(16), 0)
     # The alias of the light slot is the heavy one: another backend, whose
     # address the datapath looks up when it takes the alias.
-    assert got[0].alias_id == 12 and got[0].keep < abi.KEEP_ALL
+    assert got[0].alias_id == 12 and got[0].keep < enc.KEEP_ALL
 
 
 def test_packed_slots_carry_the_address_too() -> None:
@@ -312,14 +313,14 @@ def test_packed_slots_carry_the_address_too() -> None:
         Service(f"10.96.7.{i}", 80, "tcp", [Backend(f"10.244.7.{j}", 9000 + j) for j in range(1, i + 1)])
         for i in (1, 3)
     ]
-    rows = abi.UniformRows(svcs)
+    rows = enc.UniformRows(svcs)
     ids = range(100, 100 + rows.n_backends)
     out = rows.pack(range(1, 3), range(50, 52), ids)
     vals = bytes(out[5])
     at = 0
     for k, svc in enumerate(svcs):
         n = len(svc.backends)
-        want = abi.slot_rows(50 + k, abi.encode(svc, ids[at : at + n]))[1]
+        want = enc.slot_rows(50 + k, enc.encode(svc, ids[at : at + n]))[1]
         assert vals[at * SLOT_VAL.size : (at + n) * SLOT_VAL.size] == want
         at += n
     assert SLOT_VAL.unpack(vals[-SLOT_VAL.size :]).addr == svcs[1].backends[-1]._a16

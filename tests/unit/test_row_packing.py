@@ -1,5 +1,5 @@
-"""The rows a large sync packs in C (abi.UniformRows, csrc/rows.c) are byte for
-byte those of the per-service path (abi.encode), services the packer does not
+"""The rows a large sync packs in C (enc.UniformRows, csrc/rows.c) are byte for
+byte those of the per-service path (enc.encode), services the packer does not
 take go the per-service way, and bulk ids survive a counter wrap.  No root: no
 kernel is touched."""
 
@@ -11,6 +11,7 @@ import pytest
 
 from socklb import Affinity, Backend, Service
 from socklb._native import abi
+from socklb.control import encode as enc
 from socklb.control import planner
 from socklb.datapath.spec import DatapathSpec
 
@@ -39,7 +40,7 @@ def uniform_services() -> List[Service]:
 
 
 def other_services() -> List[Service]:
-    """Services the packer leaves to abi.encode: unequal weights, a drained,
+    """Services the packer leaves to enc.encode: unequal weights, a drained,
     terminating or quarantined backend, Maglev."""
     b = [Backend(f"10.245.0.{j}", 80) for j in range(1, 5)]
     return [
@@ -53,7 +54,7 @@ def other_services() -> List[Service]:
 
 def plan(services: List[Service], bulk: bool, monkeypatch: pytest.MonkeyPatch) -> planner.Plan:
     monkeypatch.setattr(planner, "BULK_MIN", 1 if bulk else 1 << 30)
-    return planner.plan(planner.State(), {s.key: s for s in services}, SPEC, terminate=True)
+    return planner.plan(planner.State(), {s.key: s for s in services}, SPEC, codec=enc.NATIVE, terminate=True)
 
 
 def rows(r: planner.Rows) -> List[Tuple[bytes, bytes]]:
@@ -62,23 +63,23 @@ def rows(r: planner.Rows) -> List[Tuple[bytes, bytes]]:
 
 
 def decoded(p: planner.Plan) -> List[Service]:
-    """The services a plan's rows describe, read back with abi.decode."""
+    """The services a plan's rows describe, read back with enc.decode."""
     backends = dict((abi.U32.unpack(k)[0], v) for k, v in rows(p.backend_upd))
-    slots: Dict[int, Dict[int, abi.Member]] = {}
+    slots: Dict[int, Dict[int, enc.Member]] = {}
     for k, v in rows(p.slot_upd):
         key = abi.SLOT_KEY.unpack(k)
-        slots.setdefault(key.list_id, {})[key.index] = abi.member_of(v)
+        slots.setdefault(key.list_id, {})[key.index] = enc.member_of(v)
     out = []
     for k, v in rows(p.svc_upd):
         val = abi.SVC_VAL.unpack(v)
         members = [slots.get(val.list_id, {})[i] for i in range(val.members)]
-        out.append(abi.decode(k, v, members, backends))
+        out.append(enc.decode(k, v, members, backends))
     return out
 
 
 def test_packed_rows_are_those_of_encode(monkeypatch: pytest.MonkeyPatch) -> None:
     svcs = uniform_services()
-    assert abi.UniformRows(svcs).n == len(svcs)  # every one is taken
+    assert enc.UniformRows(svcs).n == len(svcs)  # every one is taken
     bulk, each = plan(svcs, True, monkeypatch), plan(svcs, False, monkeypatch)
     for name in ("backend_upd", "slot_upd", "svc_upd", "maglev_upd", "backend_post"):
         assert rows(getattr(bulk, name)) == rows(getattr(each, name)), name
@@ -102,7 +103,7 @@ def test_packed_rows_are_those_of_encode(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_a_mixed_list_takes_both_paths_and_keeps_its_order(monkeypatch: pytest.MonkeyPatch) -> None:
     uni, other = uniform_services(), other_services()
     mixed = [s for pair in zip(uni, other) for s in pair] + uni[len(other) :]
-    assert list(abi.UniformRows(mixed).mask) == [int(s in uni) for s in mixed]
+    assert list(enc.UniformRows(mixed).mask) == [int(s in uni) for s in mixed]
     bulk, each = plan(mixed, True, monkeypatch), plan(mixed, False, monkeypatch)
     assert sorted(decoded(bulk), key=str) == sorted(decoded(each), key=str) == sorted(mixed, key=str)
     assert bulk.writes == each.writes
@@ -123,11 +124,11 @@ def test_bulk_ids_after_the_counter_wrapped(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(planner, "BULK_MIN", 1)
     st = planner.State(id_limit=200)
     first = [Service(f"10.96.2.{i}", 80, backends=[Backend(f"10.244.2.{i}", 80)]) for i in range(1, 151)]
-    st.commit(planner.plan(st, {s.key: s for s in first}, SPEC, terminate=False))
-    st.commit(planner.plan(st, {s.key: None for s in first[:100]}, SPEC, terminate=False))
+    st.commit(planner.plan(st, {s.key: s for s in first}, SPEC, codec=enc.NATIVE, terminate=False))
+    st.commit(planner.plan(st, {s.key: None for s in first[:100]}, SPEC, codec=enc.NATIVE, terminate=False))
     # 99 more than the 50 left need ids past the limit: the counter wraps.
     more = [Service(f"10.96.3.{i}", 80, backends=[Backend(f"10.244.3.{i}", 80)]) for i in range(1, 100)]
-    p = planner.plan(st, {s.key: s for s in more}, SPEC, terminate=False)
+    p = planner.plan(st, {s.key: s for s in more}, SPEC, codec=enc.NATIVE, terminate=False)
     assert not isinstance(p.live[more[-1].key].ids, range)  # type: ignore[union-attr]
     held = {i for lv in st.services.values() for i in lv.ids}
     for ids in (

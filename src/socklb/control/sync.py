@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import compress, count
 from operator import attrgetter, is_not
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from typing_extensions import TypeAlias
 
 from socklb.control.planner import Plan, State
-from socklb.datapath.spec import DatapathSpec
+from socklb.datapath.limits import Limits
 from socklb.errors import CapacityError, InvalidValueError
 from socklb.model import Algorithm, Service, ServiceKey
 
@@ -117,9 +117,9 @@ def positional_changes(st: State, given: Sequence[Service]) -> Optional[Wanted]:
 def batched(
     write: Callable[[Wanted], Plan],
     st: State,
-    spec: DatapathSpec,
+    spec: Limits,
     n_given: int,
-    want: Wanted,
+    want: Mapping[ServiceKey, Optional[Service]],
     exclusive: bool,
     batch: int,
 ) -> SyncResult:
