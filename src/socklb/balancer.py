@@ -32,6 +32,7 @@ from socklb.control.encode import maglev_table as maglev_table
 from socklb.control.nodes import node_address_arg
 from socklb.control.observe import Observability
 from socklb.control.runtime import Runtime, open_runtime
+from socklb.control.state import State
 from socklb.control.stats import ProgramStats
 from socklb.control.sync import SyncResult
 from socklb.datapath import node, pins
@@ -112,7 +113,7 @@ class Balancer(Observability):
         self._datapath, self._lock = rt.datapath, rt.datapath.lock
         self._tables, self._node, self._attachments = rt.tables, rt.node, rt.attachments
         self._terminator = rt.terminator
-        self._state = planner.State()
+        self._state = State()
         self.write_stats = stats.WriteStats()
         """Durations of this balancer's updates (socklb.ops.metrics reads them)."""
         # 3. the node and the pinned state

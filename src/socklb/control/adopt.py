@@ -1,7 +1,7 @@
 """Reading pinned state back: the meta record, the services, the repairs.
 
 A restarted controller (``Balancer.open``) rebuilds its
-:class:`~socklb.control.planner.State` from the maps.  A service is read back from its
+:class:`~socklb.control.state.State` from the maps.  A service is read back from its
 current list, which holds exactly one version of it (every member with its
 weight and state), so a service whose update was interrupted is exactly its
 old or its new version.  Whatever no current list refers to was written by an
@@ -33,7 +33,7 @@ from socklb.control.encode import (
     service_value,
     slot_rows,
 )
-from socklb.control.planner import Programmed, State
+from socklb.control.state import Programmed, State
 from socklb.control.writer import Tables
 from socklb.datapath import pins
 from socklb.datapath.cgroup import cgroup2_mount

@@ -17,7 +17,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from typing_extensions import TypeAlias
 
-from socklb.control.planner import Plan, State
+from socklb.control.planner import Plan
+from socklb.control.state import State
 from socklb.datapath.limits import Limits
 from socklb.errors import CapacityError, InvalidValueError
 from socklb.model import Algorithm, Service, ServiceKey

@@ -3,7 +3,7 @@
 The order (see :mod:`socklb.control.planner`): new backends, new lists and Maglev
 tables, then **the swap** (service entries written and removed).  A failure
 up to and including the swap is rolled back: the kernel and the
-:class:`~socklb.control.planner.State` keep the previous version, and the error is
+:class:`~socklb.control.state.State` keep the previous version, and the error is
 raised.
 
 Right after the swap the state is **committed**: from then on the kernel
@@ -11,7 +11,7 @@ serves the new version and ``Balancer.services()`` says so, whatever happens
 next.  What follows is clean-up: kept backends' new state, deleting the old
 lists and removed backends, terminating sockets still connected to removed
 backends, purging affinity entries.  A failure there is not raised: it is
-logged and left in the state's :class:`~socklb.control.planner.Garbage`, retried
+logged and left in the state's :class:`~socklb.control.state.Garbage`, retried
 before the next plan is written (or by ``Balancer.reconcile()``); a kept
 backend whose new state could not be written marks its service dirty, so the
 next plan rewrites it.
@@ -25,7 +25,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from socklb._native import check, ffi, lib
 from socklb._native.abi import SLOT_KEY, U32
-from socklb.control.planner import Plan, Rows, State
+from socklb.control.planner import Plan, Rows
+from socklb.control.state import State
 from socklb.datapath.live import Map, update_rows_parallel, write_threads
 from socklb.errors import KernelError
 
