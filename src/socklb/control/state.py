@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Dict, Iterable, List, Optional, Sequence, Sized, Tuple, cast
-
-from typing_extensions import Protocol
+from typing import Dict, Iterable, List, Optional, Protocol, Sequence, Sized, Tuple, cast
 
 from socklb.control.codec import Codec, Version
 from socklb.control.ids import Ids
