@@ -12,8 +12,9 @@ that connect (``udpc:connect4``).  Prints, per hook, the median over the rounds
 of the average run time per call, in ns, as JSON.
 
 ``floor_ns`` next to each hook is what an empty program of the same hook
-(``r0 = 1; exit``, loaded by the project's loader and attached to the same
-cgroup after socklb's programs) costs by the same statistics in the same
+(``r0 = 1; exit``, loaded by the bench's own helper library, ``bench/floor.c``
+built by :mod:`bench.build`, and attached to the same cgroup after socklb's
+programs) costs by the same statistics in the same
 round: the clock reads and dispatch of bpf_stats on this machine (~30 ns on a
 kvm-clock VM), which every hook's number includes.
 
@@ -30,6 +31,7 @@ rounds' after/before ratios.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import ipaddress
 import json
 import os
@@ -38,9 +40,10 @@ import subprocess
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from bench.build import build
 from bench.system import bpf_stats
 from socklb import Backend, Balancer, Service
-from socklb._native import check, ffi, lib
+from socklb._native import check
 from socklb.testing.lab import Lab
 
 CLIENT = r"""
@@ -76,22 +79,39 @@ RUNS: Tuple[Tuple[str, str, int, str], ...] = (
 )
 
 
+# The hooks of bench/floor.c's floor_attach().
+FLOOR_HOOKS = (("connect4", 0), ("sendmsg4", 1))
+_floor: Optional[ctypes.CDLL] = None
+
+
+def floor_library() -> ctypes.CDLL:
+    """bench/floor.c as a shared library (built by :func:`bench.build.build` if
+    it is missing or stale), loaded once per process."""
+    global _floor
+    if _floor is None:
+        lib = ctypes.CDLL(build()["floor"], use_errno=True)
+        lib.floor_attach.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int))
+        lib.floor_attach.restype = ctypes.c_int
+        u64p = ctypes.POINTER(ctypes.c_uint64)
+        lib.floor_prog_stats.argtypes = (ctypes.c_int, u64p, u64p)
+        lib.floor_prog_stats.restype = ctypes.c_int
+        _floor = lib
+    return _floor
+
+
 class Floor:
     """Empty connect4 and sendmsg4 programs attached to a cgroup (after what is
-    there): the measurement floor.  Closing detaches them.  A build without
-    the loader's floor program (an older one, under ``--compare``) has none."""
+    there): the measurement floor.  Closing detaches them."""
 
     def __init__(self, cgroup: str) -> None:
         self._fds: Dict[str, Tuple[int, int]] = {}
-        if not hasattr(lib, "socklb_floor_attach"):
-            return
-        hooks = (("connect4", lib.SOCKLB_FLOOR_CONNECT4), ("sendmsg4", lib.SOCKLB_FLOOR_SENDMSG4))
+        lib = floor_library()
         cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            for name, code in hooks:
-                link = ffi.new("int *")
-                prog = check(lib.socklb_floor_attach(code, cg, link), f"attach the empty {name} program")
-                self._fds[name] = (prog, link[0])
+            for name, code in FLOOR_HOOKS:
+                link = ctypes.c_int(-1)
+                prog = check(lib.floor_attach(code, cg, ctypes.byref(link)), f"attach the empty {name} program")
+                self._fds[name] = (prog, link.value)
         except BaseException:
             self.close()
             raise
@@ -100,10 +120,11 @@ class Floor:
 
     def stats(self) -> Dict[str, Tuple[int, int]]:
         out = {}
-        st = ffi.new("struct socklb_prog_stats *")
+        lib, cnt, ns = floor_library(), ctypes.c_uint64(), ctypes.c_uint64()
         for name, (prog, _) in self._fds.items():
-            check(lib.socklb_fd_prog_stats(prog, st), "read the empty program's statistics")
-            out[f"floor_{name}"] = (int(st.run_cnt), int(st.run_time_ns))
+            rc = lib.floor_prog_stats(prog, ctypes.byref(cnt), ctypes.byref(ns))
+            check(rc, "read the empty program's statistics")
+            out[f"floor_{name}"] = (int(cnt.value), int(ns.value))
         return out
 
     def close(self) -> None:
@@ -227,6 +248,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     before: Dict[str, List[float]] = {}
     after: Dict[str, List[float]] = {}
+    floor_library()  # built here, not by both builds' processes at once
     for _ in range(a.rounds):
         other = _start_other(a.compare, a.n, a.services)
         if not a.together:

@@ -22,30 +22,14 @@
 #define SOCKLB_NGROUPS 3
 #define SOCKLB_LOG_SIZE 262144
 
-/* Feature bits reported by socklb_probe(): set when the kernel LACKS it. */
-#define SOCKLB_MISSING_CONNECT 1
-#define SOCKLB_MISSING_SENDMSG 2
-#define SOCKLB_MISSING_RECVMSG 4
-#define SOCKLB_MISSING_GETPEERNAME 8
-#define SOCKLB_MISSING_SET_RETVAL 16
-#define SOCKLB_MISSING_SK_STORAGE 32
-#define SOCKLB_MISSING_NETNS_COOKIE 64
-#define SOCKLB_MISSING_SOCK_DESTROY 128
-#define SOCKLB_MISSING_POST_BIND 256
-#define SOCKLB_MISSING_SOCK_RELEASE 512
-#define SOCKLB_MISSING_MPTCP_CAST 1024
-#define SOCKLB_MISSING_DIAG_DESTROY 2048
-#define SOCKLB_MISSING_ITER_STORAGE 4096
-#define SOCKLB_MISSING_JIFFIES64 8192
-
 struct socklb_config {
 	uint32_t max_services;
-	uint32_t max_backends;	/* service-backend pairs */
-	uint32_t max_slots;	/* selectable list entries, live + being replaced */
+	uint32_t max_backends; /* service-backend pairs */
+	uint32_t max_slots;    /* selectable list entries, live + being replaced */
 	uint32_t max_affinity;
-	uint32_t maglev_size;	/* entries per maglev table (a prime) */
-	uint32_t max_maglev;	/* maglev tables, live + being replaced */
-	uint32_t udp_flows;	/* unconnected-UDP flows per socket, 1..SOCKLB_MAX_UDP_FLOWS */
+	uint32_t maglev_size; /* entries per maglev table (a prime) */
+	uint32_t max_maglev;  /* maglev tables, live + being replaced */
+	uint32_t udp_flows;   /* unconnected-UDP flows per socket, 1..SOCKLB_MAX_UDP_FLOWS */
 	/* SOCKLB_MISSING_* bits to load for (the probe's, or forced by tests):
 	 * SET_RETVAL picks the datapath built without bpf_set_retval,
 	 * SOCK_DESTROY the counting-only socket iterators. */
@@ -66,8 +50,7 @@ struct socklb_links;
 /* Open the embedded BPF object, size its maps from cfg and load it.  On
  * failure, log (log_size bytes) holds the verifier's or libbpf's messages
  * and *failed_prog the index of the program that was rejected, or -1. */
-int socklb_open(const struct socklb_config *cfg, struct socklb **out, char *log, size_t log_size,
-		int *failed_prog);
+int socklb_open(const struct socklb_config *cfg, struct socklb **out, char *log, size_t log_size, int *failed_prog);
 /* The same with every map pinned under pin_dir/maps/<name>: maps already
  * pinned there are reused (libbpf checks that they are compatible), the
  * others are created and pinned.  pin_dir/maps must exist. */
@@ -81,8 +64,8 @@ void socklb_close(struct socklb *lb);
 /* Map file descriptor by name ("services", "slots", ...), or -ENOENT. */
 int socklb_map_fd(struct socklb *lb, const char *name);
 /* Name of the i-th map a pinned balancer pins (internal maps such as .rodata
- * and the machine-wide socklb_mark left out), or NULL past the last; read
- * from the embedded object. */
+ * and the machine-wide socklb_mark left out), or NULL past the last; the
+ * loader's list, which the compiler checks against the object's skeleton. */
 const char *socklb_map_name(int i);
 /* Name of program i (0 <= i < SOCKLB_NPROGS), e.g. "socklb_connect4". */
 const char *socklb_prog_name(int i);
@@ -106,16 +89,15 @@ void socklb_links_unpin(struct socklb_links *links);
  * missing from dir is attached anew to cgroup_fd and pinned. */
 int socklb_links_adopt(struct socklb *lb, int cgroup_fd, const char *dir, struct socklb_links **out);
 /* The same for the links of one group. */
-int socklb_links_adopt_group(struct socklb *lb, int group, int cgroup_fd, const char *dir,
-			     struct socklb_links **out);
+int socklb_links_adopt_group(struct socklb *lb, int group, int cgroup_fd, const char *dir, struct socklb_links **out);
 /* Id of the program a link runs now (for tests of upgrades). */
 int socklb_links_prog_id(struct socklb_links *links, int i, uint32_t *id);
 
 /* Map operations on n packed keys/values (key_size/value_size each).
  * update and delete stop at the first failure and report how many were
  * done in *done. */
-int socklb_map_update(int fd, const void *keys, const void *values, uint32_t n, uint32_t key_size,
-		      uint32_t value_size, uint64_t flags, uint32_t *done);
+int socklb_map_update(int fd, const void *keys, const void *values, uint32_t n, uint32_t key_size, uint32_t value_size,
+		      uint64_t flags, uint32_t *done);
 int socklb_map_delete(int fd, const void *keys, uint32_t n, uint32_t key_size, uint32_t *done);
 int socklb_map_lookup(int fd, const void *key, void *value);
 /* Walk the map: fills up to cap keys, returns how many. */
@@ -125,8 +107,8 @@ int socklb_map_keys(int fd, void *keys, uint32_t key_size, uint32_t cap);
  * ident is n records of ident_size bytes naming each backend (its hash seeds
  * the permutation); weights[i] == 0 leaves backend i out.  Returns 0, or
  * -EINVAL when m is not > 1 or no backend has weight. */
-int socklb_maglev(const uint8_t *ident, uint32_t ident_size, const uint32_t *weights, const uint32_t *ids,
-		  uint32_t n, uint32_t *table, uint32_t m);
+int socklb_maglev(const uint8_t *ident, uint32_t ident_size, const uint32_t *weights, const uint32_t *ids, uint32_t n,
+		  uint32_t *table, uint32_t m);
 
 /* Delete every affinity entry of the n services in svc_ids (sorted
  * ascending).  Returns how many entries were deleted. */
@@ -145,7 +127,7 @@ int socklb_iter_destroy_status(struct socklb *lb);
  * when tcp != 0.  *destroyed counts the sockets terminated, *destroyed_tcp the
  * TCP ones among them. */
 int socklb_terminate(struct socklb *lb, const uint32_t *backend_ids, uint32_t n, const int *netns_fds, uint32_t nns,
-		   int tcp, uint64_t *destroyed, uint64_t *destroyed_tcp);
+		     int tcp, uint64_t *destroyed, uint64_t *destroyed_tcp);
 
 /* The same from user space, for kernels without bpf_sock_destroy (the
  * counting-only iterator object): in each namespace, a listing iterator
@@ -164,14 +146,26 @@ int64_t socklb_count_states(struct socklb *lb, const int *netns_fds, uint32_t nn
  * balancer. */
 int64_t socklb_count_pinned_states(int conn_fd, int dgram_fd, int tcp_fd, const int *netns_fds, uint32_t nns);
 /* Whether this balancer keeps TCP records by socket cookie (sock_tcp) rather
- * than in socket-local storage (see tcp_by_cookie in socklb.bpf.c). */
+ * than in socket-local storage (see tcp_by_cookie in bpf/maps.h). */
 int socklb_tcp_by_cookie(struct socklb *lb);
 /* Slots of a sock_tcp map (an fd) held by a socket: how many TCP records it
  * holds. */
 int64_t socklb_tcp_slots_used(int fd);
 
-/* Kernel features this library needs that are missing (SOCKLB_MISSING_*). */
+/* Kernel features this library needs that are missing: the bits
+ * (SOCKLB_MISSING_*) of the rows of features.def the kernel lacks. */
 uint32_t socklb_probe(void);
+/* A row of the feature table (features.def), for Python's
+ * socklb.features.FEATURES. */
+struct socklb_feature {
+	const char *name;
+	const char *description;
+	const char *kernel;   /* the first Linux release that has it */
+	const char *fallback; /* what socklb does without it; "" when required */
+	uint32_t bit;	      /* set by socklb_probe() when the kernel lacks it */
+};
+/* Row i of the table (in the file's order), or NULL past the last. */
+const struct socklb_feature *socklb_feature(int i);
 
 /* Read-only inspection of a pinned balancer (socklb.inspect): open the object
  * pinned at path with BPF_F_RDONLY (maps) or no flags (links, which have no
@@ -190,14 +184,3 @@ struct socklb_trace;
 int socklb_trace_open(int ringbuf_fd, struct socklb_trace **out);
 int socklb_trace_poll(struct socklb_trace *t, void *events, uint32_t cap, int timeout_ms, uint64_t *lost);
 void socklb_trace_close(struct socklb_trace *t);
-
-/* The measurement floor (bench/hook_cost.py): a program that does nothing but
- * allow (r0 = 1; exit), of type cgroup sock_addr for hook SOCKLB_FLOOR_*,
- * attached to the cgroup with a bpf_link after what is there.  Its bpf_stats
- * cost is what the kernel's clock reads and program dispatch take on this
- * machine.  Returns the program fd and sets *link_fd; close both to detach. */
-#define SOCKLB_FLOOR_CONNECT4 0
-#define SOCKLB_FLOOR_SENDMSG4 1
-int socklb_floor_attach(int hook, int cgroup_fd, int *link_fd);
-/* Kernel statistics of a program by fd. */
-int socklb_fd_prog_stats(int prog_fd, struct socklb_prog_stats *out);

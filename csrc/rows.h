@@ -15,20 +15,20 @@
 
 /* Columns of n services (in), and where their rows go (out). */
 struct socklb_new_rows {
-	uint32_t n;			/* services */
-	const uint32_t *counts;		/* backends of each service */
-	const uint8_t *uniform;		/* from socklb_rows_uniform: pack service i iff uniform[i] */
+	uint32_t n;		/* services */
+	const uint32_t *counts; /* backends of each service */
+	const uint8_t *uniform; /* from socklb_rows_uniform: pack service i iff uniform[i] */
 	/* per service */
-	const uint8_t *svc_addr;	/* 16 bytes each, network order */
-	const uint16_t *svc_port;	/* host order */
-	const uint8_t *svc_proto;	/* SOCKLB_PROTO_* */
-	const uint8_t *svc_flags;	/* SOCKLB_SVC_F_* */
+	const uint8_t *svc_addr;  /* 16 bytes each, network order */
+	const uint16_t *svc_port; /* host order */
+	const uint8_t *svc_proto; /* SOCKLB_PROTO_* */
+	const uint8_t *svc_flags; /* SOCKLB_SVC_F_* */
 	const uint8_t *svc_requested_algo;
-	const uint8_t *svc_opts;	/* SOCKLB_SVC_O_* */
+	const uint8_t *svc_opts; /* SOCKLB_SVC_O_* */
 	const uint32_t *svc_affinity_timeout;
 	/* per backend, the services' backends one after the other */
-	const uint8_t *be_addr;		/* 16 bytes each, network order */
-	const uint16_t *be_port;	/* host order */
+	const uint8_t *be_addr;	 /* 16 bytes each, network order */
+	const uint16_t *be_port; /* host order */
 	const uint32_t *be_weight;
 	/* ids: the k-th uniform service gets svc_ids[k] and list_ids[k], its
 	 * backends the next ones of backend_ids; a NULL array stands for the
@@ -70,8 +70,8 @@ struct socklb_update_job {
 	const void *keys;
 	const void *values;
 	uint64_t flags;
-	int rc;		/* out: 0 or -errno */
-	uint32_t done;	/* out: elements written */
+	int rc;	       /* out: 0 or -errno */
+	uint32_t done; /* out: elements written */
 };
 
 /* Run the n jobs on up to threads threads at once (the caller's own

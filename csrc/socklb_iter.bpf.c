@@ -5,7 +5,7 @@
  * BTF), that shares the sock_conn, sock_dgram and sock_tcp maps of the datapath object.
  * Built twice: in full, and with -DSOCKLB_ITER_COUNT_ONLY (the counting
  * programs alone) for kernels without bpf_sock_destroy, where the control
- * plane terminates sockets through sock_diag instead (loader.c).
+ * plane terminates sockets through sock_diag instead (terminate.c).
  *
  *   iter/udp, iter/tcp      terminate sockets that socklb connected to a
  *                           backend that has gone away (bpf_sock_destroy,
@@ -24,7 +24,7 @@
 #include "socklb_maps.h"
 
 /* Reused from the datapath object (bpf_map__reuse_fd). */
-#include "socklb_sock_conn.bpf.h"
+#include "bpf/sock_maps.h"
 
 /* The full socket behind a TCP iterator's entry, or NULL: request and
  * time-wait sockets carry no storage. */
@@ -44,7 +44,7 @@ struct {
 } doomed SEC(".maps");
 
 /* The record of a socket socklb connected: sock_tcp by cookie for TCP (see
- * socklb_sock_conn.bpf.h), else socket-local storage. */
+ * bpf/sock_maps.h), else socket-local storage. */
 static __always_inline struct socklb_sock_entry *record(struct sock *sk, bool tcp)
 {
 	struct socklb_sock_entry *conn = NULL;
@@ -85,7 +85,8 @@ static __always_inline void list_doomed(struct bpf_iter_meta *meta, struct sock 
 		    conn->backend[3] != out.dst[0])
 			return;
 	} else {
-		bpf_probe_read_kernel(out.src, sizeof(out.src), __builtin_preserve_access_index(&skc->skc_v6_rcv_saddr));
+		bpf_probe_read_kernel(out.src, sizeof(out.src),
+				      __builtin_preserve_access_index(&skc->skc_v6_rcv_saddr));
 		bpf_probe_read_kernel(out.dst, sizeof(out.dst), __builtin_preserve_access_index(&skc->skc_v6_daddr));
 		if (conn->backend[0] != out.dst[0] || conn->backend[1] != out.dst[1] ||
 		    conn->backend[2] != out.dst[2] || conn->backend[3] != out.dst[3])

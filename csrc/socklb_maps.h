@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
  * socklb map layouts: the one definition of every key and value shared by the
- * BPF programs (socklb.bpf.c), the C loader (loader.c) and Python (the cffi
+ * BPF programs (socklb.bpf.c), the native core (loader.c, ...) and Python (the cffi
  * declarations are generated from this file by build_ffi.py).
  *
  * The file is read by cffi's parser, so it holds only fixed-width struct
@@ -116,9 +116,9 @@
 
 /* services: (VIP, port, protocol) -> how to pick a backend. */
 struct socklb_svc_key {
-	__u32 addr[4];		/* network order, IPv4 as ::ffff:a.b.c.d */
-	__u16 port;		/* network order */
-	__u8 proto;		/* SOCKLB_PROTO_* */
+	__u32 addr[4]; /* network order, IPv4 as ::ffff:a.b.c.d */
+	__u16 port;    /* network order */
+	__u8 proto;    /* SOCKLB_PROTO_* */
 	__u8 pad;
 };
 
@@ -128,13 +128,13 @@ struct socklb_svc_val {
 	__u32 count;		/* selectable slots, 0..count-1 of the list; 0 = refuse */
 	__u32 total_weight;	/* sum of the selectable slots' weights (control plane) */
 	__u32 members;		/* every backend of this version: slots 0..members-1 */
-	__u32 affinity_timeout;	/* seconds (SOCKLB_SVC_F_AFFINITY) */
+	__u32 affinity_timeout; /* seconds (SOCKLB_SVC_F_AFFINITY) */
 	__u8 algo;		/* SOCKLB_ALGO_* the datapath runs */
 	__u8 flags;		/* SOCKLB_SVC_F_* */
 	/* Control-plane only, so that a restarted process can rebuild the
 	 * Service from the maps: */
-	__u8 requested_algo;	/* SOCKLB_ALGO_* the user asked for */
-	__u8 opts;		/* SOCKLB_SVC_O_* */
+	__u8 requested_algo; /* SOCKLB_ALGO_* the user asked for */
+	__u8 opts;	     /* SOCKLB_SVC_O_* */
 };
 
 /* slots: (list, index) -> backend.  A list is one version of a service: the
@@ -159,22 +159,22 @@ struct socklb_slot_key {
  * bytes on every slot for the weighted lists' share of picks). */
 struct socklb_slot_val {
 	__u32 backend_id;
-	__u32 alias_id;		/* selectable slots: the backend taken otherwise */
-	__u32 keep;		/* selectable slots: P(backend_id | slot) * 2^32, saturated */
-	__u32 weight;		/* control plane only: the backend's weight in this version */
-	__u32 addr[4];		/* selectable slots: backend_id's address; else 0 */
-	__u16 port;		/* selectable slots: backend_id's port, network order; else 0 */
-	__u8 user_state;	/* control plane only: its SOCKLB_STATE_* in this version */
+	__u32 alias_id;	 /* selectable slots: the backend taken otherwise */
+	__u32 keep;	 /* selectable slots: P(backend_id | slot) * 2^32, saturated */
+	__u32 weight;	 /* control plane only: the backend's weight in this version */
+	__u32 addr[4];	 /* selectable slots: backend_id's address; else 0 */
+	__u16 port;	 /* selectable slots: backend_id's port, network order; else 0 */
+	__u8 user_state; /* control plane only: its SOCKLB_STATE_* in this version */
 	__u8 pad;
 };
 
 /* backends: backend_id -> address.  A backend id belongs to one service. */
 struct socklb_backend_val {
-	__u32 addr[4];		/* network order, IPv4 as ::ffff:a.b.c.d */
-	__u16 port;		/* network order */
-	__u8 state;		/* SOCKLB_STATE_*, DRAINING for weight 0 */
+	__u32 addr[4]; /* network order, IPv4 as ::ffff:a.b.c.d */
+	__u16 port;    /* network order */
+	__u8 state;    /* SOCKLB_STATE_*, DRAINING for weight 0 */
 	__u8 pad;
-	__u32 svc_id;		/* owner, to reject a reused id */
+	__u32 svc_id; /* owner, to reject a reused id */
 };
 
 /* affinity: (client pod's netns cookie, service) -> backend. */
@@ -185,7 +185,7 @@ struct socklb_affinity_key {
 };
 
 struct socklb_affinity_val {
-	__u64 last_used_ns;	/* bpf_ktime_get_ns() */
+	__u64 last_used_ns; /* bpf_ktime_get_ns() */
 	__u32 backend_id;
 	__u32 pad;
 };
@@ -195,12 +195,12 @@ struct socklb_affinity_val {
 struct socklb_sock_entry {
 	__u32 vip[4];
 	__u32 backend[4];
-	__u16 vip_port;		/* network order; 0 = unused entry */
-	__u16 backend_port;	/* network order */
+	__u16 vip_port;	    /* network order; 0 = unused entry */
+	__u16 backend_port; /* network order */
 	__u32 backend_id;
 	__u32 svc_id;
-	__u32 flags;		/* SOCKLB_ENTRY_* */
-	__u32 last_used;	/* socklb_sock_dgram.clock at the last datagram sent */
+	__u32 flags;	 /* SOCKLB_ENTRY_* */
+	__u32 last_used; /* socklb_sock_dgram.clock at the last datagram sent */
 	/* The service's list when the backend was chosen or last checked: a
 	 * list is one version of the service (a backend's state or weight
 	 * changing makes a new one, and list ids are not reused until they
@@ -219,10 +219,10 @@ struct socklb_sock_entry {
  * declared here: the loader shrinks the array (its BTF and the map's value
  * size) before load, so a socket pays only for the flows it may remember. */
 struct socklb_sock_dgram {
-	__u64 cookie;			/* the socket's cookie (for the mark, without a call) */
-	__u32 next;			/* round-robin cursor into dgram */
-	__u32 clock;			/* counts datagrams sent through dgram entries */
-	__u32 recent;			/* the entry of the last datagram (last_used == clock) */
+	__u64 cookie; /* the socket's cookie (for the mark, without a call) */
+	__u32 next;   /* round-robin cursor into dgram */
+	__u32 clock;  /* counts datagrams sent through dgram entries */
+	__u32 recent; /* the entry of the last datagram (last_used == clock) */
 	/* So that a datagram looks sock_conn up only on a socket that
 	 * connect()ed through a service: it is skipped while no_conn && !had_conn.
 	 * no_conn: the first datagram found no connect record; had_conn: the
@@ -233,12 +233,12 @@ struct socklb_sock_dgram {
 	__u32 no_conn;
 	__u32 had_conn;
 	__u32 pad;
-	struct socklb_sock_entry dgram[SOCKLB_MAX_UDP_FLOWS];	/* last: resized */
+	struct socklb_sock_entry dgram[SOCKLB_MAX_UDP_FLOWS]; /* last: resized */
 };
 
 /* sock_tcp: the record of a TCP socket socklb connected, in slot (cookie mod
  * SOCKLB_SOCK_TCP_SLOTS) of an array, where the kernel has cgroup/sock_release
- * and bpf_skc_to_mptcp_sock (tcp_by_cookie in socklb.bpf.c): connect() claims
+ * and bpf_skc_to_mptcp_sock (tcp_by_cookie in bpf/maps.h): connect() claims
  * a free slot (cookie 0) with one compare-and-swap and writes the record,
  * the socket's release frees it, getpeername() and the iterators find it by
  * cookie.  No allocation and no lock on the connect path.  A slot held by
@@ -246,7 +246,7 @@ struct socklb_sock_dgram {
  * subflow (a kernel socket: no release program runs for it) and kernels
  * without those features use socket-local storage (sock_conn) instead. */
 struct socklb_sock_slot {
-	__u64 cookie;		/* the owner's socket cookie; 0 = free */
+	__u64 cookie; /* the owner's socket cookie; 0 = free */
 	struct socklb_sock_entry e;
 };
 
@@ -267,17 +267,17 @@ struct socklb_sock_slot {
 #define SOCKLB_MARK_WINDOW_JIFFIES 1
 
 struct socklb_mark {
-	__u64 cookie;		/* bpf_get_socket_cookie() of the translated socket */
-	__u64 when_jiffies;	/* bpf_jiffies64() of the translation */
-	__u32 vip[4];		/* what the application dialled */
-	__u32 addr[4];		/* what it was rewritten to */
-	__u32 peer[4];		/* the socket's peer before the call (bpf_sock dst) */
-	__u16 vip_port;		/* network order */
-	__u16 port;		/* network order, rewritten */
-	__u16 peer_port;	/* network order, the socket's peer port before the call */
-	__u16 hook;		/* SOCKLB_HOOK_* */
-	__u32 src_port;		/* host order, the socket's local port before the call */
-	__u32 state;		/* the socket's state before the call */
+	__u64 cookie;	    /* bpf_get_socket_cookie() of the translated socket */
+	__u64 when_jiffies; /* bpf_jiffies64() of the translation */
+	__u32 vip[4];	    /* what the application dialled */
+	__u32 addr[4];	    /* what it was rewritten to */
+	__u32 peer[4];	    /* the socket's peer before the call (bpf_sock dst) */
+	__u16 vip_port;	    /* network order */
+	__u16 port;	    /* network order, rewritten */
+	__u16 peer_port;    /* network order, the socket's peer port before the call */
+	__u16 hook;	    /* SOCKLB_HOOK_* */
+	__u32 src_port;	    /* host order, the socket's local port before the call */
+	__u32 state;	    /* the socket's state before the call */
 };
 
 /* Tracing (socklb trace): trace_ctl holds a lease, the bpf_ktime_get_ns()
@@ -291,26 +291,26 @@ struct socklb_mark {
 #define SOCKLB_TRACE_REFUSED 3
 
 struct socklb_trace_ctl {
-	__u64 lease_until_ns;	/* 0 = off */
-	__u64 dropped;		/* events the ring buffer had no room for */
+	__u64 lease_until_ns; /* 0 = off */
+	__u64 dropped;	      /* events the ring buffer had no room for */
 };
 
 struct socklb_trace_event {
-	__u64 ts_ns;		/* bpf_ktime_get_ns() */
+	__u64 ts_ns; /* bpf_ktime_get_ns() */
 	__u64 cgroup_id;
 	__u64 netns_cookie;
-	__u64 cookie;		/* the socket's */
-	__u32 pid;		/* thread group id */
-	__u32 backend_id;	/* 0 when none was chosen */
-	__u32 vip[4];		/* what the application dialled */
-	__u32 backend[4];	/* where it goes */
-	__u16 vip_port;		/* network order */
-	__u16 backend_port;	/* network order */
-	__u8 hook;		/* SOCKLB_HOOK_* */
-	__u8 proto;		/* SOCKLB_PROTO_* */
-	__u8 outcome;		/* SOCKLB_TRACE_* */
-	__u8 v6;		/* the hook was connect6/sendmsg6 */
-	__u8 retried;		/* the pick was retried (the list changed under it) */
+	__u64 cookie;	    /* the socket's */
+	__u32 pid;	    /* thread group id */
+	__u32 backend_id;   /* 0 when none was chosen */
+	__u32 vip[4];	    /* what the application dialled */
+	__u32 backend[4];   /* where it goes */
+	__u16 vip_port;	    /* network order */
+	__u16 backend_port; /* network order */
+	__u8 hook;	    /* SOCKLB_HOOK_* */
+	__u8 proto;	    /* SOCKLB_PROTO_* */
+	__u8 outcome;	    /* SOCKLB_TRACE_* */
+	__u8 v6;	    /* the hook was connect6/sendmsg6 */
+	__u8 retried;	    /* the pick was retried (the list changed under it) */
 	__u8 pad[3];
 	char comm[16];
 };
@@ -327,20 +327,20 @@ struct socklb_trace_event {
 
 /* node_cfg: the node, as the datapath needs it. */
 struct socklb_node_cfg {
-	__u64 netns_cookie;	/* the node's network namespace; 0 = not known */
+	__u64 netns_cookie; /* the node's network namespace; 0 = not known */
 };
 
 /* meta: one entry describing pinned state. */
 struct socklb_meta {
-	__u32 magic;		/* SOCKLB_META_MAGIC (0x736c686c) */
-	__u32 layout_version;	/* SOCKLB_LAYOUT_VERSION of the writer */
+	__u32 magic;	      /* SOCKLB_META_MAGIC (0x736c686c) */
+	__u32 layout_version; /* SOCKLB_LAYOUT_VERSION of the writer */
 	__u32 max_services;
 	__u32 max_backends;
 	__u32 max_slots;
 	__u32 max_affinity;
 	__u32 maglev_size;
 	__u32 max_maglev;
-	__u32 udp_flows;	/* entries of each socket's sock_dgram value */
+	__u32 udp_flows; /* entries of each socket's sock_dgram value */
 	__u32 pad;
 };
 
@@ -354,11 +354,11 @@ struct socklb_attach_info {
  * the loader then terminates with sock_diag's SOCK_DESTROY (kernels without
  * bpf_sock_destroy).  Not a map: nothing is pinned. */
 struct socklb_doomed_sock {
-	__u32 src[4];		/* IPv4 in src[0] when family is AF_INET */
+	__u32 src[4]; /* IPv4 in src[0] when family is AF_INET */
 	__u32 dst[4];
-	__u16 sport;		/* network order */
-	__u16 dport;		/* network order */
-	__u32 ifindex;		/* the socket's bound device, 0 if none */
+	__u16 sport;   /* network order */
+	__u16 dport;   /* network order */
+	__u32 ifindex; /* the socket's bound device, 0 if none */
 	__u8 family;
 	__u8 protocol;
 	__u8 pad[2];

@@ -48,12 +48,12 @@ ROOTFS_PACKAGES = (
 )
 # Fast enough under emulation; ``--tests`` selects others ("tests" for all).
 FAST_TESTS = (
-    "tests/test_kernels.py",
-    "tests/test_errors.py",
-    "tests/test_tcp.py",
-    "tests/test_udp.py::test_connected_udp_client_moves_off_a_removed_backend",
-    "tests/test_udp.py::test_tcp_termination_is_opt_in",
-    "tests/test_selection.py::test_no_usable_backend_refuses_udp_too",
+    "tests/system/test_kernel_fallbacks.py",
+    "tests/unit/test_errors.py",
+    "tests/datapath/test_tcp.py",
+    "tests/datapath/test_udp.py::test_connected_udp_client_moves_off_a_removed_backend",
+    "tests/datapath/test_udp.py::test_tcp_termination_is_opt_in",
+    "tests/datapath/test_selection.py::test_no_usable_backend_refuses_udp_too",
 )
 # The initramfs: the modules that mount a 9p root.
 INITRD_MODULES = ("virtio_pci", "9pnet_virtio", "9p")

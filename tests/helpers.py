@@ -7,13 +7,20 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import pytest
 
 if TYPE_CHECKING:
+    from socklb import Service
     from socklb.datapath.live import Map
     from socklb.testing.lab import Lab
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+PROGRAMS = TESTS / "programs"
+"""The child programs the tests run (``[sys.executable, str(PROGRAMS / "name.py"), ...]``)."""
 
 TCP_PORT = 8080
 UDP_PORT = 5353
@@ -133,3 +140,35 @@ def one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
     assert len(lines) == 1, r.stderr
     for n in needles:
         assert n in lines[0], lines[0]
+
+
+def program(name: str) -> str:
+    """The path of the child program ``tests/programs/<name>.py``."""
+    return str(PROGRAMS / f"{name}.py")
+
+
+def run_program(pod: Any, name: str, *args: str, timeout: float = 60) -> str:
+    """Run the child program ``name`` (tests/programs/) in ``pod``; its standard output."""
+    return str(pod.run([sys.executable, program(name), *args], timeout=timeout).stdout)
+
+
+def udp_svc(world: World, vip: str = VIP4, names: tuple[str, ...] = BACKENDS, port: int = 53) -> Service:
+    """A UDP service on ``vip:port`` whose backends are the world's pods ``names`` (their UDP_PORT)."""
+    from socklb import Backend, Service
+
+    v6 = ":" in vip
+    return Service(vip, port, "udp", [Backend(p.ipv6 if v6 else p.ipv4, UDP_PORT) for p in world.pods(*names)])
+
+
+def read_events(p: subprocess.Popen[str], until: Any, limit: int = 2000) -> list[dict[str, str]]:
+    """JSON lines of ``p`` (tests/programs/udp_stream.py) until ``until(events)`` is true (at most ``limit``)."""
+    assert p.stdout
+    events: list[dict[str, str]] = []
+    for _ in range(limit):
+        line = p.stdout.readline()
+        if not line:
+            break
+        events.append(json.loads(line))
+        if until(events):
+            break
+    return events

@@ -127,6 +127,10 @@ class RecordingBalancer:
         with self.lock:
             self.node_addresses.append(list(addresses))
 
+    def refresh_node_addresses(self) -> List[str]:
+        with self.lock:
+            return list(self.node_addresses[-1]) if self.node_addresses else []
+
     def _check(self, key: ServiceKey) -> None:
         if key in self.fail:
             raise OSError(28, f"injected failure for {key}")

@@ -9,7 +9,8 @@ rewritten once, in the system call, to a chosen backend; replies and
 ('10.96.0.10', 80, 'tcp')
 """
 
-from socklb.balancer import Attachment, Balancer, ProgramStats, SyncResult
+from typing import TYPE_CHECKING, Any
+
 from socklb.errors import (
     CapacityError,
     ClosedError,
@@ -26,7 +27,26 @@ from socklb.errors import (
 )
 from socklb.model import Affinity, Algorithm, Backend, BackendState, Frontend, Protocol, Service, ServiceKey
 
+if TYPE_CHECKING:
+    from socklb.balancer import Attachment, Balancer, ProgramStats, SyncResult
+
 __version__ = "0.1.0"
+
+# The names of the façade, imported when first used: the values and errors
+# above are pure Python, and so is socklb.control.planner, whose unit tests
+# import this package with no native extension built (./run unit).
+_FACADE = frozenset(("Attachment", "Balancer", "ProgramStats", "SyncResult"))
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FACADE:
+        from socklb import balancer
+
+        value = getattr(balancer, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Affinity",

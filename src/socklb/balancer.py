@@ -23,16 +23,18 @@ from typing import Iterable, List, Optional, Tuple, Union
 
 from typing_extensions import Self
 
-from socklb._native.abi import DEFAULT_MAGLEV_SIZE, U32
-from socklb._native.abi import maglev_table as maglev_table
+from socklb._native.abi import U32
 from socklb.control import adopt, planner, stats, sync, writer
 from socklb.control.attachment import Attachment, cgroup_path
+from socklb.control.encode import maglev_table as maglev_table
 from socklb.control.nodes import node_address_arg
 from socklb.control.observe import Observability
 from socklb.control.runtime import Runtime, open_runtime
+from socklb.control.state import State
 from socklb.control.stats import ProgramStats
 from socklb.control.sync import SyncResult
 from socklb.datapath import node, pins
+from socklb.datapath.limits import DEFAULT_MAGLEV_SIZE
 from socklb.datapath.live import Datapath
 from socklb.datapath.spec import DEFAULT_UDP_FLOWS, DatapathSpec, PinPaths
 from socklb.errors import InvalidValueError, NotFoundError, SocklbError
@@ -108,7 +110,7 @@ class Balancer(Observability):
         self._datapath, self._lock = rt.datapath, rt.datapath.lock
         self._tables, self._node, self._attachments = rt.tables, rt.node, rt.attachments
         self._terminator = rt.terminator
-        self._state = planner.State()
+        self._state = State()
         self.write_stats = stats.WriteStats()
         """Durations of this balancer's updates (socklb.ops.metrics reads them)."""
         # 3. the node and the pinned state
@@ -315,7 +317,7 @@ class Balancer(Observability):
 
     def _write(self, want: sync.Wanted, exclusive: bool = False) -> planner.Plan:
         t = (self._tables, self._terminator, self._node, self.write_stats)
-        return sync.write(self._state, want, self.spec, *t, exclusive)
+        return writer.write(self._state, want, self.spec, *t, exclusive)
 
     def upsert(self, service: Service) -> bool:
         """Add the service or replace the one with the same key.  Returns whether
@@ -361,11 +363,10 @@ class Balancer(Observability):
     def apply(
         self, upserts: Iterable[Service] = (), removals: Iterable[_Key] = (), *, missing_ok: bool = False
     ) -> SyncResult:
-        """Add or replace ``upserts`` and remove ``removals`` (services or keys) in one plan,
-        leaving the services not named alone; returns what changed.  All or nothing, as
-        :meth:`sync`: a key named twice, or upserted and removed (InvalidValueError), a removal
-        not programmed (NotFoundError as from :meth:`remove`, unless ``missing_ok``) and the
-        capacity for the end state are checked before anything is written.
+        """Add or replace ``upserts`` and remove ``removals`` (services or keys) in one plan, leaving
+        the services not named alone; returns what changed.  All or nothing, as :meth:`sync`: a key
+        named twice or upserted and removed (InvalidValueError), a removal not programmed (NotFoundError
+        as from :meth:`remove`, unless ``missing_ok``) and the capacity are checked before any write.
 
         >>> a, b = (Service(f"10.96.0.{i}", 80, backends=[Backend("10.244.1.2", 8080)]) for i in (10, 11))
         >>> with Balancer() as lb:                        # doctest: +SKIP

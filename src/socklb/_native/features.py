@@ -1,15 +1,16 @@
 """The kernel features socklb uses: one table, probed once.
 
 Each :class:`Feature` names what socklb needs, the first Linux release that
-has it, and the bit the native probe (``socklb_probe`` in ``csrc/loader.c``)
-sets when the running kernel lacks it.  The loader's errors, its choice of
+has it, and the bit the native probe (``socklb_probe`` in ``csrc/probe.c``)
+sets when the running kernel lacks it.  The rows are ``csrc/features.def``'s,
+read from the extension: C takes the bits and the probes from the same file.  The loader's errors, its choice of
 fallbacks, the socket termination switch and the README's requirements all
 come from this table.  An optional feature has a ``fallback``: what socklb
 does instead, as a user sees it.
 
 A new helper, kfunc, map type or attach type in the BPF programs gets a row
-here (with the first kernel that has it) and a row in the probe table of
-``csrc/loader.c``; required unless the loader has a fallback for it.
+in ``csrc/features.def`` (with the first kernel that has it and its probe);
+required unless the loader has a fallback for it.
 
 Tests force features missing to cover the fallbacks on any kernel: the
 environment variable ``SOCKLB_FORCE_MISSING`` (names, comma-separated) or
@@ -31,7 +32,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Tuple
 
-from socklb._native import lib
+from socklb._native import ffi, lib
 from socklb.errors import MissingFeatureError
 
 __all__ = [
@@ -70,81 +71,17 @@ class Feature:
         return MissingFeatureError(self.description, self.kernel, detail)
 
 
-FEATURES: Tuple[Feature, ...] = (
-    Feature("connect", "cgroup/connect4 and cgroup/connect6 programs", "4.17", lib.SOCKLB_MISSING_CONNECT),
-    Feature("sendmsg", "cgroup/sendmsg4 and cgroup/sendmsg6 programs", "4.18", lib.SOCKLB_MISSING_SENDMSG),
-    Feature("recvmsg", "cgroup/recvmsg4 and cgroup/recvmsg6 programs", "5.2", lib.SOCKLB_MISSING_RECVMSG),
-    Feature(
-        "getpeername", "cgroup/getpeername4 and cgroup/getpeername6 programs", "5.8", lib.SOCKLB_MISSING_GETPEERNAME
-    ),
-    Feature("netns_cookie", "bpf_get_netns_cookie() in sock_addr programs", "5.7", lib.SOCKLB_MISSING_NETNS_COOKIE),
-    Feature(
-        "jiffies64",
-        "the bpf_jiffies64() helper in sock_addr programs (the translation mark's clock)",
-        "5.5",
-        lib.SOCKLB_MISSING_JIFFIES64,
-    ),
-    Feature(
-        "sk_storage",
-        "socket-local storage (bpf_sk_storage_get) in sock_addr programs",
-        "5.10",
-        lib.SOCKLB_MISSING_SK_STORAGE,
-    ),
-    Feature(
-        "set_retval",
-        "the bpf_set_retval() helper (ECONNREFUSED for empty services)",
-        "5.18",
-        lib.SOCKLB_MISSING_SET_RETVAL,
-        required=False,
-        fallback="connect() and sendmsg() to a service without usable backends fail with EPERM, not ECONNREFUSED",
-    ),
-    Feature(
-        "post_bind",
-        "cgroup/post_bind4 and cgroup/post_bind6 programs (NodePort bind protection)",
-        "4.17",
-        lib.SOCKLB_MISSING_POST_BIND,
-    ),
-    Feature(
-        "sock_destroy",
-        "the bpf_sock_destroy kfunc with tcp/udp socket iterators",
-        "6.5",
-        lib.SOCKLB_MISSING_SOCK_DESTROY,
-        required=False,
-        fallback="sockets on removed backends are terminated from user space (sock_diag SOCK_DESTROY)",
-    ),
-    Feature(
-        "iter_storage",
-        "socket-local storage in socket iterators (bpf_sk_storage_get in tracing programs)",
-        "5.11",
-        lib.SOCKLB_MISSING_ITER_STORAGE,
-        required=False,
-        fallback="socket_states() raises; without bpf_sock_destroy, sockets on removed backends are not terminated",
-    ),
-    Feature(
-        "diag_destroy",
-        "sock_diag SOCK_DESTROY (CONFIG_INET_DIAG_DESTROY)",
-        "4.5",
-        lib.SOCKLB_MISSING_DIAG_DESTROY,
-        required=False,
-        fallback="without bpf_sock_destroy as well, sockets on removed backends are not terminated",
-    ),
-    Feature(
-        "sock_release",
-        "cgroup/sock_release programs that read the socket cookie",
-        "5.10",
-        lib.SOCKLB_MISSING_SOCK_RELEASE,
-        required=False,
-        fallback="TCP translation records go to socket-local storage (allocated per connect: a slower connect)",
-    ),
-    Feature(
-        "mptcp_cast",
-        "the bpf_skc_to_mptcp_sock() helper in sock_addr programs",
-        "5.19",
-        lib.SOCKLB_MISSING_MPTCP_CAST,
-        required=False,
-        fallback="as without sock_release: MPTCP subflows cannot be told apart, so no TCP record goes by cookie",
-    ),
-)
+def _table() -> Tuple[Feature, ...]:
+    """The rows of csrc/features.def, as the extension has them."""
+    rows: List[Feature] = []
+    while (r := lib.socklb_feature(len(rows))) != ffi.NULL:
+        fallback = ffi.string(r.fallback).decode()
+        name, description, kernel = (ffi.string(x).decode() for x in (r.name, r.description, r.kernel))
+        rows.append(Feature(name, description, kernel, int(r.bit), required=not fallback, fallback=fallback))
+    return tuple(rows)
+
+
+FEATURES: Tuple[Feature, ...] = _table()
 REQUIRED = tuple(f for f in FEATURES if f.required)
 SET_RETVAL = next(f for f in FEATURES if f.name == "set_retval")
 SOCK_DESTROY = next(f for f in FEATURES if f.name == "sock_destroy")

@@ -1,7 +1,7 @@
 """Reading pinned state back: the meta record, the services, the repairs.
 
 A restarted controller (``Balancer.open``) rebuilds its
-:class:`~socklb.control.planner.State` from the maps.  A service is read back from its
+:class:`~socklb.control.state.State` from the maps.  A service is read back from its
 current list, which holds exactly one version of it (every member with its
 weight and state), so a service whose update was interrupted is exactly its
 old or its new version.  Whatever no current list refers to was written by an
@@ -20,9 +20,20 @@ from array import array
 from typing import Dict, List, Optional, Tuple
 
 from socklb._native import abi, check, ffi, lib
-from socklb._native.abi import ATTACH_INFO, BACKEND_VAL, META, SLOT_KEY, U32, U64, Member
+from socklb._native.abi import ATTACH_INFO, BACKEND_VAL, META, SLOT_KEY, U32, U64
 from socklb.control.attachment import Attachments
-from socklb.control.planner import Programmed, State
+from socklb.control.encode import (
+    NATIVE,
+    Member,
+    backend_value,
+    decode,
+    encode,
+    maglev_entries,
+    member_of,
+    service_value,
+    slot_rows,
+)
+from socklb.control.state import Programmed, State
 from socklb.control.writer import Tables
 from socklb.datapath import pins
 from socklb.datapath.cgroup import cgroup2_mount
@@ -76,7 +87,7 @@ class _Tables:
         self.raw: Dict[int, Dict[int, bytes]] = {}
         for k, v in t.slots.items(e["slots"]):
             sk = SLOT_KEY.unpack(k)
-            self.lists.setdefault(sk.list_id, {})[sk.index] = abi.member_of(v)
+            self.lists.setdefault(sk.list_id, {})[sk.index] = member_of(v)
             self.raw.setdefault(sk.list_id, {})[sk.index] = v
         self.tables = {U32.unpack(k)[0] for k in t.maglev.keys(e["maglev"])}
 
@@ -101,7 +112,7 @@ def read_services(t: Tables, spec: DatapathSpec) -> List[Service]:
     out = []
     for key, value in r.services:
         try:
-            out.append(abi.decode(key, value, r.members(value), r.backends))
+            out.append(decode(key, value, r.members(value), r.backends))
         except (InvalidValueError, KeyError):
             continue
     return out
@@ -115,7 +126,7 @@ def read_programmed(t: Tables, spec: DatapathSpec) -> List[Tuple[Service, Dict[T
     for key, value in r.services:
         try:
             members = r.members(value)
-            svc = abi.decode(key, value, members, r.backends)
+            svc = decode(key, value, members, r.backends)
         except (InvalidValueError, KeyError):
             continue
         ids = {}
@@ -136,7 +147,7 @@ def adopt(t: Tables, spec: DatapathSpec) -> Tuple[State, List[Service]]:
         v = abi.SVC_VAL.unpack(value)
         try:
             members = r.members(value)
-            svc = abi.decode(key, value, members, r.backends)
+            svc = decode(key, value, members, r.backends)
         except (InvalidValueError, KeyError):
             # Not something socklb writes, even when killed: drop it rather than guess.
             state.garbage.services.append(key)
@@ -146,13 +157,13 @@ def adopt(t: Tables, spec: DatapathSpec) -> Tuple[State, List[Service]]:
             b = BACKEND_VAL.unpack(r.backends[m.backend_id])
             by_key[(abi.addr_text(b.addr), socket.ntohs(b.port))] = m.backend_id
         ids = array("I", [by_key[(b.address, b.port)] for b in svc.backends])
-        version = abi.encode(svc, ids)
-        vals = {bid: abi.backend_value(b, v.svc_id) for b, bid in zip(svc.backends, ids)}
+        version = encode(svc, ids)
+        vals = {bid: backend_value(b, v.svc_id) for b, bid in zip(svc.backends, ids)}
         consistent = (
             version.members == members
             # the selectable slots' addresses the datapath picks
-            and abi.slot_rows(v.list_id, version)[1] == r.slot_values(v.list_id, len(members))
-            and value == abi.service_value(svc, v.svc_id, v.list_id, version)
+            and slot_rows(v.list_id, version)[1] == r.slot_values(v.list_id, len(members))
+            and value == service_value(svc, v.svc_id, v.list_id, version)
             and all(r.backends[bid] == val for bid, val in vals.items())
             and (
                 svc.algorithm is not Algorithm.MAGLEV
@@ -160,7 +171,7 @@ def adopt(t: Tables, spec: DatapathSpec) -> Tuple[State, List[Service]]:
                 or t.maglev.lookup(U32.pack(v.list_id))
                 == bytes(
                     ffi.buffer(
-                        abi.maglev_entries(
+                        maglev_entries(
                             version.usable,
                             [m.backend_id for m in version.members[: version.n_usable]],
                             spec.maglev_size,
@@ -169,7 +180,9 @@ def adopt(t: Tables, spec: DatapathSpec) -> Tuple[State, List[Service]]:
                 )
             )
         )
-        state.put(svc.key, Programmed(svc, v.svc_id, v.list_id, ids, v.count, len(members), dirty=not consistent))
+        state.put(
+            svc.key, Programmed(svc, v.svc_id, v.list_id, ids, v.count, len(members), NATIVE, dirty=not consistent)
+        )
         state.svc_ids.mark(v.svc_id)
         state.list_ids.mark(v.list_id)
         used_lists.add(v.list_id)

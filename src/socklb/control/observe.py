@@ -15,8 +15,8 @@ from typing import Dict, List, Optional, Tuple
 from socklb._native import features, lib
 from socklb.control import adopt, stats
 from socklb.control.attachment import Attachments
-from socklb.control.planner import State
 from socklb.control.runtime import Runtime
+from socklb.control.state import State
 from socklb.control.stats import ProgramStats
 from socklb.control.terminate import Terminator, client_netns
 from socklb.control.writer import Tables

@@ -14,19 +14,6 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from socklb._native import features
-from socklb._native.abi import (
-    AFFINITY_KEY,
-    AFFINITY_VAL,
-    ATTACH_INFO,
-    BACKEND_VAL,
-    META,
-    SLOT_KEY,
-    SLOT_VAL,
-    SVC_KEY,
-    SVC_VAL,
-    U32,
-    U64,
-)
 from socklb.control import adopt, stats, writer
 from socklb.control.attachment import Attachments
 from socklb.control.nodes import Node
@@ -113,15 +100,15 @@ def open_runtime(
             raise features.SOCK_DESTROY.error(dp.termination_reason)
         m = dp.map
         tables = writer.Tables(
-            services=m("services", SVC_KEY.size, SVC_VAL.size),
-            slots=m("slots", SLOT_KEY.size, SLOT_VAL.size),
-            backends=m("backends", U32.size, BACKEND_VAL.size),
-            maglev=m("maglev", U32.size, 4 * spec.maglev_size),
-            affinity=m("affinity", AFFINITY_KEY.size, AFFINITY_VAL.size),
-            selections=m("selections", U32.size, 8),
+            services=m("services"),
+            slots=m("slots"),
+            backends=m("backends"),
+            maglev=m("maglev"),
+            affinity=m("affinity"),
+            selections=m("selections"),
         )
-        record = m("attachments", U64.size, ATTACH_INFO.size)
-        counters = m("counters", U32.size, 8)
+        record = m("attachments")
+        counters = m("counters")
         attachments = Attachments(dp, paths, record if paths else None)
         terminator = Terminator(
             dp,
@@ -129,8 +116,8 @@ def open_runtime(
             bool(terminate_sockets) and bool(dp.termination),
             record=lambda n, n_tcp: stats.add_counters(counters, terminated=n, terminated_tcp=n_tcp),
         )
-        meta = m("meta", U32.size, META.size)
-        node = Node(m("node_cfg", U32.size, 8), m("node_addrs", 16, 4), m("wild_ports", U32.size, 8), netns_path)
+        meta = m("meta")
+        node = Node(m("node_cfg"), m("node_addrs"), m("wild_ports"), netns_path)
     except BaseException:
         if dp is not None:
             dp.close()

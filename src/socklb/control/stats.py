@@ -13,7 +13,7 @@ from socklb.datapath.live import Datapath, Map
 from socklb.model import ServiceKey
 
 if TYPE_CHECKING:
-    from socklb.control.planner import State
+    from socklb.control.state import State
     from socklb.control.writer import Tables
 
 __all__ = [

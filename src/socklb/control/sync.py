@@ -10,20 +10,16 @@ larger of now and the end state.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from itertools import compress, count
 from operator import attrgetter, is_not
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from typing_extensions import TypeAlias
 
-from socklb.control import planner, writer
-from socklb.control.nodes import Node
-from socklb.control.planner import Plan, State
-from socklb.control.stats import WriteStats
-from socklb.control.terminate import Terminator
-from socklb.datapath.spec import DatapathSpec
+from socklb.control.planner import Plan
+from socklb.control.state import State
+from socklb.datapath.limits import Limits
 from socklb.errors import CapacityError, InvalidValueError, NotFoundError
 from socklb.model import Algorithm, Service, ServiceKey, normalize_key
 
@@ -37,7 +33,6 @@ __all__ = [
     "positional_changes",
     "result",
     "wanted",
-    "write",
 ]
 
 Wanted: TypeAlias = Dict[ServiceKey, Optional[Service]]
@@ -60,33 +55,6 @@ class SyncResult:
     @property
     def changed(self) -> bool:
         return bool(self.added or self.updated or self.removed)
-
-
-def write(
-    st: State,
-    want: Wanted,
-    spec: DatapathSpec,
-    tables: writer.Tables,
-    terminator: Terminator,
-    node: Node,
-    stats: WriteStats,
-    exclusive: bool = False,
-) -> Plan:
-    """One plan from ``st`` to ``want`` (see :func:`socklb.control.planner.plan`),
-    written (:func:`socklb.control.writer.apply`), the node's wildcard ports
-    following, its duration observed in ``stats``."""
-    t0 = time.monotonic()
-    ok = False
-    try:
-        p = planner.plan(st, want, spec, terminate=terminator.enabled, exclusive=exclusive)
-        try:
-            writer.apply(tables, st, p, terminator)
-        finally:
-            node.sync_wild_ports(st.services, p.live)
-        ok = True
-        return p
-    finally:
-        stats.observe(time.monotonic() - t0, ok)
 
 
 def result(p: Plan, n_given: int) -> SyncResult:
@@ -203,9 +171,9 @@ def positional_changes(st: State, given: Sequence[Service]) -> Optional[Wanted]:
 def batched(
     write: Callable[[Wanted], Plan],
     st: State,
-    spec: DatapathSpec,
+    spec: Limits,
     n_given: int,
-    want: Wanted,
+    want: Mapping[ServiceKey, Optional[Service]],
     exclusive: bool,
     batch: int,
 ) -> SyncResult:

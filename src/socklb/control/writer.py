@@ -3,7 +3,7 @@
 The order (see :mod:`socklb.control.planner`): new backends, new lists and Maglev
 tables, then **the swap** (service entries written and removed).  A failure
 up to and including the swap is rolled back: the kernel and the
-:class:`~socklb.control.planner.State` keep the previous version, and the error is
+:class:`~socklb.control.state.State` keep the previous version, and the error is
 raised.
 
 Right after the swap the state is **committed**: from then on the kernel
@@ -11,7 +11,7 @@ serves the new version and ``Balancer.services()`` says so, whatever happens
 next.  What follows is clean-up: kept backends' new state, deleting the old
 lists and removed backends, terminating sockets still connected to removed
 backends, purging affinity entries.  A failure there is not raised: it is
-logged and left in the state's :class:`~socklb.control.planner.Garbage`, retried
+logged and left in the state's :class:`~socklb.control.state.Garbage`, retried
 before the next plan is written (or by ``Balancer.reconcile()``); a kept
 backend whose new state could not be written marks its service dirty, so the
 next plan rewrites it.
@@ -20,16 +20,24 @@ next plan rewrites it.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 from socklb._native import check, ffi, lib
 from socklb._native.abi import SLOT_KEY, U32
-from socklb.control.planner import Plan, Rows, State
+from socklb.control import encode, planner
+from socklb.control.nodes import Node
+from socklb.control.planner import Plan, Rows
+from socklb.control.state import State
+from socklb.control.stats import WriteStats
+from socklb.control.terminate import Terminator
 from socklb.datapath.live import Map, update_rows_parallel, write_threads
+from socklb.datapath.spec import DatapathSpec
 from socklb.errors import KernelError
+from socklb.model import Service, ServiceKey
 
-__all__ = ["Tables", "apply", "collect", "PARALLEL_MIN_ROWS"]
+__all__ = ["Tables", "apply", "collect", "write", "PARALLEL_MIN_ROWS"]
 
 log = logging.getLogger("socklb")
 
@@ -53,6 +61,33 @@ class Tables:
     affinity: Map
     selections: Optional[Map] = None
     """Per-backend selection counters (deleted with their backends)."""
+
+
+def write(
+    state: State,
+    want: Mapping[ServiceKey, Optional[Service]],
+    spec: DatapathSpec,
+    tables: Tables,
+    terminator: Terminator,
+    node: Node,
+    stats: WriteStats,
+    exclusive: bool = False,
+) -> Plan:
+    """One plan from ``state`` to ``want`` (:func:`socklb.control.planner.plan`),
+    written (:func:`apply`), the node's wildcard ports following, its duration
+    observed in ``stats``: what every ``Balancer`` update does."""
+    t0 = time.monotonic()
+    ok = False
+    try:
+        p = planner.plan(state, want, spec, codec=encode.NATIVE, terminate=terminator.enabled, exclusive=exclusive)
+        try:
+            apply(tables, state, p, terminator)
+        finally:
+            node.sync_wild_ports(state.services, p.live)
+        ok = True
+        return p
+    finally:
+        stats.observe(time.monotonic() - t0, ok)
 
 
 def apply(t: Tables, state: State, p: Plan, terminate: Terminate) -> None:

@@ -170,10 +170,16 @@ class Datapath:
                             out[name] = int(line.split()[1])
             return out
 
-    def map(self, name: str, key_size: int, value_size: int) -> Map:
+    def map(self, name: str, key_size: Optional[int] = None, value_size: Optional[int] = None) -> Map:
+        """The map called ``name``, its key and value sizes the loaded
+        object's (as the kernel has them; given ones must agree)."""
         with self.lock:
             fd = check(lib.socklb_map_fd(self.handle(), name.encode()), f"map {name}")
-        return Map(self, name, fd, key_size, value_size)
+            t, k, v, m = (ffi.new("uint32_t *") for _ in range(4))
+            check(lib.socklb_map_info(fd, t, k, v, m), f"map info of {name}")
+        if (key_size or k[0], value_size or v[0]) != (k[0], v[0]):
+            raise ValueError(f"map {name}: key and value sizes are {k[0]} and {v[0]}, not {key_size} and {value_size}")
+        return Map(self, name, fd, int(k[0]), int(v[0]))
 
     def attach(self, cgroup_fd: int, what: str, group: int = GROUP_MAIN) -> LinkSet:
         with self.lock:
