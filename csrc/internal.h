@@ -61,7 +61,7 @@ struct socklb {
 };
 
 /* libbpf's messages go to buf (size bytes) until socklb__log_release(), for
- * the calling thread only; with buf NULL, nowhere (loader.c). */
+ * the calling thread only; with buf NULL, nowhere (log.c). */
 void socklb__log_capture(char *buf, size_t size);
 void socklb__log_release(void);
 

@@ -91,40 +91,6 @@ _Static_assert(sizeof(SKEL->maps) == (0 PINNED_MAPS(ONE) + 2) * sizeof(struct bp
 /* The variant without bpf_set_retval is opened through socklb_bpf's skeleton. */
 _Static_assert(sizeof(struct socklb_bpf) == sizeof(struct socklb_noretval_bpf), "the datapath variants differ");
 
-/* libbpf's messages go to the buffer of the call in progress on this thread
- * (cffi releases the GIL, so calls from several threads may overlap), and
- * nowhere otherwise: a library must not write to the host's stderr. */
-static __thread char *log_dst;
-static __thread size_t log_cap, log_len;
-
-static int print_cb(enum libbpf_print_level level, const char *fmt, va_list ap)
-{
-	int n;
-
-	if (!log_dst || level == LIBBPF_DEBUG || log_len + 1 >= log_cap)
-		return 0;
-	n = vsnprintf(log_dst + log_len, log_cap - log_len, fmt, ap);
-	if (n > 0)
-		log_len = (size_t)n >= log_cap - log_len ? log_cap - 1 : log_len + (size_t)n;
-	return n;
-}
-
-void socklb__log_capture(char *buf, size_t size)
-{
-	libbpf_set_print(print_cb);
-	log_dst = buf;
-	log_cap = size;
-	log_len = 0;
-	if (buf && size)
-		buf[0] = '\0';
-}
-
-void socklb__log_release(void)
-{
-	log_dst = NULL;
-	log_cap = log_len = 0;
-}
-
 /* The datapath through its skeleton: the object built with bpf_set_retval,
  * or the one without (5.18), which has the same maps, programs and .rodata
  * (build_ffi.py checks their skeletons agree): it is opened with socklb_bpf's

@@ -114,14 +114,14 @@ class Observability:
         A backend's count starts again from 0 if it is removed and added back."""
         with self._lock:
             self._open()
-            return stats.service_selections(self._tables, self._state, self.spec.map_entries()["selections"])
+            return _service_selections(self._tables, self._state, self.spec.map_entries()["selections"])
 
     def dump(self) -> Dict[str, Dict[bytes, bytes]]:
         """The raw contents of the service, slot, backend and Maglev maps, by map
         name: packed keys to packed values, as the datapath sees them."""
         with self._lock:
             self._open()
-            return stats.table_dump(self._tables, self.spec.map_entries())
+            return _table_dump(self._tables, self.spec.map_entries())
 
     def kernel_services(self) -> List[Service]:
         """The services the kernel's tables describe, decoded from the maps (what
@@ -135,7 +135,7 @@ class Observability:
         """Entries in use and capacity (max_entries) of each sized map, by name."""
         with self._lock:
             dp = self._open()
-            out = stats.table_usage(self._tables, self.spec.map_entries())
+            out = _table_usage(self._tables, self.spec.map_entries())
             out["sock_tcp"] = (dp.tcp_records(), int(lib.SOCKLB_SOCK_TCP_SLOTS))
             return out
 
@@ -151,3 +151,27 @@ class Observability:
         """
         with self._lock:
             return stats.program_stats(self._open())
+
+
+def _service_selections(t: Tables, state: State, cap: int) -> Dict[ServiceKey, Dict[Tuple[str, int], int]]:
+    """Selections by service key and backend (address, port); see Balancer.selections."""
+    assert t.selections is not None
+    sel = stats.read_selections(t.selections, cap)
+    return {k: {be: sel.get(bid, 0) for be, bid in lv.backend_ids.items()} for k, lv in state.services.items()}
+
+
+def _table_dump(t: Tables, entries: Dict[str, int]) -> Dict[str, Dict[bytes, bytes]]:
+    """Raw contents of the service, slot, backend and Maglev maps, by name."""
+    e = entries
+    return stats.dump(
+        {t.services: e["services"], t.slots: e["slots"], t.backends: e["backends"], t.maglev: e["maglev"]}
+    )
+
+
+def _table_usage(t: Tables, entries: Dict[str, int]) -> Dict[str, Tuple[int, int]]:
+    """Entries in use and capacity of each sized map of the tables, by name."""
+    maps = {"services": t.services, "slots": t.slots, "backends": t.backends, "maglev": t.maglev}
+    maps["affinity"] = t.affinity
+    if t.selections is not None:
+        maps["selections"] = t.selections
+    return {name: (len(m.keys(entries[name])), entries[name]) for name, m in maps.items()}

@@ -5,16 +5,11 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 from socklb._native import lib, possible_cpus
 from socklb._native.abi import U32
 from socklb.datapath.live import Datapath, Map
-from socklb.model import ServiceKey
-
-if TYPE_CHECKING:
-    from socklb.control.state import State
-    from socklb.control.writer import Tables
 
 __all__ = [
     "COUNTERS",
@@ -25,9 +20,6 @@ __all__ = [
     "read_selections",
     "program_stats",
     "dump",
-    "service_selections",
-    "table_dump",
-    "table_usage",
 ]
 
 WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -143,25 +135,3 @@ def program_stats(datapath: Datapath) -> List[ProgramStats]:
 def dump(maps: Dict[Map, int]) -> Dict[str, Dict[bytes, bytes]]:
     """Raw contents of each map (walking at most the given number of keys)."""
     return {m.name: dict(m.items(cap)) for m, cap in maps.items()}
-
-
-def service_selections(t: Tables, state: State, cap: int) -> Dict[ServiceKey, Dict[Tuple[str, int], int]]:
-    """Selections by service key and backend (address, port); see Balancer.selections."""
-    assert t.selections is not None
-    sel = read_selections(t.selections, cap)
-    return {k: {be: sel.get(bid, 0) for be, bid in lv.backend_ids.items()} for k, lv in state.services.items()}
-
-
-def table_dump(t: Tables, entries: Dict[str, int]) -> Dict[str, Dict[bytes, bytes]]:
-    """Raw contents of the service, slot, backend and Maglev maps, by name."""
-    e = entries
-    return dump({t.services: e["services"], t.slots: e["slots"], t.backends: e["backends"], t.maglev: e["maglev"]})
-
-
-def table_usage(t: Tables, entries: Dict[str, int]) -> Dict[str, Tuple[int, int]]:
-    """Entries in use and capacity of each sized map of the tables, by name."""
-    maps = {"services": t.services, "slots": t.slots, "backends": t.backends, "maglev": t.maglev}
-    maps["affinity"] = t.affinity
-    if t.selections is not None:
-        maps["selections"] = t.selections
-    return {name: (len(m.keys(entries[name])), entries[name]) for name, m in maps.items()}
