@@ -26,7 +26,7 @@ from typing import Iterable, List, Optional, Tuple, Union
 from typing_extensions import Self
 
 from socklb._native.abi import U32
-from socklb.control import adopt, encode, planner, stats, sync, writer
+from socklb.control import adopt, encode, planner, stats, sync, terminate, writer
 from socklb.control.attachment import Attachment, cgroup_path
 from socklb.control.encode import maglev_table as maglev_table
 from socklb.control.nodes import node_address_arg
@@ -246,6 +246,11 @@ class Balancer(Observability):
                 node.netns_cookie()  # raises MissingFeatureError (SO_NETNS_COOKIE, 5.14) where that is why
                 raise InvalidValueError("scope", "the node's network namespace is not known to this balancer")
             self._attachments.attach(path, scope, excluded)
+            if self._attachments.detached:  # records left by sockets closed since
+                try:
+                    self._reclaim()
+                except SocklbError as e:  # the attachment stands; reconcile() retries
+                    log.warning("socklb: reclaiming sock_tcp slots: %s", e)
             return self._attachments.handle(self, path)
 
     # -- the node ------------------------------------------------------------------
@@ -386,11 +391,19 @@ class Balancer(Observability):
 
     def reconcile(self) -> int:
         """Retry the clean-up that an earlier update could not finish (it is
-        also retried before every update).  Returns how much is still pending."""
+        also retried before every update), and free the TCP records of sockets
+        that closed while their cgroup was detached (no release program ran
+        for them; attach() does it too after a detach).  Returns how much is
+        still pending."""
         with self._lock:
             self._mutating("reconcile")
             writer.collect(self._tables, self._state, self._terminator)
+            self._reclaim()
             return len(self._state.garbage)
+
+    def _reclaim(self) -> int:
+        self._attachments.detached = False
+        return terminate.reclaim_tcp(self._open())
 
     def pending(self) -> int:
         """Clean-up operations still pending (0 normally); see :meth:`reconcile`."""
