@@ -154,7 +154,7 @@ def compile_bpf() -> str:
 
 
 # The native core, one file per job (see the README, "How the code is laid out").
-SOURCES = ["loader.c", "log.c", "mapio.c", "terminate.c", "maglev.c", "probe.c", "trace.c", "rows.c"]
+SOURCES = ["loader.c", "log.c", "mapio.c", "terminate.c", "maglev.c", "probe.c", "trace.c", "rows.c", "reclaim.c"]
 HEADERS = ["socklb_maps.h", "loader.h", "rows.h", "internal.h", "features.def"]
 
 ffibuilder = FFI()

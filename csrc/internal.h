@@ -44,6 +44,7 @@ struct socklb_iters {
 	struct bpf_link *destroy_udp, *destroy_tcp; /* full */
 	struct bpf_link *list_udp, *list_tcp;	    /* counting only */
 	struct bpf_link *count_udp, *count_tcp;	    /* both */
+	struct bpf_link *live_tcp;		    /* both: cookies holding a sock_tcp slot */
 	int doomed_fd;				    /* backend ids to terminate */
 	int destroyed_fd;			    /* full: its .bss, the count of sockets destroyed */
 	int err;				    /* 0 when one of the objects loaded */

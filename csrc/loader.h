@@ -152,6 +152,14 @@ int socklb_tcp_by_cookie(struct socklb *lb);
  * holds. */
 int64_t socklb_tcp_slots_used(int fd);
 
+/* Free the sock_tcp slots whose socket is gone although no release program
+ * ran for it (it closed after its cgroup was detached): a slot is freed when
+ * it held the same cookie before and after two walks of the TCP sockets of
+ * the nns network namespaces (open fds) that did not find that socket.
+ * Returns the number of slots freed, or -errno (-EOPNOTSUPP without
+ * iterators).  See reclaim.c. */
+int64_t socklb_reclaim_tcp(struct socklb *lb, const int *netns_fds, uint32_t nns);
+
 /* Kernel features this library needs that are missing: the bits
  * (SOCKLB_MISSING_*) of the rows of features.def the kernel lacks. */
 uint32_t socklb_probe(void);

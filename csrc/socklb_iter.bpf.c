@@ -12,6 +12,8 @@
  *                           Linux 6.5), so the application sees an error and
  *                           reconnects to a live backend
  *   iter/udp, iter/tcp      (count) live per-socket entries (leak checks)
+ *   iter/tcp                (live) cookies of the sockets holding a sock_tcp
+ *                           slot: the others are reclaimed (reclaim.c)
  *
  * A socket iterator walks the network namespace of the process that creates
  * the iterator; the loader enters each client pod's namespace to run it.
@@ -194,6 +196,25 @@ int socklb_count_tcp(struct bpf_iter__tcp *ctx)
 
 	if (sk)
 		count_entries(ctx->meta, sk, true);
+	return 0;
+}
+
+/* Live records: the cookie of every TCP socket of this namespace that holds
+ * its sock_tcp slot, for the reclaim of slots whose socket closed while no
+ * release program ran for it (reclaim.c). */
+SEC("iter/tcp")
+int socklb_live_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock *sk = full_tcp_sock(ctx);
+	struct socklb_sock_slot *slot;
+	__u64 cookie;
+
+	if (!sk)
+		return 0;
+	cookie = bpf_get_socket_cookie(sk);
+	slot = tcp_slot(cookie);
+	if (slot && slot->cookie == cookie)
+		bpf_seq_write(ctx->meta->seq, &cookie, sizeof(cookie));
 	return 0;
 }
 

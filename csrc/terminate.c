@@ -45,6 +45,7 @@ void socklb__iter_close(struct socklb_iters *it)
 	it->full = NULL;
 	it->count = NULL;
 	it->destroy_udp = it->destroy_tcp = it->list_udp = it->list_tcp = it->count_udp = it->count_tcp = NULL;
+	it->live_tcp = NULL;
 	it->doomed_fd = it->destroyed_fd = -1;
 }
 
@@ -81,6 +82,7 @@ static int open_full(struct socklb_iters *it, int conn_fd, int dgram_fd, int tcp
 	it->destroy_tcp = s->links.socklb_destroy_tcp;
 	it->count_udp = s->links.socklb_count_udp;
 	it->count_tcp = s->links.socklb_count_tcp;
+	it->live_tcp = s->links.socklb_live_tcp;
 	it->doomed_fd = bpf_map__fd(s->maps.doomed);
 	it->destroyed_fd = bpf_map__fd(s->maps.bss);
 	return 0;
@@ -105,6 +107,7 @@ static int open_count(struct socklb_iters *it, int conn_fd, int dgram_fd, int tc
 	it->list_tcp = s->links.socklb_list_tcp;
 	it->count_udp = s->links.socklb_count_udp;
 	it->count_tcp = s->links.socklb_count_tcp;
+	it->live_tcp = s->links.socklb_live_tcp;
 	it->doomed_fd = bpf_map__fd(s->maps.doomed);
 	return 0;
 }

@@ -24,7 +24,7 @@ from typing import Iterable, List, Optional, Tuple, Union
 from typing_extensions import Self
 
 from socklb._native.abi import U32
-from socklb.control import adopt, planner, stats, sync, writer
+from socklb.control import adopt, planner, stats, sync, terminate, writer
 from socklb.control.attachment import Attachment, cgroup_path
 from socklb.control.encode import maglev_table as maglev_table
 from socklb.control.nodes import node_address_arg
@@ -153,12 +153,6 @@ class Balancer(Observability):
 
     # -- lifecycle ----------------------------------------------------------------
 
-    def _open(self) -> Datapath:
-        """The datapath, under the lock; ClosedError after close()."""
-        assert self._datapath is not None
-        self._datapath.handle()
-        return self._datapath
-
     def _mutating(self, what: str) -> Datapath:
         dp = self._open()
         if os.getpid() != self._pid:
@@ -243,6 +237,8 @@ class Balancer(Observability):
                 node.netns_cookie()  # raises MissingFeatureError (SO_NETNS_COOKIE, 5.14) where that is why
                 raise InvalidValueError("scope", "the node's network namespace is not known to this balancer")
             self._attachments.attach(path, scope, excluded)
+            # Records left by sockets that closed while a cgroup was detached.
+            terminate.reclaim_after_detach(self._attachments, self._open(), quiet=True)
             return self._attachments.handle(self, path)
 
     # -- the node ------------------------------------------------------------------
@@ -382,10 +378,14 @@ class Balancer(Observability):
 
     def reconcile(self) -> int:
         """Retry the clean-up that an earlier update could not finish (it is
-        also retried before every update).  Returns how much is still pending."""
+        also retried before every update), and free the TCP records of sockets
+        that closed while their cgroup was detached (no release program ran
+        for them; attach() does it too after a detach).  Returns how much is
+        still pending."""
         with self._lock:
             self._mutating("reconcile")
             writer.collect(self._tables, self._state, self._terminator)
+            terminate.reclaim_after_detach(self._attachments, self._open(), quiet=False)
             return len(self._state.garbage)
 
     def pending(self) -> int:

@@ -13,6 +13,7 @@ exit status, never a traceback.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import sys
 import threading
 from typing import Any, Dict, List, Optional, Sequence
 
-from socklb.errors import SocklbError
+from socklb.errors import InvalidValueError, SocklbError
 from socklb.ops.output import EXIT_ERROR, CommandError, render, table
 
 __all__ = ["main", "parser"]
@@ -376,6 +377,9 @@ def kubernetes_agent(args: argparse.Namespace) -> int:
     if not args.node_name:
         print("socklb kubernetes: give --node-name or set NODE_NAME", file=sys.stderr)
         return 2
+    options = _translate_options(args, Agent)
+    if options is None:
+        return 2
     try:
         api = _api_client(args.kubeconfig, args.context)
     except Exception as e:  # no kubeconfig, not in a cluster: say so, no traceback
@@ -401,6 +405,7 @@ def kubernetes_agent(args: argparse.Namespace) -> int:
             healthz_port=args.healthz_port,
             healthz_address=args.healthz_address,
             freeze_gc=True,  # this process is the agent: no cyclic-GC walks of its long-lived state
+            **options,
         )
         done = threading.Event()
 
@@ -419,6 +424,25 @@ def kubernetes_agent(args: argparse.Namespace) -> int:
         return 0
     finally:
         lb.close()  # with --pin-dir the services and the attachment stay for the next agent
+
+
+def _translate_options(args: argparse.Namespace, agent: Any) -> Optional[Dict[str, Any]]:
+    """The agent's options for translate() (socklb.kubernetes.translation), checked before
+    anything is loaded; None (after saying why on stderr) when they are wrong."""
+    from socklb.kubernetes.translation import external_ip_networks
+
+    cidrs = [c for c in args.external_ip_cidrs.split(",") if c.strip()]
+    try:
+        networks = external_ip_networks(cidrs)
+    except InvalidValueError as e:
+        print(f"socklb kubernetes: --external-ip-cidrs: {e}", file=sys.stderr)
+        return None
+    if "external_ip_cidrs" in inspect.signature(agent).parameters:
+        return {"external_ip_cidrs": networks}
+    if networks:  # an agent that translates with the default (no externalIP served) only
+        print("socklb kubernetes: --external-ip-cidrs: this agent cannot apply it yet", file=sys.stderr)
+        return None
+    return {}
 
 
 def _add_kubernetes_parser(sub: Any) -> None:
@@ -441,6 +465,14 @@ def _add_kubernetes_parser(sub: Any) -> None:
     k.add_argument("--min-sync-period", type=float, default=0.01, help="seconds between applies (default 0.01)")
     k.add_argument("--max-services", type=int, default=65536, help="service limit of a new balancer")
     k.add_argument("--max-backends", type=int, default=262144, help="backend limit of a new balancer")
+    k.add_argument(
+        "--external-ip-cidrs",
+        default="",
+        metavar="CIDR[,CIDR...]",
+        help="serve a Service's externalIPs only inside these ranges (default: none, as with Kubernetes' "
+        "DenyServiceExternalIPs: any user who may create a Service could otherwise take over any address, "
+        "CVE-2020-8554); 0.0.0.0/0,::/0 serves them all, as kube-proxy does",
+    )
     k.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 

@@ -150,3 +150,43 @@ def test_sockets_created_before_attaching_are_tracked(world: World, balancer: Ba
     finally:
         end(p)
     assert balancer.map_usage()["sock_tcp"][0] == 0
+
+
+def test_records_of_sockets_closed_after_detach_are_reclaimed(world: World, balancer: Balancer) -> None:
+    """Sockets that close after detach() run no release program: their slots
+    are reclaimed by the next attach() or reconcile(), and only theirs."""
+    balancer.upsert(Service(VIP4, 80, "tcp", [Backend(world.backends["b1"].ipv4, TCP_PORT)]))
+    att = balancer.attach(world.client.cgroup)
+    p = hold(world, 50)
+    try:
+        assert balancer.map_usage()["sock_tcp"][0] == 50
+        att.detach()
+    finally:
+        end(p)  # closed with no release program attached
+    assert balancer.map_usage()["sock_tcp"][0] == 50  # held by cookies no socket has
+    # Sockets still open keep their records through a reclaim.
+    balancer.attach(world.outsider.cgroup)
+    q = world.outsider.popen(
+        [sys.executable, program("tcp_hold_peers"), VIP4, "20"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert q.stdout is not None
+        assert json.loads(q.stdout.readline() or "null") == [f"{VIP4}:80"]
+        assert balancer.reconcile() == 0
+        assert balancer.map_usage()["sock_tcp"][0] == 20
+        assert ask(q) == [f"{VIP4}:80"]  # getpeername still reads their records
+    finally:
+        end(q)
+    assert balancer.map_usage()["sock_tcp"][0] == 0
+    # ... and a re-attach reclaims what a detach left, without reconcile().
+    att = balancer.attach(world.client.cgroup)
+    p = hold(world, 30)
+    att.detach()
+    end(p)
+    assert balancer.map_usage()["sock_tcp"][0] == 30
+    balancer.attach(world.client.cgroup)
+    assert balancer.map_usage()["sock_tcp"][0] == 0
+    assert balancer.socket_states() == 0

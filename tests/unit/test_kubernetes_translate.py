@@ -18,6 +18,11 @@ from hypothesis import strategies as st
 
 from socklb import Affinity, BackendState, InvalidValueError, Service
 from socklb.kubernetes import Node, translate, translate_with_notes
+from socklb.kubernetes.translation import DEFAULT_EXTERNAL_IP_CIDRS
+
+# The table's Services serve their externalIPs unless a case says otherwise
+# (the default allow-list is empty: see the "externalIPs" cases).
+EVERY_RANGE = ("0.0.0.0/0", "::/0")
 
 NODE = Node("node-a", zone="zone-a")
 Obj = Dict[str, Any]
@@ -329,7 +334,59 @@ CASES: List[Case] = [
         [svc(externalIPs=["not-an-ip", "224.0.0.1", "192.0.2.10"])],
         [ready_slice(A1)],
         {WEB: [f"{A1}:8080"], "192.0.2.10:80/tcp": [f"{A1}:8080"]},
-        logged=["default/web: frontend 'not-an-ip' port 80/tcp", "224.0.0.1 is a multicast address"],
+        logged=["default/web: frontend 'not-an-ip' port 80/tcp", "224.0.0.1 is multicast (224.0.0.0/4)"],
+    ),
+    Case(
+        "frontends: loopback, link-local, multicast and unspecified are never served (CVE-2020-8554)",
+        [
+            svc(cluster_ip="169.254.169.254", externalIPs=["127.0.0.1", "::1", "fe80::1", "0.0.0.0", "ff02::1"]),
+            svc(
+                "lb",
+                cluster_ip="10.96.0.30",
+                type="LoadBalancer",
+                externalIPs=["192.0.2.10"],
+                status={"loadBalancer": {"ingress": [{"ip": "169.254.169.254"}, {"ip": "127.0.0.53"}]}},
+            ),
+        ],
+        [ready_slice(A1), eps("lb-1", "lb", ep(A2))],
+        {"10.96.0.30:80/tcp": [f"{A2}:8080"], "192.0.2.10:80/tcp": [f"{A2}:8080"]},
+        logged=[
+            "default/web: frontend 169.254.169.254 is link-local (169.254.0.0/16)",
+            "the cloud metadata server",
+            "frontend 127.0.0.1 is loopback (127.0.0.0/8)",
+            "frontend ::1 is loopback (::1)",
+            "frontend fe80::1 is link-local (fe80::/10)",
+            "frontend 0.0.0.0 is unspecified",
+            "frontend ff02::1 is multicast (ff00::/8)",
+            "default/lb: frontend 169.254.169.254 is link-local",
+            "default/lb: frontend 127.0.0.53 is loopback",
+            "CVE-2020-8554",
+        ],
+    ),
+    Case(
+        "externalIPs: none is served by default (CVE-2020-8554); load-balancer IPs are",
+        [
+            svc(
+                type="LoadBalancer",
+                externalIPs=["192.0.2.10"],
+                status={"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}, {"ip": "192.0.2.10"}]}},
+            )
+        ],
+        [ready_slice(A1)],
+        {WEB: [f"{A1}:8080"], "198.51.100.1:80/tcp": [f"{A1}:8080"], "192.0.2.10:80/tcp": [f"{A1}:8080"]},
+        logged=["frontend 192.0.2.10 is not in the allowed external-IP ranges"],
+        kw={"external_ip_cidrs": DEFAULT_EXTERNAL_IP_CIDRS},
+    ),
+    Case(
+        "externalIPs: served only inside external_ip_cidrs",
+        [svc(externalIPs=["192.0.2.10", "198.51.100.5", "2001:db8::10", "2001:db9::1"])],
+        [ready_slice(A1)],
+        {WEB: [f"{A1}:8080"], "192.0.2.10:80/tcp": [f"{A1}:8080"], "[2001:db8::10]:80/tcp": []},
+        logged=[
+            "frontend 198.51.100.5 is not in the allowed external-IP ranges",
+            "frontend 2001:db9::1 is not in the allowed external-IP ranges",
+        ],
+        kw={"external_ip_cidrs": ["192.0.2.0/24", "2001:db8::/64"]},
     ),
     # --- Ports ------------------------------------------------------------
     Case(
@@ -897,7 +954,7 @@ def test_rule(case: Case, caplog: pytest.LogCaptureFixture) -> None:
         case.node,
         case.proxy_name,
         apply_external_traffic_policy=case.apply_etp,
-        **case.kw,
+        **{"external_ip_cidrs": EVERY_RANGE, **case.kw},
     )
     assert view(t.services) == case.expect
     lines = [r.getMessage() for r in caplog.records if r.name == "socklb.kubernetes"]
@@ -907,6 +964,19 @@ def test_rule(case: Case, caplog: pytest.LogCaptureFixture) -> None:
     assert sorted(
         f"{k[0] if ':' not in k[0] else '[' + k[0] + ']'}:{k[1]}/{k[2]}" for k in t.no_local_endpoints
     ) == sorted(case.no_local)
+
+
+def test_external_ips_are_denied_unless_allowed() -> None:
+    services, slices = [svc(externalIPs=["192.0.2.10"])], [ready_slice(A1)]
+    assert [s.address for s in translate(services, slices, NODE)] == ["10.96.0.20"]
+    allowed = translate(services, slices, NODE, external_ip_cidrs=["192.0.2.10"])
+    assert [s.address for s in allowed] == ["10.96.0.20", "192.0.2.10"]
+
+
+@pytest.mark.parametrize("cidrs", [["192.0.2.0/33"], ["web"], "192.0.2.0/24", [24]])
+def test_a_bad_external_ip_range_raises(cidrs: Any) -> None:
+    with pytest.raises(InvalidValueError, match="external_ip_cidrs"):
+        translate([svc()], [], NODE, external_ip_cidrs=cidrs)
 
 
 def test_rule_names_are_unique() -> None:
@@ -936,7 +1006,7 @@ def test_rule_names_are_unique() -> None:
 )
 def test_affinity(spec: Obj, expected: Optional[Affinity]) -> None:
     """Rule: sessionAffinity ClientIP -> Affinity(timeoutSeconds or 10800), on every frontend."""
-    out = translate([svc(externalIPs=["192.0.2.10"], **spec)], [ready_slice(A1)], NODE)
+    out = translate([svc(externalIPs=["192.0.2.10"], **spec)], [ready_slice(A1)], NODE, external_ip_cidrs=EVERY_RANGE)
     assert [s.affinity for s in out] == [expected, expected]
 
 
@@ -1079,8 +1149,8 @@ def test_official_client_models_give_what_their_json_gives() -> None:
     """Rule: inputs may be the official client's model objects (converted with sanitize_for_serialization)."""
     kubernetes = require_kubernetes()
     services, slices, as_json, json_slices = _models(kubernetes)
-    from_models = translate(services, slices, NODE)
-    assert from_models == translate(as_json, json_slices, NODE)
+    from_models = translate(services, slices, NODE, external_ip_cidrs=EVERY_RANGE)
+    assert from_models == translate(as_json, json_slices, NODE, external_ip_cidrs=EVERY_RANGE)
     assert view(from_models) == {
         WEB: [f"{A1}:8080"],
         "[fd00:96::20]:80/tcp": [],
@@ -1089,7 +1159,9 @@ def test_official_client_models_give_what_their_json_gives() -> None:
     }
     assert {s.affinity for s in from_models} == {Affinity(30)}
     c = kubernetes.client
-    as_list = translate(c.V1ServiceList(items=services), c.V1EndpointSliceList(items=slices), NODE)
+    as_list = translate(
+        c.V1ServiceList(items=services), c.V1EndpointSliceList(items=slices), NODE, external_ip_cidrs=EVERY_RANGE
+    )
     assert as_list == from_models
     node = Node.from_object(
         c.V1Node(
@@ -1178,3 +1250,28 @@ def test_docstring_examples() -> None:
     for module in modules:
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_the_command_checks_its_external_ip_ranges(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """socklb kubernetes --external-ip-cidrs: checked before anything is loaded or contacted."""
+    from socklb.cli import _translate_options, main, parser
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    argv = ["kubernetes", "--node-name", "n1", "--cgroup", "/nonexistent"]
+    assert main([*argv, "--external-ip-cidrs", "192.0.2.0/24,web"]) == 2
+    err = capsys.readouterr().err
+    assert "--external-ip-cidrs" in err and "external_ip_cidrs[1]" in err and "'web'" in err
+    assert parser().parse_args(argv).external_ip_cidrs == ""  # the default: no externalIP served
+
+    def agent_with(external_ip_cidrs: Any = ()) -> None: ...
+
+    def agent_without() -> None: ...
+
+    args = parser().parse_args([*argv, "--external-ip-cidrs", "192.0.2.0/24, 2001:db8::/64"])
+    got = _translate_options(args, agent_with)
+    assert got is not None and [str(n) for n in got["external_ip_cidrs"]] == ["192.0.2.0/24", "2001:db8::/64"]
+    assert _translate_options(parser().parse_args(argv), agent_without) == {}
+    assert _translate_options(args, agent_without) is None
+    assert "cannot apply it yet" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 
 import pytest
 
@@ -113,3 +114,51 @@ def test_with_backends_keeps_the_rest() -> None:
     other = svc.with_backends([Backend("10.1.1.2", 80)])
     assert other.key == svc.key and other.algorithm is Algorithm.MAGLEV and other.affinity == Affinity(60)
     assert other.backends == (Backend("10.1.1.2", 80),)
+
+
+# --- frontends that must never be served (CVE-2020-8554) -----------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "rule"),
+    [
+        ("127.0.0.1", "loopback (127.0.0.0/8)"),
+        ("127.1.2.3", "loopback (127.0.0.0/8)"),
+        ("::1", "loopback (::1)"),
+        ("169.254.169.254", "the cloud metadata server"),
+        ("169.254.20.10", "link-local (169.254.0.0/16)"),
+        ("fe80::1", "link-local (fe80::/10)"),
+        ("0.1.2.3", "unspecified (0.0.0.0/8)"),
+    ],
+)
+def test_special_frontends_are_refused_unless_asked_for(address: str, rule: str) -> None:
+    with pytest.raises(InvalidValueError, match="allow_special_frontend=True") as e:
+        Service(address, 80, backends=[Backend("fd00::2" if ":" in address else "10.1.0.2", 80)])
+    assert rule in str(e.value) and "CVE-2020-8554" in str(e.value) and e.value.field == "address"
+    with pytest.raises(InvalidValueError, match=rule.split(" ")[0]):
+        Service.host_port(8080, address=address, family=6 if ":" in address else 4)
+    svc = Service(address, 80, allow_special_frontend=True)
+    assert svc.address == address
+    # Copies of a service that was allowed stay allowed.
+    assert pickle.loads(pickle.dumps(svc)) == svc
+    assert svc.with_backends([Backend("fd00::2" if ":" in address else "10.1.0.2", 80)]).address == address
+
+
+@pytest.mark.parametrize("address", ["224.0.0.1", "ff02::1", "0.0.0.0", "::"])
+def test_multicast_and_unspecified_frontends_are_refused_even_when_asked_for(address: str) -> None:
+    with pytest.raises(InvalidValueError):
+        Service(address, 80, allow_special_frontend=True)
+
+
+def test_wildcard_node_and_host_ports_and_ordinary_addresses_need_no_opt_in() -> None:
+    assert Service.node_port(30080).key == ("0.0.0.0", 30080, "tcp")
+    assert Service.node_port(30080, family=6).key == ("::", 30080, "tcp")
+    assert Service.host_port(8080).key == ("0.0.0.0", 8080, "tcp")
+    assert Service.host_port(8080, family=6).key == ("::", 8080, "tcp")
+    for ok in ("10.96.0.1", "169.253.255.255", "169.255.0.1", "126.255.255.255", "128.0.0.1", "fd00::1", "fec0::1"):
+        assert Service(ok, 80).address == ok
+
+
+def test_the_opt_in_is_a_bool() -> None:
+    with pytest.raises(InvalidValueError, match="allow_special_frontend"):
+        Service("10.96.0.1", 80, allow_special_frontend=1)  # type: ignore[arg-type]

@@ -81,6 +81,7 @@ class Attachments:
         self._entries: Dict[str, _Entry] = {}
         self._handles: weakref.WeakValueDictionary[str, Attachment] = weakref.WeakValueDictionary()
         self._pid = os.getpid()
+        self.detached = False  # since the last reclaim of sock_tcp slots (see detach)
 
     # -- queries --------------------------------------------------------------
 
@@ -331,6 +332,9 @@ class Attachments:
             self._unpin(e)
             self._close_links(e)
             del self._entries[e.cgroup]
+            # Its TCP sockets that close from now on run no release program:
+            # their sock_tcp slots are reclaimed at the next attach or reconcile.
+            self.detached = True
 
     def release(self, e: _Entry) -> None:
         """Close the handle: detach unless pinned."""

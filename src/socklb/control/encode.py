@@ -388,6 +388,7 @@ def decode(key: bytes, value: bytes, members: Sequence[Member], backends: Mappin
         Affinity(v.affinity_timeout) if v.flags & lib.SOCKLB_SVC_F_AFFINITY else None,
         bool(v.opts & lib.SOCKLB_SVC_O_TERMINATE_TCP),
         _frontend(v.opts),
+        allow_special_frontend=True,  # validated when it was written
     )
 
 

@@ -43,7 +43,10 @@ class Observability:
     _terminator: Terminator
 
     def _open(self) -> Datapath:
-        raise NotImplementedError
+        """The datapath, under the lock; ClosedError after close()."""
+        assert self._datapath is not None
+        self._datapath.handle()
+        return self._datapath
 
     # -- limits and properties ----------------------------------------------------
 

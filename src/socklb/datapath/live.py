@@ -232,6 +232,17 @@ class Datapath:
             fd = lib.socklb_map_fd(self.handle(), b"sock_tcp")
             return check(int(lib.socklb_tcp_slots_used(check(int(fd), "sock_tcp"))), "reading sock_tcp")
 
+    def reclaim_tcp(self, netns_fds: Sequence[int]) -> int:
+        """Free the sock_tcp slots whose socket is in none of these network
+        namespaces (csrc/reclaim.c); how many.  0 without socket iterators."""
+        with self.lock:
+            lb = self.handle()
+            fds = ffi.new("int[]", list(netns_fds))
+            rc = int(lib.socklb_reclaim_tcp(lb, fds, len(netns_fds)))
+            if rc == -_errno.EOPNOTSUPP:
+                return 0
+            return check(rc, "reclaiming sock_tcp slots")
+
     def count_states(self, netns_fds: Sequence[int]) -> int:
         """Per-socket entries held by the sockets of these network namespaces."""
         with self.lock:

@@ -36,6 +36,24 @@ topology), each with a test in ``tests/test_kubernetes_translate.py``:
   whose ``ipMode`` is ``VIP`` or unset, each with every Service port.  Each
   frontend gets the endpoints of its own address family (dual-stack).  A frontend
   claimed by two Services goes to the first by namespace/name; the other is logged.
+- Frontends never served (CVE-2020-8554: a Service's ``clusterIP``,
+  ``externalIPs`` or load-balancer status capturing traffic meant for the node
+  or the cloud): loopback (127.0.0.0/8, ::1), link-local (169.254.0.0/16, which
+  holds the metadata server 169.254.169.254, and fe80::/10), multicast and the
+  unspecified address, whichever field names them; each refusal is a note naming
+  the rule.
+- ``externalIPs`` are served only inside ``external_ip_cidrs``, an allow-list
+  that is **empty by default**: any user who may create a Service may set
+  ``externalIPs`` and so take over any address for the pods of the node (the
+  attack of CVE-2020-8554); the Kubernetes project's mitigation is to deny them
+  unless an administrator allows them (the ``DenyServiceExternalIPs``
+  admission plugin, or a webhook with an allow-list).  A socket load balancer
+  has no admission step, so it applies the allow-list itself; pass
+  ``external_ip_cidrs=["203.0.113.0/24"]`` (``socklb kubernetes
+  --external-ip-cidrs``) for the ranges the cluster really assigns, or
+  ``["0.0.0.0/0", "::/0"]`` for kube-proxy's behaviour.  Load-balancer ingress
+  IPs are written to the Service's status by the cloud controller (a
+  privileged ``services/status`` permission) and are not subject to it.
 - Ports join on (port name, protocol); the backend port is the slice's number.
   Slice ports without a number are ignored.  TCP and UDP are balanced; SCTP ports
   are skipped with a log line.
@@ -91,6 +109,7 @@ merging, topology, the backends of a traffic policy).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
@@ -120,6 +139,7 @@ from socklb.kubernetes.objects import (
     as_dict,
 )
 from socklb.model import Affinity, Algorithm, Backend, Service, ServiceKey
+from socklb.model.checks import special_frontend
 
 __all__ = [
     "LABEL_HEADLESS",
@@ -128,9 +148,11 @@ __all__ = [
     "LABEL_ZONE",
     "Node",
     "Note",
+    "DEFAULT_EXTERNAL_IP_CIDRS",
     "SliceRead",
     "Translation",
     "as_dict",
+    "external_ip_networks",
     "read_slice",
     "translate",
     "translate_with_notes",
@@ -180,6 +202,7 @@ class _Spec:
     affinity: Optional[Affinity]
     internal_local: bool
     external_local: bool
+    spec_external: int = 0  # external_ips[:spec_external] are spec.externalIPs (the allow-list applies)
 
 
 def _read_service(d: Mapping[str, Any], where: str, proxy_name: Optional[str], notes: _Collector) -> Optional[_Spec]:
@@ -216,6 +239,7 @@ def _read_service(d: Mapping[str, Any], where: str, proxy_name: Optional[str], n
     if not cluster_ips:
         cluster_ips = [cluster_ip]
     external = _strs(spec.get("externalIPs"), "spec.externalIPs")
+    spec_external = len(external)
     lb = _mapping(status.get("loadBalancer"), "status.loadBalancer", optional=True)
     for i, ing in enumerate(_list(lb.get("ingress"), "status.loadBalancer.ingress")):
         ing = _mapping(ing, f"status.loadBalancer.ingress[{i}]")
@@ -274,7 +298,57 @@ def _read_service(d: Mapping[str, Any], where: str, proxy_name: Optional[str], n
             notes.note("Service", where, f"spec.ports[{i}].protocol {proto!r} is not TCP, UDP or SCTP: skipped")
             continue
         ports.append(((pname, proto), number, proto.lower(), node_port))
-    return _Spec(ns, name, cluster_ips, external, ports, affinity, internal_local, external_local)
+    return _Spec(ns, name, cluster_ips, external, ports, affinity, internal_local, external_local, spec_external)
+
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+# No externalIP is served unless its range is allowed (see the module documentation).
+DEFAULT_EXTERNAL_IP_CIDRS: Tuple[str, ...] = ()
+
+
+def external_ip_networks(cidrs: Iterable[Union[str, Network]]) -> Tuple[Network, ...]:
+    """The allow-list of external-IP ranges, checked: ``"203.0.113.0/24"``,
+    ``"2001:db8::/64"`` or an address alone (a /32 or /128).  Raises
+    InvalidValueError naming the entry that is not a range.
+
+    >>> [str(n) for n in external_ip_networks(["203.0.113.0/24", "2001:db8::7"])]
+    ['203.0.113.0/24', '2001:db8::7/128']
+    """
+    if isinstance(cidrs, (str, bytes)):
+        raise InvalidValueError("external_ip_cidrs", f"must be a list of CIDRs, not the string {cidrs!r}")
+    out: List[Network] = []
+    for i, c in enumerate(cidrs):
+        if isinstance(c, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            out.append(c)
+            continue
+        if not isinstance(c, str):
+            raise InvalidValueError(f"external_ip_cidrs[{i}]", f"must be a CIDR string, not {type(c).__name__}")
+        try:
+            out.append(ipaddress.ip_network(c.strip(), strict=False))
+        except ValueError:
+            raise InvalidValueError(
+                f"external_ip_cidrs[{i}]", f"{c!r} is not an IPv4 or IPv6 range (203.0.113.0/24, 2001:db8::/64)"
+            ) from None
+    return tuple(out)
+
+
+def _refused(address: str, external: bool, allowed: Tuple[Network, ...]) -> Optional[str]:
+    """Why a Service's frontend address is not served, or None (then Service()
+    checks it further)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None  # Service() says what is wrong with it
+    rule = special_frontend(ip.packed if ip.version == 6 else b"\0" * 10 + b"\xff\xff" + ip.packed)
+    if rule is not None:
+        return f"is {rule}: never served (CVE-2020-8554)"
+    if external and not any(ip in n for n in allowed):
+        return (
+            "is not in the allowed external-IP ranges (external_ip_cidrs, --external-ip-cidrs): not served "
+            "(CVE-2020-8554; by default no externalIP is)"
+        )
+    return None
 
 
 def _where_of(r: SliceRead) -> str:
@@ -289,6 +363,7 @@ def translate_with_notes(
     *,
     algorithm: Union[str, Algorithm] = Algorithm.RANDOM,
     apply_external_traffic_policy: bool = False,
+    external_ip_cidrs: Iterable[Union[str, Network]] = DEFAULT_EXTERNAL_IP_CIDRS,
 ) -> Translation:
     """:func:`translate`, also returning what was skipped and which Local frontends were refused.
 
@@ -303,6 +378,7 @@ def translate_with_notes(
     if not isinstance(node, Node):
         raise TypeError(f"node must be a Node or a node name, not {type(node).__name__}")
     algo = Algorithm(algorithm)
+    allowed = external_ip_networks(external_ip_cidrs)
     notes = _Collector()
     result = Translation(notes=notes.notes)
 
@@ -338,7 +414,15 @@ def translate_with_notes(
     for spec in specs:
         where = _fullname(spec.ns, spec.name)
         by_port = endpoints.get((spec.ns, spec.name), {})
-        frontends = [(ip, False) for ip in spec.cluster_ips] + [(ip, True) for ip in spec.external_ips]
+        frontends: List[Tuple[str, bool]] = []
+        given = [(ip, False, False) for ip in spec.cluster_ips]
+        given += [(ip, True, i < spec.spec_external) for i, ip in enumerate(spec.external_ips)]
+        for ip, external, listed in given:
+            why = _refused(ip, listed, allowed)
+            if why is None:
+                frontends.append((ip, external))
+            else:
+                notes.note("Service", where, f"frontend {ip} {why}", logging.WARNING)
         # One NodePort per family of the Service (its cluster IPs'), on the node's addresses.
         families = sorted({6 if ":" in ip else 4 for ip in spec.cluster_ips})
         for key, number, proto, node_port in spec.ports:
@@ -395,6 +479,7 @@ def translate(
     *,
     algorithm: Union[str, Algorithm] = Algorithm.RANDOM,
     apply_external_traffic_policy: bool = False,
+    external_ip_cidrs: Iterable[Union[str, Network]] = DEFAULT_EXTERNAL_IP_CIDRS,
 ) -> List[Service]:
     """The :class:`socklb.Service` values kube-proxy's rules give for ``node``:
     one per frontend (address, port, protocol).
@@ -403,7 +488,9 @@ def translate(
     JSON form or official-client models) or List objects with ``items``.
     ``proxy_name`` is this agent's ``service.kubernetes.io/service-proxy-name``
     (None: take only Services without that label).  ``algorithm`` is given to
-    every Service.  See the module documentation for the rules; nothing raises
+    every Service.  ``external_ip_cidrs`` lists the ranges whose ``externalIPs``
+    are served (none by default: CVE-2020-8554, see the module documentation);
+    a range that is not one raises InvalidValueError.  See the module documentation for the rules; nothing raises
     for malformed input, which is skipped and logged.
 
     >>> svc = {"metadata": {"name": "dns", "namespace": "kube-system"},
@@ -421,4 +508,5 @@ def translate(
         proxy_name,
         algorithm=algorithm,
         apply_external_traffic_policy=apply_external_traffic_policy,
+        external_ip_cidrs=external_ip_cidrs,
     ).services

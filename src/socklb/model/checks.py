@@ -112,6 +112,34 @@ def _check_special6(raw: bytes, value: str, name: str, backend: bool) -> None:
         )
 
 
+def special_frontend(a16: bytes) -> Optional[str]:
+    """The rule a frontend address (16 bytes, IPv4 as ::ffff:a.b.c.d) breaks,
+    or None: a service there would capture traffic that is never a service's
+    (CVE-2020-8554: a Service's externalIPs or LoadBalancer status taking over
+    the node's loopback or the cloud metadata server).  Loopback and
+    link-local are refused unless asked for; the unspecified address and
+    multicast are refused by :func:`_address` whatever the caller asks."""
+    if a16[:12] == _V4_MAPPED:
+        if a16[12] == 127:
+            return "loopback (127.0.0.0/8): the node's own services"
+        if a16[12] == 169 and a16[13] == 254:
+            return "link-local (169.254.0.0/16): node-local services and the cloud metadata server 169.254.169.254"
+        if a16[12] == 0:
+            return "unspecified (0.0.0.0/8): not a host's address"
+        if a16[12] >= 224 and a16[12] <= 239:
+            return "multicast (224.0.0.0/4): not a host's address"
+        return None
+    if a16 == bytes(15) + b"\x01":
+        return "loopback (::1): the node's own services"
+    if a16[0] == 0xFE and a16[1] & 0xC0 == 0x80:
+        return "link-local (fe80::/10): node-local services"
+    if a16 == bytes(16):
+        return "unspecified (::): not a host's address"
+    if a16[0] == 0xFF:
+        return "multicast (ff00::/8): not a host's address"
+    return None
+
+
 def _int(value: object, lo: int, hi: int) -> Optional[int]:
     """``value`` as a plain int if it is an integer in lo..hi, else None.
 

@@ -24,6 +24,7 @@ from socklb.model.checks import (
     _int,
     _port,
     _slotted,
+    special_frontend,
 )
 from socklb.model.kinds import (
     AFFINITY_DEFAULT,
@@ -38,6 +39,11 @@ from socklb.model.kinds import (
     Protocol,
     ServiceKey,
 )
+
+# First bytes of the frontends special_frontend() may refuse: the usual
+# service address pays one set lookup.
+_SPECIAL4 = frozenset((0, 127, 169))
+_SPECIAL6 = frozenset((0, 0xFE))
 
 __all__ = ["Affinity", "Backend", "Service", "normalize_key"]
 
@@ -235,6 +241,7 @@ class Service:
         affinity: Optional[Affinity] = None,
         terminate_tcp: bool = False,
         frontend: Union[str, Frontend] = Frontend.ADDRESS,
+        allow_special_frontend: bool = False,
     ) -> None:
         kind = frontend if frontend.__class__ is Frontend else _enum(Frontend, frontend, "frontend")
         wild = address in _WILDCARDS
@@ -251,6 +258,19 @@ class Service:
                 "(Service.node_port() makes one)",
             )
         text, a16, version = _address(address, "address", wildcard=wild)
+        if allow_special_frontend is not False and allow_special_frontend is not True:
+            raise InvalidValueError(
+                "allow_special_frontend", f"must be a bool, not {type(allow_special_frontend).__name__}"
+            )
+        if not wild and (a16[12] in _SPECIAL4 if a16[:12] == _V4_MAPPED else a16[0] in _SPECIAL6):
+            rule = special_frontend(a16)
+            if rule is not None and not allow_special_frontend:
+                raise InvalidValueError(
+                    "address",
+                    f"{text} is {rule}; a service there would capture traffic that is not a service's "
+                    "(CVE-2020-8554): give a service address, or pass allow_special_frontend=True if that is "
+                    "really what is meant",
+                )
         port = _port(port)
         proto = protocol if protocol.__class__ is Protocol else _enum(Protocol, protocol, "protocol")
         algo = algorithm if algorithm.__class__ is Algorithm else _enum(Algorithm, algorithm, "algorithm")
@@ -354,6 +374,7 @@ class Service:
                 self.affinity,
                 self.terminate_tcp,
                 self.frontend,
+                True,  # allow_special_frontend: it was validated when made
             ),
         )
 
@@ -449,6 +470,7 @@ class Service:
             self.affinity,
             self.terminate_tcp,
             self.frontend,
+            True,  # allow_special_frontend: the address is this one's
         )
 
     def __str__(self) -> str:
