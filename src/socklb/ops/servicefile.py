@@ -107,31 +107,41 @@ def _msg(e: InvalidValueError) -> str:
 
 
 def parse(text: str, name: str = "<file>") -> List[Service]:
-    """Services from the text of a JSON or YAML file."""
+    """Services from the text of a JSON or YAML file.  Anything malformed is
+    one :class:`~socklb.errors.InvalidValueError` naming the place."""
+    try:
+        return services_from(_decode(text, name))
+    except RecursionError:
+        raise InvalidValueError("file", f"{name}: nested too deeply (not a services file)") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        if isinstance(e, InvalidValueError):
+            raise
+        raise InvalidValueError("file", f"{name}: {type(e).__name__}: {e}") from None
+
+
+def _decode(text: str, name: str) -> object:
     stripped = text.lstrip()
     if name.endswith(".json") or stripped.startswith(("[", "{")):
         try:
-            data = json.loads(text)
+            return json.loads(text)
         except json.JSONDecodeError as e:
             raise InvalidValueError(
                 "file", f"{name}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
             ) from None
-    else:
-        try:
-            import yaml
-        except ImportError:
-            raise InvalidValueError(
-                "file",
-                f"{name} looks like YAML, which needs PyYAML (pip install 'socklb[yaml]'); JSON works without it",
-            ) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            where = getattr(e, "problem_mark", None)
-            at = f" at line {where.line + 1} column {where.column + 1}" if where is not None else ""
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise InvalidValueError("file", f"{name}: not valid YAML: {problem}{at}") from None
-    return services_from(data)
+    try:
+        import yaml
+    except ImportError:
+        raise InvalidValueError(
+            "file",
+            f"{name} looks like YAML, which needs PyYAML (pip install 'socklb[yaml]'); JSON works without it",
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1} column {where.column + 1}" if where is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise InvalidValueError("file", f"{name}: not valid YAML: {problem}{at}") from None
 
 
 def load(path: str) -> List[Service]:
