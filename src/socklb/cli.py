@@ -170,11 +170,12 @@ def _apply(args: argparse.Namespace) -> int:
     from socklb.ops import servicefile
 
     want = servicefile.load(args.file)
+    servicefile.check_request(want, args.prune)
     if args.dry_run:
-        diff = servicefile.diff_pinned(args.pin_dir, want)
+        diff = servicefile.diff_pinned(args.pin_dir, want, args.prune)
         print(render(diff, args.output, servicefile.diff_text))
         return 0
-    res = servicefile.apply(args.pin_dir, want)
+    res = servicefile.apply(args.pin_dir, want, args.prune)
     print(render(res, args.output, servicefile.result_text))
     return 0
 
@@ -304,9 +305,16 @@ def register(sub: Any) -> None:
     pin(p)
     out(p)
     p.set_defaults(ops_func=_stats)
-    p = sub.add_parser("apply", help="make a pinned balancer's services those of a YAML or JSON file")
+    p = sub.add_parser(
+        "apply", help="add or update a pinned balancer's services from a YAML or JSON file (--prune: only those)"
+    )
     p.add_argument("-f", "--file", required=True, help="services file (YAML or JSON; '-' for stdin)")
     pin(p, required=False)
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="also remove the services the file does not name (an explicit empty list removes every one)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print what would change; write nothing, take no lock")
     out(p)
     p.set_defaults(ops_func=_apply)

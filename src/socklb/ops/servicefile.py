@@ -18,6 +18,12 @@ A file is a list of services, or a mapping with one key ``services``::
         frontend: node_port        # address (default), node_port, host_port
         backends: [{address: 10.244.1.2, port: 8080}]
 
+``socklb apply`` is additive (like ``kubectl apply``): it adds the services a
+file names and updates those that differ; ``--prune`` also removes the services
+the file does not name.  A file with no services (empty, only comments,
+``null``, ``services:`` with nothing under it) is refused; an explicit empty
+list (``[]``, ``services: []``) with ``--prune`` removes every service.
+
 JSON is read with the standard library; YAML needs PyYAML (``socklb[yaml]``).
 Unknown fields are errors that name them (a typo never passes silently).  The
 ``id`` and ``selections`` fields that ``socklb services -o json`` prints are
@@ -41,11 +47,15 @@ from typing import Any, Dict, List, Optional
 from socklb.errors import InvalidValueError, NotFoundError
 from socklb.model import Affinity, Backend, Service
 
-__all__ = ["load", "parse", "diff", "diff_pinned", "apply", "diff_text", "result_text"]
+__all__ = ["load", "parse", "check_request", "diff", "diff_pinned", "apply", "diff_text", "result_text"]
 
 _SVC_FIELDS = ("address", "port", "protocol", "backends", "algorithm", "affinity", "terminate_tcp", "frontend")
 _BE_FIELDS = ("address", "port", "weight", "state")
 _READ_ONLY = ("id", "selections")
+_EMPTY = (
+    "holds no services (an empty or null document): refused; to remove every service, "
+    "apply an explicit empty list ('[]' or 'services: []') with --prune"
+)
 
 
 def _fields(d: object, where: str, known: tuple[str, ...], required: tuple[str, ...]) -> Dict[str, Any]:
@@ -77,7 +87,7 @@ def services_from(data: object) -> List[Service]:
         _fields(data, "file", ("services",), ("services",))
         data = data["services"]
     if data is None:
-        data = []
+        raise InvalidValueError("file", _EMPTY)
     if not isinstance(data, list):
         raise InvalidValueError("file", f"must hold a list of services, not {type(data).__name__}")
     out = []
@@ -110,7 +120,10 @@ def parse(text: str, name: str = "<file>") -> List[Service]:
     """Services from the text of a JSON or YAML file.  Anything malformed is
     one :class:`~socklb.errors.InvalidValueError` naming the place."""
     try:
-        return services_from(_decode(text, name))
+        data = _decode(text, name)
+        if data is None or (isinstance(data, dict) and "services" in data and data["services"] is None):
+            raise InvalidValueError("file", f"{name} {_EMPTY}")
+        return services_from(data)
     except RecursionError:
         raise InvalidValueError("file", f"{name}: nested too deeply (not a services file)") from None
     except (TypeError, ValueError, OverflowError) as e:
@@ -165,8 +178,19 @@ def _svc_text(s: Service) -> str:
     )
 
 
-def diff(have: List[Service], want: List[Service]) -> Dict[str, Any]:
-    """What ``sync(want)`` would change on ``have``, as plain data."""
+def check_request(want: List[Service], prune: bool) -> None:
+    """Refuse a file that lists no services, unless it is an explicit empty
+    list given with ``prune`` (remove every service)."""
+    if not want and not prune:
+        raise InvalidValueError(
+            "file", "lists no services: nothing to apply (an explicit empty list with --prune removes every service)"
+        )
+
+
+def diff(have: List[Service], want: List[Service], prune: bool = True) -> Dict[str, Any]:
+    """What applying ``want`` would change on ``have``, as plain data: with
+    ``prune`` what ``sync(want)`` would (services ``want`` does not name are
+    removed), without it only additions and updates."""
     h = {s.key: s for s in have}
     w = {}
     for i, s in enumerate(want):
@@ -174,7 +198,7 @@ def diff(have: List[Service], want: List[Service]) -> Dict[str, Any]:
             raise InvalidValueError(f"services[{i}]", f"service {s} is listed twice")
         w[s.key] = s
     added = [_svc_text(s) for k, s in w.items() if k not in h]
-    removed = [_svc_text(s) for k, s in h.items() if k not in w]
+    removed = [_svc_text(s) for k, s in h.items() if k not in w] if prune else []
     changed = []
     for k, s in w.items():
         old = h.get(k)
@@ -209,7 +233,7 @@ def _b(b: Backend) -> str:
     return f"[{b.address}]:{b.port}" if ":" in b.address else f"{b.address}:{b.port}"
 
 
-def diff_pinned(pin_dir: Optional[str], want: List[Service]) -> Dict[str, Any]:
+def diff_pinned(pin_dir: Optional[str], want: List[Service], prune: bool = False) -> Dict[str, Any]:
     """The diff against what is pinned in ``pin_dir`` (read-only, no lock);
     an empty or missing directory counts as no services."""
     have: List[Service] = []
@@ -222,7 +246,7 @@ def diff_pinned(pin_dir: Optional[str], want: List[Service]) -> Dict[str, Any]:
         from socklb.ops.view import PinnedView
 
         PinnedView(pin_dir).close()  # raises the reason it is not a socklb pin directory
-    return diff(have, want)
+    return diff(have, want, prune)
 
 
 def diff_text(d: Dict[str, Any]) -> str:
@@ -238,17 +262,25 @@ def diff_text(d: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def apply(pin_dir: Optional[str], want: List[Service]) -> Dict[str, Any]:
-    """``sync(want)`` on the balancer pinned in ``pin_dir`` (made if the
-    directory holds none), under its owner lock; the balancer is closed after,
-    its pinned maps and links stay."""
+def apply(pin_dir: Optional[str], want: List[Service], prune: bool = False) -> Dict[str, Any]:
+    """Add or update the services of ``want`` on the balancer pinned in
+    ``pin_dir`` (made if the directory holds none), under its owner lock;
+    with ``prune`` also remove the services ``want`` does not name
+    (``sync(want)``).  The balancer is closed after, its pinned maps and links
+    stay."""
     from socklb.balancer import Balancer
 
     if pin_dir is None:
         raise InvalidValueError("pin_dir", "apply needs --pin-dir: an unpinned balancer would vanish when socklb exits")
-    d = diff_pinned(pin_dir, want)
+    check_request(want, prune)
+    d = diff_pinned(pin_dir, want, prune)
     with Balancer(pin_dir=pin_dir) as lb:
-        r = lb.sync(want)
+        if prune:
+            r = lb.sync(want)
+        else:
+            merged = {s.key: s for s in lb.services()}
+            merged.update((s.key, s) for s in want)
+            r = lb.sync(list(merged.values()))
     return {**d, "map_writes": r.map_writes}
 
 
