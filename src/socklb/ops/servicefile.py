@@ -42,8 +42,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+from socklb.control.planner import check_end_state
+from socklb.datapath.limits import Limits
 from socklb.errors import InvalidValueError, NotFoundError
 from socklb.model import Affinity, Backend, Service
 
@@ -136,11 +138,13 @@ def _decode(text: str, name: str) -> object:
     stripped = text.lstrip()
     if name.endswith(".json") or stripped.startswith(("[", "{")):
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_json_object)
         except json.JSONDecodeError as e:
             raise InvalidValueError(
                 "file", f"{name}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
             ) from None
+        except ValueError as e:  # a duplicate key
+            raise InvalidValueError("file", f"{name}: not valid JSON: {e}") from None
     try:
         import yaml
     except ImportError:
@@ -149,12 +153,53 @@ def _decode(text: str, name: str) -> object:
             f"{name} looks like YAML, which needs PyYAML (pip install 'socklb[yaml]'); JSON works without it",
         ) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1} column {where.column + 1}" if where is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise InvalidValueError("file", f"{name}: not valid YAML: {problem}{at}") from None
+
+
+def _json_object(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r} in a JSON object")
+        out[k] = v
+    return out
+
+
+_LOADER: Optional[type] = None
+
+
+def _yaml_loader() -> type:
+    """yaml.SafeLoader refusing a key given twice in one mapping (PyYAML
+    keeps the last one silently)."""
+    global _LOADER
+    if _LOADER is None:
+        import yaml
+
+        class Loader(yaml.SafeLoader):
+            def construct_mapping(self, node: Any, deep: bool = False) -> Dict[Any, Any]:
+                seen = set()
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue  # '<<' merges may override: that is what they are for
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        dup = key in seen
+                    except TypeError:
+                        continue  # unhashable: the base class says so
+                    if dup:
+                        raise yaml.constructor.ConstructorError(
+                            "while reading a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
+                        )
+                    seen.add(key)
+                return super().construct_mapping(node, deep)
+
+        _LOADER = Loader
+    return _LOADER
 
 
 def load(path: str) -> List[Service]:
@@ -233,20 +278,33 @@ def _b(b: Backend) -> str:
     return f"[{b.address}]:{b.port}" if ":" in b.address else f"{b.address}:{b.port}"
 
 
+def end_state(have: List[Service], want: List[Service], prune: bool) -> List[Service]:
+    """The services programmed after applying ``want`` to ``have``."""
+    merged = {} if prune else {s.key: s for s in have}
+    merged.update((s.key, s) for s in want)
+    return list(merged.values())
+
+
 def diff_pinned(pin_dir: Optional[str], want: List[Service], prune: bool = False) -> Dict[str, Any]:
-    """The diff against what is pinned in ``pin_dir`` (read-only, no lock);
-    an empty or missing directory counts as no services."""
+    """The diff against what is pinned in ``pin_dir`` (read-only, no lock),
+    after every check ``apply`` runs on the file (the limits of the pinned
+    balancer, or a new one's); an empty or missing directory counts as no
+    services."""
     have: List[Service] = []
+    limits = Limits()  # what apply would make in an empty directory
     if pin_dir is not None and os.path.exists(os.path.join(pin_dir, "maps", "meta")):
         from socklb.ops.view import PinnedView
 
         with PinnedView(pin_dir) as v:
             have = v.services()
+            limits = v.spec
     elif pin_dir is not None and os.path.isdir(pin_dir) and os.listdir(pin_dir):
         from socklb.ops.view import PinnedView
 
         PinnedView(pin_dir).close()  # raises the reason it is not a socklb pin directory
-    return diff(have, want, prune)
+    d = diff(have, want, prune)
+    check_end_state(end_state(have, want, prune), limits)
+    return d
 
 
 def diff_text(d: Dict[str, Any]) -> str:
@@ -273,14 +331,12 @@ def apply(pin_dir: Optional[str], want: List[Service], prune: bool = False) -> D
     if pin_dir is None:
         raise InvalidValueError("pin_dir", "apply needs --pin-dir: an unpinned balancer would vanish when socklb exits")
     check_request(want, prune)
-    d = diff_pinned(pin_dir, want, prune)
     with Balancer(pin_dir=pin_dir) as lb:
-        if prune:
-            r = lb.sync(want)
-        else:
-            merged = {s.key: s for s in lb.services()}
-            merged.update((s.key, s) for s in want)
-            r = lb.sync(list(merged.values()))
+        # The diff of what is written: taken under the owner lock, from the
+        # services this balancer holds.
+        have = lb.services()
+        d = diff(have, want, prune)
+        r = lb.sync(end_state(have, want, prune))
     return {**d, "map_writes": r.map_writes}
 
 
