@@ -269,9 +269,7 @@ def _exporter(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     metrics.start_http_server(args.pin_dir, args.port, args.address, per_backend=args.per_backend)
-    print(
-        f"socklb exporter: serving {args.pin_dir} on http://{args.address or '0.0.0.0'}:{args.port}/metrics", flush=True
-    )
+    print(f"socklb exporter: serving {args.pin_dir} on http://{_hp(args.address, args.port)}/metrics", flush=True)
     try:
         while not stop.wait(3600):
             pass
@@ -329,7 +327,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("exporter", help="serve a pinned balancer's Prometheus metrics on /metrics")
     pin(p)
     p.add_argument("--port", type=int, required=True, help="TCP port to listen on")
-    p.add_argument("--address", default="", help="address to listen on (default: all)")
+    p.add_argument(
+        "--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 or :: for every one)"
+    )
     p.add_argument("--per-backend", action="store_true", help="also export per-backend selection counts")
     p.set_defaults(ops_func=_exporter)
     p = sub.add_parser("doctor", help="what this machine can do for socklb")
@@ -445,7 +445,11 @@ def _add_kubernetes_parser(sub: Any) -> None:
     k.add_argument(
         "--healthz-port", "--metrics-port", type=int, help="serve /healthz and /metrics on this port (0: any)"
     )
-    k.add_argument("--healthz-address", default="0.0.0.0", help="the address for /healthz (default 0.0.0.0)")
+    k.add_argument(
+        "--healthz-address",
+        default="127.0.0.1",
+        help="the address for /healthz and /metrics (default 127.0.0.1; 0.0.0.0 for every one)",
+    )
     k.add_argument("--min-sync-period", type=float, default=0.01, help="seconds between applies (default 0.01)")
     k.add_argument("--max-services", type=int, default=65536, help="service limit of a new balancer")
     k.add_argument("--max-backends", type=int, default=262144, help="backend limit of a new balancer")
