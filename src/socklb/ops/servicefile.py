@@ -39,6 +39,7 @@ socklb.errors.InvalidValueError: services[0]: unknown field 'weight' (known: add
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -46,7 +47,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from socklb.control.planner import check_end_state
 from socklb.datapath.limits import Limits
-from socklb.errors import InvalidValueError, NotFoundError
+from socklb.errors import InvalidValueError, NotFoundError, PermissionDeniedError
 from socklb.model import Affinity, Backend, Service
 
 __all__ = ["load", "parse", "check_request", "diff", "diff_pinned", "apply", "diff_text", "result_text"]
@@ -285,22 +286,50 @@ def end_state(have: List[Service], want: List[Service], prune: bool) -> List[Ser
     return list(merged.values())
 
 
+def _denied(path: str, e: OSError) -> PermissionDeniedError:
+    return PermissionDeniedError(f"reading {path} (pin directories are root's, mode 0700)", e.errno or errno.EACCES)
+
+
+def _pinned(pin_dir: str) -> bool:
+    """Whether ``pin_dir`` holds a balancer's maps.  A path this user may not
+    reach is an error, never a directory without one (os.path.exists says
+    False for both)."""
+    meta = os.path.join(pin_dir, "maps", "meta")
+    try:
+        os.stat(meta)
+        return True
+    except PermissionError as e:
+        raise _denied(pin_dir, e) from None
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def _entries(pin_dir: str) -> List[str]:
+    """What ``pin_dir`` holds; [] if it does not exist (apply would make it)."""
+    try:
+        return os.listdir(pin_dir)
+    except PermissionError as e:
+        raise _denied(pin_dir, e) from None
+    except FileNotFoundError:
+        return []
+    except NotADirectoryError:
+        return [pin_dir]  # PinnedView says what it is
+
+
 def diff_pinned(pin_dir: Optional[str], want: List[Service], prune: bool = False) -> Dict[str, Any]:
     """The diff against what is pinned in ``pin_dir`` (read-only, no lock),
     after every check ``apply`` runs on the file (the limits of the pinned
     balancer, or a new one's); an empty or missing directory counts as no
     services."""
+    from socklb.ops.view import PinnedView
+
     have: List[Service] = []
     limits = Limits()  # what apply would make in an empty directory
-    if pin_dir is not None and os.path.exists(os.path.join(pin_dir, "maps", "meta")):
-        from socklb.ops.view import PinnedView
-
+    if pin_dir is not None and _pinned(pin_dir):
         with PinnedView(pin_dir) as v:
             have = v.services()
             limits = v.spec
-    elif pin_dir is not None and os.path.isdir(pin_dir) and os.listdir(pin_dir):
-        from socklb.ops.view import PinnedView
-
+    elif pin_dir is not None and _entries(pin_dir):
         PinnedView(pin_dir).close()  # raises the reason it is not a socklb pin directory
     d = diff(have, want, prune)
     check_end_state(end_state(have, want, prune), limits)
