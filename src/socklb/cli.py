@@ -171,11 +171,12 @@ def _apply(args: argparse.Namespace) -> int:
     from socklb.ops import servicefile
 
     want = servicefile.load(args.file)
+    servicefile.check_request(want, args.prune)
     if args.dry_run:
-        diff = servicefile.diff_pinned(args.pin_dir, want)
+        diff = servicefile.diff_pinned(args.pin_dir, want, args.prune)
         print(render(diff, args.output, servicefile.diff_text))
         return 0
-    res = servicefile.apply(args.pin_dir, want)
+    res = servicefile.apply(args.pin_dir, want, args.prune)
     print(render(res, args.output, servicefile.result_text))
     return 0
 
@@ -269,9 +270,7 @@ def _exporter(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     metrics.start_http_server(args.pin_dir, args.port, args.address, per_backend=args.per_backend)
-    print(
-        f"socklb exporter: serving {args.pin_dir} on http://{args.address or '0.0.0.0'}:{args.port}/metrics", flush=True
-    )
+    print(f"socklb exporter: serving {args.pin_dir} on http://{_hp(args.address, args.port)}/metrics", flush=True)
     try:
         while not stop.wait(3600):
             pass
@@ -305,9 +304,16 @@ def register(sub: Any) -> None:
     pin(p)
     out(p)
     p.set_defaults(ops_func=_stats)
-    p = sub.add_parser("apply", help="make a pinned balancer's services those of a YAML or JSON file")
+    p = sub.add_parser(
+        "apply", help="add or update a pinned balancer's services from a YAML or JSON file (--prune: only those)"
+    )
     p.add_argument("-f", "--file", required=True, help="services file (YAML or JSON; '-' for stdin)")
     pin(p, required=False)
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="also remove the services the file does not name (an explicit empty list removes every one)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print what would change; write nothing, take no lock")
     out(p)
     p.set_defaults(ops_func=_apply)
@@ -322,7 +328,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("exporter", help="serve a pinned balancer's Prometheus metrics on /metrics")
     pin(p)
     p.add_argument("--port", type=int, required=True, help="TCP port to listen on")
-    p.add_argument("--address", default="", help="address to listen on (default: all)")
+    p.add_argument(
+        "--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 or :: for every one)"
+    )
     p.add_argument("--per-backend", action="store_true", help="also export per-backend selection counts")
     p.set_defaults(ops_func=_exporter)
     p = sub.add_parser("doctor", help="what this machine can do for socklb")
@@ -461,7 +469,11 @@ def _add_kubernetes_parser(sub: Any) -> None:
     k.add_argument(
         "--healthz-port", "--metrics-port", type=int, help="serve /healthz and /metrics on this port (0: any)"
     )
-    k.add_argument("--healthz-address", default="0.0.0.0", help="the address for /healthz (default 0.0.0.0)")
+    k.add_argument(
+        "--healthz-address",
+        default="127.0.0.1",
+        help="the address for /healthz and /metrics (default 127.0.0.1; 0.0.0.0 for every one)",
+    )
     k.add_argument("--min-sync-period", type=float, default=0.01, help="seconds between applies (default 0.01)")
     k.add_argument("--max-services", type=int, default=65536, help="service limit of a new balancer")
     k.add_argument("--max-backends", type=int, default=262144, help="backend limit of a new balancer")

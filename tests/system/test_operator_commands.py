@@ -267,7 +267,7 @@ def test_bad_input_is_one_line_and_non_zero(world: World, tmp_path: Any) -> None
         os.makedirs(pd)
         os.mkdir(os.path.join(pd, "junk"))  # on bpffs, not a socklb pin directory
         good = tmp_path / "ok.json"
-        good.write_text("[]")
+        good.write_text('[{"address": "10.96.0.10", "port": 80}]')
         missing = "/sys/fs/bpf/socklb-test-missing-" + os.urandom(4).hex()
         for cmd in (["status"], ["services"], ["stats"], ["apply", "-f", str(good), "--dry-run"]):
             if cmd[0] != "apply":  # a dry run against a new directory: everything would be added

@@ -105,17 +105,56 @@ class _Tables:
         return b"".join(entries.get(i, b"") for i in range(n))
 
 
+_REREADS = 64
+"""How many times a reader re-reads a service its owner keeps rewriting."""
+
+
+def _entry(
+    t: Tables, r: _Tables, key: bytes, value: bytes
+) -> Optional[Tuple[Service, Tuple[Member, ...], Dict[int, bytes]]]:
+    """One service read consistently while its owner may be writing: (the
+    service, its list's members, their backends), or None if it is gone.
+
+    The walks of ``services``, ``backends`` and ``slots`` are separate: a
+    list swapped in between (the writer swaps the list id in one update and
+    deletes the old list and removed backends only after) leaves an entry
+    whose list is already gone.  Such a service is read again on its own: its
+    entry, then its list and backends, then its entry once more; while the
+    entry is unchanged its list and backends cannot have been deleted, so
+    what was read is one version of it (old or new), never none.  Raises
+    InvalidValueError or KeyError for what socklb never writes."""
+    try:
+        members0 = r.members(value)
+        return decode(key, value, members0, r.backends), members0, r.backends
+    except (InvalidValueError, KeyError):
+        pass
+    for _ in range(_REREADS):
+        v = t.services.lookup(key)
+        if v is None:
+            return None  # removed: no longer programmed
+        sv = abi.SVC_VAL.unpack(v)
+        members: List[Member] = []
+        backends: Dict[int, bytes] = {}
+        for i in range(sv.members):
+            raw = t.slots.lookup(SLOT_KEY.pack(list_id=sv.list_id, index=i))
+            if raw is None:
+                break
+            m = member_of(raw)
+            b = t.backends.lookup(U32.pack(m.backend_id))
+            if b is None:
+                break
+            members.append(m)
+            backends[m.backend_id] = b
+        if t.services.lookup(key) == v and len(members) == sv.members:
+            return decode(key, v, members, backends), tuple(members), backends
+    return None
+
+
 def read_services(t: Tables, spec: DatapathSpec) -> List[Service]:
     """The services the kernel's tables describe right now, as a restarted
-    controller would read them (entries socklb never writes are left out)."""
-    r = _Tables(t, spec)
-    out = []
-    for key, value in r.services:
-        try:
-            out.append(decode(key, value, r.members(value), r.backends))
-        except (InvalidValueError, KeyError):
-            continue
-    return out
+    controller would read them (entries socklb never writes are left out).
+    Safe while an owner writes: each service in its old or its new version."""
+    return [svc for svc, _ids in read_programmed(t, spec)]
 
 
 def read_programmed(t: Tables, spec: DatapathSpec) -> List[Tuple[Service, Dict[Tuple[str, int], int]]]:
@@ -125,13 +164,15 @@ def read_programmed(t: Tables, spec: DatapathSpec) -> List[Tuple[Service, Dict[T
     out = []
     for key, value in r.services:
         try:
-            members = r.members(value)
-            svc = decode(key, value, members, r.backends)
+            got = _entry(t, r, key, value)
+            if got is None:
+                continue
+            svc, members, backends = got
         except (InvalidValueError, KeyError):
             continue
         ids = {}
         for m in members:
-            b = BACKEND_VAL.unpack(r.backends[m.backend_id])
+            b = BACKEND_VAL.unpack(backends[m.backend_id])
             ids[(abi.addr_text(b.addr), socket.ntohs(b.port))] = m.backend_id
         out.append((svc, ids))
     return out

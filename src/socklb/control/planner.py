@@ -44,7 +44,7 @@ from socklb.datapath.limits import Limits
 from socklb.errors import CapacityError
 from socklb.model import Algorithm, BackendState, Protocol, Service, ServiceKey
 
-__all__ = ["Garbage", "Ids", "Plan", "Programmed", "Reserved", "Rows", "State", "plan"]
+__all__ = ["Garbage", "Ids", "Plan", "Programmed", "Reserved", "Rows", "State", "check_end_state", "plan"]
 
 
 class Rows:
@@ -229,6 +229,20 @@ _algorithm_of = attrgetter("algorithm")
 _service_of = attrgetter("service")
 _first, _second = itemgetter(0), itemgetter(1)
 _ids_of = attrgetter("ids")
+
+
+def check_end_state(services: Iterable[Service], spec: Limits) -> None:
+    """The capacity checks :func:`plan` runs, for an end state given whole
+    (what ``socklb apply --dry-run`` checks, without a State): CapacityError
+    for the first limit the services would exceed."""
+    n_services = n_backends = n_maglev = 0
+    for svc in services:
+        n_services += 1
+        n_backends += len(svc.backends)
+        if svc.algorithm is Algorithm.MAGLEV:
+            n_maglev += 1
+            _check_maglev(svc, spec)
+    spec.check_capacity(n_services, n_backends, n_maglev)
 
 
 def _check_maglev(svc: Service, spec: Limits) -> None:

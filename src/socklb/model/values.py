@@ -244,7 +244,10 @@ class Service:
         allow_special_frontend: bool = False,
     ) -> None:
         kind = frontend if frontend.__class__ is Frontend else _enum(Frontend, frontend, "frontend")
-        wild = address in _WILDCARDS
+        if not isinstance(address, (str, ipaddress.IPv4Address, ipaddress.IPv6Address)):
+            # Before any use of it: a list or a mapping is not hashable.
+            raise InvalidValueError("address", f"must be an IP address string, not {type(address).__name__}")
+        wild = isinstance(address, str) and address in _WILDCARDS
         if wild and kind is Frontend.ADDRESS:
             raise InvalidValueError(
                 "address",

@@ -42,25 +42,35 @@ Example::
 
 from __future__ import annotations
 
+import logging
+import socket
+import threading
 from collections import Counter
+from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Union
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 try:
-    from prometheus_client import CollectorRegistry
-    from prometheus_client import start_http_server as _start_http_server
+    from prometheus_client import CollectorRegistry, make_wsgi_app
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
     from prometheus_client.registry import Collector
 except ImportError as e:  # pragma: no cover - the extra is not installed
     raise ImportError("socklb.ops.metrics needs prometheus-client: pip install 'socklb[metrics]'") from e
 
 from socklb.control.stats import WRITE_BUCKETS
-from socklb.errors import SocklbError
 from socklb.model import Service
 
 if TYPE_CHECKING:
     from socklb.balancer import Balancer
 
-__all__ = ["SocklbCollector", "start_http_server", "registry"]
+__all__ = ["SocklbCollector", "start_http_server", "registry", "IDLE_TIMEOUT", "MAX_CONNECTIONS"]
+
+log = logging.getLogger("socklb")
+
+IDLE_TIMEOUT = 10.0
+"""Seconds a connection may stay silent before the server closes it."""
+MAX_CONNECTIONS = 16
+"""Connections served at once; more are closed at once (a scraper retries)."""
 
 _HOOKS = ("connect", "sendmsg", "recvmsg", "getpeername")
 
@@ -97,7 +107,8 @@ class SocklbCollector(Collector):
             # read is socklb_up 0, not a failed scrape.
             try:
                 got = list(self._from_pins(self.source))
-            except SocklbError:
+            except Exception as e:  # any failed read (a directory removed under the scrape too)
+                log.debug("socklb: reading %s failed: %s", self.source, e)
                 got = []
             yield GaugeMetricFamily("socklb_up", "Whether the pinned balancer could be read.", 1 if got else 0)
             yield from got
@@ -232,22 +243,82 @@ def registry(source: Union[Balancer, str], *, per_backend: bool = False) -> Coll
     return reg
 
 
+class _Handler(WSGIRequestHandler):
+    """One connection: silent, and closed when idle for ``timeout`` seconds
+    (StreamRequestHandler sets it on the socket)."""
+
+    timeout = IDLE_TIMEOUT
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """A thread per connection, at most ``max_connections`` at once: an idle
+    connection times out instead of holding a thread forever, and one past
+    the bound is closed at once."""
+
+    daemon_threads = True
+    max_connections = MAX_CONNECTIONS
+
+    def server_activate(self) -> None:
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        super().server_activate()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that timed out or went away: nothing to print
+
+
 def start_http_server(
     balancer: Union[Balancer, str],
     port: int,
-    addr: str = "0.0.0.0",
+    addr: str = "127.0.0.1",
     *,
     per_backend: bool = False,
     registry_: Optional[CollectorRegistry] = None,
-) -> Any:
+    idle_timeout: float = IDLE_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
+) -> Tuple[WSGIServer, threading.Thread]:
     """Serve ``/metrics`` for ``balancer`` (or a pin directory) from a daemon
-    thread.  With ``registry_`` the collector joins that registry (a
-    controller's own metrics served alongside); otherwise a registry of its
-    own is used.  Returns what prometheus_client's start_http_server returns
-    (the server and its thread)."""
+    thread, on ``addr`` (127.0.0.1 by default: node-wide data is not put on
+    every interface unless asked).  With ``registry_`` the collector joins that
+    registry (a controller's own metrics served alongside); otherwise a
+    registry of its own is used.  A connection silent for ``idle_timeout``
+    seconds is closed, and at most ``max_connections`` are served at once.
+    Returns the server and its thread (``server.shutdown()`` stops it)."""
     if registry_ is None:
         reg = registry(balancer, per_backend=per_backend)
     else:
         reg = registry_
         reg.register(SocklbCollector(balancer, per_backend=per_backend))
-    return _start_http_server(port, addr=addr, registry=reg)
+    family, _, _, _, sockaddr = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+
+    class Server(_Server):
+        address_family = family
+
+    Server.max_connections = max_connections
+
+    class Handler(_Handler):
+        timeout = idle_timeout
+
+    httpd = Server((str(sockaddr[0]), port), Handler)
+    httpd.set_app(make_wsgi_app(reg))
+    t = threading.Thread(target=httpd.serve_forever, name="socklb-metrics", daemon=True)
+    t.start()
+    return httpd, t

@@ -18,6 +18,12 @@ A file is a list of services, or a mapping with one key ``services``::
         frontend: node_port        # address (default), node_port, host_port
         backends: [{address: 10.244.1.2, port: 8080}]
 
+``socklb apply`` is additive (like ``kubectl apply``): it adds the services a
+file names and updates those that differ; ``--prune`` also removes the services
+the file does not name.  A file with no services (empty, only comments,
+``null``, ``services:`` with nothing under it) is refused; an explicit empty
+list (``[]``, ``services: []``) with ``--prune`` removes every service.
+
 JSON is read with the standard library; YAML needs PyYAML (``socklb[yaml]``).
 Unknown fields are errors that name them (a typo never passes silently).  The
 ``id`` and ``selections`` fields that ``socklb services -o json`` prints are
@@ -33,19 +39,26 @@ socklb.errors.InvalidValueError: services[0]: unknown field 'weight' (known: add
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-from socklb.errors import InvalidValueError, NotFoundError
+from socklb.control.planner import check_end_state
+from socklb.datapath.limits import Limits
+from socklb.errors import InvalidValueError, NotFoundError, PermissionDeniedError
 from socklb.model import Affinity, Backend, Service
 
-__all__ = ["load", "parse", "diff", "diff_pinned", "apply", "diff_text", "result_text"]
+__all__ = ["load", "parse", "check_request", "diff", "diff_pinned", "apply", "diff_text", "result_text"]
 
 _SVC_FIELDS = ("address", "port", "protocol", "backends", "algorithm", "affinity", "terminate_tcp", "frontend")
 _BE_FIELDS = ("address", "port", "weight", "state")
 _READ_ONLY = ("id", "selections")
+_EMPTY = (
+    "holds no services (an empty or null document): refused; to remove every service, "
+    "apply an explicit empty list ('[]' or 'services: []') with --prune"
+)
 
 
 def _fields(d: object, where: str, known: tuple[str, ...], required: tuple[str, ...]) -> Dict[str, Any]:
@@ -77,7 +90,7 @@ def services_from(data: object) -> List[Service]:
         _fields(data, "file", ("services",), ("services",))
         data = data["services"]
     if data is None:
-        data = []
+        raise InvalidValueError("file", _EMPTY)
     if not isinstance(data, list):
         raise InvalidValueError("file", f"must hold a list of services, not {type(data).__name__}")
     out = []
@@ -107,31 +120,87 @@ def _msg(e: InvalidValueError) -> str:
 
 
 def parse(text: str, name: str = "<file>") -> List[Service]:
-    """Services from the text of a JSON or YAML file."""
+    """Services from the text of a JSON or YAML file.  Anything malformed is
+    one :class:`~socklb.errors.InvalidValueError` naming the place."""
+    try:
+        data = _decode(text, name)
+        if data is None or (isinstance(data, dict) and "services" in data and data["services"] is None):
+            raise InvalidValueError("file", f"{name} {_EMPTY}")
+        return services_from(data)
+    except RecursionError:
+        raise InvalidValueError("file", f"{name}: nested too deeply (not a services file)") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        if isinstance(e, InvalidValueError):
+            raise
+        raise InvalidValueError("file", f"{name}: {type(e).__name__}: {e}") from None
+
+
+def _decode(text: str, name: str) -> object:
     stripped = text.lstrip()
     if name.endswith(".json") or stripped.startswith(("[", "{")):
         try:
-            data = json.loads(text)
+            return json.loads(text, object_pairs_hook=_json_object)
         except json.JSONDecodeError as e:
             raise InvalidValueError(
                 "file", f"{name}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
             ) from None
-    else:
-        try:
-            import yaml
-        except ImportError:
-            raise InvalidValueError(
-                "file",
-                f"{name} looks like YAML, which needs PyYAML (pip install 'socklb[yaml]'); JSON works without it",
-            ) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            where = getattr(e, "problem_mark", None)
-            at = f" at line {where.line + 1} column {where.column + 1}" if where is not None else ""
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise InvalidValueError("file", f"{name}: not valid YAML: {problem}{at}") from None
-    return services_from(data)
+        except ValueError as e:  # a duplicate key
+            raise InvalidValueError("file", f"{name}: not valid JSON: {e}") from None
+    try:
+        import yaml
+    except ImportError:
+        raise InvalidValueError(
+            "file",
+            f"{name} looks like YAML, which needs PyYAML (pip install 'socklb[yaml]'); JSON works without it",
+        ) from None
+    try:
+        return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1} column {where.column + 1}" if where is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise InvalidValueError("file", f"{name}: not valid YAML: {problem}{at}") from None
+
+
+def _json_object(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r} in a JSON object")
+        out[k] = v
+    return out
+
+
+_LOADER: Optional[type] = None
+
+
+def _yaml_loader() -> type:
+    """yaml.SafeLoader refusing a key given twice in one mapping (PyYAML
+    keeps the last one silently)."""
+    global _LOADER
+    if _LOADER is None:
+        import yaml
+
+        class Loader(yaml.SafeLoader):
+            def construct_mapping(self, node: Any, deep: bool = False) -> Dict[Any, Any]:
+                seen = set()
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue  # '<<' merges may override: that is what they are for
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        dup = key in seen
+                    except TypeError:
+                        continue  # unhashable: the base class says so
+                    if dup:
+                        raise yaml.constructor.ConstructorError(
+                            "while reading a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
+                        )
+                    seen.add(key)
+                return super().construct_mapping(node, deep)
+
+        _LOADER = Loader
+    return _LOADER
 
 
 def load(path: str) -> List[Service]:
@@ -155,8 +224,19 @@ def _svc_text(s: Service) -> str:
     )
 
 
-def diff(have: List[Service], want: List[Service]) -> Dict[str, Any]:
-    """What ``sync(want)`` would change on ``have``, as plain data."""
+def check_request(want: List[Service], prune: bool) -> None:
+    """Refuse a file that lists no services, unless it is an explicit empty
+    list given with ``prune`` (remove every service)."""
+    if not want and not prune:
+        raise InvalidValueError(
+            "file", "lists no services: nothing to apply (an explicit empty list with --prune removes every service)"
+        )
+
+
+def diff(have: List[Service], want: List[Service], prune: bool = True) -> Dict[str, Any]:
+    """What applying ``want`` would change on ``have``, as plain data: with
+    ``prune`` what ``sync(want)`` would (services ``want`` does not name are
+    removed), without it only additions and updates."""
     h = {s.key: s for s in have}
     w = {}
     for i, s in enumerate(want):
@@ -164,7 +244,7 @@ def diff(have: List[Service], want: List[Service]) -> Dict[str, Any]:
             raise InvalidValueError(f"services[{i}]", f"service {s} is listed twice")
         w[s.key] = s
     added = [_svc_text(s) for k, s in w.items() if k not in h]
-    removed = [_svc_text(s) for k, s in h.items() if k not in w]
+    removed = [_svc_text(s) for k, s in h.items() if k not in w] if prune else []
     changed = []
     for k, s in w.items():
         old = h.get(k)
@@ -199,20 +279,61 @@ def _b(b: Backend) -> str:
     return f"[{b.address}]:{b.port}" if ":" in b.address else f"{b.address}:{b.port}"
 
 
-def diff_pinned(pin_dir: Optional[str], want: List[Service]) -> Dict[str, Any]:
-    """The diff against what is pinned in ``pin_dir`` (read-only, no lock);
-    an empty or missing directory counts as no services."""
-    have: List[Service] = []
-    if pin_dir is not None and os.path.exists(os.path.join(pin_dir, "maps", "meta")):
-        from socklb.ops.view import PinnedView
+def end_state(have: List[Service], want: List[Service], prune: bool) -> List[Service]:
+    """The services programmed after applying ``want`` to ``have``."""
+    merged = {} if prune else {s.key: s for s in have}
+    merged.update((s.key, s) for s in want)
+    return list(merged.values())
 
+
+def _denied(path: str, e: OSError) -> PermissionDeniedError:
+    return PermissionDeniedError(f"reading {path} (pin directories are root's, mode 0700)", e.errno or errno.EACCES)
+
+
+def _pinned(pin_dir: str) -> bool:
+    """Whether ``pin_dir`` holds a balancer's maps.  A path this user may not
+    reach is an error, never a directory without one (os.path.exists says
+    False for both)."""
+    meta = os.path.join(pin_dir, "maps", "meta")
+    try:
+        os.stat(meta)
+        return True
+    except PermissionError as e:
+        raise _denied(pin_dir, e) from None
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def _entries(pin_dir: str) -> List[str]:
+    """What ``pin_dir`` holds; [] if it does not exist (apply would make it)."""
+    try:
+        return os.listdir(pin_dir)
+    except PermissionError as e:
+        raise _denied(pin_dir, e) from None
+    except FileNotFoundError:
+        return []
+    except NotADirectoryError:
+        return [pin_dir]  # PinnedView says what it is
+
+
+def diff_pinned(pin_dir: Optional[str], want: List[Service], prune: bool = False) -> Dict[str, Any]:
+    """The diff against what is pinned in ``pin_dir`` (read-only, no lock),
+    after every check ``apply`` runs on the file (the limits of the pinned
+    balancer, or a new one's); an empty or missing directory counts as no
+    services."""
+    from socklb.ops.view import PinnedView
+
+    have: List[Service] = []
+    limits = Limits()  # what apply would make in an empty directory
+    if pin_dir is not None and _pinned(pin_dir):
         with PinnedView(pin_dir) as v:
             have = v.services()
-    elif pin_dir is not None and os.path.isdir(pin_dir) and os.listdir(pin_dir):
-        from socklb.ops.view import PinnedView
-
+            limits = v.spec
+    elif pin_dir is not None and _entries(pin_dir):
         PinnedView(pin_dir).close()  # raises the reason it is not a socklb pin directory
-    return diff(have, want)
+    d = diff(have, want, prune)
+    check_end_state(end_state(have, want, prune), limits)
+    return d
 
 
 def diff_text(d: Dict[str, Any]) -> str:
@@ -228,17 +349,23 @@ def diff_text(d: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def apply(pin_dir: Optional[str], want: List[Service]) -> Dict[str, Any]:
-    """``sync(want)`` on the balancer pinned in ``pin_dir`` (made if the
-    directory holds none), under its owner lock; the balancer is closed after,
-    its pinned maps and links stay."""
+def apply(pin_dir: Optional[str], want: List[Service], prune: bool = False) -> Dict[str, Any]:
+    """Add or update the services of ``want`` on the balancer pinned in
+    ``pin_dir`` (made if the directory holds none), under its owner lock;
+    with ``prune`` also remove the services ``want`` does not name
+    (``sync(want)``).  The balancer is closed after, its pinned maps and links
+    stay."""
     from socklb.balancer import Balancer
 
     if pin_dir is None:
         raise InvalidValueError("pin_dir", "apply needs --pin-dir: an unpinned balancer would vanish when socklb exits")
-    d = diff_pinned(pin_dir, want)
+    check_request(want, prune)
     with Balancer(pin_dir=pin_dir) as lb:
-        r = lb.sync(want)
+        # The diff of what is written: taken under the owner lock, from the
+        # services this balancer holds.
+        have = lb.services()
+        d = diff(have, want, prune)
+        r = lb.sync(end_state(have, want, prune))
     return {**d, "map_writes": r.map_writes}
 
 

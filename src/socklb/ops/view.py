@@ -142,8 +142,16 @@ class PinnedView:
     def __init__(self, pin_dir: str) -> None:
         self._fds: List[int] = []
         real = os.path.realpath(pin_dir)
-        if not os.path.exists(real):
-            raise NotFoundError(f"{pin_dir}: no such pin directory")
+        try:
+            # Not os.path.exists: it says False for a directory this user may
+            # not reach (/sys/fs/bpf is root's, mode 0700), which exists.
+            os.stat(real)
+        except FileNotFoundError:
+            raise NotFoundError(f"{pin_dir}: no such pin directory") from None
+        except PermissionError as e:
+            raise PermissionDeniedError(
+                f"reaching {pin_dir} (pin directories are root's, mode 0700)", e.errno or errno.EACCES
+            ) from None
         if not os.path.isdir(real):
             raise InvalidValueError("pin_dir", f"{pin_dir} is not a directory")
         try:
