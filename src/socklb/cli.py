@@ -13,7 +13,6 @@ exit status, never a traceback.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import os
@@ -385,7 +384,7 @@ def kubernetes_agent(args: argparse.Namespace) -> int:
     if not args.node_name:
         print("socklb kubernetes: give --node-name or set NODE_NAME", file=sys.stderr)
         return 2
-    options = _translate_options(args, Agent)
+    options = _translate_options(args)
     if options is None:
         return 2
     try:
@@ -434,7 +433,7 @@ def kubernetes_agent(args: argparse.Namespace) -> int:
         lb.close()  # with --pin-dir the services and the attachment stay for the next agent
 
 
-def _translate_options(args: argparse.Namespace, agent: Any) -> Optional[Dict[str, Any]]:
+def _translate_options(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     """The agent's options for translate() (socklb.kubernetes.translation), checked before
     anything is loaded; None (after saying why on stderr) when they are wrong."""
     from socklb.kubernetes.translation import external_ip_networks
@@ -445,12 +444,7 @@ def _translate_options(args: argparse.Namespace, agent: Any) -> Optional[Dict[st
     except InvalidValueError as e:
         print(f"socklb kubernetes: --external-ip-cidrs: {e}", file=sys.stderr)
         return None
-    if "external_ip_cidrs" in inspect.signature(agent).parameters:
-        return {"external_ip_cidrs": networks}
-    if networks:  # an agent that translates with the default (no externalIP served) only
-        print("socklb kubernetes: --external-ip-cidrs: this agent cannot apply it yet", file=sys.stderr)
-        return None
-    return {}
+    return {"external_ip_cidrs": networks}
 
 
 def _add_kubernetes_parser(sub: Any) -> None:

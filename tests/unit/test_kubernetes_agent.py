@@ -17,6 +17,7 @@ import pytest
 from helpers import in_ci
 from k8s_objects import RecordingBalancer, endpoint, eslice, node, service
 
+from socklb.errors import InvalidValueError
 from socklb.kubernetes.agent import Agent, Samples, parse_trigger_time
 from socklb.kubernetes.testing import FakeApiServer
 
@@ -382,6 +383,22 @@ def test_stop_is_prompt_and_run_blocks_until_it(api: FakeApiServer) -> None:
     t.join(10)
     assert not t.is_alive() and time.monotonic() - t0 < 8
     assert not agent.healthy()[0]
+
+
+def test_external_ips_are_served_only_inside_the_allowed_ranges(api: FakeApiServer, running: Any) -> None:
+    """The agent hands its allow-list to translate(): none by default (DenyServiceExternalIPs),
+    the listed ranges when given; a bad range is refused before anything starts."""
+    api.apply(service("ext", "10.96.0.20", externalIPs=["192.0.2.7", "198.51.100.9"]))
+    api.apply(eslice("ext-a", "ext", [endpoint("10.244.1.2")]))
+    lb = RecordingBalancer()
+    running(lb)
+    assert sorted(k[0] for k in lb.programmed) == ["10.96.0.20"]
+    lb2 = RecordingBalancer()
+    agent = running(lb2, external_ip_cidrs=["192.0.2.0/24"])
+    assert [str(n) for n in agent.external_ip_cidrs] == ["192.0.2.0/24"]
+    assert sorted(k[0] for k in lb2.programmed) == ["10.96.0.20", "192.0.2.7"]
+    with pytest.raises(InvalidValueError, match="external_ip_cidrs"):
+        make_agent(api, RecordingBalancer(), external_ip_cidrs=["not-a-range"])
 
 
 def test_helpers() -> None:

@@ -75,7 +75,7 @@ from socklb.kubernetes.store import (
     keep_slice,
     parse_trigger_time,
 )
-from socklb.kubernetes.translation import Node
+from socklb.kubernetes.translation import DEFAULT_EXTERNAL_IP_CIDRS, Network, Node, external_ip_networks
 from socklb.model import Algorithm, Service, ServiceKey
 
 __all__ = [
@@ -213,7 +213,10 @@ class Agent(Programming, Health):
         freeze_gc: bool = False,
         node_addresses: str = "node",
         sync_batch: Optional[int] = 2048,
+        external_ip_cidrs: Iterable[Union[str, Network]] = DEFAULT_EXTERNAL_IP_CIDRS,
     ) -> None:
+        self.external_ip_cidrs = external_ip_networks(external_ip_cidrs)  # checked first: a bad range changes nothing
+        """The externalIPs served (translate()'s allow-list; none by default)."""
         if node_addresses not in ("node", "discover", "none"):
             raise ValueError(f"node_addresses must be 'node', 'discover' or 'none', not {node_addresses!r}")
         self.node_addresses = node_addresses

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Sequ
 from socklb.datapath.node import usable_node_address
 from socklb.kubernetes.reflector import Reflector
 from socklb.kubernetes.store import KeptSlice, SvcId, _first, _rv_of, expand
-from socklb.kubernetes.translation import Node, translate_with_notes
+from socklb.kubernetes.translation import Network, Node, translate_with_notes
 from socklb.model import Algorithm, Service, ServiceKey
 
 __all__ = ["Changes", "ServiceWriter"]
@@ -71,6 +71,7 @@ class Programming:
     proxy_name: Optional[str]
     algorithm: Algorithm
     apply_external_traffic_policy: bool
+    external_ip_cidrs: Tuple[Network, ...]
     node_addresses: str
     sync_batch: Optional[int]
     freeze_gc: bool
@@ -131,6 +132,7 @@ class Programming:
                 self.proxy_name,
                 algorithm=self.algorithm,
                 apply_external_traffic_policy=self.apply_external_traffic_policy,
+                external_ip_cidrs=self.external_ip_cidrs,
             )
             self.counts["services_translated"] += 1
             self.counts["notes"] += len(t.notes)
