@@ -122,6 +122,7 @@ def test_a_failed_read_is_up_0_not_a_500(pd: str, monkeypatch: pytest.MonkeyPatc
         server.server_close()
 
 
+@pytest.mark.slow
 def test_idle_connections_time_out_and_are_bounded(pd: str) -> None:
     from socklb.ops.metrics import start_http_server
 

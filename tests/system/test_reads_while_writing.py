@@ -11,6 +11,7 @@ import subprocess
 import sys
 from typing import Iterator
 
+import pytest
 from helpers import child_env, program, socklb_cli
 from pinned import pinned_dir
 
@@ -65,6 +66,7 @@ def test_pinned_view_never_misses_a_service_being_rewritten() -> None:
         assert views == 0, f"{views} of 300 service_views() reads missed a service"
 
 
+@pytest.mark.slow
 def test_exporter_service_count_while_a_service_is_rewritten() -> None:
     from prometheus_client import generate_latest
 
